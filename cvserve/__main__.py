@@ -1,0 +1,5 @@
+import sys
+
+from cvserve.cli import main
+
+sys.exit(main())
