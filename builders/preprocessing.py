@@ -52,7 +52,9 @@ class PreprocessSpec:
         if h <= 0 or w <= 0:
             raise ValueError(f"input_size must be positive, got {self.input_size}")
         if self.resize_shorter and self.resize_shorter < min(h, w):
-            raise ValueError(f"resize_shorter ({self.resize_shorter}) is smaller than the crop {self.input_size}")
+            raise ValueError(
+                f"resize_shorter ({self.resize_shorter}) is smaller than the crop {self.input_size}"
+            )
         if self.color not in ("RGB", "BGR"):
             raise ValueError(f"color must be RGB or BGR, not {self.color!r}")
         if self.layout not in ("NCHW", "NHWC"):
@@ -94,7 +96,7 @@ class PreprocessSpec:
 
 # -- decoding -----------------------------------------------------------------------------------
 def _pil():
-    from PIL import Image  # noqa: PLC0415 - Pillow is only needed where images are decoded
+    from PIL import Image
 
     return Image
 
@@ -135,7 +137,7 @@ def resize_crop(img, spec: PreprocessSpec) -> np.ndarray:
     if (new_w, new_h) != img.size:
         img = img.resize((new_w, new_h), resample)
     ch, cw = spec.input_size
-    left, top = int(round((new_w - cw) / 2.0)), int(round((new_h - ch) / 2.0))
+    left, top = round((new_w - cw) / 2.0), round((new_h - ch) / 2.0)
     if left < 0 or top < 0:  # can only happen with resize_shorter=0 and odd aspect; pad by resizing
         img = img.resize((max(cw, new_w), max(ch, new_h)), resample)
         left, top = max(left, 0), max(top, 0)

@@ -32,5 +32,5 @@ class ServerError(CvserveError):
     """The Triton server could not start, became unhealthy or failed to load a model."""
 
 
-class TimeoutError(CvserveError):  # noqa: A001 - deliberately scoped to cvserve.errors
+class TimeoutError(CvserveError):
     """Something did not happen within the time allowed."""

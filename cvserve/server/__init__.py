@@ -6,4 +6,11 @@ Runs the real ``tritonserver`` binary shipped in the nvidia-pytriton wheel, not 
 from cvserve.server.process import ServerSettings, TritonServer, check_repository, free_port
 from cvserve.server.runtime import TritonRuntime, ensure_runtime
 
-__all__ = ["ServerSettings", "TritonRuntime", "TritonServer", "check_repository", "ensure_runtime", "free_port"]
+__all__ = [
+    "ServerSettings",
+    "TritonRuntime",
+    "TritonServer",
+    "check_repository",
+    "ensure_runtime",
+    "free_port",
+]

@@ -29,7 +29,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         default="none",
         help="none: load every model at start; explicit: load/unload through the API (see --load-model)",
     )
-    p.add_argument("--load-model", action="append", default=[], metavar="NAME", help="explicit mode: load at start")
+    p.add_argument(
+        "--load-model", action="append", default=[], metavar="NAME", help="explicit mode: load at start"
+    )
     p.add_argument("--log-verbose", type=int, default=0, help="Triton log verbosity (0-3)")
     p.add_argument("--log-file", type=Path, help="write Triton's log here (default: a temporary file)")
     p.add_argument("--exit-timeout", type=int, default=30, help="seconds in-flight requests get at shutdown")

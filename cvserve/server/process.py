@@ -62,7 +62,9 @@ def check_repository(repository: Path, mode: str) -> list[str]:
     backup) makes a ``none``-mode server refuse to start. Say so up front, naming it.
     """
     if not repository.is_dir():
-        raise NotFoundError(f"model repository {repository} does not exist: build a model first (cvserve build)")
+        raise NotFoundError(
+            f"model repository {repository} does not exist: build a model first (cvserve build)"
+        )
     models, stray = [], []
     for entry in sorted(repository.iterdir()):
         if not entry.is_dir():
@@ -153,11 +155,17 @@ class TritonServer:
     def start(self) -> TritonServer:
         s = self.settings
         check_repository(Path(s.repository), s.model_control_mode)
-        for name, port in (("grpc", self.grpc_port), ("http", self.http_port), ("metrics", self.metrics_port)):
+        for name, port in (
+            ("grpc", self.grpc_port),
+            ("http", self.http_port),
+            ("metrics", self.metrics_port),
+        ):
             if _port_in_use(s.host, port):
-                raise UserInputError(f"port {port} ({name}) is already in use: pass --{name}-port with a free port")
+                raise UserInputError(
+                    f"port {port} ({name}) is already in use: pass --{name}-port with a free port"
+                )
         cmd = self.command()
-        self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
+        self._log = open(self.log_path, "ab")
         self.started_at = time.monotonic()
         self._proc = subprocess.Popen(
             cmd,

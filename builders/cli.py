@@ -1,0 +1,207 @@
+"""``cvserve build`` and ``cvserve rollback``."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from cvserve.errors import UserInputError
+
+
+def _size(text: str) -> tuple[int, int]:
+    try:
+        parts = [int(p) for p in text.lower().replace("x", ",").split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: use one number (224) or HxW (224x224)") from None
+    if len(parts) == 1:
+        parts = parts * 2
+    if len(parts) != 2 or min(parts) <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: use one number (224) or HxW (224x224)")
+    return parts[0], parts[1]
+
+
+def _floats(text: str) -> tuple[float, float, float]:
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give three comma-separated numbers") from None
+    if len(values) != 3:
+        raise argparse.ArgumentTypeError(f"{text!r}: give three comma-separated numbers")
+    return values  # type: ignore[return-value]
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give comma-separated integers, e.g. 4,8") from None
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "build",
+        help="build a PyTorch checkpoint into a Triton ensemble (preprocess -> network -> postprocess)",
+        description="Export a checkpoint to ONNX, clean it up, verify it against PyTorch on real images, "
+        "optionally quantize it, and add it as a new version to a Triton model repository, atomically.",
+    )
+    p.add_argument(
+        "checkpoint",
+        type=Path,
+        help="state_dict (.pth, needs --arch), TorchScript (.pt) or torch.export (.pt2)",
+    )
+    p.add_argument("--name", required=True, help="model name clients call (the ensemble)")
+    p.add_argument(
+        "--arch",
+        help="module:callable returning the nn.Module, e.g. cvserve.builders.architectures:mobilenet_v2",
+    )
+    p.add_argument("--labels", type=Path, help="class names, one per line (default: the class indices)")
+    p.add_argument("--repository", "-r", type=Path, default=Path("model_repository"), help="model repository")
+    g = p.add_argument_group("preprocessing (recorded once, used for serving, verification and calibration)")
+    g.add_argument("--input-size", type=_size, default=(224, 224), help="network input HxW (default 224)")
+    g.add_argument(
+        "--resize",
+        type=int,
+        default=256,
+        help="shorter side before the centre crop (0: resize straight to the input size)",
+    )
+    g.add_argument(
+        "--mean",
+        type=_floats,
+        default=(0.485, 0.456, 0.406),
+        help="per-channel mean in [0,1] (default ImageNet)",
+    )
+    g.add_argument(
+        "--std",
+        type=_floats,
+        default=(0.229, 0.224, 0.225),
+        help="per-channel std in [0,1] (default ImageNet)",
+    )
+    g.add_argument("--color", choices=("RGB", "BGR"), default="RGB")
+    g.add_argument("--layout", choices=("NCHW", "NHWC"), default="NCHW")
+    g.add_argument("--interpolation", choices=("bilinear", "bicubic", "nearest"), default="bilinear")
+    g = p.add_argument_group("serving")
+    g.add_argument("--max-batch-size", type=int, default=32)
+    g.add_argument(
+        "--preferred-batch-sizes", type=_ints, default=[], help="network dynamic batching, e.g. 4,8"
+    )
+    g.add_argument("--max-queue-delay-us", type=int, default=2000, help="dynamic batching queue delay")
+    g.add_argument("--network-instances", type=int, default=1)
+    g.add_argument("--preprocess-instances", type=int, default=2)
+    g.add_argument("--postprocess-instances", type=int, default=1)
+    g.add_argument(
+        "--network-threads", type=int, default=0, help="ONNX Runtime intra-op threads (0: all cores)"
+    )
+    g.add_argument("--top-k", type=int, default=5, help="classes returned per image")
+    g.add_argument(
+        "--runtime",
+        choices=("python", "onnxruntime"),
+        default="python",
+        help="network runtime: python (ONNX Runtime in the python backend, the embedded server) "
+        "or onnxruntime (Triton's native backend, NGC container)",
+    )
+    g.add_argument("--execution-env", help="EXECUTION_ENV_PATH for the python models (packed env for NGC)")
+    g.add_argument(
+        "--version-policy", default="latest:1", help="latest:N, all or specific:V[,V] (default latest:1)"
+    )
+    g = p.add_argument_group("verification and quantization")
+    g.add_argument(
+        "--verify-images", type=Path, nargs="+", default=[], help="images for the ONNX-vs-PyTorch check"
+    )
+    g.add_argument("--atol", type=float, default=1e-3)
+    g.add_argument("--rtol", type=float, default=1e-3)
+    g.add_argument("--exporter", choices=("auto", "dynamo", "torchscript"), default="auto")
+    g.add_argument("--precision", choices=("fp32", "fp16", "int8"), default="fp32")
+    g.add_argument("--target", choices=("cpu", "gpu"), default="cpu")
+    g.add_argument("--calibration", type=Path, help="folder of calibration images")
+    g.add_argument("--calibration-samples", type=int, default=200)
+    g.add_argument("--calibration-method", choices=("minmax", "entropy", "percentile"), default="minmax")
+    g.add_argument("--validation", type=Path, help="folder of held-out images for the accuracy gate")
+    g.add_argument("--validation-labels", type=Path, help="ground truth for --validation (optional)")
+    g.add_argument("--max-accuracy-drop", type=float, default=0.01, help="largest top-1 drop the gate allows")
+    g.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=run_build)
+
+    r = sub.add_parser(
+        "rollback",
+        help="serve an earlier version of a built model",
+        description="Pin the pipeline NAME to VERSION: restores the configs that version was built with, "
+        "with version_policy specific. Triton in poll mode picks it up; in explicit mode load NAME "
+        "again; in none mode restart the server.",
+    )
+    r.add_argument("name")
+    r.add_argument("version", type=int)
+    r.add_argument("--repository", "-r", type=Path, default=Path("model_repository"))
+    r.set_defaults(func=run_rollback)
+
+
+def settings_from_args(args: argparse.Namespace):
+    from cvserve.builders import triton_config as tc
+    from cvserve.builders.pipeline import BuildSettings
+    from cvserve.builders.preprocessing import PreprocessSpec
+
+    try:
+        spec = PreprocessSpec(
+            input_size=args.input_size,
+            resize_shorter=args.resize,
+            mean=args.mean,
+            std=args.std,
+            color=args.color,
+            layout=args.layout,
+            interpolation=args.interpolation,
+        )
+    except ValueError as exc:
+        raise UserInputError(str(exc)) from None
+    batching = tc.Batching(
+        max_batch_size=args.max_batch_size,
+        preferred_batch_sizes=args.preferred_batch_sizes,
+        max_queue_delay_us=args.max_queue_delay_us,
+        network_instances=args.network_instances,
+        preprocess_instances=args.preprocess_instances,
+        postprocess_instances=args.postprocess_instances,
+        network_threads=args.network_threads,
+    )
+    return BuildSettings(
+        checkpoint=args.checkpoint,
+        name=args.name,
+        arch=args.arch,
+        labels=args.labels,
+        repository=args.repository,
+        preprocess=spec,
+        batching=batching,
+        version_policy=tc.VersionPolicy.parse(args.version_policy),
+        top_k=args.top_k,
+        runtime=args.runtime,
+        exporter=args.exporter,
+        verify_images=args.verify_images,
+        atol=args.atol,
+        rtol=args.rtol,
+        execution_env=args.execution_env,
+        precision=args.precision,
+        target=args.target,
+        calibration=args.calibration,
+        calibration_samples=args.calibration_samples,
+        calibration_method=args.calibration_method,
+        validation=args.validation,
+        validation_labels=args.validation_labels,
+        max_accuracy_drop=args.max_accuracy_drop,
+        progress=not args.no_progress,
+    )
+
+
+def run_build(args: argparse.Namespace) -> int:
+    from cvserve.builders.pipeline import build
+
+    build(settings_from_args(args))
+    return 0
+
+
+def run_rollback(args: argparse.Namespace) -> int:
+    from cvserve.builders.repository import rollback
+
+    for path in rollback(args.repository, args.name, args.version):
+        print(f"wrote {path}")
+    print(
+        f"{args.name} is pinned to version {args.version}. Explicit mode: load {args.name} again; "
+        "none mode: restart the server."
+    )
+    return 0

@@ -1,0 +1,124 @@
+"""PyTorch -> ONNX with a dynamic batch dimension, checked by the ONNX checker and shape inference."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+from cvserve.builders.checkpoint import LoadedModel
+
+from cvserve._extras import require
+from cvserve.errors import BuildError
+
+INPUT_NAME = "input"
+OUTPUT_NAME = "logits"
+OPSET = 18
+
+
+@dataclass(kw_only=True)
+class ExportResult:
+    path: Path
+    exporter: str  # "dynamo" or "torchscript"
+    num_classes: int
+    opset: int
+
+
+def _example(shape: tuple[int, ...], batch: int = 2):
+    torch = require("torch")
+    gen = torch.Generator().manual_seed(0)
+    return torch.randn((batch, *shape), generator=gen)
+
+
+@contextlib.contextmanager
+def _quiet():
+    """The exporters are chatty (progress lines, deprecation warnings): keep the build output readable."""
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        level = logging.root.manager.disable
+        logging.disable(logging.WARNING)
+        try:
+            yield
+        finally:
+            logging.disable(level)
+
+
+def export(
+    model: LoadedModel, path: Path, *, input_shape: tuple[int, ...], exporter: str = "auto"
+) -> ExportResult:
+    """Export to ONNX with input ``input`` [batch, *input_shape] and output ``logits`` [batch, classes].
+
+    ``exporter="auto"`` uses the torch.export-based (dynamo) exporter, PyTorch's maintained path,
+    except for TorchScript modules, which only the TorchScript exporter takes.
+    """
+    torch = require("torch", purpose="to export models")
+    require("onnx", purpose="to export models")
+    if exporter == "auto":
+        exporter = "torchscript" if model.kind == "torchscript" else "dynamo"
+    module = model.module
+    example = _example(input_shape)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with _quiet(), torch.no_grad():
+            if exporter == "dynamo":
+                if model.kind == "exported_program":
+                    module = module.module()
+                batch = torch.export.Dim("batch", min=1, max=4096)
+                torch.onnx.export(
+                    module,
+                    (example,),
+                    str(path),
+                    input_names=[INPUT_NAME],
+                    output_names=[OUTPUT_NAME],
+                    dynamic_shapes=({0: batch},),
+                    opset_version=OPSET,
+                    dynamo=True,
+                    external_data=False,
+                )
+            elif exporter == "torchscript":
+                torch.onnx.export(
+                    module,
+                    (example,),
+                    str(path),
+                    input_names=[INPUT_NAME],
+                    output_names=[OUTPUT_NAME],
+                    dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+                    opset_version=17,
+                    dynamo=False,
+                )
+            else:
+                raise BuildError(f"unknown exporter {exporter!r}: use auto, dynamo or torchscript")
+    except BuildError:
+        raise
+    except Exception as exc:
+        first = "\n".join(str(exc).strip().splitlines()[:3])
+        raise BuildError(f"ONNX export ({exporter}) failed: {type(exc).__name__}: {first}") from None
+    num_classes = check(path)
+    return ExportResult(
+        path=path, exporter=exporter, num_classes=num_classes, opset=OPSET if exporter == "dynamo" else 17
+    )
+
+
+def check(path: Path) -> int:
+    """Run the ONNX checker and shape inference; return the number of classes of the output."""
+    onnx = require("onnx")
+    model = onnx.load(str(path))
+    try:
+        onnx.checker.check_model(model, full_check=True)
+        inferred = onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
+    except Exception as exc:
+        raise BuildError(f"ONNX checker rejected {path.name}: {exc}") from None
+    outputs = inferred.graph.output
+    if len(outputs) != 1:
+        raise BuildError(f"a classifier has one output, the exported model has {len(outputs)}")
+    dims = outputs[0].type.tensor_type.shape.dim
+    if len(dims) != 2 or not dims[1].dim_value:
+        raise BuildError(
+            f"the model's output must be [batch, classes], got {[d.dim_value or d.dim_param for d in dims]}"
+        )
+    if not dims[0].dim_param:
+        raise BuildError("the exported model has a fixed batch size; the batch dimension must be dynamic")
+    return int(dims[1].dim_value)

@@ -1,0 +1,74 @@
+"""Integration fixtures: the demo model built once, served once by the real embedded Triton server.
+
+The server binds free ports and is polled on /v2/health/ready (no fixed ports, no fixed sleeps).
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+DEMO_MODEL = "mobilenet_v2"
+
+
+@pytest.fixture(scope="session")
+def sample_images() -> dict[str, Path]:
+    """Real photos bundled with scikit-image: name -> path (PNG/JPEG as shipped)."""
+    from cvserve.builders.samples import sample_images as _samples
+
+    return _samples()
+
+
+@pytest.fixture(scope="session")
+def expected_labels() -> dict[str, str]:
+    from cvserve.builders.samples import expected_labels as _expected
+
+    return _expected()
+
+
+@pytest.fixture(scope="session")
+def demo_build(tmp_path_factory: pytest.TempPathFactory):
+    """The demo MobileNetV2 (torchvision's published ImageNet weights) built into a fresh repository."""
+    from cvserve.builders.pipeline import BuildSettings, build
+    from cvserve.builders.samples import demo_weights, imagenet_labels_path
+
+    repo = tmp_path_factory.mktemp("repo") / "model_repository"
+    return build(
+        BuildSettings(
+            checkpoint=demo_weights(),
+            arch="cvserve.builders.architectures:mobilenet_v2",
+            name=DEMO_MODEL,
+            labels=imagenet_labels_path(),
+            repository=repo,
+            max_accuracy_drop=0.01,
+            progress=False,
+        ),
+        log=lambda _m: None,
+    )
+
+
+@pytest.fixture(scope="session")
+def demo_repository(demo_build) -> Path:
+    return Path(demo_build.repository)
+
+
+@pytest.fixture(scope="session")
+def triton(demo_repository: Path):
+    """A real Triton server (embedded binary) serving the demo repository on free ports."""
+    from cvserve.server import ServerSettings, TritonServer
+
+    server = TritonServer(
+        ServerSettings(repository=demo_repository, grpc_port=0, http_port=0, metrics_port=0, exit_timeout_s=5)
+    )
+    with server:
+        yield server
+
+
+@pytest.fixture()
+def repo_copy(demo_repository: Path, tmp_path: Path) -> Path:
+    """A private copy of the demo repository that a test may change."""
+    dst = tmp_path / "model_repository"
+    shutil.copytree(demo_repository, dst)
+    return dst
