@@ -1,0 +1,43 @@
+"""cvserve's thin client: classify images and run models on a cvserve (Triton) server over gRPC.
+
+Its core install needs only numpy, tritonclient[grpc] and grpcio; Pillow (``cvserve[images]``) is
+imported when numpy arrays or PIL images are sent, prometheus-client when metrics are turned on.
+
+Example:
+    >>> from cvserve.client import Client
+    >>> with Client("localhost:8001", model="mobilenet_v2") as client:  # doctest: +SKIP
+    ...     for top in client.classify(["cat.jpg", "dog.png"], top_k=3):
+    ...         print(top[0].label, f"{top[0].score:.2f}")
+"""
+
+from cvserve.client._retry import RetryPolicy
+from cvserve.client.aio import AsyncClient
+from cvserve.client.errors import (
+    ClientError,
+    DeadlineExceeded,
+    InvalidInput,
+    MissingDependency,
+    ModelNotFound,
+    ServerError,
+    ServerUnavailable,
+)
+from cvserve.client.metrics import ClientMetrics
+from cvserve.client.sync import Client
+from cvserve.client.types import Classification, ModelInfo, TensorSpec
+
+__all__ = [
+    "AsyncClient",
+    "Classification",
+    "Client",
+    "ClientError",
+    "ClientMetrics",
+    "DeadlineExceeded",
+    "InvalidInput",
+    "MissingDependency",
+    "ModelInfo",
+    "ModelNotFound",
+    "RetryPolicy",
+    "ServerError",
+    "ServerUnavailable",
+    "TensorSpec",
+]

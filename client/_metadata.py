@@ -1,0 +1,225 @@
+"""Model discovery: the server's metadata and configuration turned into :class:`ModelInfo`, and checks.
+
+Nothing about a model is hard-coded: input names, data types, shapes, the max batch size and the number
+of classes a classifier returns are all read from the server, once per model and client.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+from cvserve.client.errors import InvalidInput
+from cvserve.client.types import ModelInfo, TensorSpec
+from tritonclient.utils import np_to_triton_dtype
+
+# The names of the cvserve classification contract, used when the server's names are ambiguous.
+IMAGE, CLASS_INDEX, SCORE, LABEL = "IMAGE", "CLASS_INDEX", "SCORE", "LABEL"
+
+
+def model_info(metadata: object, config: object | None) -> ModelInfo:
+    """Build :class:`ModelInfo` from tritonclient's ``ModelMetadataResponse`` and ``ModelConfig``."""
+    optional = {i.name for i in getattr(config, "input", ()) if getattr(i, "optional", False)}
+
+    def specs(tensors: object, optional_names: set[str]) -> tuple[TensorSpec, ...]:
+        return tuple(
+            TensorSpec(t.name, t.datatype, tuple(int(d) for d in t.shape), t.name in optional_names)
+            for t in tensors  # type: ignore[attr-defined]
+        )
+
+    versions = list(getattr(metadata, "versions", ()))
+    return ModelInfo(
+        name=metadata.name,  # type: ignore[attr-defined]
+        version=versions[-1] if versions else "",
+        platform=getattr(metadata, "platform", "") or getattr(config, "platform", "") or "",
+        max_batch_size=int(getattr(config, "max_batch_size", 0) or 0),
+        inputs=specs(metadata.inputs, optional),  # type: ignore[attr-defined]
+        outputs=specs(metadata.outputs, set()),  # type: ignore[attr-defined]
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class ClassifierSpec:
+    """Where a classification model keeps what the client needs."""
+
+    input: TensorSpec
+    index: str
+    score: str
+    label: str
+    k: int | None  # classes returned per image; None when the output dimension is variable
+    max_batch_size: int
+
+
+def _pick(specs: tuple[TensorSpec, ...], preferred: str, datatypes: tuple[str, ...]) -> TensorSpec | None:
+    for spec in specs:
+        if spec.name == preferred and spec.datatype in datatypes:
+            return spec
+    matches = [s for s in specs if s.datatype in datatypes]
+    return matches[0] if len(matches) == 1 else None
+
+
+def classifier_spec(info: ModelInfo) -> ClassifierSpec:
+    """Check that ``info`` describes a cvserve classifier and say where its tensors are.
+
+    Raises:
+        InvalidInput: the model does not take encoded images in and give top-k classes out.
+    """
+    problems = []
+    required = [i for i in info.inputs if not i.optional]
+    image = _pick(info.inputs, IMAGE, ("BYTES",))
+    if image is None or len(required) > 1:
+        problems.append(f"it needs one BYTES input of encoded images, it has {_describe(info.inputs)}")
+    if info.max_batch_size <= 0:
+        problems.append("it does not batch (max_batch_size 0)")
+    index = _pick(info.outputs, CLASS_INDEX, ("INT64", "INT32"))
+    score = _pick(info.outputs, SCORE, ("FP32", "FP16", "FP64"))
+    label = _pick(info.outputs, LABEL, ("BYTES",))
+    if index is None or score is None or label is None:
+        problems.append(
+            f"it needs outputs {CLASS_INDEX} (INT64), {SCORE} (FP32) and {LABEL} (BYTES), "
+            f"it has {_describe(info.outputs)}"
+        )
+    if problems:
+        raise InvalidInput(
+            f"model '{info.name}' is not a cvserve classifier: {'; '.join(problems)}; "
+            "use infer() for other models, or build it with cvserve build",
+            model=info.name,
+        )
+    assert image is not None and index is not None and score is not None and label is not None
+    k = score.shape[-1] if score.shape and score.shape[-1] > 0 else None
+    return ClassifierSpec(image, index.name, score.name, label.name, k, info.max_batch_size)
+
+
+def _describe(specs: tuple[TensorSpec, ...]) -> str:
+    return ", ".join(f"{s.name} ({s.datatype} {list(s.shape)})" for s in specs) or "none"
+
+
+def check_top_k(spec: ClassifierSpec, top_k: int | None, model: str) -> int:
+    """Check ``top_k`` (a positive int no larger than what the model returns); ``None`` means all."""
+    if top_k is None:
+        return spec.k or 2**31
+    if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1:
+        raise InvalidInput(f"top_k must be a positive integer, got {top_k!r}", model=model)
+    if spec.k is not None and top_k > spec.k:
+        raise InvalidInput(
+            f"top_k={top_k} but model '{model}' returns only the top {spec.k} classes per image: "
+            f"ask for top_k<={spec.k}, or rebuild the model with a larger --top-k (cvserve build --top-k {top_k})",
+            model=model,
+        )
+    return int(top_k)
+
+
+def triton_dtype(array: np.ndarray) -> str:
+    """The Triton data type of a numpy array (object/bytes/str arrays are ``BYTES``)."""
+    if array.dtype.kind in ("O", "S", "U"):
+        return "BYTES"
+    return np_to_triton_dtype(array.dtype) or str(array.dtype)
+
+
+def check_inputs(info: ModelInfo, inputs: Mapping[str, np.ndarray]) -> int | None:
+    """Check names, data types and shapes of ``inputs`` against the model; return the batch size.
+
+    Returns:
+        The common first dimension when the model batches (``max_batch_size`` > 0), else ``None``.
+
+    Raises:
+        InvalidInput: naming the tensor, what was given and what the model expects.
+    """
+    model = info.name
+    if not isinstance(inputs, Mapping) or not inputs:
+        raise InvalidInput(
+            f"inputs must be a non-empty dict of name -> numpy array; model '{model}' takes "
+            f"{_describe(info.inputs)}",
+            model=model,
+        )
+    known = {s.name: s for s in info.inputs}
+    unknown = sorted(set(inputs) - set(known))
+    if unknown:
+        raise InvalidInput(
+            f"model '{model}' has no input {', '.join(unknown)}; its inputs are {_describe(info.inputs)}",
+            model=model,
+        )
+    missing = [s.name for s in info.inputs if not s.optional and s.name not in inputs]
+    if missing:
+        raise InvalidInput(f"model '{model}' needs input {', '.join(missing)} as well", model=model)
+    batches = set()
+    for name, array in inputs.items():
+        spec = known[name]
+        if not isinstance(array, np.ndarray):
+            raise InvalidInput(f"input {name} must be a numpy array, got {type(array).__name__}", model=model)
+        dtype = triton_dtype(array)
+        if dtype != spec.datatype:
+            raise InvalidInput(
+                f"input {name} of model '{model}' must be {spec.datatype}, got {dtype} (numpy {array.dtype}); "
+                "convert it with .astype(...)",
+                model=model,
+            )
+        if len(array.shape) != len(spec.shape) or any(
+            want != -1 and want != got for want, got in zip(spec.shape, array.shape, strict=False)
+        ):
+            batch = " (the first dimension is the batch)" if info.max_batch_size > 0 else ""
+            raise InvalidInput(
+                f"input {name} of model '{model}' must have shape {list(spec.shape)}{batch}, "
+                f"got {list(array.shape)}",
+                model=model,
+            )
+        if info.max_batch_size > 0:
+            batches.add(array.shape[0])
+    if len(batches) > 1:
+        raise InvalidInput(
+            f"inputs of model '{model}' have different batch sizes {sorted(batches)}", model=model
+        )
+    return batches.pop() if batches else None
+
+
+def check_outputs(info: ModelInfo, outputs: list[str] | None) -> list[str]:
+    """The output names to request: all of them by default; unknown names are an error."""
+    names = [s.name for s in info.outputs]
+    if outputs is None:
+        return names
+    unknown = [o for o in outputs if o not in names]
+    if unknown:
+        raise InvalidInput(
+            f"model '{info.name}' has no output {', '.join(unknown)}; its outputs are {_describe(info.outputs)}",
+            model=info.name,
+        )
+    return list(outputs)
+
+
+def chunks(n: int, size: int) -> list[slice]:
+    """Slices that split ``n`` items into consecutive chunks of at most ``size`` (size 0: one chunk)."""
+    if size <= 0 or n <= size:
+        return [slice(0, n)]
+    return [slice(i, min(i + size, n)) for i in range(0, n, size)]
+
+
+def pick_classifier(infos: list[ModelInfo], url: str) -> str:
+    """The name of the one classifier among ``infos``; ``InvalidInput`` when there are none or several."""
+    found = []
+    for info in infos:
+        try:
+            classifier_spec(info)
+        except InvalidInput:
+            continue
+        found.append(info.name)
+    if len(found) == 1:
+        return found[0]
+    served = ", ".join(sorted(found)) if found else "none"
+    raise InvalidInput(
+        f"no model named and the server at {url} serves {len(found)} classifiers ({served}): "
+        "pass the model, e.g. Client(url, model='mobilenet_v2') or classify(images, model='mobilenet_v2')"
+    )
+
+
+__all__ = [
+    "ClassifierSpec",
+    "check_inputs",
+    "check_outputs",
+    "check_top_k",
+    "chunks",
+    "classifier_spec",
+    "model_info",
+    "pick_classifier",
+    "triton_dtype",
+]

@@ -1,0 +1,76 @@
+"""Small typed results and descriptions returned by the client."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Classification:
+    """One of the top-k classes predicted for an image.
+
+    Attributes:
+        label: the class name, e.g. ``"Egyptian cat"``.
+        index: the class index in the model's output, e.g. ``285``.
+        score: the softmax probability in ``[0, 1]``.
+    """
+
+    label: str
+    index: int
+    score: float
+
+
+@dataclass(frozen=True, slots=True)
+class TensorSpec:
+    """An input or output tensor as the server describes it.
+
+    Attributes:
+        name: the tensor name, e.g. ``"IMAGE"``.
+        datatype: the Triton data type, e.g. ``"FP32"``, ``"BYTES"``.
+        shape: the full shape; ``-1`` is a variable dimension (the batch dimension of a batching model).
+        optional: whether the model may be called without this input.
+    """
+
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+    optional: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ModelInfo:
+    """What the client discovered about a served model (from its metadata and configuration).
+
+    Attributes:
+        name: the model name.
+        version: the version the server reports (``""`` when unknown).
+        platform: ``"ensemble"``, ``"onnxruntime_onnx"``, ``"python"``...
+        max_batch_size: the largest batch the server accepts in one request; 0 if the model does not batch.
+        inputs: the input tensors, in the server's order.
+        outputs: the output tensors, in the server's order.
+    """
+
+    name: str
+    version: str
+    platform: str
+    max_batch_size: int
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+
+    def input(self, name: str) -> TensorSpec:
+        """The input tensor called ``name``; ``KeyError`` if there is none."""
+        return _by_name(self.inputs, name)
+
+    def output(self, name: str) -> TensorSpec:
+        """The output tensor called ``name``; ``KeyError`` if there is none."""
+        return _by_name(self.outputs, name)
+
+
+def _by_name(specs: tuple[TensorSpec, ...], name: str) -> TensorSpec:
+    for spec in specs:
+        if spec.name == name:
+            return spec
+    raise KeyError(name)
+
+
+__all__ = ["Classification", "ModelInfo", "TensorSpec"]

@@ -1,0 +1,99 @@
+"""Fixtures for the client's integration tests: a small real Triton repository of python-backend models.
+
+The models' code lives in ``client_repo/``; their ``config.pbtxt`` files are written here from Triton's
+own ``model_config`` protobuf. ``toy_classifier`` follows the cvserve classification contract with a
+small max batch size (so that splitting is exercised) and K=3; ``slow_classifier`` is the same model
+sleeping 0.3 s per batch (for deadlines); ``add_sub`` serves the generic ``infer`` tests.
+"""
+
+from __future__ import annotations
+
+import io
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2 as mc
+
+HERE = Path(__file__).parent / "client_repo"
+TOY_MAX_BATCH = 4
+TOY_K = 3
+
+
+def _tensor(name: str, dtype: int, dims: list[int]) -> dict:
+    return {"name": name, "data_type": dtype, "dims": dims}
+
+
+def _write_model(repo: Path, name: str, source: str, config: mc.ModelConfig) -> None:
+    version = repo / name / "1"
+    version.mkdir(parents=True)
+    shutil.copy(HERE / source, version / "model.py")
+    (repo / name / "config.pbtxt").write_text(text_format.MessageToString(config))
+
+
+def _classifier_config(name: str, delay_s: float = 0.0) -> mc.ModelConfig:
+    config = mc.ModelConfig(
+        name=name,
+        backend="python",
+        max_batch_size=TOY_MAX_BATCH,
+        input=[mc.ModelInput(**_tensor("IMAGE", mc.TYPE_STRING, [1]))],
+        output=[
+            mc.ModelOutput(**_tensor("CLASS_INDEX", mc.TYPE_INT64, [TOY_K])),
+            mc.ModelOutput(**_tensor("SCORE", mc.TYPE_FP32, [TOY_K])),
+            mc.ModelOutput(**_tensor("LABEL", mc.TYPE_STRING, [TOY_K])),
+        ],
+        instance_group=[mc.ModelInstanceGroup(count=1, kind=mc.ModelInstanceGroup.KIND_CPU)],
+    )
+    if delay_s:
+        config.parameters["delay_s"].string_value = str(delay_s)
+    return config
+
+
+def write_repository(repo: Path) -> Path:
+    """Write the client test repository into ``repo`` (created) and return it."""
+    repo.mkdir(parents=True, exist_ok=True)
+    _write_model(repo, "toy_classifier", "toy_classifier.py", _classifier_config("toy_classifier"))
+    _write_model(repo, "slow_classifier", "toy_classifier.py", _classifier_config("slow_classifier", 0.3))
+    add_sub = mc.ModelConfig(
+        name="add_sub",
+        backend="python",
+        max_batch_size=8,
+        input=[mc.ModelInput(**_tensor(n, mc.TYPE_FP32, [4])) for n in ("INPUT0", "INPUT1")],
+        output=[mc.ModelOutput(**_tensor(n, mc.TYPE_FP32, [4])) for n in ("OUTPUT0", "OUTPUT1")],
+        instance_group=[mc.ModelInstanceGroup(count=1, kind=mc.ModelInstanceGroup.KIND_CPU)],
+    )
+    _write_model(repo, "add_sub", "add_sub.py", add_sub)
+    return repo
+
+
+def png(rgb: tuple[int, int, int], size: int = 8) -> bytes:
+    """A small solid-colour PNG."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (size, size), rgb).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def toy_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    """A real Triton server (module-scoped) serving the client test repository."""
+    from cvserve.server import ServerSettings, TritonServer
+
+    repo = write_repository(tmp_path_factory.mktemp("client_repo") / "models")
+    settings = ServerSettings(repository=repo, grpc_port=0, http_port=0, metrics_port=0, exit_timeout_s=5)
+    with TritonServer(settings) as server:
+        yield server
+
+
+COLOURS = {"red": (250, 10, 10), "green": (10, 250, 10), "blue": (10, 10, 250)}
+
+
+@pytest.fixture(scope="module")
+def colour_pngs() -> dict[str, bytes]:
+    return {name: png(rgb) for name, rgb in COLOURS.items()}
+
+
+__all__ = ["COLOURS", "TOY_K", "TOY_MAX_BATCH", "colour_pngs", "png", "toy_server", "write_repository"]
