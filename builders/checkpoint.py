@@ -129,3 +129,22 @@ def load_model(checkpoint: str | Path, arch: str | None = None) -> LoadedModel:
             f"checkpoint {path.name} does not match --arch {arch}: {_describe_mismatch(exc)}"
         ) from None
     return LoadedModel(module=module.eval(), kind="state_dict", source=path)
+
+
+def num_classes(model: LoadedModel, input_shape: tuple[int, ...]) -> int:
+    """Run one forward pass on a dummy batch; the output must be [batch, classes]."""
+    torch = require("torch")
+    module = model.module.module() if model.kind == "exported_program" else model.module
+    try:
+        with torch.no_grad():
+            out = module(torch.zeros((2, *input_shape)))
+    except Exception as exc:  # noqa: BLE001 - a shape problem with the user's input size
+        raise UserInputError(
+            f"the model does not run on input [N, {', '.join(map(str, input_shape))}]: "
+            f"{str(exc).splitlines()[0]} (check --input-size and --layout)"
+        ) from None
+    if not hasattr(out, "shape") or out.dim() != 2:
+        raise UserInputError(
+            f"a classifier returns [batch, classes]; this model returns {getattr(out, 'shape', type(out))}"
+        )
+    return int(out.shape[1])

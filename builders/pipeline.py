@@ -147,11 +147,12 @@ def build(settings: BuildSettings, log: Callable[[str], None] = print) -> BuildR
         scratch = Path(scratch_dir)
         with clock.stage("load"):
             model = checkpoint.load_model(settings.checkpoint, settings.arch)
+            # Check the labels before the (slow) export: one forward pass tells the number of classes.
+            labels = _read_labels(settings.labels, checkpoint.num_classes(model, spec.tensor_shape))
         with clock.stage("export"):
             exported = torch2onnx.export(
                 model, scratch / "exported.onnx", input_shape=spec.tensor_shape, exporter=settings.exporter
             )
-        labels = _read_labels(settings.labels, exported.num_classes)
         with clock.stage("cleanup"):
             cleaned = onnx_cleanup.cleanup(exported.path, scratch / "model.onnx")
         with clock.stage("verify"):
