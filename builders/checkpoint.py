@@ -138,7 +138,7 @@ def num_classes(model: LoadedModel, input_shape: tuple[int, ...]) -> int:
     try:
         with torch.no_grad():
             out = module(torch.zeros((2, *input_shape)))
-    except Exception as exc:  # noqa: BLE001 - a shape problem with the user's input size
+    except Exception as exc:
         raise UserInputError(
             f"the model does not run on input [N, {', '.join(map(str, input_shape))}]: "
             f"{str(exc).splitlines()[0]} (check --input-size and --layout)"

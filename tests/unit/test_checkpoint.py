@@ -34,7 +34,7 @@ def test_wrapped_and_data_parallel_state_dicts(tmp_path, resnet18_state):
 
 def test_mismatching_architecture_says_so(resnet18_state):
     with pytest.raises(
-        UserInputError, match="does not match --arch cvserve.builders.architectures:mobilenet_v2"
+        UserInputError, match=r"does not match --arch cvserve\.builders\.architectures:mobilenet_v2"
     ):
         load_model(resnet18_state, "cvserve.builders.architectures:mobilenet_v2")
 
