@@ -5,9 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from cvserve.builders.torch2onnx import check
-
 from cvserve._extras import require
+from cvserve.builders.torch2onnx import check
 
 
 @dataclass(kw_only=True)

@@ -17,7 +17,6 @@ from pathlib import Path
 
 from cvserve.builders import triton_config as tc
 from cvserve.builders.preprocessing import PreprocessSpec, preprocess_files
-
 from cvserve.errors import NotFoundError, UserInputError
 
 MODEL_REPOSITORY_SOURCES = Path(__file__).resolve().parent.parent / "model_repository"

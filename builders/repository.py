@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cvserve.builders import triton_config as tc
-
 from cvserve.errors import NotFoundError, UserInputError
 
 SNAPSHOT = "config.pbtxt.build"

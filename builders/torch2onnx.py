@@ -9,9 +9,8 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from cvserve.builders.checkpoint import LoadedModel
-
 from cvserve._extras import require
+from cvserve.builders.checkpoint import LoadedModel
 from cvserve.errors import BuildError
 
 INPUT_NAME = "input"

@@ -6,9 +6,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-from cvserve.builders.checkpoint import LoadedModel
 
 from cvserve._extras import require
+from cvserve.builders.checkpoint import LoadedModel
 from cvserve.errors import BuildError
 
 
