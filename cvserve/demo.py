@@ -56,12 +56,12 @@ def main(argv: list[str] | None = None) -> int:
             print("\n== 3. classify over gRPC (cvserve.client)")
             images = sample_images()
             t = time.perf_counter()
-            with Client(server.grpc_url) as client:
-                results = client.classify(args.name, list(images.values()), top_k=args.top_k)
+            with Client(server.grpc_url, model=args.name) as client:
+                results = client.classify(list(images.values()), top_k=args.top_k)
             timings["classify"] = time.perf_counter() - t
             failed = []
             expected = expected_labels()
-            for (name, path), top in zip(images.items(), results):
+            for (name, path), top in zip(images.items(), results, strict=True):
                 print(f"   {name} ({path.name})")
                 for c in top:
                     print(f"      {c.score:6.3f}  {c.label}  (class {c.index})")
