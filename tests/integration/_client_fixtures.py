@@ -51,10 +51,15 @@ def _classifier_config(name: str, delay_s: float = 0.0) -> mc.ModelConfig:
     return config
 
 
-def write_repository(repo: Path) -> Path:
-    """Write the client test repository into ``repo`` (created) and return it."""
+def write_repository(repo: Path, *, toy_only: bool = False) -> Path:
+    """Write the client test repository into ``repo`` (created) and return it.
+
+    ``toy_only`` writes just ``toy_classifier``, for a server that starts and stops faster.
+    """
     repo.mkdir(parents=True, exist_ok=True)
     _write_model(repo, "toy_classifier", "toy_classifier.py", _classifier_config("toy_classifier"))
+    if toy_only:
+        return repo
     _write_model(repo, "slow_classifier", "toy_classifier.py", _classifier_config("slow_classifier", 0.3))
     add_sub = mc.ModelConfig(
         name="add_sub",
