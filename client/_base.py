@@ -7,6 +7,8 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
+from tritonclient.grpc import KeepAliveOptions
+
 from cvserve.client._common import DEFAULT_TIMEOUT_S, Options, make_options
 from cvserve.client._images import as_image_list, encode_images
 from cvserve.client._metadata import check_inputs, check_outputs, chunks
@@ -14,7 +16,6 @@ from cvserve.client._retry import Deadline, ErrorMapper, RetryPolicy
 from cvserve.client.errors import ClientError, InvalidInput, map_error
 from cvserve.client.metrics import ClientMetrics
 from cvserve.client.types import ModelInfo
-from tritonclient.grpc import KeepAliveOptions
 
 
 class ClientBase:

@@ -9,12 +9,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tritonclient.grpc import MAX_GRPC_MESSAGE_SIZE, InferInput, InferRequestedOutput, KeepAliveOptions
+
 from cvserve.client._metadata import ClassifierSpec, triton_dtype
 from cvserve.client._retry import Deadline, RetryPolicy
 from cvserve.client.errors import InvalidInput, ServerError
 from cvserve.client.metrics import ClientMetrics
 from cvserve.client.types import Classification
-from tritonclient.grpc import MAX_GRPC_MESSAGE_SIZE, InferInput, InferRequestedOutput, KeepAliveOptions
 
 DEFAULT_URL = "localhost:8001"
 DEFAULT_TIMEOUT_S = 30.0

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from cvserve.client.errors import InvalidInput, MissingDependency
 
 # What classify() accepts for one image.

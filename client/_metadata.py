@@ -10,9 +10,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
+from tritonclient.utils import np_to_triton_dtype
+
 from cvserve.client.errors import InvalidInput
 from cvserve.client.types import ModelInfo, TensorSpec
-from tritonclient.utils import np_to_triton_dtype
 
 # The names of the cvserve classification contract, used when the server's names are ambiguous.
 IMAGE, CLASS_INDEX, SCORE, LABEL = "IMAGE", "CLASS_INDEX", "SCORE", "LABEL"

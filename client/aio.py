@@ -9,6 +9,8 @@ from typing import Any, TypeVar
 import grpc
 import numpy as np
 import tritonclient.grpc.aio as triton_aio
+from tritonclient.utils import InferenceServerException
+
 from cvserve.client._base import ClientBase
 from cvserve.client._common import (
     collect_outputs,
@@ -23,7 +25,6 @@ from cvserve.client._retry import Deadline, RetryPolicy, acall_with_retry
 from cvserve.client.errors import ServerUnavailable
 from cvserve.client.metrics import track
 from cvserve.client.types import Classification, ModelInfo
-from tritonclient.utils import InferenceServerException
 
 T = TypeVar("T")
 

@@ -10,6 +10,8 @@ from typing import Any
 import grpc
 import numpy as np
 import tritonclient.grpc as triton
+from tritonclient.utils import InferenceServerException
+
 from cvserve.client._base import ClientBase
 from cvserve.client._common import (
     collect_outputs,
@@ -24,7 +26,6 @@ from cvserve.client._retry import Deadline, RetryPolicy, call_with_retry
 from cvserve.client.errors import ServerUnavailable
 from cvserve.client.metrics import track
 from cvserve.client.types import Classification, ModelInfo
-from tritonclient.utils import InferenceServerException
 
 
 class Client(ClientBase):
