@@ -1,0 +1,121 @@
+"""The demo model on the real embedded Triton: predictions, bad input, server behaviour."""
+
+from __future__ import annotations
+
+import io
+import threading
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+from PIL import Image
+from tritonclient.utils import InferenceServerException
+
+MODEL = "mobilenet_v2"
+
+
+def _request(data: list[bytes]) -> list[grpcclient.InferInput]:
+    inp = grpcclient.InferInput("IMAGE", [len(data), 1], "BYTES")
+    inp.set_data_from_numpy(np.array(data, dtype=np.object_).reshape(-1, 1))
+    return [inp]
+
+
+def _labels(result) -> list[str]:
+    return [row[0].decode() for row in result.as_numpy("LABEL")]
+
+
+def _jpeg(path) -> bytes:
+    buf = io.BytesIO()
+    Image.open(path).convert("RGB").save(buf, "JPEG", quality=90)
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def grpc(triton):
+    client = grpcclient.InferenceServerClient(triton.grpc_url)
+    yield client
+    client.close()
+
+
+def test_real_photos_get_the_expected_top1(grpc, sample_images, expected_labels):
+    names = list(expected_labels)
+    result = grpc.infer(MODEL, _request([sample_images[n].read_bytes() for n in names]))
+    assert _labels(result) == [expected_labels[n] for n in names]
+    scores = result.as_numpy("SCORE")
+    assert scores.shape == (len(names), 5)
+    assert np.all(np.diff(scores, axis=1) <= 0), "scores sorted best first"
+    assert np.all(scores.sum(axis=1) <= 1.0001)
+    assert result.as_numpy("CLASS_INDEX")[:, 0].tolist() == [285, 967, 812]
+
+
+def test_jpeg_and_png_of_the_same_photo_agree(grpc, sample_images):
+    png = sample_images["coffee"].read_bytes()
+    jpeg = _jpeg(sample_images["coffee"])
+    result = grpc.infer(MODEL, _request([png, jpeg]))
+    assert _labels(result) == ["espresso", "espresso"]
+
+
+def test_ensemble_metadata_describes_the_contract(grpc):
+    meta = grpc.get_model_metadata(MODEL, as_json=True)
+    assert [(i["name"], i["datatype"]) for i in meta["inputs"]] == [("IMAGE", "BYTES")]
+    assert {o["name"] for o in meta["outputs"]} == {"CLASS_INDEX", "SCORE", "LABEL"}
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [b"", b"definitely not an image", b"\x89PNG\r\n\x1a\n" + b"\x00" * 40, None],
+    ids=["empty", "text", "png-header-only", "truncated-jpeg"],
+)
+def test_a_bad_image_fails_only_its_own_request(grpc, triton, sample_images, bad):
+    """Good requests batched together with a bad one by the dynamic batcher still succeed."""
+    if bad is None:
+        bad = _jpeg(sample_images["chelsea"])[:2000]
+    good = sample_images["rocket"].read_bytes()
+    results: dict[int, object] = {}
+    done = threading.Event()
+    lock = threading.Lock()
+    n = 12
+
+    def callback(i, result, error):
+        with lock:
+            results[i] = error if error is not None else result
+            if len(results) == n:
+                done.set()
+
+    for i in range(n):
+        data = bad if i == 5 else good
+        grpc.async_infer(
+            MODEL, _request([data]), callback=lambda result, error, i=i: callback(i, result, error)
+        )
+    assert done.wait(60), "every request answered"
+    for i, outcome in results.items():
+        if i == 5:
+            assert isinstance(outcome, InferenceServerException)
+            assert outcome.status() == "StatusCode.INVALID_ARGUMENT"
+            assert "not a decodable image" in outcome.message() or "empty image" in outcome.message()
+        else:
+            assert not isinstance(outcome, Exception), outcome
+            assert _labels(outcome) == ["space shuttle"]
+    assert grpc.is_server_ready() and grpc.is_model_ready(MODEL)
+
+
+def test_requests_were_batched_by_the_dynamic_batcher(grpc, sample_images):
+    """Concurrent requests end up in fewer network executions than requests."""
+    before = grpc.get_inference_statistics(f"{MODEL}_network", as_json=True)["model_stats"][0]
+    data = sample_images["coffee"].read_bytes()
+    done = threading.Semaphore(0)
+    for _ in range(16):
+        grpc.async_infer(MODEL, _request([data]), callback=lambda result, error: done.release())
+    for _ in range(16):
+        assert done.acquire(timeout=60)
+    after = grpc.get_inference_statistics(f"{MODEL}_network", as_json=True)["model_stats"][0]
+    inferences = int(after["inference_count"]) - int(before.get("inference_count", 0))
+    executions = int(after["execution_count"]) - int(before.get("execution_count", 0))
+    assert inferences == 16
+    assert executions < inferences
+
+
+def test_a_request_with_many_images_in_one_call(grpc, sample_images):
+    data = [p.read_bytes() for p in sample_images.values()] * 3
+    result = grpc.infer(MODEL, _request(data))
+    assert result.as_numpy("LABEL").shape == (len(data), 5)
