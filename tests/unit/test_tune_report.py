@@ -1,0 +1,121 @@
+"""Tuning outputs: Pareto front, config.pbtxt changes, Helm values valid for the chart, report files, CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from cvserve.builders import triton_config as tc
+from cvserve.cli import build_parser
+from cvserve.errors import UserInputError
+from cvserve.tune import report
+from cvserve.tune.candidates import candidate_from_configs
+from cvserve.tune.cli import parse_duration
+from cvserve.tune.measure import Measurement
+from cvserve.tune.search import SearchResult, Trial
+
+SCHEMA = Path(__file__).resolve().parents[2] / "helm" / "cvserve" / "values.schema.json"
+
+
+def configs():
+    shape = tc.PipelineShape(tensor_shape=(3, 224, 224), num_classes=10)
+    return tc.pipeline_configs("net", shape, tc.Batching(max_batch_size=32), tc.VersionPolicy(), "python")
+
+
+def result():
+    base = configs()
+    start = candidate_from_configs(base)
+    chosen = (
+        start.with_value("network_instances", 2)
+        .with_value("max_batch_size", 16)
+        .with_value("max_queue_delay_us", 500)
+    )
+
+    def trial(i, c, tput, p95, phase):
+        m = Measurement(
+            users=8, p50_ms=p95 / 2, p95_ms=p95, p99_ms=p95, throughput_rps=tput, inferences_per_s=tput
+        )
+        return Trial(
+            index=i, candidate=c, phase=phase, summary=m, feasible=p95 <= 100, runs=[m], repeats=[m, m]
+        )
+
+    t0, t1 = trial(0, start, 100.0, 80.0, "start"), trial(1, chosen, 150.0, 90.0, "explore")
+    t2 = trial(2, start.with_value("network_instances", 3), 160.0, 140.0, "explore")
+    res = SearchResult(
+        start=t0, best=t1, trials=[t0, t1, t2], noise=0.01, margin=0.03, stopped_by="converged", elapsed_s=60
+    )
+    return res, base
+
+
+SETTINGS = {
+    "model": "net",
+    "slo_p95_ms": 100.0,
+    "price_per_hour": 3.6,
+    "budget_s": 600.0,
+    "batch_bound": 32,
+    "batch_bound_source": "starting max_batch_size",
+}
+
+
+def test_pareto_front_keeps_only_undominated_points():
+    pts = [(10, 50), (20, 40), (30, 90), (25, 90), (40, 100)]
+    assert report.pareto_front(pts) == [(10, 50), (25, 90), (40, 100)]
+
+
+def test_helm_values_match_the_chart_schema():
+    jsonschema = pytest.importorskip("jsonschema")
+    res, base = result()
+    values, notes = report.helm_overrides(base, res.best.candidate)
+    overrides = values["modelConfigOverrides"]
+    assert overrides["net_network"] == {
+        "max_batch_size": 16,
+        "dynamic_batching": {"max_queue_delay_microseconds": 500},
+    }
+    assert overrides["net"] == {"max_batch_size": 16}
+    assert notes == ["net_network: instance_group count 1 -> 2 (config.pbtxt only)"]
+    schema = json.loads(SCHEMA.read_text())["properties"]["modelConfigOverrides"]
+    jsonschema.validate(overrides, schema)
+
+
+def test_config_changes_are_text_format_diffs():
+    res, base = result()
+    changes = report.config_changes(base, res.best.candidate)
+    assert set(changes) == {"preprocess", "network", "postprocess", "ensemble"}
+    net = tc.parse(changes["network"]["after"])
+    assert net.instance_group[0].count == 2 and net.dynamic_batching.max_queue_delay_microseconds == 500
+    assert "+  count: 2" in changes["network"]["diff"]
+
+
+def test_report_files(tmp_path):
+    res, base = result()
+    data = report.build_report(res, settings=SETTINGS, base=base)
+    assert data["chosen"]["cost_per_1k_usd"] == pytest.approx(3.6 / 3600 / 150 * 1000)
+    assert [c["index"] for c in data["candidates"]] == [0, 1, 2]
+    written = report.write(data, tmp_path)
+    names = {p.name for p in written}
+    assert {"tuning_report.json", "tuning_report.md", "helm-values.yaml", "tuning_pareto.png"} <= names
+    md = (tmp_path / "tuning_report.md").read_text()
+    assert "| chosen |" in md and "## Candidates" in md and "```diff" in md
+    assert json.loads((tmp_path / "tuning_report.json").read_text())["meets_slo"] is True
+    assert (tmp_path / "configs" / "net_network" / "config.pbtxt").exists()
+    assert "modelConfigOverrides:" in (tmp_path / "helm-values.yaml").read_text()
+
+
+@pytest.mark.parametrize("text, seconds", [("90s", 90), ("10m", 600), ("1h", 3600), ("45", 45), ("1.5m", 90)])
+def test_parse_duration(text, seconds):
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "10x", "-5m", "0s"])
+def test_parse_duration_rejects(text):
+    with pytest.raises(UserInputError, match="--budget"):
+        parse_duration(text)
+
+
+def test_cli_registers_tune():
+    args = build_parser().parse_args(
+        ["tune", "m", "--images", ".", "--slo-p95-ms", "50", "--price-per-hour", "1.2", "--budget", "2m"]
+    )
+    assert args.func.__module__ == "cvserve.tune.cli" and args.budget == "2m" and args.max_instances == 4
