@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import pytest
@@ -10,19 +9,9 @@ import pytest
 from cvserve.builders import repository as rp
 from cvserve.builders import triton_config as tc
 from cvserve.errors import NotFoundError
+from tests.helpers import tree_digest
 
 SHAPE = tc.PipelineShape(tensor_shape=(3, 8, 8), num_classes=3, top_k=2)
-
-
-def tree_digest(root: Path) -> str:
-    """Hash of every path and file content below root (byte-identical check)."""
-    h = hashlib.sha256()
-    if root.exists():
-        for p in sorted(root.rglob("*")):
-            h.update(str(p.relative_to(root)).encode())
-            if p.is_file():
-                h.update(p.read_bytes())
-    return h.hexdigest()
 
 
 def _build(repo: Path, name: str = "m", max_batch_size: int = 8, fail: bool = False) -> int:
