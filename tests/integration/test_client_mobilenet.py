@@ -56,6 +56,7 @@ def test_corrupt_image_is_invalid_input_with_the_servers_message(client, sample_
     with pytest.raises(InvalidInput, match=r"image 2 of 3") as info:
         client.classify([sample_images["coffee"], b"definitely not a jpeg", sample_images["rocket"]])
     assert info.value.code in ("INVALID_ARGUMENT", "INTERNAL")
+    print(f"\ncorrupt image through the ensemble: {info.value.code}: {info.value}")
 
 
 def test_top_k_larger_than_built_names_the_rebuild(client, sample_images):
@@ -74,7 +75,9 @@ def test_one_millisecond_deadline_raises_promptly(client, sample_images):
     start = time.perf_counter()
     with pytest.raises(DeadlineExceeded):
         client.classify([sample_images["coffee"]], timeout=0.001)
-    assert time.perf_counter() - start < 1.0
+    elapsed = time.perf_counter() - start
+    print(f"\n1 ms deadline on mobilenet_v2: DeadlineExceeded after {elapsed * 1000:.1f} ms")
+    assert elapsed < 1.0
 
 
 def test_200_concurrent_async_classify_calls_are_all_correct(triton, sample_images, expected_labels):

@@ -8,10 +8,10 @@ import threading
 import time
 
 import pytest
-from _client_fixtures import png, write_repository
 
 from cvserve.client import AsyncClient, Client, ServerUnavailable
 from cvserve.server import ServerSettings, TritonServer
+from tests.integration._client_fixtures import png, write_repository
 
 TOY = "toy_classifier"
 

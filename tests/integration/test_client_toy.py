@@ -12,7 +12,6 @@ import json
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-import _client_fixtures as fx
 import numpy as np
 import pytest
 from PIL import Image
@@ -26,6 +25,7 @@ from cvserve.client import (
     InvalidInput,
     ModelNotFound,
 )
+from tests.integration import _client_fixtures as fx
 
 TOY = "toy_classifier"
 COLOURS, TOY_K, TOY_MAX_BATCH = fx.COLOURS, fx.TOY_K, fx.TOY_MAX_BATCH
