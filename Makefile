@@ -65,7 +65,7 @@ test-integration: $(STAMPS)/dev
 	$(PY) -m pytest -q tests/integration
 
 bench: $(STAMPS)/dev
-	$(PY) -m cvserve.loadtests.bench
+	$(PY) -m cvserve.bench
 
 lint: $(STAMPS)/dev
 	$(VENV)/bin/ruff check .
