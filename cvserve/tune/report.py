@@ -205,10 +205,18 @@ def plot(report: dict, path: Path) -> None:
     front = pareto_front([(c["p95_ms"], c["inferences_per_s"]) for c in cands])
     if front:
         ax.plot(*xy(front), "-", c="tab:green", drawstyle="steps-post", label="Pareto front")
-    for key, style in (("start", "s"), ("chosen", "*")):
+    for key, style, size, color in (("start", "s", 110, "black"), ("chosen", "*", 220, "gold")):
         r = report[key]
         if r["p95_ms"] is not None:
-            ax.scatter([r["p95_ms"]], [r["inferences_per_s"]], s=140, marker=style, c="black", label=key)
+            ax.scatter(
+                [r["p95_ms"]],
+                [r["inferences_per_s"]],
+                s=size,
+                marker=style,
+                c=color,
+                edgecolors="black",
+                label=key,
+            )
     ax.axvline(report["settings"]["slo_p95_ms"], ls="--", c="gray", label="p95 SLO")
     ax.set(
         xlabel="p95 latency (ms)",
