@@ -98,11 +98,11 @@ def call_with_retry(
     Raises:
         ClientError: the mapped error of the last attempt (``DeadlineExceeded`` when no time was left).
     """
-    attempts = 0
+    attempts, last = 0, None
     while True:
         remaining = deadline.remaining()
         if remaining <= 0:
-            raise _deadline_passed(map_error, attempts)
+            raise _deadline_passed(map_error, attempts, last)
         attempts += 1
         try:
             return attempt(remaining)
@@ -114,6 +114,7 @@ def call_with_retry(
                 raise map_error(exc, attempts) from None
             if on_retry is not None:
                 on_retry(exc)
+            last = exc
         time.sleep(delay)
 
 
@@ -126,11 +127,11 @@ async def acall_with_retry(
     on_retry: Callable[[BaseException], None] | None = None,
 ) -> T:
     """The asyncio form of :func:`call_with_retry`."""
-    attempts = 0
+    attempts, last = 0, None
     while True:
         remaining = deadline.remaining()
         if remaining <= 0:
-            raise _deadline_passed(map_error, attempts)
+            raise _deadline_passed(map_error, attempts, last)
         attempts += 1
         try:
             return await attempt(remaining)
@@ -142,6 +143,7 @@ async def acall_with_retry(
                 raise map_error(exc, attempts) from None
             if on_retry is not None:
                 on_retry(exc)
+            last = exc
         await asyncio.sleep(delay)
 
 
@@ -155,8 +157,9 @@ class _DeadlinePassed(Exception):
         return "Deadline Exceeded"
 
 
-def _deadline_passed(map_error: ErrorMapper, attempts: int) -> ClientError:
-    return map_error(_DeadlinePassed(), max(attempts, 1))
+def _deadline_passed(map_error: ErrorMapper, attempts: int, last: BaseException | None) -> ClientError:
+    # The deadline ran out while backing off: the last error (the server stayed unavailable) says more.
+    return map_error(last if last is not None else _DeadlinePassed(), max(attempts, 1))
 
 
 __all__ = ["Deadline", "RetryPolicy", "acall_with_retry", "call_with_retry"]
