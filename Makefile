@@ -35,7 +35,7 @@ $(STAMPS)/torch: $(STAMPS)/venv
 ifeq ($(HAS_GPU),yes)
 	$(PIP) install "torch==$(TORCH_VERSION)"
 else
-	$(PIP) install "torch==$(TORCH_VERSION)" $(if $(TORCH_INDEX_URL),--index-url $(TORCH_INDEX_URL))
+	$(PIP) install "torch==$(TORCH_VERSION)" numpy $(if $(TORCH_INDEX_URL),--index-url $(TORCH_INDEX_URL))
 	@$(PY) -c "import torch,sys; sys.exit('a CUDA build of torch got installed on a machine without a GPU: set TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu' if torch.version.cuda else 0)"
 endif
 	@touch $@
