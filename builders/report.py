@@ -6,8 +6,8 @@ from __future__ import annotations
 def _fmt(value) -> str:
     if value is None:
         return "-"
-    if isinstance(value, float):
-        return f"{value:.4f}"
+    if isinstance(value, float):  # metrics in [0, 1] with 4 decimals, rates and ratios as they come
+        return f"{value:.4f}" if abs(value) < 1 else f"{value:.4g}"
     return str(value)
 
 

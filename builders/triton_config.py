@@ -171,8 +171,9 @@ def network_config(
         )
         if b.network_threads:
             _params(cfg, {"intra_op_thread_count": b.network_threads})
-    else:  # TensorRT engine (NGC container on GPU nodes)
+    else:  # TensorRT engine (NGC container on GPU nodes): an engine only runs on a GPU instance
         cfg.platform, cfg.backend, cfg.default_model_filename = "tensorrt_plan", "tensorrt", "model.plan"
+        cfg.instance_group[0].kind = mc.ModelInstanceGroup.Kind.KIND_GPU
     _params(cfg, shape.extra_params.get("network", {}))
     return cfg
 

@@ -1,88 +1,36 @@
 """Quantized builds of a real labelled task: a small CNN trained on scikit-learn's digits in the fixture.
 
 The digits are written as PNG files and reach the network through the served preprocessing, for
-training as well as for calibration and the accuracy gate. Calibration and held-out sets are disjoint
+training as well as for calibration and the accuracy gate (:func:`cvserve.builders.bench_quant.make_digits`,
+shared with the benchmark). Calibration and held-out sets are disjoint
 slices of the dataset; the held-out set comes with ground truth.
 """
 
 from __future__ import annotations
 
-import io
 import json
 from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
-import torch
 from onnx import numpy_helper
 
 from cvserve.builders import quantize
+from cvserve.builders.bench_quant import DIGITS_SPEC, make_digits
 from cvserve.builders.pipeline import BuildSettings, build
-from cvserve.builders.preprocessing import PreprocessSpec, preprocess_batch
 from cvserve.errors import BuildError, MissingDependencyError
 from tests.helpers import tree_digest
 
-SPEC = PreprocessSpec(input_size=(8, 8), resize_shorter=0, mean=(0.5,) * 3, std=(0.5,) * 3)
-N_TRAIN, N_CAL = 1000, 200
-
-
-class DigitsNet(torch.nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        c = torch.nn.Conv2d
-        self.features = torch.nn.Sequential(
-            c(3, 16, 3, padding=1), torch.nn.ReLU(), c(16, 32, 3, padding=1), torch.nn.ReLU(),
-            torch.nn.MaxPool2d(2), c(32, 64, 3, padding=1), torch.nn.ReLU(),
-        )  # fmt: skip
-        self.classifier = torch.nn.Linear(64, 10)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.features(x).mean((2, 3)))
-
-
-def _png(image: np.ndarray) -> bytes:
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(np.clip(image * 16, 0, 255).astype(np.uint8), mode="L").save(buf, format="PNG")
-    return buf.getvalue()
+SPEC = DIGITS_SPEC
+N_CAL = 200
 
 
 @pytest.fixture(scope="module")
 def digits(tmp_path_factory) -> dict:
-    """TorchScript checkpoint, calibration folder, held-out folder and its labels file."""
-    from sklearn.datasets import load_digits
-
-    root = tmp_path_factory.mktemp("digits")
-    data = load_digits()
-    encoded = [_png(img) for img in data.images]
-    x = torch.from_numpy(preprocess_batch(encoded[:N_TRAIN], SPEC))
-    y = torch.from_numpy(data.target[:N_TRAIN]).long()
-    torch.manual_seed(0)
-    model = DigitsNet()
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    for _ in range(30):
-        for idx in torch.randperm(N_TRAIN).split(64):
-            opt.zero_grad()
-            torch.nn.functional.cross_entropy(model(x[idx]), y[idx]).backward()
-            opt.step()
-    model.eval()
-    checkpoint = root / "digits.pt"
-    torch.jit.trace(model, x[:2]).save(str(checkpoint))
-    folders = {"calibration": root / "calibration", "validation": root / "validation"}
-    for f in folders.values():
-        f.mkdir()
-    lines = []
-    for i, blob in enumerate(encoded[N_TRAIN:], N_TRAIN):
-        if i < N_TRAIN + N_CAL:
-            (folders["calibration"] / f"digit_{i:04d}.png").write_bytes(blob)
-        else:
-            (folders["validation"] / f"digit_{i:04d}.png").write_bytes(blob)
-            lines.append(f"digit_{i:04d}.png\t{data.target[i]}")
-    labels = root / "validation_labels.tsv"
-    labels.write_text("\n".join(lines) + "\n")
-    return {"checkpoint": checkpoint, **folders, "labels": labels, "held_out": len(lines)}
+    """TorchScript checkpoint, calibration folder, held-out folder and its labels file (see make_digits)."""
+    d = make_digits(tmp_path_factory.mktemp("digits"), n_cal=N_CAL)
+    return {**d, "held_out": len(d["labels"].read_text().splitlines())}
 
 
 def _settings(digits: dict, repository: Path, **kw) -> BuildSettings:

@@ -1,0 +1,263 @@
+"""Benchmark of quantized builds; prints the figures kept in docs/benchmarks.md ("Quantization").
+
+    python -m cvserve.builders.bench_quant [--method entropy] [--max-accuracy-drop 0.01] [--skip-mobilenet]
+
+1. The demo MobileNetV2 (torchvision's ImageNet weights), INT8 CPU target, calibrated and gated on
+   disjoint sets of real augmented photos (scikit-image, scikit-learn, matplotlib): top-1 agreement,
+   layers kept in FP32, ONNX Runtime throughput at batch 8 against FP32 (alternating, repeated runs).
+2. A small CNN trained on scikit-learn's digits: FP32 vs INT8 top-1 accuracy on held-out digits.
+3. A digits build with ``--max-accuracy-drop 0`` through the CLI: the gate fails, the repository is
+   byte-identical afterwards.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from cvserve.builders.preprocessing import PreprocessSpec
+
+DIGITS_SPEC = PreprocessSpec(input_size=(8, 8), resize_shorter=0, mean=(0.5,) * 3, std=(0.5,) * 3)
+
+
+def _digits_net():
+    import torch
+
+    class DigitsNet(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            c = torch.nn.Conv2d
+            self.features = torch.nn.Sequential(
+                c(3, 16, 3, padding=1), torch.nn.ReLU(), c(16, 32, 3, padding=1), torch.nn.ReLU(),
+                torch.nn.MaxPool2d(2), c(32, 64, 3, padding=1), torch.nn.ReLU(),
+            )  # fmt: skip
+            self.classifier = torch.nn.Linear(64, 10)
+
+        def forward(self, x):
+            return self.classifier(self.features(x).mean((2, 3)))
+
+    return DigitsNet()
+
+
+def _png(image: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.clip(image * 16, 0, 255).astype(np.uint8), mode="L").save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def make_digits(root: Path, n_train: int = 1000, n_cal: int = 200, epochs: int = 30) -> dict:
+    """Train a small CNN on scikit-learn's digits (through the served preprocessing); write the data.
+
+    Returns the TorchScript checkpoint, the calibration folder, the held-out folder and its labels file
+    (the remaining ``1797 - n_train - n_cal`` digits). Deterministic.
+    """
+    import torch
+    from sklearn.datasets import load_digits
+
+    from cvserve.builders.preprocessing import preprocess_batch
+
+    root.mkdir(parents=True, exist_ok=True)
+    data = load_digits()
+    encoded = [_png(img) for img in data.images]
+    x = torch.from_numpy(preprocess_batch(encoded[:n_train], DIGITS_SPEC))
+    y = torch.from_numpy(data.target[:n_train]).long()
+    torch.manual_seed(0)
+    model = _digits_net()
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for _ in range(epochs):
+        for idx in torch.randperm(n_train).split(64):
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(model(x[idx]), y[idx]).backward()
+            opt.step()
+    model.eval()
+    checkpoint = root / "digits.pt"
+    torch.jit.trace(model, x[:2]).save(str(checkpoint))
+    cal_dir, val_dir = root / "calibration", root / "validation"
+    cal_dir.mkdir(exist_ok=True)
+    val_dir.mkdir(exist_ok=True)
+    lines = []
+    for i, blob in enumerate(encoded[n_train:], n_train):
+        name = f"digit_{i:04d}.png"
+        if i < n_train + n_cal:
+            (cal_dir / name).write_bytes(blob)
+        else:
+            (val_dir / name).write_bytes(blob)
+            lines.append(f"{name}\t{data.target[i]}")
+    labels = root / "validation_labels.tsv"
+    labels.write_text("\n".join(lines) + "\n")
+    return {"checkpoint": checkpoint, "calibration": cal_dir, "validation": val_dir, "labels": labels}
+
+
+def tree_digest(root: Path) -> str:
+    h = hashlib.sha256()
+    for p in sorted(root.rglob("*")):
+        h.update(str(p.relative_to(root)).encode())
+        if p.is_file():
+            h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+def compare_throughput(fp32: Path, int8: Path, batch: np.ndarray, rounds: int, seconds: float) -> dict:
+    """Alternate FP32 and INT8 runs ``rounds`` times; report the median images/s of each."""
+    from cvserve.builders.quantize import throughput
+
+    got: dict[str, list[float]] = {"fp32": [], "int8": []}
+    for _ in range(rounds):
+        for key, path in (("fp32", fp32), ("int8", int8)):
+            got[key].append(throughput(path, batch, seconds=seconds))
+    med = {k: float(np.median(v)) for k, v in got.items()}
+    return {
+        "batch": len(batch),
+        "fp32_img_s": round(med["fp32"], 1),
+        "int8_img_s": round(med["int8"], 1),
+        "speedup": round(med["int8"] / med["fp32"], 2),
+        "runs": {k: [round(x, 1) for x in v] for k, v in got.items()},
+    }
+
+
+def bench_mobilenet(work: Path, args) -> dict:
+    from cvserve.builders import calibration as cal
+    from cvserve.builders.pipeline import BuildSettings, build
+    from cvserve.builders.samples import demo_weights, imagenet_labels_path
+    from cvserve.errors import BuildError
+
+    cal_set, val_set = cal.sample_sets(args.calibration_samples, args.held_out)
+    cal_dir, val_dir = (
+        cal.write_set(cal_set, work / "calibration"),
+        cal.write_set(val_set, work / "validation"),
+    )
+    repo = work / "repo"
+    settings = BuildSettings(
+        checkpoint=demo_weights(),
+        arch="cvserve.builders.architectures:mobilenet_v2",
+        name="mobilenet_v2",
+        labels=imagenet_labels_path(),
+        repository=repo,
+        precision="int8",
+        calibration=cal_dir,
+        validation=val_dir,
+        calibration_method=args.method,
+        calibration_samples=args.calibration_samples,
+        max_accuracy_drop=args.max_accuracy_drop,
+    )
+    try:
+        result = build(settings)
+    except BuildError as exc:
+        return {"gate": "failed", "error": str(exc)}
+    report = result.report
+    network = repo / "mobilenet_v2_network" / str(result.version) / "model.onnx"
+    fp32 = _fp32_onnx(work, settings)
+    spec = PreprocessSpec()
+    batch = np.ascontiguousarray(val_set.head(8).tensors(spec))
+    return {
+        "gate": "passed",
+        "accuracy": report["accuracy"],
+        "excluded_layers": report["excluded_layers"],
+        "fallback_steps": report.get("fallback", {}).get("steps"),
+        "build_throughput": report["throughput"],
+        "throughput": compare_throughput(fp32, network, batch, args.rounds, args.seconds),
+    }
+
+
+def _fp32_onnx(work: Path, settings) -> Path:
+    from dataclasses import replace
+
+    from cvserve.builders.pipeline import build
+
+    result = build(replace(settings, precision="fp32", repository=work / "repo_fp32"), log=lambda _m: None)
+    return work / "repo_fp32" / "mobilenet_v2_network" / str(result.version) / "model.onnx"
+
+
+def bench_digits(work: Path) -> dict:
+    from cvserve.builders.pipeline import BuildSettings, build
+
+    d = make_digits(work / "digits")
+    repo = work / "digits_repo"
+    result = build(
+        BuildSettings(
+            checkpoint=d["checkpoint"],
+            name="digits",
+            repository=repo,
+            preprocess=DIGITS_SPEC,
+            precision="int8",
+            calibration=d["calibration"],
+            validation=d["validation"],
+            validation_labels=d["labels"],
+            progress=False,
+        ),
+        log=lambda _m: None,
+    )
+    acc = result.report["accuracy"]
+    before = tree_digest(repo)
+    cli = [
+        sys.executable,
+        "-m",
+        "cvserve",
+        "build",
+        str(d["checkpoint"]),
+        "--name",
+        "digits",
+        "-r",
+        str(repo),
+    ]
+    cli += ["--input-size", "8", "--resize", "0", "--mean", "0.5,0.5,0.5", "--std", "0.5,0.5,0.5"]
+    cli += [
+        "--precision",
+        "int8",
+        "--calibration",
+        str(d["calibration"]),
+        "--validation",
+        str(d["validation"]),
+    ]
+    cli += ["--validation-labels", str(d["labels"]), "--max-accuracy-drop", "0", "--no-progress"]
+    proc = subprocess.run(cli, capture_output=True, text=True)
+    return {
+        "fp32_top1_accuracy": acc["top1_accuracy_reference"],
+        "int8_top1_accuracy": acc["top1_accuracy"],
+        "top1_agreement": acc["top1_agreement"],
+        "held_out_images": acc["held_out_images"],
+        "excluded_layers": result.report["excluded_layers"],
+        "gate_zero_drop": {
+            "exit_code": proc.returncode,
+            "error": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "",
+            "repository_unchanged": tree_digest(repo) == before,
+        },
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--method", choices=("minmax", "entropy", "percentile"), default="entropy")
+    p.add_argument("--calibration-samples", type=int, default=200)
+    p.add_argument("--held-out", type=int, default=200)
+    p.add_argument("--max-accuracy-drop", type=float, default=0.01)
+    p.add_argument("--rounds", type=int, default=5, help="alternating FP32/INT8 throughput rounds")
+    p.add_argument("--seconds", type=float, default=4.0, help="per throughput round")
+    p.add_argument("--skip-mobilenet", action="store_true")
+    p.add_argument("--skip-digits", action="store_true")
+    args = p.parse_args(argv)
+    from cvserve.builders.quantize import _cpu_name
+
+    out: dict = {"cpu": _cpu_name(), "args": vars(args)}
+    with tempfile.TemporaryDirectory(prefix="cvserve-bench-quant-") as tmp:
+        if not args.skip_digits:
+            out["digits"] = bench_digits(Path(tmp))
+            print(json.dumps({"digits": out["digits"]}, indent=2), flush=True)
+        if not args.skip_mobilenet:
+            out["mobilenet_v2"] = bench_mobilenet(Path(tmp), args)
+    print(json.dumps(out, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

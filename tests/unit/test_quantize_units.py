@@ -1,0 +1,131 @@
+"""Gate metrics, calibration data sets and the Markdown report, without building a model."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from cvserve.builders import accuracy
+from cvserve.builders import calibration as cal
+from cvserve.builders.preprocessing import PreprocessSpec
+from cvserve.builders.report import render_markdown
+from cvserve.errors import UserInputError
+
+
+def test_metrics_of_an_exact_copy_are_perfect():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(50, 20)).astype(np.float32)
+    labels = logits.argmax(1)
+    r = accuracy.compare(logits, logits.copy(), labels)
+    assert (r.top1_agreement, r.top5_overlap, r.top1_accuracy, r.top1_accuracy_reference) == (1, 1, 1, 1)
+    assert accuracy.gate(r, 0.0).passed
+
+
+def test_metrics_count_flips_and_top5_changes():
+    ref = np.tile(np.arange(10, dtype=np.float32)[::-1], (4, 1))  # top-5 = 0..4, top-1 = 0
+    cand = ref.copy()
+    cand[0, 1] = 100  # image 0: top-1 becomes 1 (still inside the top-5)
+    cand[1, 9] = 100  # image 1: top-1 becomes 9, which enters the top-5; class 4 leaves
+    r = accuracy.compare(ref, cand, labels=np.array([0, 0, 0, 5]))
+    assert r.top1_agreement == pytest.approx(2 / 4)
+    assert r.top5_overlap == pytest.approx((1 + 0.8 + 1 + 1) / 4)
+    assert r.top1_accuracy == pytest.approx(1 / 4) and r.top1_accuracy_reference == pytest.approx(3 / 4)
+
+
+def test_gate_says_which_metric_missed_by_how_much():
+    r = accuracy.AccuracyResult(
+        held_out_images=200, top1_agreement=0.97, top5_overlap=0.99, top1_accuracy=0.80,
+        top1_accuracy_reference=0.81,
+    )  # fmt: skip
+    verdict = accuracy.gate(r, 0.01)
+    assert not verdict.passed and set(verdict.misses) == {"top1_agreement"}
+    assert verdict.misses["top1_agreement"] == pytest.approx(0.02)
+    message = verdict.message(r)
+    assert "top1_agreement dropped 0.0300 (allowed 0.0100, missed by 0.0200)" in message
+    assert "200 held-out images" in message
+    zero = accuracy.gate(r, 0.0)
+    assert set(zero.misses) == {"top1_agreement", "top5_overlap", "top1_accuracy"}
+    with pytest.raises(UserInputError):
+        accuracy.gate(r, -0.1)
+
+
+def test_read_labels_takes_indices_or_class_names(tmp_path):
+    path = tmp_path / "labels.tsv"
+    path.write_text("# image label\na.png\t3\nsub/b.png,cat\nc.png dog\n")
+    got = accuracy.read_labels(path, ["c.png", "a.png", "sub/b.png"], ["x", "cat", "dog", "y"])
+    assert got.tolist() == [2, 3, 1]
+    with pytest.raises(UserInputError, match="no label for 1 held-out image"):
+        accuracy.read_labels(path, ["a.png", "missing.png"], ["x", "cat", "dog", "y"])
+    path.write_text("a.png\tzebra\n")
+    with pytest.raises(UserInputError, match="neither a class index nor a class name"):
+        accuracy.read_labels(path, ["a.png"], ["x"])
+
+
+@pytest.fixture(scope="module")
+def small_sets():
+    return cal.sample_sets(12, 10)
+
+
+def test_sample_sets_are_real_deterministic_and_disjoint(small_sets):
+    calibration, validation = small_sets
+    assert (len(calibration), len(validation)) == (12, 10)
+    again = cal.sample_sets(12, 10)
+    assert again[0].data == calibration.data and again[1].data == validation.data
+    cal_sources = {n.rsplit("_", 1)[0] for n in calibration.names}
+    val_sources = {n.rsplit("_", 1)[0] for n in validation.names}
+    assert not cal_sources & val_sources  # no photo is in both sets
+    spec = PreprocessSpec()
+    cal.check_disjoint(calibration, validation, spec)
+    batch = validation.tensors(spec)
+    assert batch.shape == (10, 3, 224, 224) and batch.dtype == np.float32 and batch.std() > 0.1
+
+
+def test_overlap_is_refused_even_under_another_name(small_sets, tmp_path):
+    calibration, validation = small_sets
+    folder = cal.write_set(validation, tmp_path / "val")
+    (folder / "renamed.png").write_bytes(calibration.data[3])
+    with pytest.raises(UserInputError, match="1 validation image"):
+        cal.check_disjoint(calibration, cal.load_folder(folder), PreprocessSpec())
+
+
+def test_folders_load_sorted_and_limited(small_sets, tmp_path):
+    folder = cal.write_set(small_sets[0], tmp_path / "cal")
+    got = cal.load_folder(folder, limit=5)
+    assert list(got.names) == sorted(small_sets[0].names)[:5]
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserInputError, match="holds no images"):
+        cal.list_images(tmp_path / "empty")
+
+
+def test_batch_reader_follows_onnxruntime_protocol():
+    x = np.arange(10 * 3, dtype=np.float32).reshape(10, 3)
+    reader = cal.BatchReader(x, "input", batch_size=4)
+    assert [len(b["input"]) for b in reader] == [4, 4, 2]
+    reader.set_range(4, 9)
+    first = reader.get_next()["input"]
+    assert first[0, 0] == 12 and len(first) == 4
+    assert len(reader.get_next()["input"]) == 1 and reader.get_next() is None
+
+
+def test_markdown_report_lists_metrics_and_kept_layers():
+    report = {
+        "name": "m", "version": 3, "precision": "int8", "target": "cpu", "sha256": "ab" * 32,
+        "size_bytes": 10, "calibration": {"method": "entropy", "samples": 200},
+        "accuracy": {"held_out_images": 200, "top1_agreement": 0.995, "top5_overlap": 0.97,
+                     "top1_accuracy": None, "top1_accuracy_reference": None,
+                     "gate": {"max_accuracy_drop": 0.01, "passed": True}},
+        "excluded_layers": ["conv_0"],
+        "fallback": {"sensitivity": {"conv_0": 0.02}, "steps": [
+            {"excluded": 0, "top1_agreement": 0.9, "top5_overlap": 0.9},
+            {"excluded": 1, "top1_agreement": 0.995, "top5_overlap": 0.97}]},
+        "throughput": {"batch": 8, "img_s": 800.0, "reference_fp32_img_s": 280.0, "speedup": 2.86},
+    }  # fmt: skip
+    md = render_markdown(report)
+    assert md.startswith("# m version 3")
+    for needle in (
+        "| top-1 agreement | 0.9950 |",
+        "`conv_0`",
+        "| 1 | 0.9950 | 0.9700 |",
+        "| speed-up | 2.86 |",
+    ):
+        assert needle in md
