@@ -32,7 +32,7 @@ def _prometheus() -> Any:
         import prometheus_client
     except ImportError:
         raise MissingDependency(
-            "client metrics need prometheus-client, which is not installed: pip install prometheus-client"
+            "client metrics need prometheus-client, which is not installed: pip install 'cvserve[metrics]'"
         ) from None
     return prometheus_client
 

@@ -20,7 +20,7 @@ names = ["cvserve"] + [m.name for m in pkgutil.walk_packages(cvserve.__path__, "
 names = [n for n in names if not n.startswith("cvserve.model_repository")]
 for name in names:
     importlib.import_module(name)
-heavy = [m for m in ("torch", "onnx", "onnxruntime", "locust", "kubernetes", "PIL", "matplotlib") if importlib.util.find_spec(m)]
+heavy = [m for m in ("torch", "onnx", "onnxruntime", "locust", "kubernetes", "PIL", "matplotlib", "prometheus_client") if importlib.util.find_spec(m)]
 assert not heavy, f"the core install pulled in {heavy}"
 loaded = [m for m in ("torch", "onnx", "onnxruntime", "locust", "kubernetes", "matplotlib") if m in sys.modules]
 assert not loaded, loaded
