@@ -40,9 +40,9 @@ def evaluation_window(
                     "step": stage.label,
                     "users": stage.users,
                     "ran": True,
-                    "window_s": [lo, hi],
                     "held_slo": held,
                     **s.as_dict(),
+                    "span_s": [lo, hi],
                 }
             )
         held = [x for x in steps if x.get("held_slo")]
@@ -58,7 +58,7 @@ def evaluation_window(
             "users_at_max": best["users"] if held else None,
             "first_step_over_slo": next((x["step"] for x in steps if x["ran"] and not x["held_slo"]), None),
         }
-        lo, hi = best["window_s"] if best else (st["warmup_s"], end_cap)
+        lo, hi = best["span_s"] if best else (st["warmup_s"], end_cap)
         return lo, hi, {"ramp": section}
     lo = st["warmup_s"]
     hi = min(schedule.total_s(stages), end_cap)

@@ -6,7 +6,8 @@ Run it the Locust way (flags, ``LOCUST_*`` environment variables, or ``locust.co
         --headless -u 8 -r 8 -t 60s --csv out/locust
 
 or through ``cvserve loadtest``, which adds the gates, the server-side view and the report. The suite's
-own options are listed by ``locust -f loadtests/locustfile.py --help`` under "cvserve".
+own options are defined in ``_options`` below (Locust prints ``--help`` before it loads a locustfile, so
+they are not listed there); each also reads ``LOCUST_<NAME>`` and a ``locust.conf`` key.
 """
 
 from __future__ import annotations

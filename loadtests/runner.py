@@ -30,6 +30,9 @@ LOCUSTFILE = Path(__file__).with_name("locustfile.py")
 # Locust's start-up and shutdown around the planned run, and how long workers may take to connect.
 _GRACE_S = 60.0
 _WORKERS_WAIT_S = 30
+# Users finish their request on stop rather than cancel it mid-flight (a cancelled request is no
+# measurement, and some python-backend versions of Triton handle cancellation badly).
+_STOP_TIMEOUT_S = 10
 
 
 @dataclass(kw_only=True)
@@ -145,7 +148,7 @@ def locust_args(s: LoadTestSettings, stages: list[schedule.Stage], report_dir: P
         "--users", str(s.users),
         "--spawn-rate", str(s.spawn_rate),
         "--run-time", f"{math.ceil(schedule.total_s(stages))}s",
-        "--stop-timeout", "5",
+        "--stop-timeout", str(_STOP_TIMEOUT_S),
         "--csv", str(report_dir / "locust"), "--csv-full-history",
         "--html", str(report_dir / "locust.html"),
         "--only-summary", "--loglevel", "WARNING", "--exit-code-on-error", "0",
@@ -211,7 +214,8 @@ def run_locust(s: LoadTestSettings, stages: list[schedule.Stage], report_dir: Pa
     try:
         if s.workers and not s.remote_workers:
             worker_cmd = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--worker",
-                          "--master-host", "127.0.0.1", "--master-port", str(port), "--loglevel", "WARNING"]  # fmt: skip
+                          "--master-host", "127.0.0.1", "--master-port", str(port), "--loglevel", "WARNING",
+                          "--stop-timeout", str(_STOP_TIMEOUT_S)]  # fmt: skip
             workers = [
                 _start(worker_cmd, report_dir / f"locust-worker-{i}.log", report_dir)
                 for i in range(s.workers)
@@ -246,8 +250,9 @@ def check_server(s: LoadTestSettings) -> None:
 
     try:
         with Client(s.url, model=s.model, retry=False, timeout=10.0) as c:
+            c.wait_until_ready(timeout=10.0)
+            c.model_info(s.model)  # ModelNotFound at once for a wrong name
             c.wait_until_ready(timeout=10.0, model=s.model)
-            c.model_info(s.model)
     except ClientError as e:
         raise ServerError(f"cannot load-test {s.model!r} at {s.url}: {e}") from None
 

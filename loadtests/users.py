@@ -66,24 +66,35 @@ class GrpcUser(User):
         """
         start_time = time.time()
         start = time.perf_counter()
-        exc: BaseException | None = None
-        result = None
         try:
             result = fn()
         except ClientError as e:
-            exc = e
+            self._report(name, start_time, start, length, inferences, None, e)
+            return None
         except Exception as e:
-            exc = e
+            self._report(name, start_time, start, length, inferences, None, e)
             raise
-        finally:
-            self.environment.events.request.fire(
-                request_type="grpc",
-                name=name,
-                start_time=start_time,
-                response_time=(time.perf_counter() - start) * 1000.0,
-                response_length=length,
-                response=result,
-                context={"inferences": inferences},
-                exception=exc,
-            )
+        # A user stopped mid-call (GreenletExit) reports nothing: that request never completed.
+        self._report(name, start_time, start, length, inferences, result, None)
         return result
+
+    def _report(
+        self,
+        name: str,
+        start_time: float,
+        start: float,
+        length: int,
+        inferences: int,
+        result: Any,
+        exc: BaseException | None,
+    ) -> None:
+        self.environment.events.request.fire(
+            request_type="grpc",
+            name=name,
+            start_time=start_time,
+            response_time=(time.perf_counter() - start) * 1000.0,
+            response_length=length,
+            response=result,
+            context={"inferences": inferences},
+            exception=exc,
+        )

@@ -1,0 +1,193 @@
+"""Gates, the report, and the CLI's flags, on synthetic samples (no server, no Locust)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from cvserve.cli import build_parser
+from cvserve.errors import UserInputError
+from cvserve.loadtests import analysis, schedule
+from cvserve.loadtests.cli import parse_duration, settings_from_args
+from cvserve.loadtests.cost import Price
+from cvserve.loadtests.report import write_report
+from cvserve.loadtests.runner import LoadTestSettings, locust_args, plan, validate
+
+T0 = 1_000.0
+
+
+def _settings(tmp_path: Path, **kw) -> LoadTestSettings:
+    base = {
+        "model": "m",
+        "url": "127.0.0.1:1",
+        "images": tmp_path,
+        "report_dir": tmp_path,
+        "warmup_s": 2.0,
+        "duration_s": 10.0,
+    }
+    return LoadTestSettings(**(base | kw))
+
+
+def _report(tmp_path: Path, samples, **kw) -> dict:
+    s = _settings(tmp_path, **kw)
+    meta = {"test_start": T0, "test_stop": T0 + schedule.total_s(plan(s)), "cpu": [(T0 + 3, 20.0, "local")]}
+    return analysis.build_report(
+        settings=s.__dict__ | {"images": str(s.images), "report_dir": str(tmp_path)},
+        stages=plan(s),
+        samples=samples,
+        meta=meta,
+        scraper=None,
+        price=Price(per_hour=0.5, instance_type=None, source="--price-per-hour"),
+        started=T0,
+        report_dir=tmp_path,
+    )
+
+
+def _steady(ms: float, per_s: int = 20, seconds: int = 12, fail_every: int = 0):
+    out = []
+    for i in range(seconds * per_s):
+        out.append((T0 + i / per_s, ms, 0 if fail_every and i % fail_every == 0 else 1, 2))
+    return out
+
+
+def test_gates_pass_and_the_warmup_is_left_out(tmp_path):
+    samples = [(T0 + 0.5, 5000.0, 1, 2), *_steady(40.0)]  # a slow first request, in the warm-up
+    r = _report(tmp_path, samples, slo_p95_ms=100.0, max_error_rate=0.01)
+    assert r["gates_passed"] and r["failed_gates"] == []
+    assert r["p95_ms"] == 40.0 and r["max_ms"] == 40.0
+    assert r["window"] == {"start_s": 2.0, "end_s": 12.0, "duration_s": 10.0, "warmup_s": 2.0}
+    assert r["throughput_rps"] == 20.0 and r["inferences_per_s"] == 40.0
+    assert r["cost_per_1k_usd"] == pytest.approx(0.5 / (40.0 * 3600) * 1000, rel=1e-4)
+    assert r["slo"] == {"p95_ms": 100.0, "met": True}
+    for key in ("p50_ms", "p99_ms", "error_rate", "gates", "server", "generator", "timeline"):
+        assert key in r
+
+
+def test_each_failed_gate_is_named_with_value_and_threshold(tmp_path):
+    r = _report(
+        tmp_path,
+        _steady(40.0, fail_every=10),
+        slo_p95_ms=1.0,
+        max_error_rate=0.001,
+        min_throughput_rps=1000.0,
+        max_cost_per_1k_usd=1e-9,
+    )
+    assert not r["gates_passed"]
+    assert r["failed_gates"] == ["p95_latency_ms", "error_rate", "throughput_rps", "cost_per_1k_usd"]
+    assert r["gates"]["p95_latency_ms"] | {} == {"value": 40.0, "threshold": 1.0, "op": "<=", "passed": False}
+    assert r["slo"]["met"] is False
+
+
+def test_no_requests_fails_the_gates(tmp_path):
+    r = _report(tmp_path, [], slo_p95_ms=100.0)
+    assert r["failed_gates"] == ["p95_latency_ms", "error_rate"] and r["cost_per_1k_usd"] is None
+
+
+def test_ramp_reports_the_highest_throughput_that_held_the_slo(tmp_path):
+    s = _settings(tmp_path, scenario="ramp", users=3, step_users=1, step_duration_s=6.0, slo_p95_ms=100.0)
+    stages = plan(s)
+    samples = []
+    for stage, (ms, rate) in zip(stages[1:], [(20.0, 10), (60.0, 18), (300.0, 19)], strict=True):
+        n = int(stage.duration_s * rate)
+        samples += [(T0 + stage.start_s + i / rate, ms, 1, 1) for i in range(n)]
+    r = _report(
+        tmp_path, samples, scenario="ramp", users=3, step_users=1, step_duration_s=6.0, slo_p95_ms=100.0
+    )
+    ramp = r["ramp"]
+    assert [x["held_slo"] for x in ramp["steps"]] == [True, True, False]
+    assert ramp["max_throughput_rps_under_slo"] == pytest.approx(18, rel=0.05) and ramp["users_at_max"] == 2
+    assert ramp["first_step_over_slo"] == "step3"
+    assert r["gates_passed"] and r["p95_ms"] == 60.0
+
+
+def test_report_files(tmp_path):
+    r = _report(tmp_path, _steady(40.0), slo_p95_ms=1.0)
+    (tmp_path / "locust_stats.csv").write_text("x\n")
+    write_report(r, tmp_path, plots=True)
+    data = json.loads((tmp_path / "report.json").read_text())
+    assert data["failed_gates"] == ["p95_latency_ms"]
+    md = (tmp_path / "report.md").read_text()
+    assert "FAIL: p95_latency_ms" in md and "![latency over time](latency.png)" in md
+    assert (tmp_path / "latency.png").stat().st_size > 0 and (tmp_path / "throughput.png").exists()
+    assert data["files"]["locust_csv"] == ["locust_stats.csv"]
+
+
+def test_generator_ceiling_warning(tmp_path):
+    r = _report(tmp_path, _steady(40.0), generator_ceiling_rps=25.0)
+    assert r["generator"]["fraction_of_ceiling"] == 0.8
+    assert any("ceiling" in w for w in r["warnings"])
+
+
+def test_cli_flags_become_settings(tmp_path):
+    args = build_parser().parse_args(
+        ["loadtest", "mobilenet_v2", "--url", "10.0.0.5:8001", "--images", str(tmp_path), "--users", "8",
+         "--duration", "1m30s", "--slo-p95-ms", "250", "--instance-type", "g4dn.xlarge", "--replicas", "3",
+         "--workers", "2", "--report-dir", str(tmp_path / "out")]
+    )  # fmt: skip
+    s = settings_from_args(args)
+    assert (s.model, s.duration_s, s.warmup_s, s.spawn_rate, s.replicas, s.workers) == (
+        "mobilenet_v2",
+        90.0,
+        5.0,
+        8.0,
+        3,
+        2,
+    )
+    assert s.metrics_url == "http://10.0.0.5:8002/metrics" and s.instance_type == "g4dn.xlarge"
+    assert args.func.__module__ == "cvserve.loadtests.cli"
+    validate(s)
+    cmd = locust_args(s, plan(s), tmp_path)
+    assert cmd[cmd.index("--run-time") + 1] == "95s" and cmd[cmd.index("--host") + 1] == "10.0.0.5:8001"
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("60s", 60.0), ("60", 60.0), ("2m", 120.0), ("1m30s", 90.0), ("1h", 3600.0), ("0.5s", 0.5)],
+)
+def test_parse_duration(text, seconds):
+    assert parse_duration(text) == seconds
+
+
+def test_bad_values_are_user_errors(tmp_path):
+    with pytest.raises(argparse.ArgumentTypeError):
+        parse_duration("soon")
+    with pytest.raises(UserInputError, match="--images"):
+        validate(_settings(tmp_path, images=tmp_path / "missing"))
+    with pytest.raises(UserInputError, match="--max-error-rate"):
+        validate(_settings(tmp_path, max_error_rate=5.0))
+    with pytest.raises(UserInputError, match="needs a price"):
+        validate(_settings(tmp_path, max_cost_per_1k_usd=0.1))
+
+
+def test_runner_side_never_imports_locust_or_gevent():
+    code = (
+        "import sys, cvserve.cli, cvserve.loadtests.runner, cvserve.loadtests.cli, cvserve.loadtests.report, "
+        "cvserve.loadtests.metrics, cvserve.loadtests.ceiling, cvserve.loadtests.analysis;"
+        "cvserve.cli.build_parser();"
+        "bad = [m for m in ('locust', 'gevent', 'matplotlib') if m in sys.modules]; assert not bad, bad"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_locustfile_takes_its_options_the_locust_way(tmp_path):
+    """Flags, LOCUST_* variables and a locust.conf all reach the suite's options (--list loads the file)."""
+    from cvserve.loadtests.runner import LOCUSTFILE
+
+    conf = tmp_path / "locust.conf"
+    conf.write_text("scenario = ramp\nstep-users = 2\n")
+    env = {**os.environ, "LOCUST_IMAGES_PER_REQUEST": "4"}
+    cmd = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--config", str(conf), "--list",
+           "--images", str(tmp_path), "--target-rps", "5", "--samples-file", str(tmp_path / "s.json")]  # fmt: skip
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=60, env=env, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "ClassifyUser" in out.stdout
+    bad = subprocess.run(
+        [*cmd, "--scenario", "sideways"], capture_output=True, text=True, timeout=60, cwd=tmp_path
+    )
+    assert bad.returncode != 0 and "sideways" in bad.stderr
