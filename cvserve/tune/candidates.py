@@ -60,9 +60,7 @@ class Candidate:
     def with_value(self, dimension: str, value) -> Candidate:
         """A copy with one knob changed; preferred sizes above the max batch size are dropped."""
         c = replace(self, **{dimension: value})
-        return replace(
-            c, preferred_batch_sizes=tuple(p for p in c.preferred_batch_sizes if p <= c.max_batch_size)
-        )
+        return replace(c, preferred_batch_sizes=_preferred(c.preferred_batch_sizes, c.max_batch_size))
 
 
 @dataclass(kw_only=True)
@@ -94,6 +92,12 @@ class SearchSpace:
             down if down is not None and self.valid(down) else None,
             up if up is not None and self.valid(up) else None,
         )
+
+
+def _preferred(sizes, max_batch_size: int) -> tuple[int, ...]:
+    """Preferred sizes the max batch can form; ``(max,)`` is ``()``: Triton fills an empty list with it."""
+    kept = tuple(p for p in sizes if p <= max_batch_size)
+    return () if kept == (max_batch_size,) else kept
 
 
 def _order_key(v):
@@ -150,7 +154,7 @@ def candidate_from_configs(configs: dict[str, mc.ModelConfig]) -> Candidate:
     db = net.dynamic_batching
     return Candidate(
         max_batch_size=net.max_batch_size,
-        preferred_batch_sizes=tuple(db.preferred_batch_size),
+        preferred_batch_sizes=_preferred(db.preferred_batch_size, net.max_batch_size),
         max_queue_delay_us=db.max_queue_delay_microseconds,
         network_instances=_count(net),
         preprocess_instances=_count(configs["preprocess"]),

@@ -114,3 +114,11 @@ def test_override_json_round_trips():
     cfg = configs()["network"]
     assert config_from_json(config_to_json(cfg)) == cfg
     assert config_from_json({"config": json.loads(config_to_json(cfg))}) == cfg
+
+
+def test_the_preferred_size_triton_fills_in_is_no_preference():
+    base = configs()
+    base["network"].dynamic_batching.preferred_batch_size.append(32)  # what the server reports for "none"
+    start = candidate_from_configs(base)
+    assert start.preferred_batch_sizes == ()
+    assert start.with_value("preferred_batch_sizes", (32,)) == start
