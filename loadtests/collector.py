@@ -18,13 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from cvserve._extras import require
-
-require("locust", purpose="to run load tests")
-
-import gevent  # noqa: E402  (locust, required above, brings gevent)
-from locust import events  # noqa: E402
-from locust.runners import MasterRunner, WorkerRunner  # noqa: E402
+from cvserve.loadtests._locust import MasterRunner, WorkerRunner, events, gevent
 
 Sample = tuple[float, float, int, int]
 
@@ -40,7 +34,7 @@ class Collector:
         self.cpu: list[tuple[float, float, str]] = []
         self._cpu_outbox: list[tuple[float, float, str]] = []
         self.node = "local"
-        self._monitor: gevent.Greenlet | None = None
+        self._monitor: Any = None
         self.environment: Any = None
 
     # -- wiring ---------------------------------------------------------------------------------

@@ -15,17 +15,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from cvserve._extras import require
-
-require("locust", purpose="to run load tests")
-
-from locust import constant_throughput, events, task  # noqa: E402
-
-from cvserve.loadtests.collector import COLLECTOR  # noqa: E402, F401  (registers its listeners)
-from cvserve.loadtests.payloads import RoundRobin  # noqa: E402
-from cvserve.loadtests.scenarios import ScenarioShape  # noqa: E402, F401  (the one load shape)
-from cvserve.loadtests.schedule import SCENARIOS  # noqa: E402
-from cvserve.loadtests.users import GrpcUser  # noqa: E402
+from cvserve.loadtests._locust import constant_throughput, events, task
+from cvserve.loadtests.collector import COLLECTOR  # noqa: F401  (registers its listeners)
+from cvserve.loadtests.payloads import RoundRobin
+from cvserve.loadtests.scenarios import ScenarioShape  # noqa: F401  (the one load shape)
+from cvserve.loadtests.schedule import SCENARIOS
+from cvserve.loadtests.users import GrpcUser
 
 
 @events.init_command_line_parser.add_listener

@@ -13,15 +13,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from cvserve._extras import require
-
-require("locust", purpose="to run load tests")
-
-from locust import LoadTestShape  # noqa: E402
-
-from cvserve.loadtests import schedule  # noqa: E402
-from cvserve.loadtests.collector import COLLECTOR  # noqa: E402
-from cvserve.loadtests.stats import summarize  # noqa: E402
+from cvserve.loadtests import schedule
+from cvserve.loadtests._locust import LoadTestShape
+from cvserve.loadtests.collector import COLLECTOR
+from cvserve.loadtests.stats import summarize
 
 # Workers report to the master every 3 s (Locust's WORKER_REPORT_INTERVAL): wait that long, and a bit,
 # before judging a ramp step from the samples the master holds.

@@ -18,17 +18,12 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from cvserve._extras import require
+from cvserve.client import Client, ClientError
+from cvserve.loadtests._locust import AVAILABLE, User, grpc_gevent
 
-require("locust", purpose="to run load tests")
-
-import grpc.experimental.gevent as grpc_gevent  # noqa: E402
-from locust import User  # noqa: E402
-
-from cvserve.client import Client, ClientError  # noqa: E402
-
-# gRPC's C core must cooperate with gevent before the first channel is created (Locust's gRPC example).
-grpc_gevent.init_gevent()
+if AVAILABLE:
+    # gRPC's C core must cooperate with gevent before the first channel is created (Locust's gRPC example).
+    grpc_gevent.init_gevent()
 
 T = TypeVar("T")
 
