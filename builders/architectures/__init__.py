@@ -4,7 +4,24 @@ Use them with ``cvserve build --arch cvserve.builders.architectures:mobilenet_v2
 ``module:callable`` that returns an ``nn.Module`` works the same way.
 """
 
-from cvserve.builders.architectures.mobilenet_v2 import MobileNetV2, mobilenet_v2
-from cvserve.builders.architectures.resnet import ResNet, resnet18, resnet34, resnet50, resnet101
+from __future__ import annotations
 
-__all__ = ["MobileNetV2", "ResNet", "mobilenet_v2", "resnet18", "resnet34", "resnet50", "resnet101"]
+import importlib
+
+_WHERE = {
+    "MobileNetV2": "mobilenet",
+    "mobilenet_v2": "mobilenet",
+    "ResNet": "resnet",
+    "resnet18": "resnet",
+    "resnet34": "resnet",
+    "resnet50": "resnet",
+    "resnet101": "resnet",
+}
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str):
+    # Lazy: importing this package does not import torch; the first use does (or names the extra).
+    if name in _WHERE:
+        return getattr(importlib.import_module(f"{__name__}.{_WHERE[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

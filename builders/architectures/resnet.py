@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-import torch
-from torch import nn
+from cvserve._extras import require
+
+# nn.Module subclasses need torch when the module is imported; without it, say which extra to install.
+torch = require("torch", purpose="for the reference architectures")
+nn = torch.nn
 
 
 def _conv3x3(inp: int, out: int, stride: int = 1) -> nn.Conv2d:

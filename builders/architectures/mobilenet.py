@@ -6,8 +6,11 @@ reference architectures are re-stated here with the same module names and parame
 
 from __future__ import annotations
 
-import torch
-from torch import nn
+from cvserve._extras import require
+
+# nn.Module subclasses need torch when the module is imported; without it, say which extra to install.
+torch = require("torch", purpose="for the reference architectures")
+nn = torch.nn
 
 
 def _make_divisible(v: float, divisor: int = 8) -> int:
