@@ -44,6 +44,15 @@ def _options(parser: Any) -> None:
     add("--slo-p95-ms", type=float, default=0.0, help="ramp: stop after a step whose p95 is above this")
     add("--max-error-rate", type=float, default=0.001, help="ramp: stop after a step with more errors")
     add("--samples-file", default=None, help="write per-request samples (JSON) here on exit")
+    add("--rate-users", type=int, default=None, help="users sharing --target-rps (default: --users)")
+
+
+@events.init.add_listener
+def _share_rate(environment: Any, **_: Any) -> None:
+    # Workers do not receive --users from the master, only the suite's own options: pass the total on.
+    opts = environment.parsed_options
+    if opts is not None and not getattr(opts, "worker", False) and getattr(opts, "rate_users", None) is None:
+        opts.rate_users = opts.num_users
 
 
 _payloads: dict[tuple[str, int], RoundRobin] = {}
@@ -68,7 +77,8 @@ class ClassifyUser(GrpcUser):
         self.payload = payloads(opts.images, int(opts.images_per_request or 1))
         rate = float(opts.target_rps or 0.0)
         # A fixed total rate: each of the --users paces itself at its share.
-        self._pace = constant_throughput(rate / max(int(opts.num_users or 1), 1)) if rate > 0 else None
+        users = int(getattr(opts, "rate_users", None) or opts.num_users or 1)
+        self._pace = constant_throughput(rate / max(users, 1)) if rate > 0 else None
 
     def wait_time(self) -> float:
         return self._pace(self) if self._pace else 0.0
