@@ -294,10 +294,12 @@ def int8(
                 break
     if not verdict.passed:
         kept = f" with {len(excluded)} of the most sensitive layers kept in FP32" if excluded else ""
+        hints = [
+            f"--calibration-method {m}" for m in ("entropy", "percentile") if m != settings.calibration_method
+        ]
+        hints += ["more --calibration-samples", "CVSERVE_MAX_EXCLUDED_LAYERS", "a larger --max-accuracy-drop"]
         raise BuildError(
-            f"{verdict.message(result)}{kept}. Nothing was written to the repository; "
-            "try --calibration-method entropy, more --calibration-samples, or a larger "
-            "--max-accuracy-drop"
+            f"{verdict.message(result)}{kept}. Nothing was written to the repository; try " + ", ".join(hints)
         )
     return out, {"accuracy": result.as_dict(), "excluded_layers": excluded, "fallback": fallback}
 
