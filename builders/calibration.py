@@ -207,7 +207,7 @@ def augment(data: bytes, count: int, seed: int) -> list[bytes]:
         size = (max(16, round(cw * scale)), max(16, round(ch * scale)))
         crop = crop.resize(size, Image.Resampling.BILINEAR)
         buf = io.BytesIO()
-        crop.save(buf, format="PNG")
+        crop.save(buf, format="PNG", compress_level=1)  # fast; lossless all the same
         out.append(buf.getvalue())
     return out
 
