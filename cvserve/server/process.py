@@ -264,6 +264,12 @@ class TritonServer:
         text = self.log_text()
         for pattern, hint in (
             (r"address already in use|Address already in use|failed to start .* service", "a port is in use"),
+            (
+                r"terminate called after throwing an instance of 'boost::interprocess::lock_exception'",
+                "Triton's python backend aborted (boost::interprocess::lock_exception, a known intermittent "
+                "upstream crash, triton-inference-server/server#8882, seen here under heavy CPU load); "
+                "start the server again",
+            ),
         ):
             if re.search(pattern, text):
                 return f"{head}: {hint} (full log: {self.log_path})"

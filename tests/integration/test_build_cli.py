@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -129,10 +130,16 @@ def test_second_build_adds_version_2_and_rollback_pins_version_1(repo_copy, resn
 
 def test_serve_reports_a_model_that_fails_to_load_with_tritons_reason(repo_copy):
     (repo_copy / "mobilenet_v2_network" / "1" / "model.onnx").write_bytes(b"this is not an onnx file")
-    server = TritonServer(ServerSettings(repository=repo_copy, grpc_port=0, http_port=0, metrics_port=0))
-    with pytest.raises(ServerError, match=r"model 'mobilenet_v2_network' failed to load: .*"):
-        with server:
-            pass
+    # Under heavy CPU load the python backend can abort while another instance fails to initialise
+    # (upstream triton-inference-server/server#8882); cvserve names that crash, and a second start works.
+    for attempt in range(2):
+        server = TritonServer(ServerSettings(repository=repo_copy, grpc_port=0, http_port=0, metrics_port=0))
+        with pytest.raises(ServerError) as info:
+            with server:
+                pass
+        if "known intermittent upstream crash" not in str(info.value) or attempt:
+            break
+    assert re.search(r"model 'mobilenet_v2_network' failed to load: .*INVALID_PROTOBUF", str(info.value))
 
 
 def test_serve_names_a_port_in_use(repo_copy):
