@@ -341,6 +341,8 @@ def run_quantization(
     precision, target = settings.precision, settings.target
     report: dict = {"precision": precision, "target": target}
     network = onnx_fp32
+    if target == "gpu":  # fail before minutes of calibration, not after
+        require("tensorrt", extra="tensorrt", purpose="to build TensorRT engines (--target gpu)")
     if precision == "fp32" and target == "gpu":
         return QuantizationResult(
             network_file=_engine(onnx_fp32, workdir, settings, log, report), report=report

@@ -140,13 +140,23 @@ def digits_onnx(digits, tmp_path_factory) -> Path:
     return torch2onnx.export(model, out, input_shape=SPEC.tensor_shape).path
 
 
-def test_gpu_target_writes_symmetric_qdq_then_needs_tensorrt(digits, digits_onnx, tmp_path):
+def test_gpu_target_without_tensorrt_fails_first_naming_the_extra(digits, digits_onnx, tmp_path):
     settings = _settings(digits, tmp_path / "repo", target="gpu")
     with pytest.raises(MissingDependencyError, match=r"pip install 'cvserve\[tensorrt\]'"):
         quantize.run_quantization(
             onnx_fp32=digits_onnx, workdir=tmp_path, settings=settings, log=lambda _m: None
         )
-    qdq = tmp_path / "model.int8.onnx"
+    assert not list(tmp_path.glob("*.onnx")) and not list(
+        tmp_path.glob("*.plan")
+    )  # nothing calibrated, no engine
+
+
+def test_gpu_target_quantizes_to_symmetric_qdq_for_tensorrt(digits, digits_onnx, tmp_path):
+    settings = _settings(digits, tmp_path / "repo", target="gpu", calibration_samples=64)
+    data = quantize.load_data(settings, None, lambda _m: None)
+    reference = quantize.logits(digits_onnx, data.val_tensors)
+    qdq, entries = quantize.int8(digits_onnx, tmp_path, settings, data, reference, lambda _m: None)
+    assert entries["accuracy"]["top1_agreement"] >= 0.98
     graph = onnx.load(str(qdq)).graph
     inits = _initializers(qdq)
     zero_points = [
@@ -154,7 +164,7 @@ def test_gpu_target_writes_symmetric_qdq_then_needs_tensorrt(digits, digits_onnx
     ]
     assert zero_points and all(z.dtype == np.int8 and not z.any() for z in zero_points)  # zero point 0
     biases = [n.input[2] for n in graph.node if n.op_type == "Conv" and len(n.input) > 2]
-    assert all(inits[b].dtype == np.float32 for b in biases if b in inits)  # TensorRT fuses float bias
+    assert biases and all(inits[b].dtype == np.float32 for b in biases)  # TensorRT fuses float bias
 
 
 def test_fp16_on_cpu_warns_and_passes_the_gate(digits, digits_onnx, tmp_path):
