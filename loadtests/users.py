@@ -19,11 +19,10 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from cvserve.client import Client, ClientError
-from cvserve.loadtests._locust import AVAILABLE, User, grpc_gevent
+from cvserve.loadtests._locust import User, grpc_gevent
 
-if AVAILABLE:
-    # gRPC's C core must cooperate with gevent before the first channel is created (Locust's gRPC example).
-    grpc_gevent.init_gevent()
+# gRPC's C core must cooperate with gevent before the first channel is created (Locust's gRPC example).
+grpc_gevent.init_gevent()
 
 T = TypeVar("T")
 

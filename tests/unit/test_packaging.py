@@ -19,12 +19,14 @@ names = ["cvserve"] + [m.name for m in pkgutil.walk_packages(cvserve.__path__, "
 names = [n for n in names if not n.startswith("cvserve.model_repository") and n != "cvserve.__main__"]
 from cvserve.errors import MissingDependencyError
 # Only modules that *are* torch code may need their extra at import time, and then they must say so.
-NEEDS_EXTRA = {"cvserve.builders.architectures.mobilenet", "cvserve.builders.architectures.resnet"}
+NEEDS_EXTRA = {"cvserve.builders.architectures.mobilenet", "cvserve.builders.architectures.resnet",
+               "cvserve.loadtests._locust", "cvserve.loadtests.users", "cvserve.loadtests.locustfile",
+               "cvserve.loadtests.scenarios", "cvserve.loadtests.collector"}
 for name in names:
     try:
         importlib.import_module(name)
     except MissingDependencyError as exc:
-        assert name in NEEDS_EXTRA and "pip install 'cvserve[build]'" in str(exc), (name, exc)
+        assert name in NEEDS_EXTRA and "pip install 'cvserve[" in str(exc), (name, exc)
 heavy = [m for m in ("torch", "onnx", "onnxruntime", "locust", "kubernetes", "PIL", "matplotlib", "prometheus_client") if importlib.util.find_spec(m)]
 assert not heavy, f"the core install pulled in {heavy}"
 loaded = [m for m in ("torch", "onnx", "onnxruntime", "locust", "kubernetes", "matplotlib") if m in sys.modules]
