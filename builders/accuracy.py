@@ -4,7 +4,10 @@ Metrics on the same held-out batch:
 
 * ``top1_agreement``: fraction of images whose top-1 class is the FP32 model's top-1 class;
 * ``top5_overlap``: mean fraction of the FP32 top-5 classes found in the candidate's top-5;
-* ``top1_accuracy`` and ``top1_accuracy_reference``: top-1 against ground truth, when labels are given.
+* ``top1_accuracy`` and ``top1_accuracy_reference``: top-1 against ground truth, when labels are given;
+* ``by_reference_confidence``: top-1 agreement within bands of the FP32 model's top-1 probability.
+  Not gated; it tells a real accuracy loss from flips between near-tied classes on images the FP32
+  model is itself unsure about, which any small perturbation of the input also flips.
 
 Each metric's drop is measured from what an exact copy of the reference would score (1.0 for the
 agreement metrics, the reference's accuracy for accuracy). The gate allows ``max_drop`` for top-1
@@ -23,6 +26,7 @@ import numpy as np
 from cvserve.errors import UserInputError
 
 TOP5_FACTOR = 5.0
+CONFIDENCE_BANDS = ((0.8, 1.0), (0.5, 0.8), (0.0, 0.5))  # FP32 top-1 probability, [low, high)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -32,9 +36,18 @@ class AccuracyResult:
     top5_overlap: float
     top1_accuracy: float | None = None
     top1_accuracy_reference: float | None = None
+    by_reference_confidence: tuple[dict, ...] = ()
 
     def as_dict(self) -> dict:
-        return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in asdict(self).items()}
+        out = {k: (round(v, 6) if isinstance(v, float) else v) for k, v in asdict(self).items()}
+        out["by_reference_confidence"] = [dict(b) for b in self.by_reference_confidence]
+        return out
+
+    def low_confidence_changes(self) -> tuple[int, int]:
+        """(top-1 changes on images where FP32's top-1 probability is below 0.5, all top-1 changes)."""
+        changes = {b["band"]: b["top1_changes"] for b in self.by_reference_confidence}
+        low = sum(n for band, n in changes.items() if band.endswith("-0.5"))
+        return low, sum(changes.values())
 
     def drops(self) -> dict[str, float]:
         """Metric -> how far the candidate is below an exact copy of the reference."""
@@ -59,7 +72,14 @@ class GateResult:
             f"{m} dropped {drops[m]:.4f} (allowed {self.allowed[m]:.4f}, missed by {miss:.4f})"
             for m, miss in self.misses.items()
         ]
-        return f"accuracy gate failed on {result.held_out_images} held-out images: " + "; ".join(parts)
+        text = f"accuracy gate failed on {result.held_out_images} held-out images: " + "; ".join(parts)
+        low, changes = result.low_confidence_changes()
+        if "top1_agreement" in self.misses and changes:
+            text += (
+                f" ({low} of the {changes} top-1 changes are on images where FP32's own top-1 "
+                "probability is below 0.5)"
+            )
+        return text
 
 
 def topk(logits: np.ndarray, k: int) -> np.ndarray:
@@ -82,13 +102,40 @@ def compare(reference: np.ndarray, candidate: np.ndarray, labels: np.ndarray | N
         labels = np.asarray(labels)
         acc = float(np.mean(cand5[:, 0] == labels))
         acc_ref = float(np.mean(ref5[:, 0] == labels))
+    same = ref5[:, 0] == cand5[:, 0]
     return AccuracyResult(
         held_out_images=len(reference),
-        top1_agreement=float(np.mean(ref5[:, 0] == cand5[:, 0])),
+        top1_agreement=float(np.mean(same)),
         top5_overlap=float(overlap),
         top1_accuracy=acc,
         top1_accuracy_reference=acc_ref,
+        by_reference_confidence=_bands(probabilities(reference).max(axis=1), same),
     )
+
+
+def probabilities(outputs: np.ndarray) -> np.ndarray:
+    """Softmax of ``outputs``, unless its rows already are probabilities (non-negative, summing to 1)."""
+    outputs = outputs.astype(np.float64)
+    if (outputs >= 0).all() and np.allclose(outputs.sum(axis=1), 1.0, atol=1e-3):
+        return outputs
+    z = np.exp(outputs - outputs.max(axis=1, keepdims=True))
+    return z / z.sum(axis=1, keepdims=True)
+
+
+def _bands(confidence: np.ndarray, same: np.ndarray) -> tuple[dict, ...]:
+    out = []
+    for low, high in CONFIDENCE_BANDS:
+        inside = (confidence >= low) & ((confidence < high) | (high >= 1.0))
+        n = int(inside.sum())
+        out.append(
+            {
+                "band": f"{low:.1f}-{high:.1f}",
+                "images": n,
+                "top1_agreement": round(float(same[inside].mean()), 6) if n else None,
+                "top1_changes": int((~same[inside]).sum()),
+            }
+        )
+    return tuple(out)
 
 
 def allowances(max_drop: float) -> dict[str, float]:

@@ -97,7 +97,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         choices=("python", "onnxruntime"),
         default="python",
         help="network runtime: python (ONNX Runtime in the python backend, the embedded server) "
-        "or onnxruntime (Triton's native backend, NGC container)",
+        "or onnxruntime (Triton's native backend, NGC container; with --target gpu it serves the ONNX "
+        "through ONNX Runtime's TensorRT accelerator instead of building a TensorRT engine here)",
     )
     g.add_argument("--execution-env", help="EXECUTION_ENV_PATH for the python models (packed env for NGC)")
     g.add_argument(
@@ -111,7 +112,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--rtol", type=float, default=1e-3)
     g.add_argument("--exporter", choices=("auto", "dynamo", "torchscript"), default="auto")
     g.add_argument("--precision", choices=("fp32", "fp16", "int8"), default="fp32")
-    g.add_argument("--target", choices=("cpu", "gpu"), default="cpu")
+    g.add_argument(
+        "--target",
+        choices=("cpu", "gpu"),
+        default="cpu",
+        help="gpu: a TensorRT engine (model.plan, needs cvserve[tensorrt] here), or with --runtime "
+        "onnxruntime the ONNX served through ONNX Runtime's TensorRT accelerator",
+    )
     g.add_argument("--calibration", type=Path, help="folder of calibration images")
     g.add_argument("--calibration-samples", type=int, default=200)
     g.add_argument("--calibration-method", choices=("minmax", "entropy", "percentile"), default="minmax")

@@ -181,6 +181,15 @@ def build(settings: BuildSettings, log: Callable[[str], None] = print) -> BuildR
         configs = tc.pipeline_configs(
             settings.name, shape, settings.batching, settings.version_policy, runtime
         )
+        accelerator = None
+        if settings.target == "gpu" and runtime == "onnxruntime":  # the ONNX on GPU through ORT's TensorRT
+            accelerator = tc.add_tensorrt_accelerator(
+                configs["network"],
+                precision=settings.precision,
+                input_name=shape.input_name,
+                tensor_shape=spec.tensor_shape,
+                b=settings.batching,
+            )
         report = {
             "name": settings.name,
             "checkpoint": str(settings.checkpoint),
@@ -202,6 +211,8 @@ def build(settings: BuildSettings, log: Callable[[str], None] = print) -> BuildR
         }
         if quant_report:
             report.update(quant_report)
+        if accelerator:
+            report["tensorrt_accelerator"] = accelerator
         with clock.stage("write"), repository.staged_build(settings.repository, settings.name) as staged:
             report["version"] = staged.version
             _write_models(staged, settings, spec, labels, network_file, runtime, configs)

@@ -341,12 +341,14 @@ def run_quantization(
     precision, target = settings.precision, settings.target
     report: dict = {"precision": precision, "target": target}
     network = onnx_fp32
-    if target == "gpu":  # fail before minutes of calibration, not after
+    # GPU target: a TensorRT engine, unless the ONNX is served through the onnxruntime backend's
+    # TensorRT accelerator (--runtime onnxruntime), which builds its engine on the GPU node itself.
+    engine = target == "gpu" and settings.runtime != "onnxruntime"
+    if engine:  # fail before minutes of calibration, not after
         require("tensorrt", extra="tensorrt", purpose="to build TensorRT engines (--target gpu)")
     if precision == "fp32" and target == "gpu":
-        return QuantizationResult(
-            network_file=_engine(onnx_fp32, workdir, settings, log, report), report=report
-        )
+        served = _engine(onnx_fp32, workdir, settings, log, report) if engine else onnx_fp32
+        return QuantizationResult(network_file=served, report=report)
     data = load_data(settings, _class_names(settings), log)
     log(
         f"[quantize] {len(data.calibration)} calibration and {len(data.validation)} held-out images "
@@ -383,10 +385,11 @@ def run_quantization(
         # The gate above ran the Q/DQ (or FP16) ONNX in ONNX Runtime on the CPU: the same quantization
         # parameters TensorRT uses, though its kernels round differently.
         report["accuracy"]["measured_with"] = "onnxruntime-cpu (simulated quantization)"
-        engine_input = network if precision == "int8" else onnx_fp32
-        return QuantizationResult(
-            network_file=_engine(engine_input, workdir, settings, log, report), report=report
-        )
+        # INT8: the symmetric Q/DQ ONNX. FP16: the FP32 ONNX, with TensorRT's FP16 flag / precision mode.
+        served = network if precision == "int8" else onnx_fp32
+        if engine:
+            served = _engine(served, workdir, settings, log, report)
+        return QuantizationResult(network_file=served, report=report)
     report["throughput"] = measure_throughput(onnx_fp32, network, data.val_tensors, settings, log)
     return QuantizationResult(network_file=network, report=report)
 

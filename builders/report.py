@@ -49,6 +49,20 @@ def render_markdown(report: dict) -> str:
                 ("measured with", acc.get("measured_with", "onnxruntime-cpu")),
             ]
         )
+        bands = acc.get("by_reference_confidence") or []
+        if bands:
+            lines += [
+                "",
+                "Top-1 agreement by the FP32 model's own top-1 probability (changes on images it is "
+                "unsure about are flips between near-tied classes):",
+                "",
+                "| FP32 top-1 probability | images | top-1 agreement | top-1 changes |",
+                "|---|---|---|---|",
+            ]
+            lines += [
+                f"| {b['band']} | {b['images']} | {_fmt(b['top1_agreement'])} | {b['top1_changes']} |"
+                for b in bands
+            ]
     if "excluded_layers" in report:
         excluded = report["excluded_layers"]
         lines += ["", "## Layers kept in FP32", ""]

@@ -178,6 +178,58 @@ def network_config(
     return cfg
 
 
+TRT_ACCELERATOR_CACHE = "/tmp/cvserve-trt-cache"  # an emptyDir in the Helm chart: engines are rebuilt per pod
+TRT_PRECISION_MODES = {"fp32": "FP32", "fp16": "FP16", "int8": "INT8"}
+
+
+def add_tensorrt_accelerator(
+    cfg: mc.ModelConfig,
+    *,
+    precision: str,
+    input_name: str,
+    tensor_shape: Sequence[int],
+    b: Batching,
+    cache_dir: str = TRT_ACCELERATOR_CACHE,
+    workspace_bytes: int = 1 << 30,
+) -> dict[str, str]:
+    """Run an ``onnxruntime_onnx`` network on GPU instances through ONNX Runtime's TensorRT accelerator.
+
+    The variant for GPU nodes that serves the ONNX itself (the Q/DQ ONNX for INT8) instead of a
+    prebuilt engine: the engine is built by the server on first load and cached. The optimization
+    profile follows the same rule as :mod:`cvserve.builders.onnx2trt` (min 1, opt the largest
+    preferred batch, max ``max_batch_size``), so the dynamic batcher never forms a batch outside it.
+    Returns the accelerator's parameters (for the build report).
+    """
+    from cvserve.builders.onnx2trt import opt_batch
+
+    if cfg.platform != "onnxruntime_onnx":
+        raise UserInputError(
+            "the TensorRT accelerator needs --runtime onnxruntime (Triton's onnxruntime backend)"
+        )
+    if precision not in TRT_PRECISION_MODES:
+        raise UserInputError(f"precision must be one of {', '.join(TRT_PRECISION_MODES)}, not {precision!r}")
+
+    def dims(batch: int) -> str:
+        return f"{input_name}:" + "x".join(str(d) for d in (batch, *tensor_shape))
+
+    params = {
+        "precision_mode": TRT_PRECISION_MODES[precision],
+        "max_workspace_size_bytes": str(workspace_bytes),
+        "trt_profile_min_shapes": dims(1),
+        "trt_profile_opt_shapes": dims(opt_batch(b.max_batch_size, b.preferred_batch_sizes)),
+        "trt_profile_max_shapes": dims(b.max_batch_size),
+        "trt_engine_cache_enable": "1",
+        "trt_engine_cache_path": cache_dir,
+        "trt_timing_cache_enable": "1",
+        "trt_timing_cache_path": cache_dir,
+    }
+    accelerator = cfg.optimization.execution_accelerators.gpu_execution_accelerator.add(name="tensorrt")
+    accelerator.parameters.update(params)
+    for group in cfg.instance_group:
+        group.kind = mc.ModelInstanceGroup.Kind.KIND_GPU
+    return params
+
+
 def postprocess_config(name: str, shape: PipelineShape, b: Batching, policy: VersionPolicy) -> mc.ModelConfig:
     k = min(shape.top_k, shape.num_classes)
     cfg = mc.ModelConfig(

@@ -167,6 +167,39 @@ def test_gpu_target_quantizes_to_symmetric_qdq_for_tensorrt(digits, digits_onnx,
     assert biases and all(inits[b].dtype == np.float32 for b in biases)  # TensorRT fuses float bias
 
 
+def test_gpu_target_on_onnxruntime_serves_the_qdq_onnx_through_the_tensorrt_accelerator(digits, tmp_path):
+    """--target gpu --runtime onnxruntime: no engine is built here (no TensorRT needed); Triton's
+    onnxruntime backend builds it on the GPU node from the symmetric Q/DQ ONNX."""
+    from cvserve.builders import triton_config as tc
+
+    repository = tmp_path / "model_repository"
+    batching = tc.Batching(max_batch_size=16, preferred_batch_sizes=(4, 8))
+    settings = _settings(
+        digits, repository, target="gpu", runtime="onnxruntime", calibration_samples=64, batching=batching
+    )
+    result = build(settings, log=lambda _m: None)
+    net = repository / "digits_network"
+    cfg = tc.parse((net / "config.pbtxt").read_text())
+    assert (cfg.platform, cfg.backend) == ("onnxruntime_onnx", "onnxruntime")
+    assert [g.kind for g in cfg.instance_group] == [cfg.instance_group[0].KIND_GPU]
+    (accelerator,) = cfg.optimization.execution_accelerators.gpu_execution_accelerator
+    params = dict(accelerator.parameters)
+    assert accelerator.name == "tensorrt" and params["precision_mode"] == "INT8"
+    shapes = {k: params[f"trt_profile_{k}_shapes"] for k in ("min", "opt", "max")}
+    assert shapes == {"min": "input:1x3x8x8", "opt": "input:8x3x8x8", "max": "input:16x3x8x8"}
+    assert params["trt_engine_cache_enable"] == "1" and params["trt_timing_cache_enable"] == "1"
+    assert result.report["tensorrt_accelerator"] == params
+    served = net / str(result.version) / "model.onnx"
+    assert not list(net.rglob("*.plan"))
+    inits = _initializers(served)
+    graph = onnx.load(str(served)).graph
+    zero_points = [
+        inits[n.input[2]] for n in graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")
+    ]
+    assert zero_points and all(z.dtype == np.int8 and not z.any() for z in zero_points)
+    assert result.report["accuracy"]["measured_with"].startswith("onnxruntime-cpu")
+
+
 def test_fp16_on_cpu_warns_and_passes_the_gate(digits, digits_onnx, tmp_path):
     logs: list[str] = []
     settings = _settings(digits, tmp_path / "repo", precision="fp16")

@@ -49,6 +49,25 @@ def test_gate_says_which_metric_missed_by_how_much():
         accuracy.gate(r, -0.1)
 
 
+def test_agreement_by_the_reference_confidence_locates_the_top1_changes():
+    ref = np.zeros((6, 4), dtype=np.float32)
+    ref[:2, 0] = 10.0  # FP32 sure (p ~ 1.0)
+    ref[2:4, 0] = 1.2  # p = e^1.2 / (e^1.2 + 3) ~ 0.52
+    ref[4:, 0] = 0.1  # near-ties: p ~ 0.27
+    cand = ref.copy()
+    cand[4, 1] = 5.0  # one change on an unsure image
+    cand[5, 2] = 5.0  # and another
+    r = accuracy.compare(ref, cand)
+    bands = {b["band"]: b for b in r.as_dict()["by_reference_confidence"]}
+    assert [bands[k]["images"] for k in ("0.8-1.0", "0.5-0.8", "0.0-0.5")] == [2, 2, 2]
+    assert bands["0.8-1.0"]["top1_agreement"] == 1.0 and bands["0.0-0.5"]["top1_changes"] == 2
+    assert r.low_confidence_changes() == (2, 2)
+    message = accuracy.gate(r, 0.01).message(r)
+    assert "2 of the 2 top-1 changes are on images where FP32's own top-1 probability is below 0.5" in message
+    probs = accuracy.probabilities(ref)  # already-softmaxed outputs are taken as they are
+    assert np.allclose(accuracy.probabilities(probs), probs)
+
+
 def test_read_labels_takes_indices_or_class_names(tmp_path):
     path = tmp_path / "labels.tsv"
     path.write_text("# image label\na.png\t3\nsub/b.png,cat\nc.png dog\n")
@@ -113,7 +132,10 @@ def test_markdown_report_lists_metrics_and_kept_layers():
         "size_bytes": 10, "calibration": {"method": "entropy", "samples": 200},
         "accuracy": {"held_out_images": 200, "top1_agreement": 0.995, "top5_overlap": 0.97,
                      "top1_accuracy": None, "top1_accuracy_reference": None,
-                     "gate": {"max_accuracy_drop": 0.01, "passed": True}},
+                     "gate": {"max_accuracy_drop": 0.01, "passed": True},
+                     "by_reference_confidence": [
+                         {"band": "0.8-1.0", "images": 150, "top1_agreement": 1.0, "top1_changes": 0},
+                         {"band": "0.0-0.5", "images": 50, "top1_agreement": 0.98, "top1_changes": 1}]},
         "excluded_layers": ["conv_0"],
         "fallback": {"sensitivity": {"conv_0": 0.02}, "steps": [
             {"excluded": 0, "top1_agreement": 0.9, "top5_overlap": 0.9},
@@ -127,5 +149,6 @@ def test_markdown_report_lists_metrics_and_kept_layers():
         "`conv_0`",
         "| 1 | 0.9950 | 0.9700 |",
         "| speed-up | 2.86 |",
+        "| 0.0-0.5 | 50 | 0.9800 | 1 |",
     ):
         assert needle in md

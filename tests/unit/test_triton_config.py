@@ -90,3 +90,12 @@ def test_bad_batching_values(kwargs, needle):
 def test_model_names_are_checked(name):
     with pytest.raises(UserInputError):
         tc.check_name(name)
+
+
+def test_tensorrt_accelerator_needs_the_onnxruntime_backend():
+    shape = tc.PipelineShape(tensor_shape=(3, 224, 224), num_classes=10)
+    cfg = tc.network_config("m", shape, tc.Batching(), tc.VersionPolicy(), "python")
+    with pytest.raises(UserInputError, match="--runtime onnxruntime"):
+        tc.add_tensorrt_accelerator(
+            cfg, precision="int8", input_name="input", tensor_shape=(3, 224, 224), b=tc.Batching()
+        )
