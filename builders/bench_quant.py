@@ -1,10 +1,13 @@
 """Benchmark of quantized builds; prints the figures kept in docs/benchmarks.md ("Quantization").
 
-    python -m cvserve.builders.bench_quant [--method entropy] [--max-accuracy-drop 0.01] [--skip-mobilenet]
+    python -m cvserve.builders.bench_quant [--method entropy] [--max-accuracy-drop 0.01] \
+        [--max-excluded-layers N] [--skip-mobilenet] [--skip-digits]
 
 1. The demo MobileNetV2 (torchvision's ImageNet weights), INT8 CPU target, calibrated and gated on
-   disjoint sets of real augmented photos (scikit-image, scikit-learn, matplotlib): top-1 agreement,
-   layers kept in FP32, ONNX Runtime throughput at batch 8 against FP32 (alternating, repeated runs).
+   disjoint sets of real augmented photos (scikit-image, scikit-learn, matplotlib): top-1 agreement
+   (also by FP32's own confidence), layers kept in FP32, ONNX Runtime throughput at batch 8 against
+   FP32 (alternating, repeated runs). Diagnostics first: how often FP32's own top-1 changes under
+   +-0.5 / +-1 grey-level input noise, and under INT8 / 10-bit weights alone.
 2. A small CNN trained on scikit-learn's digits: FP32 vs INT8 top-1 accuracy on held-out digits.
 3. A digits build with ``--max-accuracy-drop 0`` through the CLI: the gate fails, the repository is
    byte-identical afterwards.
@@ -125,6 +128,62 @@ def compare_throughput(fp32: Path, int8: Path, batch: np.ndarray, rounds: int, s
     }
 
 
+def _fake_quant_weights(fp32: Path, bits: int) -> bytes:
+    """The FP32 ONNX with Conv/Gemm weights rounded to ``bits``-bit per-channel symmetric integers."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(fp32))
+    weights = {n.input[1] for n in model.graph.node if n.op_type in ("Conv", "Gemm")}
+    top = 2 ** (bits - 1) - 1
+    for init in model.graph.initializer:
+        if init.name in weights:
+            w = numpy_helper.to_array(init)
+            axes = tuple(range(1, w.ndim))  # output channels: axis 0 of Conv, and of Gemm with transB
+            scale = np.abs(w).max(axis=axes, keepdims=True) / top
+            scale[scale == 0] = 1.0
+            q = (np.clip(np.round(w / scale), -top, top) * scale).astype(np.float32)
+            init.CopyFrom(numpy_helper.from_array(q, init.name))
+    return model.SerializeToString()
+
+
+def diagnostics(fp32: Path, tensors: np.ndarray, spec: PreprocessSpec) -> dict:
+    """How fragile FP32's own top-1 is on these held-out images, and what weight rounding alone costs.
+
+    * input noise: every pixel moved by a uniform +-0.5 (or +-1) grey level, through the normalisation;
+    * weights only: INT8 (or 10-bit) per-channel symmetric weights, activations left in FP32.
+    """
+    import onnxruntime as ort
+
+    from cvserve.builders import accuracy
+    from cvserve.builders.quantize import logits
+
+    def run(model) -> np.ndarray:
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+        name = session.get_inputs()[0].name
+        return np.concatenate(
+            [session.run(None, {name: tensors[i : i + 8]})[0] for i in range(0, len(tensors), 8)]
+        )
+
+    ref = logits(fp32, tensors)
+    std = (np.asarray(spec.std, dtype=np.float32) * 255.0).reshape(1, -1, 1, 1)
+    rng = np.random.default_rng(0)
+    out: dict = {}
+    for grey in (0.5, 1.0):
+        noisy = tensors + rng.uniform(-grey, grey, tensors.shape).astype(np.float32) / std
+        r = accuracy.compare(ref, logits(fp32, noisy))
+        out[f"fp32_input_noise_{grey}_grey_level"] = {
+            "top1_agreement": r.top1_agreement,
+            "top5_overlap": r.top5_overlap,
+        }
+    for bits in (8, 10):
+        r = accuracy.compare(ref, run(_fake_quant_weights(fp32, bits)))
+        out[f"weights_only_int{bits}"] = {"top1_agreement": r.top1_agreement, "top5_overlap": r.top5_overlap}
+    return out
+
+
 def bench_mobilenet(work: Path, args) -> dict:
     from cvserve.builders import calibration as cal
     from cvserve.builders.pipeline import BuildSettings, build
@@ -150,16 +209,19 @@ def bench_mobilenet(work: Path, args) -> dict:
         calibration_samples=args.calibration_samples,
         max_accuracy_drop=args.max_accuracy_drop,
     )
+    spec = PreprocessSpec()
+    fp32 = _fp32_onnx(work, settings)
+    found = {"diagnostics": diagnostics(fp32, val_set.tensors(spec), spec)}
+    print(json.dumps(found, indent=2), flush=True)
     try:
         result = build(settings)
     except BuildError as exc:
-        return {"gate": "failed", "error": str(exc)}
+        return {**found, "gate": "failed", "error": str(exc)}
     report = result.report
     network = repo / "mobilenet_v2_network" / str(result.version) / "model.onnx"
-    fp32 = _fp32_onnx(work, settings)
-    spec = PreprocessSpec()
     batch = np.ascontiguousarray(val_set.head(8).tensors(spec))
     return {
+        **found,
         "gate": "passed",
         "accuracy": report["accuracy"],
         "excluded_layers": report["excluded_layers"],
@@ -243,9 +305,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-accuracy-drop", type=float, default=0.01)
     p.add_argument("--rounds", type=int, default=5, help="alternating FP32/INT8 throughput rounds")
     p.add_argument("--seconds", type=float, default=4.0, help="per throughput round")
+    p.add_argument(
+        "--max-excluded-layers",
+        type=int,
+        help="how far the fallback may go (CVSERVE_MAX_EXCLUDED_LAYERS; default a quarter of the layers)",
+    )
     p.add_argument("--skip-mobilenet", action="store_true")
     p.add_argument("--skip-digits", action="store_true")
     args = p.parse_args(argv)
+    if args.max_excluded_layers is not None:
+        import os
+
+        os.environ["CVSERVE_MAX_EXCLUDED_LAYERS"] = str(args.max_excluded_layers)
     from cvserve.builders.quantize import _cpu_name
 
     out: dict = {"cpu": _cpu_name(), "args": vars(args)}
