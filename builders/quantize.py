@@ -30,7 +30,7 @@ from cvserve._extras import require
 from cvserve.builders import accuracy
 from cvserve.builders import calibration as cal
 from cvserve.builders.verify import ort_session
-from cvserve.errors import BuildError
+from cvserve.errors import BuildError, UserInputError
 
 DEFAULT_HELD_OUT = 200  # augmented sample photos when no --validation folder is given
 SENSITIVITY_IMAGES = 32  # calibration images used to rank the layers
@@ -235,13 +235,20 @@ def sensitivity(
 
 
 def _exclusion_steps(n_layers: int) -> list[int]:
-    limit = os.environ.get("CVSERVE_MAX_EXCLUDED_LAYERS")
+    """Layers kept in FP32 at each fallback step: 1, 2, 3, 4, 6, 9, 14, ... up to the limit.
+
+    Never all of them: an INT8 build with no INT8 layer left would be an FP32 build under another name.
+    """
+    limit = os.environ.get("CVSERVE_MAX_EXCLUDED_LAYERS", "").strip()
+    if limit and not limit.isdigit():
+        raise UserInputError(f"CVSERVE_MAX_EXCLUDED_LAYERS must be a whole number of layers, not {limit!r}")
     most = int(limit) if limit else max(1, math.ceil(MAX_EXCLUDED_FRACTION * n_layers))
+    most = min(most, n_layers - 1)
     steps, k = [], 1
     while k < most:
         steps.append(k)
         k = k + 1 if k < 4 else math.ceil(k * 1.5)
-    return [*steps, min(most, n_layers)]
+    return [*steps, most] if most >= 1 else []
 
 
 def int8(

@@ -68,6 +68,19 @@ def test_agreement_by_the_reference_confidence_locates_the_top1_changes():
     assert np.allclose(accuracy.probabilities(probs), probs)
 
 
+def test_fallback_steps_grow_to_the_limit_and_keep_one_layer_quantized(monkeypatch):
+    from cvserve.builders.quantize import _exclusion_steps
+
+    monkeypatch.delenv("CVSERVE_MAX_EXCLUDED_LAYERS", raising=False)
+    assert _exclusion_steps(64) == [1, 2, 3, 4, 6, 9, 14, 16]  # a quarter of the layers
+    assert _exclusion_steps(1) == []  # nothing to fall back to
+    monkeypatch.setenv("CVSERVE_MAX_EXCLUDED_LAYERS", "64")
+    assert _exclusion_steps(64)[-3:] == [32, 48, 63]  # never every layer
+    monkeypatch.setenv("CVSERVE_MAX_EXCLUDED_LAYERS", "half")
+    with pytest.raises(UserInputError, match="CVSERVE_MAX_EXCLUDED_LAYERS must be a whole number"):
+        _exclusion_steps(64)
+
+
 def test_read_labels_takes_indices_or_class_names(tmp_path):
     path = tmp_path / "labels.tsv"
     path.write_text("# image label\na.png\t3\nsub/b.png,cat\nc.png dog\n")
