@@ -152,6 +152,7 @@ def diagnostics(fp32: Path, tensors: np.ndarray, spec: PreprocessSpec) -> dict:
     """How fragile FP32's own top-1 is on these held-out images, and what weight rounding alone costs.
 
     * input noise: every pixel moved by a uniform +-0.5 (or +-1) grey level, through the normalisation;
+    * input only: the network input rounded to uint8, as an INT8 network's first QuantizeLinear does;
     * weights only: INT8 (or 10-bit) per-channel symmetric weights, activations left in FP32.
     """
     import onnxruntime as ort
@@ -179,6 +180,14 @@ def diagnostics(fp32: Path, tensors: np.ndarray, spec: PreprocessSpec) -> dict:
             "top1_agreement": r.top1_agreement,
             "top5_overlap": r.top5_overlap,
         }
+    # The network input quantized to uint8 over the full range of normalised pixels, as the first
+    # QuantizeLinear of an INT8 network does (per tensor: one scale for the three channels).
+    lo = float(np.min((0.0 - np.asarray(spec.mean)) / np.asarray(spec.std)))
+    hi = float(np.max((1.0 - np.asarray(spec.mean)) / np.asarray(spec.std)))
+    scale, zero = (hi - lo) / 255.0, round(-lo / ((hi - lo) / 255.0))
+    rounded = (np.clip(np.round(tensors / scale) + zero, 0, 255) - zero) * scale
+    r = accuracy.compare(ref, logits(fp32, rounded.astype(np.float32)))
+    out["input_uint8_only"] = {"top1_agreement": r.top1_agreement, "top5_overlap": r.top5_overlap}
     for bits in (8, 10):
         r = accuracy.compare(ref, run(_fake_quant_weights(fp32, bits)))
         out[f"weights_only_int{bits}"] = {"top1_agreement": r.top1_agreement, "top5_overlap": r.top5_overlap}
