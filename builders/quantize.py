@@ -352,7 +352,11 @@ def run_quantization(
     # TensorRT accelerator (--runtime onnxruntime), which builds its engine on the GPU node itself.
     engine = target == "gpu" and settings.runtime != "onnxruntime"
     if engine:  # fail before minutes of calibration, not after
-        require("tensorrt", extra="tensorrt", purpose="to build TensorRT engines (--target gpu)")
+        require(
+            "tensorrt",
+            extra="tensorrt",
+            purpose="to build TensorRT engines (--target gpu; --runtime onnxruntime needs none here)",
+        )
     if precision == "fp32" and target == "gpu":
         served = _engine(onnx_fp32, workdir, settings, log, report) if engine else onnx_fp32
         return QuantizationResult(network_file=served, report=report)
