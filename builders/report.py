@@ -103,4 +103,8 @@ def render_markdown(report: dict) -> str:
     if engine:
         lines += ["", "## TensorRT engine", ""]
         lines += _table([(k, v) for k, v in engine.items()])
+    accelerator = report.get("tensorrt_accelerator")
+    if accelerator:
+        lines += ["", "## TensorRT accelerator of the onnxruntime backend (engine built on the GPU node)", ""]
+        lines += _table([(k, v) for k, v in accelerator.items()])
     return "\n".join(lines) + "\n"

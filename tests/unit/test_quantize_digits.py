@@ -189,6 +189,8 @@ def test_gpu_target_on_onnxruntime_serves_the_qdq_onnx_through_the_tensorrt_acce
     assert shapes == {"min": "input:1x3x8x8", "opt": "input:8x3x8x8", "max": "input:16x3x8x8"}
     assert params["trt_engine_cache_enable"] == "1" and params["trt_timing_cache_enable"] == "1"
     assert result.report["tensorrt_accelerator"] == params
+    report_md = (repository / "digits" / str(result.version) / "build_report.md").read_text()
+    assert "| precision_mode | INT8 |" in report_md
     served = net / str(result.version) / "model.onnx"
     assert not list(net.rglob("*.plan"))
     inits = _initializers(served)
