@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from cvserve.defaults import DEFAULT_REPOSITORY
 from cvserve.errors import UserInputError
 
 
@@ -55,7 +56,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="module:callable returning the nn.Module, e.g. cvserve.builders.architectures:mobilenet_v2",
     )
     p.add_argument("--labels", type=Path, help="class names, one per line (default: the class indices)")
-    p.add_argument("--repository", "-r", type=Path, default=Path("model_repository"), help="model repository")
+    p.add_argument("--repository", "-r", type=Path, default=DEFAULT_REPOSITORY, help="model repository")
     g = p.add_argument_group("preprocessing (recorded once, used for serving, verification and calibration)")
     g.add_argument("--input-size", type=_size, default=(224, 224), help="network input HxW (default 224)")
     g.add_argument(
@@ -137,7 +138,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     r.add_argument("name")
     r.add_argument("version", type=int)
-    r.add_argument("--repository", "-r", type=Path, default=Path("model_repository"))
+    r.add_argument("--repository", "-r", type=Path, default=DEFAULT_REPOSITORY)
     r.set_defaults(func=run_rollback)
 
 

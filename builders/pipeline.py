@@ -7,6 +7,7 @@ Every stage writes into a scratch directory; the repository is touched only by t
 from __future__ import annotations
 
 import hashlib
+import importlib.resources
 import json
 import shutil
 import tempfile
@@ -17,9 +18,9 @@ from pathlib import Path
 
 from cvserve.builders import triton_config as tc
 from cvserve.builders.preprocessing import PreprocessSpec, preprocess_files
+from cvserve.defaults import DEFAULT_REPOSITORY
 from cvserve.errors import NotFoundError, UserInputError
 
-MODEL_REPOSITORY_SOURCES = Path(__file__).resolve().parent.parent / "model_repository"
 PRECISIONS = ("fp32", "fp16", "int8")
 TARGETS = ("cpu", "gpu")
 
@@ -32,7 +33,7 @@ class BuildSettings:
     name: str
     arch: str | None = None
     labels: Path | None = None
-    repository: Path = Path("model_repository")
+    repository: Path = DEFAULT_REPOSITORY
     preprocess: PreprocessSpec = field(default_factory=PreprocessSpec)
     batching: tc.Batching = field(default_factory=tc.Batching)
     version_policy: tc.VersionPolicy = field(default_factory=tc.VersionPolicy)
@@ -234,21 +235,28 @@ def build(settings: BuildSettings, log: Callable[[str], None] = print) -> BuildR
 def _write_models(
     staged, settings, spec: PreprocessSpec, labels, network_file: Path, runtime: str, configs
 ) -> None:
-    src = MODEL_REPOSITORY_SOURCES
+    src = importlib.resources.files("cvserve.model_repository")
     pre = staged.version_dir("preprocess")
-    shutil.copy2(src / "preprocess.py", pre / "model.py")
-    shutil.copy2(Path(__file__).parent / "preprocessing.py", pre / "cvserve_preprocessing.py")
+    _copy_resource(src / "preprocess.py", pre / "model.py")
+    _copy_resource(
+        importlib.resources.files("cvserve.builders") / "preprocessing.py", pre / "cvserve_preprocessing.py"
+    )
     spec.save(pre)
     net = staged.version_dir("network")
     shutil.copy2(network_file, net / ("model.plan" if runtime == "tensorrt" else "model.onnx"))
     if runtime == "python":
-        shutil.copy2(src / "network_onnxruntime.py", net / "model.py")
+        _copy_resource(src / "network_onnxruntime.py", net / "model.py")
     post = staged.version_dir("postprocess")
-    shutil.copy2(src / "postprocess.py", post / "model.py")
+    _copy_resource(src / "postprocess.py", post / "model.py")
     (post / "labels.txt").write_text("\n".join(labels) + "\n", encoding="utf-8")
     staged.version_dir("ensemble")
     for role, cfg in configs.items():
         staged.write_config(role, cfg)
+
+
+def _copy_resource(resource, dst: Path) -> None:
+    """Copy a file shipped inside the cvserve package (found through importlib.resources)."""
+    dst.write_bytes(resource.read_bytes())
 
 
 def _write_report(directory: Path, report: dict) -> None:

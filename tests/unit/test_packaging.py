@@ -93,11 +93,22 @@ def test_core_install_imports_every_module_without_heavy_dependencies(wheel, tmp
         check=True,
         timeout=300,
     )
-    out = subprocess.run(
-        [python, "-c", IMPORT_ALL], capture_output=True, text=True, cwd=tmp_path, timeout=120
-    )
-    assert out.returncode == 0, out.stderr
-    assert "modules imported" in out.stdout
+    # From an empty folder, and from the repository root: no folder there may shadow the installed package.
+    for cwd in (tmp_path, ROOT):
+        out = subprocess.run([python, "-c", IMPORT_ALL], capture_output=True, text=True, cwd=cwd, timeout=120)
+        assert out.returncode == 0, (cwd, out.stderr)
+        assert "modules imported" in out.stdout
+        assert (
+            "site-packages"
+            in subprocess.run(
+                [python, "-c", "import cvserve.client, cvserve.server; print(cvserve.server.__file__)"],
+                capture_output=True,
+                text=True,
+                cwd=cwd,
+                check=True,
+                timeout=60,
+            ).stdout
+        )
 
 
 def test_missing_extra_names_the_pip_command(monkeypatch):

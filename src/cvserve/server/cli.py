@@ -7,6 +7,7 @@ import signal
 import sys
 from pathlib import Path
 
+from cvserve.defaults import DEFAULT_REPOSITORY
 from cvserve.server.process import CONTROL_MODES, ServerSettings, TritonServer
 
 
@@ -18,7 +19,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "on a model repository. Waits for readiness, prints the endpoints, and shuts down gracefully "
         "on SIGINT/SIGTERM.",
     )
-    p.add_argument("--repository", "-r", type=Path, default=Path("model_repository"), help="model repository")
+    p.add_argument("--repository", "-r", type=Path, default=DEFAULT_REPOSITORY, help="model repository")
     p.add_argument("--grpc-port", type=int, default=8001, help="gRPC port (0 picks a free one)")
     p.add_argument("--http-port", type=int, default=8000, help="HTTP port (0 picks a free one)")
     p.add_argument("--metrics-port", type=int, default=8002, help="Prometheus metrics port (0: free)")

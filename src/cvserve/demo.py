@@ -13,10 +13,12 @@ import sys
 import time
 from pathlib import Path
 
+from cvserve.defaults import DEFAULT_REPOSITORY
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m cvserve.demo", description=__doc__)
-    parser.add_argument("--repository", type=Path, default=Path("model_repository"))
+    parser.add_argument("--repository", type=Path, default=DEFAULT_REPOSITORY)
     parser.add_argument("--name", default="mobilenet_v2")
     parser.add_argument("--top-k", type=int, default=5)
     args = parser.parse_args(argv)
