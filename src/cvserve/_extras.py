@@ -23,6 +23,10 @@ _EXTRA_OF = {
     "prometheus_client": "loadtest",
     "matplotlib": "loadtest",
     "kubernetes": "k8s",
+    "jinja2": "reports",
+    "yaml": "reports",
+    "openvino": "serve",
+    "nncf": "build",
 }
 
 
