@@ -343,7 +343,7 @@ def test_triton_arguments(rendered: dict) -> None:
         "model-repository,model-config,shared-memory,trace,logging:admin-key=$(CVSERVE_RESTRICTED_API_KEY)"
     )
     assert f"--http-restricted-api={restricted}" in args
-    assert f"--grpc-restricted-api={restricted}" in args
+    assert f"--grpc-restricted-protocol={restricted}" in args
     env = {e["name"]: e for e in triton_container(rendered["gpu-values.yaml"])["env"]}
     assert env["CVSERVE_RESTRICTED_API_KEY"]["valueFrom"]["secretKeyRef"] == {
         "name": "cvserve-admin-key",
