@@ -149,6 +149,10 @@ def test_string_replica_count_fails_with_helms_schema_message(tmp_path: Path) ->
     assert "at '/replicaCount': got string, want integer" in message
 
 
+def queue_override(policy: dict[str, Any]) -> dict[str, Any]:
+    return {"modelConfigOverrides": {"m": {"dynamic_batching": {"default_queue_policy": policy}}}}
+
+
 @pytest.mark.parametrize(
     ("values", "fragment"),
     [
@@ -158,6 +162,11 @@ def test_string_replica_count_fails_with_helms_schema_message(tmp_path: Path) ->
         ({"gpu": {"count": -1}}, "at '/gpu/count'"),
         ({"replicaCoutn": 3}, "additional properties 'replicaCoutn' not allowed"),
         ({"modelConfigOverrides": {"m": {"dynamic_batching": {"max_queue_delay": 5}}}}, "max_queue_delay"),
+        (queue_override({"max_queue_size": -1}), "/default_queue_policy/max_queue_size"),
+        (queue_override({"max_queue_size": "64"}), "/default_queue_policy/max_queue_size"),
+        (queue_override({"timeout_action": "DROP"}), "/default_queue_policy/timeout_action"),
+        (queue_override({"default_timeout_microseconds": -5}), "/default_timeout_microseconds"),
+        (queue_override({"queue_timeout_ms": 5}), "queue_timeout_ms"),
     ],
 )
 def test_schema_rejects_bad_values(values: dict[str, Any], fragment: str) -> None:
@@ -600,6 +609,11 @@ def network_config_text() -> str:
     config.output.add(name="LOGITS", data_type=model_config_pb2.TYPE_FP32, dims=[1000])
     config.dynamic_batching.preferred_batch_size.extend([4, 8])
     config.dynamic_batching.max_queue_delay_microseconds = 100
+    # admission control as `cvserve build` writes it: a bounded queue, REJECT after the queue timeout
+    policy = config.dynamic_batching.default_queue_policy
+    policy.max_queue_size = 32
+    policy.timeout_action = model_config_pb2.ModelQueuePolicy.REJECT
+    policy.default_timeout_microseconds = 200000
     config.instance_group.add(kind=model_config_pb2.ModelInstanceGroup.KIND_GPU, count=1)
     config.parameters["note"].string_value = "braces { in } a string"
     return "# written by cvserve build\n" + text_format.MessageToString(config)
@@ -671,9 +685,79 @@ def test_override_script_builds_overlay(overrides_script: Any, tmp_path: Path) -
     assert (network / "1").is_symlink() and (network / "1" / "model.onnx").read_bytes() == b"weights"
     config = text_format.Parse((network / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
     assert config.dynamic_batching.max_queue_delay_microseconds == 7
-    assert list(config.dynamic_batching.preferred_batch_size) == []  # the whole block was replaced
+    # merged, not replaced: the fields the override does not name are the build's
+    assert list(config.dynamic_batching.preferred_batch_size) == [4, 8]
+    assert config.dynamic_batching.default_queue_policy.max_queue_size == 32
     assert config.max_batch_size == 32
     assert "max_queue_delay_microseconds: 100" in (source / "resnet50_network" / "config.pbtxt").read_text()
+
+
+def parse_config(text: str) -> Any:
+    model_config_pb2 = pytest.importorskip("tritonclient.grpc.model_config_pb2")
+    from google.protobuf import text_format
+
+    return text_format.Parse(text, model_config_pb2.ModelConfig())
+
+
+def test_queue_policy_override_merges_into_the_built_admission_control(overrides_script: Any) -> None:
+    """An operator changes the queue bound and the queue timeout; the rest of the batcher stays as built."""
+    model_config_pb2 = pytest.importorskip("tritonclient.grpc.model_config_pb2")
+    override = {
+        "dynamic_batching": {
+            "default_queue_policy": {"max_queue_size": 128, "default_timeout_microseconds": 50000}
+        }
+    }
+    config = parse_config(overrides_script.apply_override(network_config_text(), override))
+    batching = config.dynamic_batching
+    policy = batching.default_queue_policy
+    assert (policy.max_queue_size, policy.default_timeout_microseconds) == (128, 50000)
+    assert policy.timeout_action == model_config_pb2.ModelQueuePolicy.REJECT  # kept from the build
+    assert list(batching.preferred_batch_size) == [4, 8]
+    assert batching.max_queue_delay_microseconds == 100
+    assert config.parameters["note"].string_value == "braces { in } a string"
+
+
+@pytest.mark.parametrize(
+    ("source", "override", "check"),
+    [
+        # no queue policy in the built config: the message is created
+        (
+            'name: "m"\nmax_batch_size: 8\ndynamic_batching { max_queue_delay_microseconds: 100 }\n',
+            {"dynamic_batching": {"default_queue_policy": {"max_queue_size": 4, "timeout_action": "REJECT"}}},
+            lambda c: (
+                c.dynamic_batching.default_queue_policy.max_queue_size == 4
+                and c.dynamic_batching.max_queue_delay_microseconds == 100
+            ),
+        ),
+        # no dynamic_batching at all
+        (
+            'name: "m"\nmax_batch_size: 8\n',
+            {"dynamic_batching": {"default_queue_policy": {"max_queue_size": 4}}},
+            lambda c: c.dynamic_batching.default_queue_policy.max_queue_size == 4,
+        ),
+        # "name: { ... }" spelling, comments and separators survive
+        (
+            'name: "m" # the model\ndynamic_batching: {\n  preferred_batch_size: [2, 4];\n'
+            "  # bounded queue\n  default_queue_policy < max_queue_size: 9 >\n},\nmax_batch_size: 8\n",
+            {"dynamic_batching": {"default_queue_policy": {"default_timeout_microseconds": 7}}},
+            lambda c: (
+                c.dynamic_batching.default_queue_policy.max_queue_size == 9
+                and c.dynamic_batching.default_queue_policy.default_timeout_microseconds == 7
+                and list(c.dynamic_batching.preferred_batch_size) == [2, 4]
+                and c.max_batch_size == 8
+            ),
+        ),
+        # a list replaces the repeated field; an empty one removes it
+        (
+            'name: "m"\ndynamic_batching {\n  preferred_batch_size: 4\n  preferred_batch_size: 8\n}\n',
+            {"dynamic_batching": {"preferred_batch_size": []}},
+            lambda c: list(c.dynamic_batching.preferred_batch_size) == [],
+        ),
+    ],
+)
+def test_override_merge_cases(overrides_script: Any, source: str, override: dict, check: Any) -> None:
+    patched = overrides_script.apply_override(source, override)
+    assert check(parse_config(patched)), patched
 
 
 def test_override_of_unknown_model_fails(overrides_script: Any, tmp_path: Path) -> None:
