@@ -8,7 +8,7 @@ a message field (a JSON object, e.g. ``dynamic_batching`` or its ``default_queue
 by field into the one the build wrote, so ``{"dynamic_batching": {"default_queue_policy":
 {"max_queue_size": 64}}}`` changes the queue bound and keeps the preferred batch sizes, the queue delay and
 the queue timeout; a scalar or a list (e.g. ``preferred_batch_size: [8]``, or ``[]`` to drop them) replaces
-what was there. Everything not overridden stays verbatim. Weights are never copied. Only the Python
+what was there, and so does ``version_policy`` (a oneof: ``{"specific": {"versions": [3]}}`` pins version 3). Everything not overridden stays verbatim. Weights are never copied. Only the Python
 standard library is used, so the Triton image's own python3 runs it. A model named in the overrides that
 is not in SOURCE is an error: a typo must not be silently ignored.
 """
@@ -23,6 +23,9 @@ import sys
 
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _ENUM = re.compile(r"[A-Z][A-Z0-9_]*")
+# Messages that are a protobuf oneof (latest / all / specific): merging two members would set both, which
+# Triton refuses to parse, so an override replaces them whole.
+REPLACED_WHOLE = {"version_policy"}
 
 
 class OverrideError(Exception):
@@ -152,7 +155,8 @@ def merge_message(text: str, start: int, end: int, override: dict, indent: str =
     merged = []
     for name, value in override.items():
         old = existing.get(name, [])
-        if isinstance(value, dict) and len(old) == 1 and text[old[0][0]] in "{<":
+        mergeable = isinstance(value, dict) and name not in REPLACED_WHOLE
+        if mergeable and len(old) == 1 and text[old[0][0]] in "{<":
             body_start, body_end = old[0][0] + 1, old[0][1] - 1  # inside the braces
             while text[body_end] not in "}>":
                 body_end -= 1
