@@ -473,6 +473,8 @@ def test_default_image_is_the_documented_ngc_release() -> None:
     container = triton_container(objects(render(BASE)))
     assert container["image"] == f"nvcr.io/nvidia/tritonserver:{chart_yaml['appVersion']}"
     assert chart_yaml["appVersion"] == "26.11-py3"
+    for doc in ("security.md", "deploy.md"):  # the choice and its advisories are documented
+        assert "tritonserver:26.11-py3" in (ROOT / "docs" / doc).read_text(), doc
     pinned = triton_container(objects(render(merge(BASE, {"image": {"digest": "sha256:" + "a" * 64}}))))
     assert pinned["image"] == "nvcr.io/nvidia/tritonserver@sha256:" + "a" * 64
 
