@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from cvserve.loadtests.settings import LoadTestSettings
+from cvserve.reporting import num
 from cvserve.settings import add_arguments, from_args
 
 
@@ -29,27 +30,28 @@ def settings_from_args(args: argparse.Namespace) -> LoadTestSettings:
 
 
 def summary_lines(r: dict) -> list[str]:
-    cost = f"${r['cost_per_1k_usd']:.4f}" if r["cost_per_1k_usd"] is not None else "n/a (no price)"
+    """What ``cvserve loadtest`` prints when it is done (numbers in the reports' one format)."""
+    cost = f"${num(r['cost_per_1k_usd'])}" if r["cost_per_1k_usd"] is not None else "- (no price)"
     lines = [
-        f"{r['name']} {r['scenario']}: p50 {r['p50_ms']} ms, p95 {r['p95_ms']} ms, p99 {r['p99_ms']} ms, "
-        f"{r['throughput_rps']} req/s, {r['inferences_per_s']} inferences/s, error rate {r['error_rate']}, "
-        f"cost per 1k inferences {cost}",
+        f"{r['name']} {r['scenario']}: p50 {num(r['p50_ms'])} ms, p95 {num(r['p95_ms'])} ms, "
+        f"p99 {num(r['p99_ms'])} ms, {num(r['throughput_rps'])} req/s, {num(r['inferences_per_s'])} inferences/s, "
+        f"error rate {num(r['error_rate'])}, cost per 1k inferences {cost}",
     ]
     if r.get("ramp"):
         ramp = r["ramp"]
         lines.append(
-            f"ramp: highest throughput under p95 {r['slo']['p95_ms']:g} ms: {ramp['max_throughput_rps_under_slo']} req/s "
-            f"at {ramp['users_at_max']} users"
+            f"ramp: highest throughput under p95 {num(r['slo']['p95_ms'])} ms: "
+            f"{num(ramp['max_throughput_rps_under_slo'])} req/s at {num(ramp['users_at_max'])} users"
         )
     b = r["server"].get("breakdown_ms")
     if b:
         lines.append(
-            f"server: queue {b['steps_avg_queue_ms']} ms + compute {b['steps_avg_compute_ms']} ms per request (means), "
-            f"network avg batch {b['network_avg_batch_size']}"
+            f"server: queue {num(b['steps_avg_queue_ms'])} ms + compute {num(b['steps_avg_compute_ms'])} ms "
+            f"per request (means), network avg batch {num(b['network_avg_batch_size'])}"
         )
     for name, g in r["gates"].items():
         lines.append(
-            f"gate {name}: {g['value']} {g['op']} {g['threshold']}: {'pass' if g['passed'] else 'FAIL'}"
+            f"gate {name}: {num(g['value'])} {g['op']} {num(g['threshold'])}: {'pass' if g['passed'] else 'FAIL'}"
         )
     lines += [f"warning: {w}" for w in r["warnings"]]
     verdict = "all gates hold" if r["gates_passed"] else "FAILED gate(s): " + ", ".join(r["failed_gates"])

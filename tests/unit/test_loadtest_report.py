@@ -13,7 +13,7 @@ import pytest
 from cvserve.cli import build_parser
 from cvserve.errors import UserInputError
 from cvserve.loadtests import analysis, schedule
-from cvserve.loadtests.cli import settings_from_args
+from cvserve.loadtests.cli import settings_from_args, summary_lines
 from cvserve.loadtests.cost import Price
 from cvserve.loadtests.report import write_report
 from cvserve.loadtests.runner import LoadTestSettings, locust_args, plan, validate
@@ -116,6 +116,12 @@ def test_report_files(tmp_path):
     assert "FAIL: p95_latency_ms" in md and "![latency over time](latency.png)" in md
     assert (tmp_path / "latency.png").stat().st_size > 0 and (tmp_path / "throughput.png").exists()
     assert data["files"]["locust_csv"] == ["locust_stats.csv"]
+    assert "| p95_latency_ms | 40 | <= 1 | **FAIL** |" in md and "| 40 ms | 40 ms |" in md
+    lines = summary_lines(data)
+    assert (
+        lines[-1].startswith("FAILED gate(s): p95_latency_ms")
+        and "gate p95_latency_ms: 40 <= 1: FAIL" in lines
+    )
 
 
 def test_generator_ceiling_warning(tmp_path):

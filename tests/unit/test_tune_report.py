@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import yaml
 
 from cvserve.builders import triton_config as tc
 from cvserve.cli import build_parser
@@ -100,7 +101,12 @@ def test_report_files(tmp_path):
     assert "| chosen |" in md and "## Candidates" in md and "```diff" in md
     assert json.loads((tmp_path / "tuning_report.json").read_text())["meets_slo"] is True
     assert (tmp_path / "configs" / "net_network" / "config.pbtxt").exists()
-    assert "modelConfigOverrides:" in (tmp_path / "helm-values.yaml").read_text()
+    helm = (tmp_path / "helm-values.yaml").read_text()
+    assert helm.startswith(
+        "# cvserve tune net: chosen configuration\n# net_network: instance_group count 1 -> 2"
+    )
+    assert yaml.safe_load(helm) == data["helm_values"]  # YAML from yaml.safe_dump, as the chart reads it
+    assert "SLO p95 <= 100 ms, price $3.6/h" in md and "| chosen | mbs=16" in md and "$0.00667" in md
 
 
 def test_cli_registers_tune_and_builds_its_settings():
