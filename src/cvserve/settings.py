@@ -7,6 +7,7 @@ field's metadata, written with :func:`setting` (or :func:`duration` for a length
 type is itself a settings dataclass becomes an argument group; a ``bool`` becomes ``--x/--no-x``.
 :func:`from_args` builds the dataclass back from the parsed namespace, so no field is copied by hand::
 
+    import argparse
     from dataclasses import dataclass
     from pathlib import Path
 
@@ -45,10 +46,17 @@ The rules, each kept here only:
 * Durations: :func:`parse_duration` is the one parser ("90", "60s", "2m", "1m30s", "1h"), and
   :func:`format_duration` writes them back.
 
-Other consumers of the same definitions: ``add_arguments(..., only=, defaults=, optional=True,
-argument_kwargs=)`` registers a subset on someone else's parser (the Locust suite registers its options
-this way, with ``LOCUST_*`` environment variables), and :func:`to_argv` writes a dataclass back as flags
-(how ``cvserve loadtest`` starts Locust).
+* Groups in ``--help``: a nested settings dataclass (``title=``/``description=``), or
+  ``setting(group="gates")`` on a flat field. Field names must be unique across the nested groups (the
+  parsed namespace is flat).
+
+Sharing definitions: ``like(OtherSettings, "url")`` declares the same setting in another command
+(``like(..., default, help=...)`` changes what differs; ``default=REQUIRED`` drops the default).
+``add_arguments(..., only=, defaults=, parsers=, optional=True, argument_kwargs=)`` registers a subset
+on someone else's parser (the Locust suite registers its options this way, with ``LOCUST_*`` environment
+variables; ``optional=True`` makes positionals ``--name`` flags and nothing required), and
+:func:`to_argv` writes a dataclass back as flags (how ``cvserve loadtest`` starts Locust). ruff knows
+``setting``/``duration``/``like`` as field specifiers (``extend-immutable-calls`` in pyproject.toml).
 
 Why not a library: simple-parsing, tyro or datargs own the parser and the flag style; these settings
 also go onto Locust's configargparse parser with per-flag ``env_var=``, keep the existing flag names
