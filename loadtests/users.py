@@ -43,7 +43,7 @@ class GrpcUser(User):
         super().__init__(environment)
         opts = environment.parsed_options
         self.model = getattr(opts, "model", None) or self.model
-        self.timeout_s = float(getattr(opts, "request_timeout", None) or self.timeout_s)
+        self.timeout_s = float(getattr(opts, "request_timeout_s", None) or self.timeout_s)
         if not self.host:
             raise ValueError("no host: give the Triton gRPC address with -H/--host, e.g. -H 127.0.0.1:8001")
         self.client = Client(self.host, model=self.model, timeout=self.timeout_s, retry=False)
