@@ -53,7 +53,7 @@ class ClientBase:
             keepalive=keepalive,
             metrics=metrics,
         )
-        self._models: dict[str, ModelInfo] = {}
+        self._models: dict[tuple[str, str], ModelInfo] = {}  # (model, version) -> info
         self._default_model: str | None = model
         self._closed = False
 

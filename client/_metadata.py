@@ -19,8 +19,11 @@ from cvserve.client.types import ModelInfo, TensorSpec
 IMAGE, CLASS_INDEX, SCORE, LABEL = "IMAGE", "CLASS_INDEX", "SCORE", "LABEL"
 
 
-def model_info(metadata: object, config: object | None) -> ModelInfo:
-    """Build :class:`ModelInfo` from tritonclient's ``ModelMetadataResponse`` and ``ModelConfig``."""
+def model_info(metadata: object, config: object | None, version: str = "") -> ModelInfo:
+    """Build :class:`ModelInfo` from tritonclient's ``ModelMetadataResponse`` and ``ModelConfig``.
+
+    ``version`` is the version asked for (``""``: the server's choice, reported as the highest one).
+    """
     optional = {i.name for i in getattr(config, "input", ()) if getattr(i, "optional", False)}
 
     def specs(tensors: object, optional_names: set[str]) -> tuple[TensorSpec, ...]:
@@ -29,10 +32,12 @@ def model_info(metadata: object, config: object | None) -> ModelInfo:
             for t in tensors  # type: ignore[attr-defined]
         )
 
-    versions = list(getattr(metadata, "versions", ()))
+    versions = [str(v) for v in getattr(metadata, "versions", ())]
+    if not version and versions:
+        version = max(versions, key=lambda v: (len(v), v))  # numeric order of decimal strings
     return ModelInfo(
         name=metadata.name,  # type: ignore[attr-defined]
-        version=versions[-1] if versions else "",
+        version=version,
         platform=getattr(metadata, "platform", "") or getattr(config, "platform", "") or "",
         max_batch_size=int(getattr(config, "max_batch_size", 0) or 0),
         inputs=specs(metadata.inputs, optional),  # type: ignore[attr-defined]

@@ -98,34 +98,36 @@ class AsyncClient(ClientBase):
             delay = min(delay * 2, 0.5)
 
     # -- metadata -----------------------------------------------------------------------------------
-    async def model_info(self, model: str | None = None, *, timeout: float | None = None) -> ModelInfo:
-        """What the server says about ``model`` (cached per client after the first call).
-
-        Raises:
-            ModelNotFound: the server does not serve ``model``.
-        """
+    async def model_info(
+        self, model: str | None = None, *, model_version: str | None = None, timeout: float | None = None
+    ) -> ModelInfo:
+        """What the server says about ``model``; see :meth:`cvserve.client.Client.model_info`."""
         deadline = self._deadline(timeout)
-        return await self._info(model or await self._resolve_model(deadline), deadline)
+        return await self._info(model or await self._resolve_model(deadline), model_version, deadline)
 
-    async def _info(self, model: str, deadline: Deadline) -> ModelInfo:
-        info = self._models.get(model)
+    async def _info(self, model: str, version: str | None, deadline: Deadline) -> ModelInfo:
+        key = (model, version or "")
+        info = self._models.get(key)
         if info is not None:
             return info
         client = self._triton
         assert self._metadata_lock is not None
         async with self._metadata_lock:  # 200 concurrent first calls fetch the metadata once
-            info = self._models.get(model)
+            info = self._models.get(key)
             if info is None:
-                metadata = await self._call(client.get_model_metadata, model, deadline, None, model)
-                config = (await self._call(client.get_model_config, model, deadline, None, model)).config
-                info = self._models[model] = model_info(metadata, config)
+                kw = {"model_version": key[1]}
+                metadata = await self._call(client.get_model_metadata, model, deadline, None, model, **kw)
+                config = (
+                    await self._call(client.get_model_config, model, deadline, None, model, **kw)
+                ).config
+                info = self._models[key] = model_info(metadata, config, key[1])
         return info
 
     async def _resolve_model(self, deadline: Deadline) -> str:
         if self._default_model is None:
             index = await self._call(self._triton.get_model_repository_index, None, deadline, None)
             ready = [m.name for m in index.models if m.state == "READY"]
-            infos = [await self._info(n, deadline) for n in ready]
+            infos = [await self._info(n, None, deadline) for n in sorted(set(ready))]
             self._default_model = pick_classifier(infos, self.url)
         return self._default_model
 
@@ -147,6 +149,7 @@ class AsyncClient(ClientBase):
         *,
         top_k: int | None = None,
         model: str | None = None,
+        model_version: str | None = None,
         timeout: float | None = None,
         retry: RetryPolicy | bool | None = None,
     ) -> list[list[Classification]]:
@@ -162,7 +165,7 @@ class AsyncClient(ClientBase):
         deadline = self._deadline(timeout)
         name = model or await self._resolve_model(deadline)
         with track(self._opts.metrics, name, "classify"):
-            spec = classifier_spec(await self._info(name, deadline))
+            spec = classifier_spec(await self._info(name, model_version, deadline))
             top_k = check_top_k(spec, top_k, name)
 
             async def one(rows: slice) -> list[list[Classification]]:
@@ -175,6 +178,7 @@ class AsyncClient(ClientBase):
                     name,
                     inputs,
                     outputs=outputs,
+                    model_version=model_version or "",
                     compression_algorithm=self._opts.compression,
                 )
                 return parse_classifications(result, spec, top_k, len(blobs[rows]), name)
@@ -188,13 +192,14 @@ class AsyncClient(ClientBase):
         inputs: Mapping[str, np.ndarray],
         outputs: list[str] | None = None,
         *,
+        model_version: str | None = None,
         timeout: float | None = None,
         retry: RetryPolicy | bool | None = None,
     ) -> dict[str, np.ndarray]:
         """Run any model on raw tensors; see :meth:`cvserve.client.Client.infer`."""
         deadline = self._deadline(timeout)
         with track(self._opts.metrics, model, "infer"):
-            info = await self._info(model, deadline)
+            info = await self._info(model, model_version, deadline)
             names, plan = self._plan_infer(info, inputs, outputs)
 
             async def one(rows: slice | None) -> Any:
@@ -207,6 +212,7 @@ class AsyncClient(ClientBase):
                     model,
                     tensors,
                     outputs=wanted,
+                    model_version=model_version or "",
                     compression_algorithm=self._opts.compression,
                 )
 

@@ -107,31 +107,41 @@ class Client(ClientBase):
             delay = min(delay * 2, 0.5)
 
     # -- metadata -----------------------------------------------------------------------------------
-    def model_info(self, model: str | None = None, *, timeout: float | None = None) -> ModelInfo:
-        """What the server says about ``model`` (cached per client after the first call).
+    def model_info(
+        self, model: str | None = None, *, model_version: str | None = None, timeout: float | None = None
+    ) -> ModelInfo:
+        """What the server says about ``model`` (cached per client and (model, version) after the first call).
+
+        Args:
+            model: the model name; the client's default when omitted.
+            model_version: a version the server serves, e.g. ``"2"``; the server's choice when omitted.
+            timeout: the deadline of the call in seconds; the client's default when omitted.
 
         Raises:
-            ModelNotFound: the server does not serve ``model``.
+            ModelNotFound: the server does not serve ``model`` (or not that version).
         """
         self._check_open()
         deadline = self._deadline(timeout)
-        return self._info(model or self._resolve_model(deadline), deadline)
+        return self._info(model or self._resolve_model(deadline), model_version, deadline)
 
-    def _info(self, model: str, deadline: Deadline) -> ModelInfo:
-        info = self._models.get(model)
+    def _info(self, model: str, version: str | None, deadline: Deadline) -> ModelInfo:
+        key = (model, version or "")
+        info = self._models.get(key)
         if info is None:
-            metadata = self._call(self._triton.get_model_metadata, model, deadline, None, model)
-            config = self._call(self._triton.get_model_config, model, deadline, None, model).config
-            info = model_info(metadata, config)
+            kw = {"model_version": key[1]}
+            metadata = self._call(self._triton.get_model_metadata, model, deadline, None, model, **kw)
+            config = self._call(self._triton.get_model_config, model, deadline, None, model, **kw).config
+            info = model_info(metadata, config, key[1])
             with self._lock:
-                self._models[model] = info
+                self._models[key] = info
         return info
 
     def _resolve_model(self, deadline: Deadline) -> str:
         if self._default_model is None:
             index = self._call(self._triton.get_model_repository_index, None, deadline, None)
             ready = [m.name for m in index.models if m.state == "READY"]
-            self._default_model = pick_classifier([self._info(n, deadline) for n in ready], self.url)
+            names = sorted(set(ready))  # a model serving two versions is listed twice
+            self._default_model = pick_classifier([self._info(n, None, deadline) for n in names], self.url)
         return self._default_model
 
     def _call(self, fn: Any, model: str | None, deadline: Deadline, retry: Any, *args: Any, **kw: Any) -> Any:
@@ -150,6 +160,7 @@ class Client(ClientBase):
         *,
         top_k: int | None = None,
         model: str | None = None,
+        model_version: str | None = None,
         timeout: float | None = None,
         retry: RetryPolicy | bool | None = None,
     ) -> list[list[Classification]]:
@@ -162,6 +173,8 @@ class Client(ClientBase):
             top_k: how many classes per image, at most what the model was built to return
                 (``cvserve build --top-k``, default 5); all of them when omitted.
             model: the model name; the client's default when omitted.
+            model_version: the version to run, e.g. ``"2"`` (two versions may be served side by side);
+                the server's choice (the highest version) when omitted.
             timeout: the deadline of the whole call in seconds; the client's default when omitted.
             retry: override the client's retry setting for this call (``False``: no retries).
 
@@ -182,7 +195,7 @@ class Client(ClientBase):
         deadline = self._deadline(timeout)
         name = model or self._resolve_model(deadline)
         with track(self._opts.metrics, name, "classify"):
-            spec = classifier_spec(self._info(name, deadline))
+            spec = classifier_spec(self._info(name, model_version, deadline))
             top_k = check_top_k(spec, top_k, name)
             results: list[list[Classification]] = []
             for rows in chunks(len(blobs), spec.max_batch_size):
@@ -195,6 +208,7 @@ class Client(ClientBase):
                     name,
                     inputs,
                     outputs=outputs,
+                    model_version=model_version or "",
                     compression_algorithm=self._opts.compression,
                 )
                 results += parse_classifications(result, spec, top_k, len(blobs[rows]), name)
@@ -206,6 +220,7 @@ class Client(ClientBase):
         inputs: Mapping[str, np.ndarray],
         outputs: list[str] | None = None,
         *,
+        model_version: str | None = None,
         timeout: float | None = None,
         retry: RetryPolicy | bool | None = None,
     ) -> dict[str, np.ndarray]:
@@ -216,6 +231,7 @@ class Client(ClientBase):
             inputs: input name -> numpy array, batch dimension first for a batching model; a batch larger
                 than the model's max batch size is split and the outputs concatenated in order.
             outputs: the output names to return; all of them when omitted.
+            model_version: the version to run; the server's choice when omitted.
             timeout: the deadline of the whole call in seconds; the client's default when omitted.
             retry: override the client's retry setting for this call (``False``: no retries).
 
@@ -229,7 +245,7 @@ class Client(ClientBase):
         self._check_open()
         deadline = self._deadline(timeout)
         with track(self._opts.metrics, model, "infer"):
-            info = self._info(model, deadline)
+            info = self._info(model, model_version, deadline)
             names, plan = self._plan_infer(info, inputs, outputs)
             results = []
             for rows in plan:
@@ -243,6 +259,7 @@ class Client(ClientBase):
                         model,
                         tensors,
                         outputs=wanted,
+                        model_version=model_version or "",
                         compression_algorithm=self._opts.compression,
                     )
                 )

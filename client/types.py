@@ -43,7 +43,8 @@ class ModelInfo:
 
     Attributes:
         name: the model name.
-        version: the version the server reports (``""`` when unknown).
+        version: the version described: the one asked for, else the highest the server serves
+            (``""`` when unknown).
         platform: ``"ensemble"``, ``"onnxruntime_onnx"``, ``"python"``...
         max_batch_size: the largest batch the server accepts in one request; 0 if the model does not batch.
         inputs: the input tensors, in the server's order.

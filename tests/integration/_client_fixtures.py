@@ -3,7 +3,8 @@
 The models' code lives in ``client_repo/``; their ``config.pbtxt`` files are written here from Triton's
 own ``model_config`` protobuf. ``toy_classifier`` follows the cvserve classification contract with a
 small max batch size (so that splitting is exercised) and K=3; ``slow_classifier`` is the same model
-sleeping 0.3 s per batch (for deadlines); ``add_sub`` serves the generic ``infer`` tests.
+sleeping 0.3 s per batch (for deadlines); ``versioned_classifier`` serves versions 1 and 2 side by side
+(version 2 rolls the colour channels); ``add_sub`` serves the generic ``infer`` tests.
 """
 
 from __future__ import annotations
@@ -26,10 +27,15 @@ def _tensor(name: str, dtype: int, dims: list[int]) -> dict:
     return {"name": name, "data_type": dtype, "dims": dims}
 
 
-def _write_model(repo: Path, name: str, source: str, config: mc.ModelConfig) -> None:
-    version = repo / name / "1"
-    version.mkdir(parents=True)
-    shutil.copy(HERE / source, version / "model.py")
+def _write_model(
+    repo: Path, name: str, source: str, config: mc.ModelConfig, versions: tuple[int, ...] = (1,)
+) -> None:
+    for number in versions:
+        version = repo / name / str(number)
+        version.mkdir(parents=True)
+        shutil.copy(HERE / source, version / "model.py")
+    if len(versions) > 1:
+        config.version_policy.specific.versions.extend(versions)
     (repo / name / "config.pbtxt").write_text(text_format.MessageToString(config))
 
 
@@ -61,6 +67,8 @@ def write_repository(repo: Path, *, toy_only: bool = False) -> Path:
     if toy_only:
         return repo
     _write_model(repo, "slow_classifier", "toy_classifier.py", _classifier_config("slow_classifier", 0.3))
+    versioned = _classifier_config("versioned_classifier")
+    _write_model(repo, "versioned_classifier", "toy_classifier.py", versioned, versions=(1, 2))
     add_sub = mc.ModelConfig(
         name="add_sub",
         backend="python",

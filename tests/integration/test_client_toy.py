@@ -82,9 +82,41 @@ def test_top_k_too_large_unknown_model_and_not_a_classifier(client, colour_pngs)
         client.classify([colour_pngs["red"]], model="add_sub")
 
 
-def test_no_model_named_with_two_classifiers_served(toy_server, colour_pngs):
-    with Client(toy_server.grpc_url) as c, pytest.raises(InvalidInput, match="serves 2 classifiers"):
+def test_no_model_named_with_several_classifiers_served(toy_server, colour_pngs):
+    with Client(toy_server.grpc_url) as c, pytest.raises(InvalidInput, match="serves 3 classifiers"):
         c.classify([colour_pngs["red"]])
+
+
+def test_two_versions_served_side_by_side(client, colour_pngs):
+    red = [colour_pngs["red"]]
+    assert client.classify(red, model="versioned_classifier", model_version="1")[0][0].label == "red"
+    assert client.classify(red, model="versioned_classifier", model_version="2")[0][0].label == "green"
+    assert client.classify(red, model="versioned_classifier")[0][0].label == "green"  # the highest
+    assert client.model_info("versioned_classifier", model_version="1").version == "1"
+    assert client.model_info("versioned_classifier").version == "2"
+    with pytest.raises(ModelNotFound, match="version 3"):
+        client.classify(red, model="versioned_classifier", model_version="3")
+    with pytest.raises(ModelNotFound, match="version 3"):
+        client.model_info("versioned_classifier", model_version="3")
+    a = np.ones((2, 4), np.float32)
+    with pytest.raises(ModelNotFound, match="version 7"):
+        client.infer("add_sub", {"INPUT0": a, "INPUT1": a}, model_version="7")
+    np.testing.assert_array_equal(
+        client.infer("add_sub", {"INPUT0": a, "INPUT1": a}, model_version="1")["OUTPUT0"], 2 * a
+    )
+
+
+def test_async_client_calls_a_version(toy_server, colour_pngs):
+    async def main() -> list[str]:
+        async with AsyncClient(toy_server.grpc_url, model="versioned_classifier") as ac:
+            info = await ac.model_info(model_version="1")
+            one, two = await asyncio.gather(
+                ac.classify([colour_pngs["red"]], model_version="1"),
+                ac.classify([colour_pngs["red"]], model_version="2"),
+            )
+            return [info.version, one[0][0].label, two[0][0].label]
+
+    assert asyncio.run(main()) == ["1", "red", "green"]
 
 
 def test_deadline_raises_promptly(client, colour_pngs):

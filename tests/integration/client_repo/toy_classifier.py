@@ -2,7 +2,8 @@
 
 Input ``IMAGE`` (BYTES, dims [1]) of encoded images; outputs ``CLASS_INDEX`` (INT64 [K]), ``SCORE``
 (FP32 [K], softmax, descending) and ``LABEL`` (BYTES [K]). The "model" scores the mean red, green and
-blue of the image, so a pure-red picture is "red" with the highest score. Used by the client's
+blue of the image, so a pure-red picture is "red" with the highest score; version N rolls the channels
+by N - 1 (version 2 calls a red picture "green"), so tests can tell versions apart. Used by the client's
 integration tests to exercise batching, errors, deadlines and restarts without building a network.
 """
 
@@ -23,6 +24,7 @@ class TritonPythonModel:
         params = config.get("parameters", {})
         self.delay_s = float(params.get("delay_s", {}).get("string_value", "0") or 0)
         self.k = int(pb_utils.get_output_config_by_name(config, "SCORE")["dims"][0])
+        self.roll = int(args["model_version"]) - 1
 
     def execute(self, requests):
         responses = []
@@ -36,7 +38,7 @@ class TritonPythonModel:
                 continue
             if self.delay_s:
                 time.sleep(self.delay_s)
-            logits = means * 10.0
+            logits = np.roll(means, self.roll, axis=1) * 10.0
             probs = np.exp(logits - logits.max(axis=1, keepdims=True))
             probs /= probs.sum(axis=1, keepdims=True)
             order = np.argsort(-probs, axis=1, kind="stable")[:, : self.k]
