@@ -146,36 +146,35 @@ def image_request(
     array[:] = blobs
     tensor = InferInput(spec.input.name, shape, "BYTES")
     tensor.set_data_from_numpy(array.reshape(shape))
-    outputs = [InferRequestedOutput(name) for name in (spec.index, spec.score, spec.label)]
-    return [tensor], outputs
+    names = (spec.index, spec.score) + ((spec.label,) if spec.label else ())
+    return [tensor], [InferRequestedOutput(name) for name in names]
 
 
 def parse_classifications(
     result: Any, spec: ClassifierSpec, top_k: int, n: int, model: str
 ) -> list[list[Classification]]:
     """Per image, the first ``top_k`` classes of a classification response."""
-    arrays = []
-    for name in (spec.index, spec.score, spec.label):
-        array = result.as_numpy(name)
-        if array is None:
-            raise ServerError(f"model '{model}' returned no {name} output; check the model", model=model)
-        try:
-            arrays.append(array.reshape(n, -1))
-        except ValueError:
-            raise ServerError(
-                f"model '{model}' returned {name} of shape {array.shape} for {n} images; check the model",
-                model=model,
-            ) from None
-    indices, scores, labels = arrays
+    indices, scores = (_rows(result, name, n, model)[:, :top_k] for name in (spec.index, spec.score))
+    # A model built before contract v2 names the classes in its LABEL output.
+    named = _rows(result, spec.label, n, model)[:, :top_k] if spec.label else None
     out = []
-    for row_i, row_s, row_l in zip(indices, scores, labels, strict=True):
-        out.append(
-            [
-                Classification(_text(label), int(index), float(score))
-                for index, score, label in zip(row_i[:top_k], row_s[:top_k], row_l[:top_k], strict=True)
-            ]
-        )
+    for r, (row_i, row_s) in enumerate(zip(indices, scores, strict=True)):
+        labels = [_text(x) for x in named[r]] if named is not None else [spec.name_of(int(i)) for i in row_i]
+        out.append([Classification(*c) for c in zip(labels, map(int, row_i), map(float, row_s), strict=True)])
     return out
+
+
+def _rows(result: Any, name: str, n: int, model: str) -> np.ndarray:
+    array = result.as_numpy(name)
+    if array is None:
+        raise ServerError(f"model '{model}' returned no {name} output; check the model", model=model)
+    try:
+        return array.reshape(n, -1)
+    except ValueError:
+        raise ServerError(
+            f"model '{model}' returned {name} of shape {array.shape} for {n} images; check the model",
+            model=model,
+        ) from None
 
 
 def _text(value: object) -> str:

@@ -1,15 +1,18 @@
 """Fixtures for the client's integration tests: a small real Triton repository of python-backend models.
 
 The models' code lives in ``client_repo/``; their ``config.pbtxt`` files are written here from Triton's
-own ``model_config`` protobuf. ``toy_classifier`` follows the cvserve classification contract with a
-small max batch size (so that splitting is exercised) and K=3; ``slow_classifier`` is the same model
-sleeping 0.3 s per batch (for deadlines); ``versioned_classifier`` serves versions 1 and 2 side by side
-(version 2 rolls the colour channels); ``add_sub`` serves the generic ``infer`` tests.
+own ``model_config`` protobuf. ``toy_classifier`` follows the cvserve classification contract v2 with a
+small max batch size (so that splitting is exercised), K=3 and its class names in the config parameter
+``labels``; ``slow_classifier`` is the same model sleeping 0.3 s per batch (for deadlines) and without
+``labels`` (its classes are "0", "1", "2"); ``versioned_classifier`` serves versions 1 and 2 side by side
+(version 2 rolls the colour channels); ``legacy_classifier`` has the ``LABEL`` output of models built
+before contract v2 and no ``labels``; ``add_sub`` serves the generic ``infer`` tests.
 """
 
 from __future__ import annotations
 
 import io
+import json
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +24,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 HERE = Path(__file__).parent / "client_repo"
 TOY_MAX_BATCH = 4
 TOY_K = 3
+COLOURS = {"red": (250, 10, 10), "green": (10, 250, 10), "blue": (10, 10, 250)}  # class index order
 
 
 def _tensor(name: str, dtype: int, dims: list[int]) -> dict:
@@ -39,19 +43,21 @@ def _write_model(
     (repo / name / "config.pbtxt").write_text(text_format.MessageToString(config))
 
 
-def _classifier_config(name: str, delay_s: float = 0.0) -> mc.ModelConfig:
+def _classifier_config(
+    name: str, delay_s: float = 0.0, *, labels: bool = True, legacy_label: bool = False
+) -> mc.ModelConfig:
+    outputs = [("CLASS_INDEX", mc.TYPE_INT64), ("SCORE", mc.TYPE_FP32)]
+    outputs += [("LABEL", mc.TYPE_STRING)] if legacy_label else []
     config = mc.ModelConfig(
         name=name,
         backend="python",
         max_batch_size=TOY_MAX_BATCH,
         input=[mc.ModelInput(**_tensor("IMAGE", mc.TYPE_STRING, [1]))],
-        output=[
-            mc.ModelOutput(**_tensor("CLASS_INDEX", mc.TYPE_INT64, [TOY_K])),
-            mc.ModelOutput(**_tensor("SCORE", mc.TYPE_FP32, [TOY_K])),
-            mc.ModelOutput(**_tensor("LABEL", mc.TYPE_STRING, [TOY_K])),
-        ],
+        output=[mc.ModelOutput(**_tensor(n, dtype, [TOY_K])) for n, dtype in outputs],
         instance_group=[mc.ModelInstanceGroup(count=1, kind=mc.ModelInstanceGroup.KIND_CPU)],
     )
+    if labels:
+        config.parameters["labels"].string_value = json.dumps(list(COLOURS))
     if delay_s:
         config.parameters["delay_s"].string_value = str(delay_s)
     return config
@@ -66,7 +72,10 @@ def write_repository(repo: Path, *, toy_only: bool = False) -> Path:
     _write_model(repo, "toy_classifier", "toy_classifier.py", _classifier_config("toy_classifier"))
     if toy_only:
         return repo
-    _write_model(repo, "slow_classifier", "toy_classifier.py", _classifier_config("slow_classifier", 0.3))
+    slow = _classifier_config("slow_classifier", 0.3, labels=False)
+    _write_model(repo, "slow_classifier", "toy_classifier.py", slow)
+    legacy = _classifier_config("legacy_classifier", labels=False, legacy_label=True)
+    _write_model(repo, "legacy_classifier", "toy_classifier.py", legacy)
     versioned = _classifier_config("versioned_classifier")
     _write_model(repo, "versioned_classifier", "toy_classifier.py", versioned, versions=(1, 2))
     add_sub = mc.ModelConfig(
@@ -99,9 +108,6 @@ def toy_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
     settings = ServerSettings(repository=repo, grpc_port=0, http_port=0, metrics_port=0, exit_timeout_s=5)
     with TritonServer(settings) as server:
         yield server
-
-
-COLOURS = {"red": (250, 10, 10), "green": (10, 250, 10), "blue": (10, 10, 250)}
 
 
 @pytest.fixture(scope="module")

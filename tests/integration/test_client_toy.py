@@ -83,8 +83,24 @@ def test_top_k_too_large_unknown_model_and_not_a_classifier(client, colour_pngs)
 
 
 def test_no_model_named_with_several_classifiers_served(toy_server, colour_pngs):
-    with Client(toy_server.grpc_url) as c, pytest.raises(InvalidInput, match="serves 3 classifiers"):
+    with Client(toy_server.grpc_url) as c, pytest.raises(InvalidInput, match="serves 4 classifiers"):
         c.classify([colour_pngs["red"]])
+
+
+def test_labels_come_from_the_config_or_a_legacy_label_output(client, colour_pngs):
+    images = [colour_pngs[n] for n in ("blue", "red")]
+    v2 = client.classify(images)
+    assert client.model_info().labels == tuple(COLOURS)
+    assert [[(c.label, c.index) for c in top] for top in v2] == [
+        [("blue", 2), ("red", 0), ("green", 1)],
+        [("red", 0), ("green", 1), ("blue", 2)],
+    ]
+    assert "LABEL" not in [o.name for o in client.model_info().outputs]
+    legacy = client.classify(images, model="legacy_classifier")
+    assert client.model_info("legacy_classifier").labels == ()
+    assert legacy == v2  # same labels, indices and scores from the LABEL output
+    unlabelled = client.classify(images, model="slow_classifier", top_k=1)
+    assert [(top[0].label, top[0].index) for top in unlabelled] == [("2", 2), ("0", 0)]
 
 
 def test_two_versions_served_side_by_side(client, colour_pngs):

@@ -17,9 +17,10 @@ from cvserve.client._metadata import (
     check_top_k,
     chunks,
     classifier_spec,
+    model_info,
     pick_classifier,
 )
-from cvserve.client.errors import ServerUnavailable
+from cvserve.client.errors import ServerError, ServerUnavailable
 
 
 def decode(data: bytes) -> np.ndarray:
@@ -134,6 +135,49 @@ def test_classifier_spec_is_discovered_from_metadata():
     )
     spec = classifier_spec(renamed)
     assert (spec.input.name, spec.index, spec.score, spec.label, spec.k) == ("jpeg", "idx", "p", "names", 3)
+
+
+def v2_classifier(labels: tuple[str, ...] = ("cat", "dog", "fox")) -> ModelInfo:
+    return ModelInfo(
+        name="v2",
+        version="1",
+        platform="python",
+        max_batch_size=8,
+        inputs=(TensorSpec("IMAGE", "BYTES", (-1, 1)),),
+        outputs=(TensorSpec("CLASS_INDEX", "INT64", (-1, 3)), TensorSpec("SCORE", "FP32", (-1, 3))),
+        labels=labels,
+    )
+
+
+def test_contract_v2_names_classes_from_the_config_labels():
+    spec = classifier_spec(v2_classifier())
+    assert (spec.index, spec.score, spec.label, spec.k) == ("CLASS_INDEX", "SCORE", None, 3)
+    assert [spec.name_of(i) for i in (2, 0, 3, -1)] == ["fox", "cat", "3", "-1"]
+    assert [classifier_spec(v2_classifier(())).name_of(i) for i in (0, 7)] == ["0", "7"]
+    # a legacy LABEL output is not requested when the config has labels
+    legacy_and_labels = ModelInfo(**{**vars_of(classifier()), "labels": ("a",) * 5})
+    assert classifier_spec(legacy_and_labels).label is None
+
+
+def vars_of(info: ModelInfo) -> dict:
+    return {f: getattr(info, f) for f in info.__dataclass_fields__}
+
+
+def test_labels_are_read_from_the_model_config():
+    from tritonclient.grpc import model_config_pb2 as mc
+    from tritonclient.grpc import service_pb2
+
+    metadata = service_pb2.ModelMetadataResponse(name="m", versions=["1", "10", "9"], platform="python")
+    config = mc.ModelConfig(name="m", max_batch_size=4)
+    assert model_info(metadata, config).labels == ()
+    assert model_info(metadata, config).version == "10"
+    assert model_info(metadata, config, "9").version == "9"
+    config.parameters["labels"].string_value = '["tench", "goldfish"]'
+    assert model_info(metadata, config).labels == ("tench", "goldfish")
+    for bad in ("tench,goldfish", '{"0": "tench"}', "[1, 2]"):
+        config.parameters["labels"].string_value = bad
+        with pytest.raises(ServerError, match="not a JSON array of class names"):
+            model_info(metadata, config)
 
 
 def test_not_a_classifier():
