@@ -230,13 +230,6 @@ def check_outputs(info: ModelInfo, outputs: list[str] | None) -> list[str]:
     return list(outputs)
 
 
-def chunks(n: int, size: int) -> list[slice]:
-    """Slices that split ``n`` items into consecutive chunks of at most ``size`` (size 0: one chunk)."""
-    if size <= 0 or n <= size:
-        return [slice(0, n)]
-    return [slice(i, min(i + size, n)) for i in range(0, n, size)]
-
-
 def pick_classifier(infos: list[ModelInfo], url: str) -> str:
     """The name of the one classifier among ``infos``; ``InvalidInput`` when there are none or several."""
     found = []
@@ -260,7 +253,6 @@ __all__ = [
     "check_inputs",
     "check_outputs",
     "check_top_k",
-    "chunks",
     "classifier_spec",
     "model_info",
     "pick_classifier",

