@@ -90,6 +90,38 @@ def write_repository(repo: Path, *, toy_only: bool = False) -> Path:
     return repo
 
 
+BUSY_DELAY_S = 0.3
+
+
+def _busy_config(name: str, *, max_queue_size: int, queue_timeout_us: int = 0) -> mc.ModelConfig:
+    """A slow model whose dynamic batcher rejects what its queue policy does not admit."""
+    config = mc.ModelConfig(
+        name=name,
+        backend="python",
+        max_batch_size=1,
+        input=[mc.ModelInput(**_tensor("X", mc.TYPE_FP32, [1]))],
+        output=[mc.ModelOutput(**_tensor("Y", mc.TYPE_FP32, [1]))],
+        instance_group=[mc.ModelInstanceGroup(count=1, kind=mc.ModelInstanceGroup.KIND_CPU)],
+    )
+    policy = config.dynamic_batching.default_queue_policy
+    policy.max_queue_size = max_queue_size
+    policy.timeout_action = mc.ModelQueuePolicy.REJECT
+    policy.default_timeout_microseconds = queue_timeout_us
+    config.parameters["delay_s"].string_value = str(BUSY_DELAY_S)
+    return config
+
+
+def write_overload_repository(repo: Path) -> Path:
+    """Two slow models (one instance, 0.3 s a batch of 1) with Triton's queue policy set to REJECT:
+    ``queue_full`` admits one queued request (``max_queue_size: 1``); ``queue_timeout`` queues any
+    number but rejects a request still queued after 50 ms (``default_timeout_microseconds``)."""
+    repo.mkdir(parents=True, exist_ok=True)
+    _write_model(repo, "queue_full", "sleeper.py", _busy_config("queue_full", max_queue_size=1))
+    timeout = _busy_config("queue_timeout", max_queue_size=0, queue_timeout_us=50_000)
+    _write_model(repo, "queue_timeout", "sleeper.py", timeout)
+    return repo
+
+
 def png(rgb: tuple[int, int, int], size: int = 8) -> bytes:
     """A small solid-colour PNG."""
     from PIL import Image
@@ -115,4 +147,14 @@ def colour_pngs() -> dict[str, bytes]:
     return {name: png(rgb) for name, rgb in COLOURS.items()}
 
 
-__all__ = ["COLOURS", "TOY_K", "TOY_MAX_BATCH", "colour_pngs", "png", "toy_server", "write_repository"]
+__all__ = [
+    "BUSY_DELAY_S",
+    "COLOURS",
+    "TOY_K",
+    "TOY_MAX_BATCH",
+    "colour_pngs",
+    "png",
+    "toy_server",
+    "write_overload_repository",
+    "write_repository",
+]
