@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -145,12 +146,23 @@ def test_deadline_exceeded_is_raised_and_not_retried(client, colour_pngs):
     assert info.value.attempts == 1  # the request may have run: never retried
 
 
-def requests_served(server, model: str) -> int:
-    """How many inference requests ``model`` has answered, from Triton's own statistics."""
+def requests_served(server, model: str, *, at_least: int | None = None) -> int:
+    """How many inference requests ``model`` has answered, from Triton's own statistics.
+
+    Triton counts a request just after answering it, so this waits (up to 10 s) for ``at_least``, or,
+    without it, until the count has settled (the same twice, 0.1 s apart).
+    """
     import tritonclient.grpc as triton
 
     with triton.InferenceServerClient(server.grpc_url) as stats:
-        return stats.get_inference_statistics(model).model_stats[0].inference_stats.success.count
+        last = None
+        for _ in range(100):
+            count = stats.get_inference_statistics(model).model_stats[0].inference_stats.success.count
+            if (at_least is not None and count >= at_least) or (at_least is None and count == last):
+                break
+            last = count
+            time.sleep(0.1)
+    return count
 
 
 def test_oversized_images_are_refused_before_sending(toy_server, colour_pngs, tmp_path):
@@ -167,7 +179,9 @@ def test_oversized_images_are_refused_before_sending(toy_server, colour_pngs, tm
         with pytest.raises(InvalidInput, match="max_image_bytes"):
             c.classify([path])
         assert c.classify([colour_pngs["red"]])[0][0].label == "red"
-    assert requests_served(toy_server, TOY) == before + 1  # only the small image reached the server
+    assert (
+        requests_served(toy_server, TOY, at_least=before + 1) == before + 1
+    )  # only the small image reached the server
 
 
 def test_requests_are_split_under_the_request_byte_limit(toy_server, colour_pngs):
@@ -177,7 +191,7 @@ def test_requests_are_split_under_the_request_byte_limit(toy_server, colour_pngs
     with Client(toy_server.grpc_url, model=TOY, max_request_bytes=2 * per_image) as c:
         results = c.classify(images, top_k=1)  # 5 images, 2 per request: 3 requests
         assert [r[0].label for r in results] == ["red", "green", "blue", "red", "green"]
-        assert requests_served(toy_server, TOY) == before + 3
+        assert requests_served(toy_server, TOY, at_least=before + 3) == before + 3
         with pytest.raises(InvalidInput, match="max_request_bytes"):
             c.classify([png_of_size(3 * per_image)])
     with pytest.raises(InvalidInput, match="max_request_bytes must be a positive number"):
@@ -190,7 +204,7 @@ def test_infer_is_split_under_the_request_byte_limit(toy_server):
     with Client(toy_server.grpc_url, max_request_bytes=100) as c:
         out = c.infer("add_sub", {"INPUT0": a, "INPUT1": a})
     np.testing.assert_array_equal(out["OUTPUT0"], 2 * a)
-    assert requests_served(toy_server, "add_sub") == before + 7  # 3 rows a request
+    assert requests_served(toy_server, "add_sub", at_least=before + 7) == before + 7  # 3 rows a request
 
 
 def png_of_size(at_least: int) -> bytes:
