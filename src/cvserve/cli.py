@@ -23,6 +23,7 @@ _COMMAND_MODULES = (
     "cvserve.loadtests.cli",  # loadtest
     "cvserve.tune.cli",  # tune
     "cvserve.k8s.cli",  # k8s
+    "cvserve.release.cli",  # release
 )
 
 

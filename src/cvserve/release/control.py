@@ -1,0 +1,117 @@
+"""Triton's model-control API (repository index, load, unload), with its errors mapped to cvserve's.
+
+The classification calls go through :mod:`cvserve.client`; loading and unloading models is an operator's
+job that the thin client does not offer, so the release talks to ``tritonclient`` here, in one place.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from cvserve.errors import ServerError, TimeoutError, UserInputError
+
+# Seconds a model may take to load (an OpenVINO or TensorRT network compiles at load time).
+DEFAULT_LOAD_TIMEOUT_S = 300.0
+
+
+class ModelControlDisabled(UserInputError):
+    """The server does not take load/unload requests (model-control mode ``none`` or ``poll``)."""
+
+    def __init__(self, message: str, *, polling: bool) -> None:
+        super().__init__(message)
+        self.polling = polling
+
+
+class ModelControl:
+    """Model control on the Triton server at ``url`` (gRPC ``host:port``)."""
+
+    def __init__(self, url: str, *, load_timeout_s: float = DEFAULT_LOAD_TIMEOUT_S) -> None:
+        import tritonclient.grpc as grpcclient
+
+        self.url = url
+        self.load_timeout_s = load_timeout_s
+        self._triton = grpcclient.InferenceServerClient(url)
+
+    def close(self) -> None:
+        self._triton.close()
+
+    def __enter__(self) -> ModelControl:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        from tritonclient.utils import InferenceServerException
+
+        try:
+            return fn(*args, **kwargs)
+        except InferenceServerException as exc:
+            message = exc.message() or str(exc)
+            if "not allowed" in message:
+                raise ModelControlDisabled(
+                    f"the server at {self.url} does not take model loads ({message}): run it with "
+                    "--model-control-mode explicit, or give no --url so that cvserve release starts its "
+                    "own embedded server on the repository",
+                    polling="poll" in message,
+                ) from None
+            if "StatusCode.UNAVAILABLE" in str(exc.status()) or "failed to connect" in message.lower():
+                raise ServerError(f"the Triton server at {self.url} is not reachable: {message}") from None
+            raise ServerError(f"{what} on {self.url} failed: {message}") from None
+
+    def check_ready(self) -> None:
+        """Fail with a clear message when the server is not up."""
+        if not self._call("the readiness check", self._triton.is_server_ready, client_timeout=10.0):
+            raise ServerError(f"the Triton server at {self.url} is not ready")
+
+    def index(self) -> list[tuple[str, str, str]]:
+        """``(name, version, state)`` of every model in the server's repository index."""
+        response = self._call("reading the repository index", self._triton.get_model_repository_index)
+        return [(m.name, m.version, m.state) for m in response.models]
+
+    def ready_versions(self, name: str) -> list[int]:
+        """The versions of ``name`` the server serves right now (state READY), ascending."""
+        return sorted(
+            int(v) for n, v, state in self.index() if n == name and state == "READY" and v.isdigit()
+        )
+
+    def is_ready(self, name: str) -> bool:
+        from tritonclient.utils import InferenceServerException
+
+        try:
+            return bool(self._triton.is_model_ready(name, client_timeout=10.0))
+        except InferenceServerException:
+            return False
+
+    def load(self, name: str, *, config: str | None = None, files: dict[str, bytes] | None = None) -> None:
+        """Load (or reload) ``name``; with ``config`` and ``files``, from those instead of the repository."""
+        self._call(
+            f"loading model '{name}'",
+            self._triton.load_model,
+            name,
+            config=config,
+            files=files,
+            client_timeout=self.load_timeout_s,
+        )
+
+    def unload(self, name: str) -> None:
+        self._call(f"unloading model '{name}'", self._triton.unload_model, name)
+
+    def wait_serving(self, name: str, version: int, *, timeout_s: float = 60.0) -> None:
+        """Wait until ``version`` is the only READY version of ``name`` (older ones finish unloading).
+
+        Raises:
+            TimeoutError: the server still serves other versions (or not ``version``) after ``timeout_s``.
+        """
+        deadline = time.monotonic() + timeout_s
+        while True:
+            ready = self.ready_versions(name)
+            if ready == [version]:
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"{name} on {self.url} serves version(s) {ready or 'none'}, not only {version}, "
+                    f"after {timeout_s:g} s: is --repository the folder this server serves?"
+                )
+            time.sleep(0.1)
