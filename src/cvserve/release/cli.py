@@ -16,6 +16,13 @@ from cvserve.errors import UserInputError
 EXIT_GO, EXIT_NO_GO, EXIT_BAD_INPUT = 0, 1, 2
 
 
+def _header(text: str) -> tuple[str, str]:
+    name, sep, value = text.partition("=")
+    if not sep or not name.strip():
+        raise argparse.ArgumentTypeError(f"{text!r}: give NAME=VALUE, e.g. admin-key=$CVSERVE_ADMIN_KEY")
+    return name.strip().lower(), value
+
+
 def _defaults() -> dict:
     from cvserve.release.settings import ReleaseSettings
 
@@ -39,19 +46,26 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--golden", type=Path, required=True, help="golden-set folder: images and labels.csv")
     p.add_argument("--candidate", type=int, required=True, help="the version to judge")
     p.add_argument(
-        "--baseline", type=int, default=d["baseline"], help="the version to judge it against (default: the "
+        "--baseline",
+        type=int,
+        default=d["baseline"],
+        help="the version to judge it against (default: the "
         "version the server serves to requests that name none)",
-    )  # fmt: skip
+    )
     p.add_argument(
-        "--url", default=d["url"], help="gRPC address of a running Triton in explicit model-control mode "
+        "--url",
+        default=d["url"],
+        help="gRPC address of a running Triton in explicit model-control mode "
         "(default: start an embedded server on --repository for the release)",
-    )  # fmt: skip
+    )
     p.add_argument("--repository", "-r", type=Path, default=d["repository"], help="the model repository")
     p.add_argument("--report-dir", type=Path, default=d["report_dir"], help="where the reports go")
     p.add_argument(
-        "--promote", action="store_true", help="on go, make the candidate the served version (repository "
+        "--promote",
+        action="store_true",
+        help="on go, make the candidate the served version (repository "
         "config, atomically, and the running server at --url, with no failed request)",
-    )  # fmt: skip
+    )
     g = p.add_argument_group("gates")
     g.add_argument(
         "--max-regression-rate",
@@ -141,13 +155,25 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="SECONDS",
         help="seconds a version may take to load (default %(default)s)",
     )
+    c.add_argument(
+        "--control-header",
+        type=_header,
+        action="append",
+        default=[],
+        dest="control_headers",
+        metavar="NAME=VALUE",
+        help="gRPC metadata sent with model-control calls (load, unload, index), e.g. the key of a "
+        "server whose model-control API is restricted; repeatable",
+    )
     p.set_defaults(func=run)
 
 
 def settings_from_args(args: argparse.Namespace):
     from cvserve.release.settings import ReleaseSettings
 
-    return ReleaseSettings(**{f.name: getattr(args, f.name) for f in fields(ReleaseSettings)})
+    values = {f.name: getattr(args, f.name) for f in fields(ReleaseSettings)}
+    values["control_headers"] = dict(values["control_headers"])
+    return ReleaseSettings(**values)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -26,11 +26,19 @@ class ModelControlDisabled(UserInputError):
 class ModelControl:
     """Model control on the Triton server at ``url`` (gRPC ``host:port``)."""
 
-    def __init__(self, url: str, *, load_timeout_s: float = DEFAULT_LOAD_TIMEOUT_S) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        load_timeout_s: float = DEFAULT_LOAD_TIMEOUT_S,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         import tritonclient.grpc as grpcclient
 
         self.url = url
         self.load_timeout_s = load_timeout_s
+        # e.g. the key of a server whose model-control API is restricted (--grpc-restricted-api)
+        self.headers = dict(headers or {}) or None
         self._triton = grpcclient.InferenceServerClient(url)
 
     def close(self) -> None:
@@ -60,14 +68,34 @@ class ModelControl:
                 raise ServerError(f"the Triton server at {self.url} is not reachable: {message}") from None
             raise ServerError(f"{what} on {self.url} failed: {message}") from None
 
-    def check_ready(self) -> None:
+    def check_live(self) -> None:
         """Fail with a clear message when the server is not up."""
-        if not self._call("the readiness check", self._triton.is_server_ready, client_timeout=10.0):
-            raise ServerError(f"the Triton server at {self.url} is not ready")
+        if not self._call("the liveness check", self._triton.is_server_live, client_timeout=10.0):
+            raise ServerError(f"the Triton server at {self.url} is not live")
+
+    def server_ready(self) -> bool:
+        """Triton's readiness: with --strict-readiness (the default) false while any model loads or unloads."""
+        from tritonclient.utils import InferenceServerException
+
+        try:
+            return bool(self._triton.is_server_ready(client_timeout=10.0))
+        except InferenceServerException:
+            return False
+
+    def wait_server_ready(self, timeout_s: float = 60.0) -> bool:
+        """Wait until the server is ready again (after loads or unloads); whether it became ready."""
+        deadline = time.monotonic() + timeout_s
+        while not self.server_ready():
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.1)
+        return True
 
     def index(self) -> list[tuple[str, str, str]]:
         """``(name, version, state)`` of every model in the server's repository index."""
-        response = self._call("reading the repository index", self._triton.get_model_repository_index)
+        response = self._call(
+            "reading the repository index", self._triton.get_model_repository_index, headers=self.headers
+        )
         return [(m.name, m.version, m.state) for m in response.models]
 
     def ready_versions(self, name: str) -> list[int]:
@@ -90,13 +118,14 @@ class ModelControl:
             f"loading model '{name}'",
             self._triton.load_model,
             name,
+            headers=self.headers,
             config=config,
             files=files,
             client_timeout=self.load_timeout_s,
         )
 
     def unload(self, name: str) -> None:
-        self._call(f"unloading model '{name}'", self._triton.unload_model, name)
+        self._call(f"unloading model '{name}'", self._triton.unload_model, name, headers=self.headers)
 
     def wait_serving(self, name: str, version: int, *, timeout_s: float = 60.0) -> None:
         """Wait until ``version`` is the only READY version of ``name`` (older ones finish unloading).

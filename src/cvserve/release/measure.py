@@ -76,8 +76,17 @@ def latencies_ms(report: dict) -> list[float]:
 
 def summary(report: dict) -> dict:
     """The figures a release compares (and its report shows) from one load test's report."""
-    keys = ("requests", "failures", "p50_ms", "p95_ms", "p99_ms", "throughput_rps", "inferences_per_s",
-            "error_rate", "cost_per_1k_usd")  # fmt: skip
+    keys = (
+        "requests",
+        "failures",
+        "p50_ms",
+        "p95_ms",
+        "p99_ms",
+        "throughput_rps",
+        "inferences_per_s",
+        "error_rate",
+        "cost_per_1k_usd",
+    )
     return {k: report.get(k) for k in keys} | {
         "report": str(Path(report["settings"]["report_dir"]) / "report.md"),
         "price": report.get("price"),

@@ -124,9 +124,9 @@ def run_release(s: ReleaseSettings, *, log: Log = _stderr) -> ReleaseResult:
 
     with (
         _server(s, log) as (url, metrics_url, embedded),
-        ModelControl(url, load_timeout_s=s.load_timeout_s) as ctl,
+        ModelControl(url, load_timeout_s=s.load_timeout_s, headers=s.control_headers) as ctl,
     ):
-        ctl.check_ready()
+        ctl.check_live()
         if baseline is None:
             number = _baseline_number(s, ctl)
             if number == s.candidate:
@@ -136,8 +136,10 @@ def run_release(s: ReleaseSettings, *, log: Log = _stderr) -> ReleaseResult:
                 )
             baseline = load_version(s.repository, s.name, number)
             golden = _with_labels(golden, baseline, candidate)
-        log(f"release {s.name}: candidate v{candidate.version} against baseline v{baseline.version}, "
-            f"{len(golden)} golden cases")  # fmt: skip
+        log(
+            f"release {s.name}: candidate v{candidate.version} against baseline v{baseline.version}, "
+            f"{len(golden)} golden cases"
+        )
         with serve_shadows(ctl, {"baseline": baseline, "candidate": candidate}, log=log) as shadows:
             predictions = {
                 role: classify_all(url, shadows[role], v.version, golden.cases, timeout_s=s.request_timeout_s)
@@ -149,9 +151,14 @@ def run_release(s: ReleaseSettings, *, log: Log = _stderr) -> ReleaseResult:
                 images = measure.payload_folder(golden, Path(tmp))
                 for role, v in (("baseline", baseline), ("candidate", candidate)):
                     lt = measure.loadtest_settings(
-                        s, model=shadows[role], version=v.version, role=role, url=url, images=images,
+                        s,
+                        model=shadows[role],
+                        version=v.version,
+                        role=role,
+                        url=url,
+                        images=images,
                         metrics_url=metrics_url,
-                    )  # fmt: skip
+                    )
                     result = measure.run(lt, log=log)
                     loads[role], latencies[role] = measure.summary(result), measure.latencies_ms(result)
 

@@ -54,20 +54,28 @@ def pin_version(repository: Path, name: str, version: int) -> Path:
 
 
 def apply_live(
-    url: str, name: str, version: int, *, timeout_s: float = DEFAULT_LOAD_TIMEOUT_S,
+    url: str,
+    name: str,
+    version: int,
+    *,
+    timeout_s: float = DEFAULT_LOAD_TIMEOUT_S,
+    headers: dict[str, str] | None = None,
     log: Callable[[str], None] = print,
-) -> None:  # fmt: skip
+) -> None:
     """Make the server at ``url`` serve what the repository now says for NAME, and check it serves ``version``.
 
     For ``cvserve rollback NAME V --url URL`` too: after the repository is rolled back, this switches
     the live server the same way a promotion does.
+
+    Args:
+        headers: gRPC metadata for the model-control calls (a restricted API's key).
 
     Raises:
         UserInputError: the server runs with ``--model-control-mode none`` (restart it instead).
         ServerError: the new version failed to load (the old one keeps serving).
         TimeoutError: the server does not serve ``version`` alone in time (wrong repository?).
     """
-    with ModelControl(url, load_timeout_s=timeout_s) as control:
+    with ModelControl(url, load_timeout_s=timeout_s, headers=headers) as control:
         try:
             control.load(name)
         except ModelControlDisabled as exc:
@@ -83,9 +91,15 @@ def apply_live(
 
 
 def switch(
-    repository: Path, name: str, version: int, *, url: str | None = None,
-    timeout_s: float = DEFAULT_LOAD_TIMEOUT_S, log: Callable[[str], None] = print,
-) -> Path:  # fmt: skip
+    repository: Path,
+    name: str,
+    version: int,
+    *,
+    url: str | None = None,
+    timeout_s: float = DEFAULT_LOAD_TIMEOUT_S,
+    headers: dict[str, str] | None = None,
+    log: Callable[[str], None] = print,
+) -> Path:
     """Serve ``version`` of NAME: pin it in the repository, then switch the server at ``url`` (if given).
 
     Promotion and rollback are both this. If the live switch fails, the repository's previous
@@ -101,7 +115,7 @@ def switch(
     if url is None:
         return written
     try:
-        apply_live(url, name, version, timeout_s=timeout_s, log=log)
+        apply_live(url, name, version, timeout_s=timeout_s, headers=headers, log=log)
     except BaseException:
         if previous is not None:
             write_atomic(path, previous)

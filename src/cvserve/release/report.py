@@ -75,8 +75,10 @@ def limitations(report: dict) -> list[str]:
         f"The golden set has {overall['cases']} cases; a slice's accuracy is only as precise as its size "
         "allows (one case of 10 is 10 points)."
     )
-    out.append(f"Latency and cost were measured on {report['machine']}, a shared machine; re-measure on the "
-               "serving hardware before sizing a deployment.")  # fmt: skip
+    out.append(
+        f"Latency and cost were measured on {report['machine']}, a shared machine; re-measure on the "
+        "serving hardware before sizing a deployment."
+    )
     return out
 
 

@@ -6,7 +6,7 @@ release measures the way ``cvserve loadtest`` does unless told otherwise.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from cvserve.defaults import DEFAULT_REPOSITORY
@@ -66,6 +66,8 @@ class ReleaseSettings:
     # rollout
     promote: bool = False
     load_timeout_s: float = DEFAULT_LOAD_TIMEOUT_S
+    # gRPC metadata on model-control calls, e.g. {"admin-key": "..."} for a restricted model-control API
+    control_headers: dict[str, str] = field(default_factory=dict)
 
     def validate(self) -> None:
         """Raise :class:`UserInputError` naming the flag of a setting that cannot work."""

@@ -65,6 +65,7 @@ def serve_shadows(
             killed before it could clean up).
     """
     loaded: dict[str, str] = {}
+    was_ready = control.server_ready()
     try:
         for role, version in versions.items():
             shadow = shadow_name(version.name, role)
@@ -83,3 +84,6 @@ def serve_shadows(
                 control.unload(shadow)
             except CvserveError as exc:  # the release's own outcome matters more; say what is left behind
                 log(f"warning: could not unload {shadow}: {exc}")
+        # Leave the server as found: with --strict-readiness it reports not ready until the unloads end.
+        if loaded and was_ready and not control.wait_server_ready():
+            log(f"warning: the server at {control.url} is still not ready after unloading the shadow models")
