@@ -31,6 +31,7 @@ def _options(parser: Any) -> None:
         g.add_argument(flag, env_var="LOCUST_" + flag[2:].upper().replace("-", "_"), **kw)
 
     add("--model", default=None, help="model (ensemble) to call; discovered when the server serves one")
+    add("--model-version", default=None, help="model version to call (default: the server's choice)")
     add("--images", default=None, help="folder of JPEG/PNG files sent round-robin (required)")
     add("--images-per-request", type=int, default=1, help="images in each request (default 1)")
     add("--scenario", choices=SCENARIOS, default="steady", help="load shape (default steady)")
@@ -88,7 +89,7 @@ class ClassifyUser(GrpcUser):
         batch = self.payload.next_batch()
         self.call(
             f"classify {self.model or ''}".strip(),
-            lambda: self.client.classify(batch, model=self.model),
+            lambda: self.client.classify(batch, model=self.model, model_version=self.model_version),
             inferences=len(batch),
             length=sum(len(b) for b in batch),
         )

@@ -46,6 +46,7 @@ class LoadTestSettings:
     model: str
     url: str
     images: Path
+    model_version: str | None = None  # None: the version the server picks for requests naming none
     scenario: str = "steady"
     users: int = 8
     spawn_rate: float = 8.0
@@ -162,6 +163,8 @@ def locust_args(s: LoadTestSettings, stages: list[schedule.Stage], report_dir: P
         "--max-error-rate", str(s.max_error_rate),
         "--samples-file", str(report_dir / "samples.json"),
     ]  # fmt: skip
+    if s.model_version:
+        args += ["--model-version", str(s.model_version)]
     if s.target_rps:
         args += ["--target-rps", str(s.target_rps)]
     if s.scenario == "ramp":
