@@ -39,8 +39,6 @@ def config(name: str, labels: list[str], versions: tuple[int, ...]) -> mc.ModelC
         output=[
             mc.ModelOutput(name="CLASS_INDEX", data_type=mc.TYPE_INT64, dims=[K]),
             mc.ModelOutput(name="SCORE", data_type=mc.TYPE_FP32, dims=[K]),
-            # Contract v1's LABEL, for the client until it reads the labels parameter (contract v2).
-            mc.ModelOutput(name="LABEL", data_type=mc.TYPE_STRING, dims=[K]),
         ],
         instance_group=[mc.ModelInstanceGroup(count=1, kind=mc.ModelInstanceGroup.KIND_CPU)],
         version_policy=tc.VersionPolicy(kind="specific", values=versions).proto(),

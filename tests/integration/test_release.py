@@ -20,6 +20,9 @@ from tests.integration._release_fixtures import NAME, write_repository
 
 pytestmark = pytest.mark.slow
 SHORT_LOADTEST = ["--duration", "2s", "--warmup", "0.5s", "--users", "2"]
+# Speed is not what these tests judge: 2-second load tests on a shared machine differ by tens of percent
+# between identical versions, so the speed gates get bounds no run misses.
+LENIENT_SPEED_GATES = ["--slo-p95-ms", "60000", "--max-cost-increase", "100"]
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +75,7 @@ def _state(server) -> tuple[list, bool, bool]:
 def _release(server, repo: Path, golden: Path, report: Path, *extra: str) -> int:
     return main(
         ["release", NAME, "--golden", str(golden), "--url", server.grpc_url, "-r", str(repo),
-         "--report-dir", str(report), *SHORT_LOADTEST, *extra]
+         "--report-dir", str(report), *SHORT_LOADTEST, *LENIENT_SPEED_GATES, *extra]
     )  # fmt: skip
 
 

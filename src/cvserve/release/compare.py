@@ -46,7 +46,9 @@ def classify_all(
         with Client(url, model=model, timeout=timeout_s) as client:
             for start in range(0, len(cases), _BATCH):
                 chunk = cases[start : start + _BATCH]
-                results = client.classify([c.file for c in chunk], model=model, top_k=1)
+                results = client.classify(
+                    [c.file for c in chunk], model=model, model_version=str(version), top_k=1
+                )
                 out += [Prediction(r[0].label, r[0].index, r[0].score) for r in results]
     except ClientError as exc:
         raise CvserveError(

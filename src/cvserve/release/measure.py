@@ -25,6 +25,7 @@ def loadtest_settings(
     """The load test of one version, from the release's settings (steady; gates judged by the release)."""
     return LoadTestSettings(
         model=model,
+        model_version=str(version),
         name=f"{s.name} v{version} ({role})",
         url=url,
         images=images,

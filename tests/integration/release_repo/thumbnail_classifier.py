@@ -31,7 +31,6 @@ class TritonPythonModel:
         config = json.loads(args["model_config"])
         version_dir = os.path.join(args["model_repository"], args["model_version"])
         self.k = int(pb_utils.get_output_config_by_name(config, "SCORE")["dims"][0])
-        self.with_label = pb_utils.get_output_config_by_name(config, "LABEL") is not None
         labels = config.get("parameters", {}).get("labels", {}).get("string_value")
         self.labels = json.loads(labels) if labels else None
         refs = sorted(os.listdir(os.path.join(version_dir, "references")), key=lambda n: int(n.split(".")[0]))
@@ -65,11 +64,6 @@ class TritonPythonModel:
                 pb_utils.Tensor("CLASS_INDEX", order.astype(np.int64)),
                 pb_utils.Tensor("SCORE", np.take_along_axis(probs, order, axis=1).astype(np.float32)),
             ]
-            if self.with_label:  # for clients of contract v1
-                names = self.labels or [str(i) for i in range(self.num_classes)]
-                outputs.append(
-                    pb_utils.Tensor("LABEL", np.array([[names[j].encode() for j in row] for row in order], dtype=object))
-                )
             responses.append(pb_utils.InferenceResponse(output_tensors=outputs))
         return responses
 
