@@ -202,3 +202,36 @@ def test_promotion_under_load_loses_no_request_and_rollback_restores_live(golden
     assert report["promotion"]["done"] is True
     assert "specific" in (repo / NAME / "config.pbtxt").read_text()
     assert (repo / NAME / "config.pbtxt").read_text().count("versions: 1") == 1
+
+
+def test_a_server_without_model_control_is_refused_and_a_polling_one_switches_by_itself(
+    golden, tmp_path, capsys
+):
+    from cvserve.release.control import ModelControl
+    from cvserve.release.promote import switch
+    from cvserve.server import ServerSettings, TritonServer
+
+    repo = write_repository(tmp_path / "models", golden)
+    settings = ServerSettings(
+        repository=repo,
+        grpc_port=0,
+        http_port=0,
+        metrics_port=0,
+        model_control_mode="poll",
+        exit_timeout_s=5,
+        extra_args=["--repository-poll-secs=1"],
+    )
+    with TritonServer(settings) as srv:
+        code = _release(srv, repo, golden, tmp_path / "report", "--candidate", "3")
+        err = capsys.readouterr().err.strip().splitlines()
+        # progress lines, then one error line
+        assert (
+            code == 2
+            and err[-1].startswith("cvserve release: error: ")
+            and "does not take model loads" in err[-1]
+        )
+        assert sum("error" in line for line in err) == 1
+        with ModelControl(srv.grpc_url) as control:
+            assert control.ready_versions(NAME) == [1]
+            switch(repo, NAME, 3, url=srv.grpc_url, log=lambda _m: None)
+            assert control.ready_versions(NAME) == [3]

@@ -16,11 +16,8 @@ DEFAULT_LOAD_TIMEOUT_S = 300.0
 
 
 class ModelControlDisabled(UserInputError):
-    """The server does not take load/unload requests (model-control mode ``none`` or ``poll``)."""
-
-    def __init__(self, message: str, *, polling: bool) -> None:
-        super().__init__(message)
-        self.polling = polling
+    """The server does not take load/unload requests (model-control mode ``none`` or ``poll``: Triton 2.51
+    gives the same answer in both)."""
 
 
 class ModelControl:
@@ -61,8 +58,7 @@ class ModelControl:
                 raise ModelControlDisabled(
                     f"the server at {self.url} does not take model loads ({message}): run it with "
                     "--model-control-mode explicit, or give no --url so that cvserve release starts its "
-                    "own embedded server on the repository",
-                    polling="poll" in message,
+                    "own embedded server on the repository"
                 ) from None
             if "StatusCode.UNAVAILABLE" in str(exc.status()) or "failed to connect" in message.lower():
                 raise ServerError(f"the Triton server at {self.url} is not reachable: {message}") from None

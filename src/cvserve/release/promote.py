@@ -17,7 +17,7 @@ from pathlib import Path
 from tritonclient.grpc import model_config_pb2 as mc
 
 from cvserve.builders import triton_config as tc
-from cvserve.errors import UserInputError
+from cvserve.errors import TimeoutError, UserInputError
 from cvserve.release.control import DEFAULT_LOAD_TIMEOUT_S, ModelControl, ModelControlDisabled
 from cvserve.release.versions import CONFIG, load_version
 
@@ -71,21 +71,24 @@ def apply_live(
         headers: gRPC metadata for the model-control calls (a restricted API's key).
 
     Raises:
-        UserInputError: the server runs with ``--model-control-mode none`` (restart it instead).
+        UserInputError: the server takes no model loads and does not poll (``none`` mode: restart it).
         ServerError: the new version failed to load (the old one keeps serving).
         TimeoutError: the server does not serve ``version`` alone in time (wrong repository?).
     """
     with ModelControl(url, load_timeout_s=timeout_s, headers=headers) as control:
         try:
             control.load(name)
-        except ModelControlDisabled as exc:
-            if not exc.polling:
+        except ModelControlDisabled:
+            # Triton answers the same in poll and none mode: a polling server switches by itself.
+            log(f"the server at {url} takes no model loads: waiting up to {POLL_WAIT_S:g} s for it to poll")
+            try:
+                control.wait_serving(name, version, timeout_s=POLL_WAIT_S)
+            except TimeoutError:
                 raise UserInputError(
-                    f"the server at {url} runs without model control: restart it to serve {name} version "
-                    f"{version} (the repository already says so)"
+                    f"the server at {url} takes no model loads and did not pick up {name} version {version} "
+                    f"within {POLL_WAIT_S:g} s: with --model-control-mode none it serves a new version only "
+                    "after a restart; switch it with explicit or poll model control"
                 ) from None
-            log(f"the server at {url} polls its repository: waiting for it to serve {name} version {version}")
-            control.wait_serving(name, version, timeout_s=POLL_WAIT_S)
             return
         control.wait_serving(name, version, timeout_s=timeout_s)
 
