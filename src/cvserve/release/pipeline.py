@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from cvserve.errors import CvserveError, UserInputError
+from cvserve.errors import CvserveError, MissingDependencyError, UserInputError
 from cvserve.release import measure, promote
 from cvserve.release import report as reports
 from cvserve.release.compare import classify_all, compare
@@ -49,8 +49,17 @@ def _stderr(message: str) -> None:
 
 
 def _check_loadtest(s: ReleaseSettings, golden: GoldenSet) -> None:
+    import importlib.util
+
     from cvserve.loadtests.cost import resolve_price
     from cvserve.loadtests.runner import validate
+
+    # Found, not imported: importing Locust would monkey-patch this process with gevent.
+    for module in ("locust", *(("matplotlib",) if s.plots else ())):
+        if importlib.util.find_spec(module) is None:
+            raise MissingDependencyError(
+                f"{module} is needed for the release's load test and report: pip install 'cvserve[loadtest]'"
+            )
 
     probe = measure.loadtest_settings(
         s, model=s.name, version=s.candidate, role="candidate", url="", images=golden.root, metrics_url=None
