@@ -17,9 +17,9 @@ from pathlib import Path
 from cvserve.errors import CvserveError, MissingDependencyError, UserInputError
 from cvserve.release import measure, promote
 from cvserve.release import report as reports
-from cvserve.release.compare import classify_all, compare
+from cvserve.release.compare import Comparison, classify_all, compare
 from cvserve.release.control import ModelControl
-from cvserve.release.gates import evaluate, failed
+from cvserve.release.gates import Gate, evaluate, failed
 from cvserve.release.golden import GoldenSet, load_golden_set, resolve_labels
 from cvserve.release.settings import ReleaseSettings
 from cvserve.release.shadow import serve_shadows
@@ -99,16 +99,61 @@ def _server(s: ReleaseSettings, log: Log) -> Iterator[tuple[str, str | None, boo
 
 
 def _baseline_number(s: ReleaseSettings, control: ModelControl | None) -> int:
+    """``--baseline``, else what requests naming no version get now (from the server, else the repository)."""
     if s.baseline is not None:
         return s.baseline
-    if control is not None:
-        ready = control.ready_versions(s.name)
-        if ready:  # what requests naming no version get right now
-            return ready[-1]
-    served = served_by_config(s.repository, s.name)
-    if served is None:
+    ready = control.ready_versions(s.name) if control is not None else []
+    number = ready[-1] if ready else served_by_config(s.repository, s.name)
+    if number is None:
         raise UserInputError(f"{s.name} serves no version yet: give --baseline VERSION")
-    return served
+    if number == s.candidate:
+        raise UserInputError(
+            f"{s.name} already serves version {number}: give --baseline, the version to judge it against"
+        )
+    return number
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Judgement:
+    shadows: dict[str, str]
+    comparison: Comparison
+    loads: dict[str, dict]
+    latencies: dict[str, list[float]]
+
+
+def _judge(
+    s: ReleaseSettings,
+    ctl: ModelControl,
+    *,
+    url: str,
+    metrics_url: str | None,
+    golden: GoldenSet,
+    versions: dict[str, ModelVersion],
+    log: Log,
+) -> _Judgement:
+    """Serve both versions under shadow names, classify the golden set with each, load-test each."""
+    with serve_shadows(ctl, versions, log=log) as shadows:
+        predictions = {
+            role: classify_all(url, shadows[role], v.version, golden.cases, timeout_s=s.request_timeout_s)
+            for role, v in versions.items()
+        }
+        comparison = compare(golden, predictions["baseline"], predictions["candidate"])
+        loads, latencies = {}, {}
+        with tempfile.TemporaryDirectory(prefix="cvserve-release-") as tmp:
+            images = measure.payload_folder(golden, Path(tmp))
+            for role, v in versions.items():
+                lt = measure.loadtest_settings(
+                    s,
+                    model=shadows[role],
+                    version=v.version,
+                    role=role,
+                    url=url,
+                    images=images,
+                    metrics_url=metrics_url,
+                )
+                result = measure.run(lt, log=log)
+                loads[role], latencies[role] = measure.summary(result), measure.latencies_ms(result)
+    return _Judgement(shadows=shadows, comparison=comparison, loads=loads, latencies=latencies)
 
 
 def run_release(s: ReleaseSettings, *, log: Log = _stderr) -> ReleaseResult:
@@ -126,10 +171,9 @@ def run_release(s: ReleaseSettings, *, log: Log = _stderr) -> ReleaseResult:
     candidate = load_version(s.repository, s.name, s.candidate)
     _check_loadtest(s, golden)
     baseline = None
-    if s.baseline is not None or s.url is None:
+    if s.baseline is not None or s.url is None:  # known without asking the server: check the labels now
         baseline = load_version(s.repository, s.name, _baseline_number(s, None))
         golden = _with_labels(golden, baseline, candidate)
-    report_dir = Path(s.report_dir)
 
     with (
         _server(s, log) as (url, metrics_url, embedded),
@@ -137,85 +181,75 @@ def run_release(s: ReleaseSettings, *, log: Log = _stderr) -> ReleaseResult:
     ):
         ctl.check_live()
         if baseline is None:
-            number = _baseline_number(s, ctl)
-            if number == s.candidate:
-                raise UserInputError(
-                    f"{s.name} already serves version {number} on {url}: give --baseline, the version to "
-                    "judge it against"
-                )
-            baseline = load_version(s.repository, s.name, number)
+            baseline = load_version(s.repository, s.name, _baseline_number(s, ctl))
             golden = _with_labels(golden, baseline, candidate)
         log(
-            f"release {s.name}: candidate v{candidate.version} against baseline v{baseline.version}, "
-            f"{len(golden)} golden cases"
+            f"release {s.name}: candidate v{s.candidate} against baseline v{baseline.version}, {len(golden)} cases"
         )
-        with serve_shadows(ctl, {"baseline": baseline, "candidate": candidate}, log=log) as shadows:
-            predictions = {
-                role: classify_all(url, shadows[role], v.version, golden.cases, timeout_s=s.request_timeout_s)
-                for role, v in (("baseline", baseline), ("candidate", candidate))
-            }
-            comparison = compare(golden, predictions["baseline"], predictions["candidate"])
-            loads, latencies = {}, {}
-            with tempfile.TemporaryDirectory(prefix="cvserve-release-") as tmp:
-                images = measure.payload_folder(golden, Path(tmp))
-                for role, v in (("baseline", baseline), ("candidate", candidate)):
-                    lt = measure.loadtest_settings(
-                        s,
-                        model=shadows[role],
-                        version=v.version,
-                        role=role,
-                        url=url,
-                        images=images,
-                        metrics_url=metrics_url,
-                    )
-                    result = measure.run(lt, log=log)
-                    loads[role], latencies[role] = measure.summary(result), measure.latencies_ms(result)
+        versions = {"baseline": baseline, "candidate": candidate}
+        judged = _judge(s, ctl, url=url, metrics_url=metrics_url, golden=golden, versions=versions, log=log)
 
-    gates = evaluate(s, comparison, loads["baseline"], loads["candidate"])
+    gates = evaluate(s, judged.comparison, judged.loads["baseline"], judged.loads["candidate"])
     failing = failed(gates)
-    decision = "no-go" if failing else "go"
-    report = {
+    report = _report(s, golden, versions, judged, gates, failing, url=url, embedded=embedded)
+    error = _promote(s, report, report["decision"], url=None if embedded else url, log=log)
+    report_dir = Path(s.report_dir)
+    card = reports.write(report, judged.latencies, report_dir, plots=s.plots)["model_card"]
+    card_path = reports.write_model_card(card, candidate.directory)
+    log(f"model card: {report_dir / reports.MODEL_CARD} and {card_path}")
+    if error is not None:
+        raise error
+    return ReleaseResult(
+        decision=report["decision"],
+        failed_gates=failing,
+        report=report,
+        report_dir=report_dir,
+        promoted=report["promotion"]["done"],
+    )
+
+
+def _report(
+    s: ReleaseSettings,
+    golden: GoldenSet,
+    versions: dict[str, ModelVersion],
+    judged: _Judgement,
+    gates: list[Gate],
+    failing: list[str],
+    *,
+    url: str,
+    embedded: bool,
+) -> dict:
+    """What release_report.json holds (docs/release.md lists the keys)."""
+    baseline, candidate = versions["baseline"], versions["candidate"]
+    return {
         "schema": 1,
         "name": s.name,
         "candidate": candidate.version,
         "baseline": baseline.version,
-        "decision": decision,
+        "decision": "no-go" if failing else "go",
         "failed_gates": failing,
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "machine": machine(),
-        "server": {"url": url, "embedded": embedded, "shadows": shadows},
+        "server": {"url": url, "embedded": embedded, "shadows": judged.shadows},
         "golden": {
             "path": str(golden.root),
             "cases": len(golden),
             "slice_columns": list(golden.slice_columns),
         },
         "gates": [g.as_dict() for g in gates],
-        "slices": [sl.as_dict() for sl in comparison.slices],
-        "changed_cases": [c.as_dict() for c in comparison.changed],
+        "slices": [sl.as_dict() for sl in judged.comparison.slices],
+        "changed_cases": [c.as_dict() for c in judged.comparison.changed],
         "loadtest": {
-            "baseline": loads["baseline"],
-            "candidate": loads["candidate"],
+            **judged.loads,
             "settings": {k: getattr(s, k) for k in ("users", "duration_s", "warmup_s", "images_per_request")},
         },
         "builds": {"baseline": baseline.build, "candidate": candidate.build},
         "intended_use": s.intended_use or _default_intended_use(candidate),
         "user_limitations": s.limitations,
-        "settings": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(s).items()},
+        "settings": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(s).items()}
+        | {"control_headers": sorted(s.control_headers)},  # the names only: a value may be a key
         "promotion": {"requested": s.promote, "done": False, "outcome": "not requested"},
     }
-    error = _promote(s, report, decision, url=None if embedded else url, log=log)
-    card = reports.write(report, latencies, report_dir, plots=s.plots)["model_card"]
-    card_path = reports.write_model_card(card, candidate.directory)
-    log(f"model card: {report_dir / reports.MODEL_CARD} and {card_path}")
-    if error is not None:
-        raise error
-    return ReleaseResult(
-        decision=decision,
-        failed_gates=failing,
-        report=report,
-        report_dir=report_dir,
-        promoted=report["promotion"]["done"],
-    )
 
 
 def _promote(
