@@ -203,7 +203,9 @@ class ClientCore:
         if info is None:
             try:  # concurrent first calls fetch the metadata once
                 info = yield Exclusive(self._fetch_info(key, deadline), deadline.remaining())
-            except TimeoutError:
+            except ClientError:
+                raise
+            except TimeoutError:  # the lock was not free in time
                 raise DeadlineExceeded(
                     f"model '{model}': its metadata was not fetched within the deadline of "
                     f"{deadline.timeout:g} s; allow a longer timeout=",

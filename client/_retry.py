@@ -6,9 +6,10 @@ Which failures may be retried is decided in :func:`cvserve.client.errors.retry_k
   cannot connect; Triton is stopping; the model is unloading or loading) is tried again, after a
   jittered backoff, until the call's deadline; this does not count as an attempt and spends nothing
   from the budget, like gRPC's wait-for-ready (``wait_for_ready=False`` fails such calls at once);
-* a request the server turned away unrun (queue full, queued past its timeout) or whose connection
-  broke in flight is retried at most ``max_attempts - 1`` times, after full-jitter exponential backoff,
-  while the client's :class:`RetryBudget` allows it;
+* a request whose connection broke in flight (its answer lost) is sent again, at most
+  ``max_attempts`` times in all, after full-jitter exponential backoff;
+* a request the server turned away unrun (queue full, queued past its timeout) is retried the same
+  way, and only while the client's :class:`RetryBudget` allows it;
 * nothing else is retried.
 
 Every attempt gets the time left before the deadline as its gRPC deadline, and no attempt starts (or
@@ -40,9 +41,9 @@ class RetryPolicy:
 
     The delay before retry ``n`` (1-based) is drawn uniformly from
     ``[0, min(max_backoff_s, initial_backoff_s * multiplier ** (n - 1))]`` ("full jitter"), so that many
-    clients do not retry in step after a restart. Retries also stop when the client's retry budget is
-    spent: a token bucket of ``max_tokens`` that every retryable failure empties by one and every
-    success refills by ``token_ratio``; retries happen only while it holds more than half of
+    clients do not retry in step after a restart. Retries of requests the server turned away also stop
+    when the client's retry budget is spent: a token bucket of ``max_tokens`` that every such rejection
+    empties by one and every success refills by ``token_ratio``; retries happen only while it holds more than half of
     ``max_tokens`` (with the defaults, after 5 failures in a row, until 10 calls succeed for each
     failure), so an overloaded server is not hammered. The budget is shared by all calls of a client.
 
@@ -147,7 +148,7 @@ def retrying(
     Raises:
         ClientError: the mapped error of the last attempt (``DeadlineExceeded`` when no time was left).
     """
-    sent = waited = 0  # attempts the server turned away or lost; attempts that found it away
+    sent = waited = 0  # attempts sent (turned away, lost or failed); attempts that found the server away
     last: BaseException | None = None
     while True:
         remaining = deadline.remaining()
@@ -194,7 +195,7 @@ def _next_delay(
         delay = policy.backoff(waited)
     elif sent >= policy.max_attempts:
         return None, ""
-    elif not budget.allows_retry():
+    elif kind is RetryKind.BACKOFF and not budget.allows_retry():
         return None, (
             "not retried: this client's retry budget is spent (the server kept failing); "
             "retries resume as calls succeed"

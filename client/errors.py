@@ -33,11 +33,15 @@ return (observed against the embedded server):
   turns new requests away) and ``NOT_FOUND`` "Request for unknown model: 'm' has no available
   versions" (the model is unloading or loading: answered during every graceful stop, and while a
   model is reloaded). Like gRPC's wait-for-ready, these waits are not attempts and spend no budget.
-* :attr:`RetryKind.BACKOFF` - the server turned the request away before running it, or its answer was
-  lost, and inference has no side effects: ``UNAVAILABLE`` "Exceeds maximum queue size" (the dynamic
-  batcher's queue is full), "Request timeout expired" (queued past the queue policy's timeout, REJECT)
-  and "Stream removed (Socket closed)" (the connection broke in flight, e.g. a killed server). Retried
-  a few times with backoff while the client's retry budget allows.
+* :attr:`RetryKind.LOST` - the connection broke while the request was in flight: ``UNAVAILABLE``
+  "Stream removed (Socket closed)" (e.g. the server was killed). The answer is lost, whether or not the
+  request ran, and inference has no side effects, so it is sent again, at most ``max_attempts`` times
+  in all; it spends no retry budget, since a dead connection is not a sign of overload (a kill -9 with
+  many requests in flight would otherwise empty the budget and lose them).
+* :attr:`RetryKind.BACKOFF` - the server turned the request away before running it: ``UNAVAILABLE``
+  "Exceeds maximum queue size" (the dynamic batcher's queue is full) and "Request timeout expired"
+  (queued past the queue policy's timeout, REJECT), and any other ``UNAVAILABLE``. Retried at most
+  ``max_attempts`` times in all, with backoff, while the client's retry budget allows.
 * :attr:`RetryKind.NEVER` - everything else: ``INVALID_ARGUMENT``, ``NOT_FOUND`` for an unknown model
   or version, ``DEADLINE_EXCEEDED`` and ``INTERNAL`` (the request may have been processed),
   ``RESOURCE_EXHAUSTED`` (a message larger than gRPC's limit, or a quota that a retry within the
@@ -111,13 +115,15 @@ class RetryKind(enum.Enum):
 
     NEVER = "never"
     WAIT = "wait"  # not run, server or model away: wait for it within the deadline (not an attempt)
-    BACKOFF = "backoff"  # turned away unrun (or its answer lost): back off, count it, spend the budget
+    LOST = "lost"  # the connection broke in flight: send again, count it, no budget
+    BACKOFF = "backoff"  # turned away unrun (overload): back off, count it, spend the budget
 
 
 # Triton's and gRPC's messages (Triton 2.51, grpcio 1.6x), matched as substrings.
 _NOT_CONNECTED = ("failed to connect to all addresses", "DNS resolution failed", "empty address list")
 _QUEUE_FULL, _QUEUE_TIMEOUT = "Exceeds maximum queue size", "Request timeout expired"
 _STOPPING, _RELOADING = "Server is stopping", "has no available versions"
+_CONNECTION_LOST = ("Socket closed", "Connection reset", "Broken pipe")
 _TOO_LARGE = "larger than max"
 
 
@@ -146,8 +152,9 @@ def retry_kind(exc: BaseException) -> RetryKind:
         return RetryKind.NEVER
     code, msg = status_name(exc), _message(exc)
     if code == "UNAVAILABLE":
-        away = _STOPPING in msg or any(m in msg for m in _NOT_CONNECTED)
-        return RetryKind.WAIT if away else RetryKind.BACKOFF
+        if _STOPPING in msg or any(m in msg for m in _NOT_CONNECTED):
+            return RetryKind.WAIT
+        return RetryKind.LOST if any(m in msg for m in _CONNECTION_LOST) else RetryKind.BACKOFF
     if code == "NOT_FOUND" and _RELOADING in msg:
         return RetryKind.WAIT
     return RetryKind.NEVER

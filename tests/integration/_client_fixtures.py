@@ -14,7 +14,7 @@ from __future__ import annotations
 import io
 import json
 import shutil
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from pathlib import Path
 
 import pytest
@@ -63,21 +63,11 @@ def _classifier_config(
     return config
 
 
-def write_repository(repo: Path, *, toy_only: bool = False) -> Path:
+def write_repository(repo: Path, *, only: Collection[str] | None = None) -> Path:
     """Write the client test repository into ``repo`` (created) and return it.
 
-    ``toy_only`` writes just ``toy_classifier``, for a server that starts and stops faster.
+    ``only`` names the models to write (all by default), for a server that starts and stops faster.
     """
-    repo.mkdir(parents=True, exist_ok=True)
-    _write_model(repo, "toy_classifier", "toy_classifier.py", _classifier_config("toy_classifier"))
-    if toy_only:
-        return repo
-    slow = _classifier_config("slow_classifier", 0.3, labels=False)
-    _write_model(repo, "slow_classifier", "toy_classifier.py", slow)
-    legacy = _classifier_config("legacy_classifier", labels=False, legacy_label=True)
-    _write_model(repo, "legacy_classifier", "toy_classifier.py", legacy)
-    versioned = _classifier_config("versioned_classifier")
-    _write_model(repo, "versioned_classifier", "toy_classifier.py", versioned, versions=(1, 2))
     add_sub = mc.ModelConfig(
         name="add_sub",
         backend="python",
@@ -86,7 +76,27 @@ def write_repository(repo: Path, *, toy_only: bool = False) -> Path:
         output=[mc.ModelOutput(**_tensor(n, mc.TYPE_FP32, [4])) for n in ("OUTPUT0", "OUTPUT1")],
         instance_group=[mc.ModelInstanceGroup(count=1, kind=mc.ModelInstanceGroup.KIND_CPU)],
     )
-    _write_model(repo, "add_sub", "add_sub.py", add_sub)
+    models = [
+        ("toy_classifier", "toy_classifier.py", _classifier_config("toy_classifier"), (1,)),
+        (
+            "slow_classifier",
+            "toy_classifier.py",
+            _classifier_config("slow_classifier", 0.3, labels=False),
+            (1,),
+        ),
+        (
+            "legacy_classifier",
+            "toy_classifier.py",
+            _classifier_config("legacy_classifier", labels=False, legacy_label=True),
+            (1,),
+        ),
+        ("versioned_classifier", "toy_classifier.py", _classifier_config("versioned_classifier"), (1, 2)),
+        ("add_sub", "add_sub.py", add_sub, (1,)),
+    ]
+    repo.mkdir(parents=True, exist_ok=True)
+    for name, source, config, versions in models:
+        if only is None or name in only:
+            _write_model(repo, name, source, config, versions)
     return repo
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from cvserve.errors import ServerError, UserInputError
+from cvserve.errors import TritonError, UserInputError
 from cvserve.server import ServerSettings, TritonServer
 from tests.helpers import tree_digest
 
@@ -134,7 +134,7 @@ def test_serve_reports_a_model_that_fails_to_load_with_tritons_reason(repo_copy)
     # (upstream triton-inference-server/server#8882); cvserve names that crash, and a second start works.
     for attempt in range(2):
         server = TritonServer(ServerSettings(repository=repo_copy, grpc_port=0, http_port=0, metrics_port=0))
-        with pytest.raises(ServerError) as info:
+        with pytest.raises(TritonError) as info:
             with server:
                 pass
         if "known intermittent upstream crash" not in str(info.value) or attempt:

@@ -78,6 +78,7 @@ def test_candidate_is_applied_live_and_restored_when_interrupted(explicit_server
     after.close()
 
 
+@pytest.mark.slow  # a 75 s tuning budget
 def test_tune_cli_end_to_end(explicit_server, repo_copy, image_dir, tmp_path):
     pytest.importorskip(
         "cvserve.loadtests.runner", reason="the load generator (cvserve.loadtests) is not there yet"

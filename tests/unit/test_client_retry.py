@@ -106,14 +106,22 @@ def test_budget_is_a6_token_bucket():
     assert budget.tokens == 10  # never above max_tokens
 
 
-@pytest.mark.parametrize("failure", [QUEUE_FULL, QUEUE_TIMEOUT, SOCKET_CLOSED])
-def test_turned_away_unprocessed_is_retried_with_backoff(failure):
+@pytest.mark.parametrize(("failure", "cost"), [(QUEUE_FULL, 1), (QUEUE_TIMEOUT, 1), (SOCKET_CLOSED, 0)])
+def test_turned_away_or_lost_is_retried_with_backoff(failure, cost):
     server = Server(failure, failure)
     budget = RetryBudget()
     assert call(server, budget=budget) > 0
     assert len(server.calls) == 3 and len(server.sleeps) == 2
     assert server.calls == sorted(server.calls, reverse=True)  # each attempt gets the time left
-    assert budget.tokens == pytest.approx(10 - 2 + 0.1)
+    assert budget.tokens == pytest.approx(min(10, 10 - 2 * cost + 0.1))
+
+
+def test_a_lost_connection_spends_no_budget_but_counts_attempts():
+    budget = RetryBudget(max_tokens=2)
+    server = Server(*[SOCKET_CLOSED] * 10)
+    with pytest.raises(ServerUnavailable, match="after 4 attempts") as info:
+        call(server, budget=budget)  # e.g. a killed server with many requests in flight
+    assert info.value.attempts == 4 and budget.tokens == 2
 
 
 def test_at_most_max_attempts_then_the_mapped_error_with_the_count():

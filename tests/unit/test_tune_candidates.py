@@ -7,6 +7,7 @@ import json
 import pytest
 
 from cvserve.builders import triton_config as tc
+from cvserve.builders.profile import EngineProfile
 from cvserve.errors import UserInputError
 from cvserve.tune.apply import config_from_json, config_to_json
 from cvserve.tune.candidates import (
@@ -87,13 +88,17 @@ def test_images_per_request_bound_the_smallest_max_batch():
         build_space(start, batch_bound=2, max_instances=1, slo_p95_ms=50, min_batch=4)
 
 
+def _profile(max_batch: int) -> dict:
+    return {"engine_profile": EngineProfile(opt_batch=min(8, max_batch), max_batch=max_batch).to_report()}
+
+
 @pytest.mark.parametrize(
     "report, expected",
     [
         (None, 32),
-        ({"runtime": "tensorrt", "tensorrt": {"profile": {"max": [8, 3, 224, 224]}}}, 8),
-        ({"profile_max_batch": 16}, 16),
-        ({"profile_max_batch": 64}, 32),  # never above the starting max_batch_size
+        ({"schema": 2}, 32),  # a build without an engine profile
+        (_profile(8), 8),
+        (_profile(64), 32),  # never above the starting max_batch_size
     ],
 )
 def test_profile_bound(report, expected):
@@ -101,12 +106,18 @@ def test_profile_bound(report, expected):
     assert bound == expected and source
 
 
+def test_profile_of_an_unknown_schema_is_refused():
+    report = {"engine_profile": {"schema": 99, "min_batch": 1, "opt_batch": 1, "max_batch": 1}}
+    with pytest.raises(UserInputError, match="schema"):
+        profile_batch_bound(configs("tensorrt")["network"], report)
+
+
 def test_build_report_is_read_from_the_newest_version(tmp_path):
     for v, n in ((1, 4), (2, 8)):
         d = tmp_path / "net" / str(v)
         d.mkdir(parents=True)
-        (d / "build_report.json").write_text(json.dumps({"profile_max_batch": n}))
-    assert read_build_report(tmp_path, "net") == {"profile_max_batch": 8}
+        (d / "build_report.json").write_text(json.dumps(_profile(n)))
+    assert read_build_report(tmp_path, "net") == _profile(8)
     assert read_build_report(None, "net") is None
 
 

@@ -6,10 +6,11 @@ import dataclasses
 
 import pytest
 
-from cvserve.errors import ServerError
+from cvserve.errors import TritonError
 from cvserve.tune.candidates import Candidate, build_space
 from cvserve.tune.measure import Measurement, operating_point, relative_spread, summarise
-from cvserve.tune.search import SearchSettings, Trial, Tuner, better
+from cvserve.tune.search import Trial, Tuner, better
+from cvserve.tune.settings import SearchSettings
 
 START = Candidate(
     max_batch_size=32,
@@ -67,7 +68,7 @@ class Applier:
 
     def apply(self, c: Candidate) -> None:
         if c in self.refuse:
-            raise ServerError("Triton refused it")
+            raise TritonError("Triton refused it")
         if c != self.live:
             self.clock.t += 3.0
             self.applied.append(c)

@@ -23,7 +23,7 @@ from google.protobuf import json_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from cvserve.builders.triton_config import model_names
-from cvserve.errors import ServerError, UserInputError
+from cvserve.errors import TritonError, UserInputError
 from cvserve.tune.candidates import Candidate, apply_candidate, candidate_from_configs
 
 STEPS = ("preprocess", "network", "postprocess")
@@ -61,11 +61,11 @@ class LiveApplier:
         try:
             return fn(*args, **kwargs)
         except InferenceServerException as exc:
-            raise ServerError(f"{what}: {exc.message()}") from None
+            raise TritonError(f"{what}: {exc.message()}") from None
 
     def _snapshot(self) -> dict[str, mc.ModelConfig]:
         if not self._call("server not reachable", self._client.is_server_live):
-            raise ServerError("the Triton server is not live")
+            raise TritonError("the Triton server is not live")
         configs = {}
         for role, model in self.names.items():
             if not self._call(f"checking {model}", self._client.is_model_ready, model):
@@ -96,7 +96,7 @@ class LiveApplier:
             self._live[role] = configs[role]
 
     def apply(self, candidate: Candidate) -> None:
-        """Make ``candidate`` live; a no-op if it already is. Raises ServerError if Triton refuses it."""
+        """Make ``candidate`` live; a no-op if it already is. Raises TritonError if Triton refuses it."""
         if candidate == self.current:
             return
         self.current = None  # unknown until every model has loaded

@@ -8,7 +8,7 @@ pre/post-processing models. :func:`apply_candidate` writes a candidate into the 
 The batch bound: a TensorRT engine runs only the batch sizes its optimisation profile covers, and a
 network that is not ONNX Runtime with dynamic shapes may have been exported for a fixed batch range. The
 tuner therefore never proposes a max batch size above the smaller of the starting ``max_batch_size`` and
-the profile's max batch recorded in the build report (:func:`profile_batch_bound`), and no preferred batch
+the engine profile's max batch recorded in the build report (:func:`profile_batch_bound`), and no preferred batch
 size above the candidate's max batch size, so no candidate can form a batch the engine cannot run.
 """
 
@@ -20,6 +20,7 @@ from pathlib import Path
 
 from tritonclient.grpc import model_config_pb2 as mc
 
+from cvserve.builders.profile import EngineProfile
 from cvserve.errors import UserInputError
 
 ROLES = ("preprocess", "network", "postprocess", "ensemble")
@@ -204,35 +205,16 @@ def apply_candidate(configs: dict[str, mc.ModelConfig], c: Candidate) -> dict[st
 def profile_batch_bound(network: mc.ModelConfig, build_report: dict | None) -> tuple[int, str]:
     """The largest max batch size the network can run, and where that bound comes from.
 
-    Never above the starting ``max_batch_size``; for a TensorRT engine also never above the max batch
-    of its optimisation profile when the build report records it.
+    Never above the starting ``max_batch_size``, nor above the max batch of the engine profile the
+    build report records (:class:`~cvserve.builders.profile.EngineProfile`, read back by its name).
     """
     bound, source = network.max_batch_size, "starting max_batch_size"
-    profile = _profile_max_batch(build_report or {})
-    if profile is not None and profile < bound:
-        bound, source = profile, "engine optimisation profile (build_report.json)"
+    profile = EngineProfile.from_report(build_report or {})
+    if profile is not None and profile.max_batch < bound:
+        bound, source = profile.max_batch, "engine profile (build_report.json)"
     elif network.platform == "tensorrt_plan" and profile is None:
-        source = "starting max_batch_size (TensorRT engine; no profile in a build report)"
+        source = "starting max_batch_size (TensorRT engine; no engine profile in a build report)"
     return bound, source
-
-
-def _profile_max_batch(report: dict) -> int | None:
-    """Max batch of the engine profile, looked up under the keys the TensorRT build writes."""
-    for key in ("tensorrt", "engine", "trt"):
-        section = report.get(key)
-        if isinstance(section, dict):
-            found = _profile_max_batch(section)
-            if found is not None:
-                return found
-    for key in ("profile_max_batch", "max_batch", "profile_max_batch_size", "opt_profile_max_batch"):
-        if isinstance(report.get(key), int):
-            return report[key]
-    profile = report.get("profile") or report.get("optimization_profile")
-    if isinstance(profile, dict):
-        shape = profile.get("max") or profile.get("max_shape")
-        if isinstance(shape, list | tuple) and shape and isinstance(shape[0], int):
-            return shape[0]
-    return None
 
 
 def read_build_report(repository: Path | None, ensemble: str) -> dict | None:
