@@ -30,7 +30,6 @@ _COMMAND_MODULES = (
     "cvserve.tune.cli",  # tune
     "cvserve.release.cli",  # release
     "cvserve.k8s.cli",  # k8s
-    "cvserve.release.cli",  # release
 )
 
 

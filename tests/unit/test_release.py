@@ -224,13 +224,26 @@ def test_the_ensemble_layout_is_refused_in_one_line_with_exit_2(tmp_path, capsys
     (repo / "pipe" / "1").mkdir(parents=True)
     (repo / "pipe" / "config.pbtxt").write_text('name: "pipe"\nplatform: "ensemble"\nmax_batch_size: 8\n')
     golden = _golden(tmp_path / "golden", GOOD)
-    code = main(["release", "pipe", "--golden", str(golden), "--candidate", "1", "-r", str(repo)])
+    code = main(
+        [
+            "release",
+            "pipe",
+            "--golden",
+            str(golden),
+            "--candidate",
+            "1",
+            "-r",
+            str(repo),
+            "--slo-p95-ms",
+            "100",
+        ]
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2
     assert len(err) == 1 and "ensemble layout" in err[0] and "single layout" in err[0]
 
 
-def test_every_setting_has_a_flag(tmp_path):
+def test_the_flags_come_from_the_settings(tmp_path):
     from cvserve.cli import build_parser
     from cvserve.release.cli import settings_from_args
 
@@ -249,13 +262,16 @@ def test_every_setting_has_a_flag(tmp_path):
             "--control-header",
             "Admin-Key=s3cret",
             "--no-plots",
+            "--slo-p95-ms",
+            "200",
         ]
     )
     s = settings_from_args(args)
     assert (s.duration_s, s.max_accuracy_drop_points, s.plots) == (90.0, 0.5, False)
     assert s.control_headers == {"admin-key": "s3cret"}
     assert (
-        s.max_regression_rate == ReleaseSettings(name="m", golden=Path("g"), candidate=2).max_regression_rate
+        s.max_regression_rate
+        == ReleaseSettings(name="m", golden=Path("g"), candidate=2, slo_p95_ms=1.0).max_regression_rate
     )
 
 
@@ -264,7 +280,7 @@ def test_the_report_and_model_card_render(tmp_path):
 
     g = resolve_labels(load_golden_set(_golden(tmp_path / "g", GOOD)), ["cat", "dog"], "m")
     c = compare(g, _predictions(["cat", "dog", "dog"]), _predictions(["cat", "cat", "dog"]))
-    s = ReleaseSettings(name="m", golden=tmp_path, candidate=2)
+    s = ReleaseSettings(name="m", golden=tmp_path, candidate=2, slo_p95_ms=500.0)
     load = {
         "requests": 10,
         "p50_ms": 5.0,

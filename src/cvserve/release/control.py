@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from cvserve.errors import ServerError, TimeoutError, UserInputError
+from cvserve.errors import TimeLimitError, TritonError, UserInputError
 
 # Seconds a model may take to load (an OpenVINO or TensorRT network compiles at load time).
 DEFAULT_LOAD_TIMEOUT_S = 300.0
@@ -61,13 +61,13 @@ class ModelControl:
                     "own embedded server on the repository"
                 ) from None
             if "StatusCode.UNAVAILABLE" in str(exc.status()) or "failed to connect" in message.lower():
-                raise ServerError(f"the Triton server at {self.url} is not reachable: {message}") from None
-            raise ServerError(f"{what} on {self.url} failed: {message}") from None
+                raise TritonError(f"the Triton server at {self.url} is not reachable: {message}") from None
+            raise TritonError(f"{what} on {self.url} failed: {message}") from None
 
     def check_live(self) -> None:
         """Fail with a clear message when the server is not up."""
         if not self._call("the liveness check", self._triton.is_server_live, client_timeout=10.0):
-            raise ServerError(f"the Triton server at {self.url} is not live")
+            raise TritonError(f"the Triton server at {self.url} is not live")
 
     def server_ready(self) -> bool:
         """Triton's readiness: with --strict-readiness (the default) false while any model loads or unloads."""
@@ -127,7 +127,7 @@ class ModelControl:
         """Wait until ``version`` is the only READY version of ``name`` (older ones finish unloading).
 
         Raises:
-            TimeoutError: the server still serves other versions (or not ``version``) after ``timeout_s``.
+            TimeLimitError: the server still serves other versions (or not ``version``) after ``timeout_s``.
         """
         deadline = time.monotonic() + timeout_s
         while True:
@@ -135,7 +135,7 @@ class ModelControl:
             if ready == [version]:
                 return
             if time.monotonic() > deadline:
-                raise TimeoutError(
+                raise TimeLimitError(
                     f"{name} on {self.url} serves version(s) {ready or 'none'}, not only {version}, "
                     f"after {timeout_s:g} s: is --repository the folder this server serves?"
                 )

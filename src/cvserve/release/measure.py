@@ -7,7 +7,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from cvserve.loadtests.runner import LoadTestSettings
+from cvserve.loadtests.settings import LoadTestSettings
 from cvserve.release.golden import GoldenSet
 from cvserve.release.settings import ReleaseSettings
 
@@ -31,7 +31,7 @@ def loadtest_settings(
         images=images,
         scenario="steady",
         users=s.users,
-        spawn_rate=s.spawn_rate or float(s.users),
+        spawn_rate=s.spawn_rate,
         duration_s=s.duration_s,
         warmup_s=s.warmup_s,
         images_per_request=s.images_per_request,
@@ -41,6 +41,7 @@ def loadtest_settings(
         price_per_hour=s.price_per_hour,
         instance_type=s.instance_type,
         replicas=s.replicas,
+        metrics=metrics_url is not None,
         metrics_url=metrics_url,
         report_dir=Path(s.report_dir) / f"loadtest-{role}",
         plots=s.plots,

@@ -162,7 +162,7 @@ def run_release(s: ReleaseSettings, *, log: Log = _stderr) -> ReleaseResult:
     Raises:
         UserInputError: a setting, the golden set, the repository or a version is wrong (nothing on
             the server has changed).
-        ServerError, CvserveError: the server failed, a load test failed, or the promotion failed (the
+        TritonError, CvserveError: the server failed, a load test failed, or the promotion failed (the
             repository's previous configuration is then restored).
     """
     s.validate()
@@ -247,7 +247,7 @@ def _report(
         "intended_use": s.intended_use or _default_intended_use(candidate),
         "user_limitations": s.limitations,
         "settings": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(s).items()}
-        | {"control_headers": sorted(s.control_headers)},  # the names only: a value may be a key
+        | {"control_header": sorted(s.control_headers) or None},  # the name only: the value may be a key
         "promotion": {"requested": s.promote, "done": False, "outcome": "not requested"},
     }
 

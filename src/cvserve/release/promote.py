@@ -1,8 +1,8 @@
 """Rollout and rollback: pin a version in the repository atomically, then switch a running server.
 
-The repository change is one atomic rename (the config is written to a temporary file next to it and
-``os.replace``-d over ``NAME/config.pbtxt``, as :func:`cvserve.builders.repository.rollback` does), so a
-server that reads it mid-way sees the old or the new configuration, never half of one. A running
+The repository change is :func:`cvserve.builders.repository.rollback`'s: one atomic rename (the config
+is written to a temporary file next to it and ``os.replace``-d over ``NAME/config.pbtxt``), so a server
+that reads it mid-way sees the old or the new configuration, never half of one. A running
 server in explicit model-control mode is then told to load NAME again: Triton loads the new version
 set, switches requests to it and only then unloads the old versions (their in-flight requests finish),
 so no request fails. In poll mode Triton notices the change by itself; here we wait until it has.
@@ -14,12 +14,9 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from tritonclient.grpc import model_config_pb2 as mc
-
-from cvserve.builders import triton_config as tc
-from cvserve.errors import TimeoutError, UserInputError
+from cvserve.errors import TimeLimitError, UserInputError
 from cvserve.release.control import DEFAULT_LOAD_TIMEOUT_S, ModelControl, ModelControlDisabled
-from cvserve.release.versions import CONFIG, load_version
+from cvserve.release.versions import CONFIG, model_config
 
 # How long a poll-mode server may take to notice the new configuration (Triton polls every 15 s by default).
 POLL_WAIT_S = 120.0
@@ -36,20 +33,16 @@ def write_atomic(path: Path, text: str) -> None:
 
 
 def pin_version(repository: Path, name: str, version: int) -> Path:
-    """Make ``NAME/config.pbtxt`` serve ``version`` only (single layout).
-
-    The version's own build-time configuration (``NAME/V/config.pbtxt.build``, else NAME's current
-    one) with version policy ``specific: [version]``.
+    """Make ``NAME/config.pbtxt`` serve ``version`` only (single layout): the version's build-time
+    config pinned with version policy ``specific: [version]``, as ``cvserve rollback`` writes it.
 
     Returns:
         The config file written.
     """
-    v = load_version(repository, name, version)
-    cfg = mc.ModelConfig()
-    cfg.CopyFrom(v.config)
-    cfg.version_policy.CopyFrom(tc.VersionPolicy(kind="specific", values=(version,)).proto())
-    path = Path(repository) / name / CONFIG
-    write_atomic(path, tc.to_text(cfg))
+    from cvserve.builders.repository import rollback
+
+    model_config(repository, name)  # the single layout: NAME is the only model the rollback writes
+    (path,) = rollback(repository, name, version)
     return path
 
 
@@ -72,8 +65,8 @@ def apply_live(
 
     Raises:
         UserInputError: the server takes no model loads and does not poll (``none`` mode: restart it).
-        ServerError: the new version failed to load (the old one keeps serving).
-        TimeoutError: the server does not serve ``version`` alone in time (wrong repository?).
+        TritonError: the new version failed to load (the old one keeps serving).
+        TimeLimitError: the server does not serve ``version`` alone in time (wrong repository?).
     """
     with ModelControl(url, load_timeout_s=timeout_s, headers=headers) as control:
         try:
@@ -83,7 +76,7 @@ def apply_live(
             log(f"the server at {url} takes no model loads: waiting up to {POLL_WAIT_S:g} s for it to poll")
             try:
                 control.wait_serving(name, version, timeout_s=POLL_WAIT_S)
-            except TimeoutError:
+            except TimeLimitError:
                 raise UserInputError(
                     f"the server at {url} takes no model loads and did not pick up {name} version {version} "
                     f"within {POLL_WAIT_S:g} s: with --model-control-mode none it serves a new version only "
