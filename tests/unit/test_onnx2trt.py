@@ -61,5 +61,7 @@ def test_timing_cache_location_can_be_set(monkeypatch, tmp_path):
 @pytest.mark.skipif(HAS_TENSORRT, reason="TensorRT is installed here")
 def test_without_tensorrt_the_error_names_the_extra(tmp_path):
     with pytest.raises(MissingDependencyError, match=r"pip install 'cvserve\[tensorrt\]'"):
-        onnx2trt.build_engine(tmp_path / "model.onnx", tmp_path / "model.plan", _spec("fp16"), log=lambda _m: None)
+        onnx2trt.build_engine(
+            tmp_path / "model.onnx", tmp_path / "model.plan", _spec("fp16"), log=lambda _m: None
+        )
     assert not (tmp_path / "model.plan").exists()  # never a fake engine

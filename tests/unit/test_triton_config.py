@@ -72,7 +72,9 @@ def test_gpu_target_is_a_tensorrt_engine_on_gpu_instances():
 
 
 def test_onnxruntime_on_gpu_uses_the_tensorrt_accelerator_with_the_engine_profile():
-    cfg = _configs(target="gpu", runtime="onnxruntime", max_batch_size=16, preferred_batch_sizes=[4])["network"]
+    cfg = _configs(target="gpu", runtime="onnxruntime", max_batch_size=16, preferred_batch_sizes=[4])[
+        "network"
+    ]
     [accelerator] = cfg.optimization.execution_accelerators.gpu_execution_accelerator
     assert accelerator.name == "tensorrt"
     assert accelerator.parameters["trt_profile_min_shapes"] == "PIXELS:1x224x224x3"
@@ -104,7 +106,10 @@ def test_admission_control_rejects_instead_of_queueing_without_bound():
     assert policy.max_queue_size == 32  # 2 x max batch size by default
     assert policy.default_timeout_microseconds == round(tc.DEFAULT_SLO_P95_MS * 1000)
     explicit = _configs(max_queue_size=5, queue_timeout_ms=40)["classifier"].dynamic_batching
-    assert (explicit.default_queue_policy.max_queue_size, explicit.default_queue_policy.default_timeout_microseconds) == (
+    assert (
+        explicit.default_queue_policy.max_queue_size,
+        explicit.default_queue_policy.default_timeout_microseconds,
+    ) == (
         5,
         40_000,
     )
