@@ -71,7 +71,7 @@ def evaluate(s: ReleaseSettings, comparison: Comparison, baseline: dict, candida
     gates.append(
         _gate(
             "accuracy_drop_points",
-            -overall.accuracy_change_points,
+            100.0 * (overall.baseline_correct - overall.candidate_correct) / overall.cases,
             s.max_accuracy_drop_points,
             "points",
             f"{overall.baseline_accuracy:.4f} -> {overall.candidate_accuracy:.4f}",

@@ -82,13 +82,43 @@ def limitations(report: dict) -> list[str]:
     return out
 
 
+def _brief(value: Any) -> str:
+    """One table cell for a build fact: scalars as they are, a mapping's scalar items, a list's length."""
+    if isinstance(value, dict):
+        items = [f"{k} {num(v, 4)}" for k, v in value.items() if not isinstance(v, dict | list)]
+        return ", ".join(items) or "-"
+    if isinstance(value, list):
+        if all(not isinstance(v, dict | list) for v in value) and len(value) <= 5:
+            return ", ".join(str(v) for v in value) or "none"
+        return f"{len(value)} entries"
+    return num(value, 4)
+
+
+def card_facts(build: dict) -> dict:
+    """The candidate's build facts as the model card shows them (accuracy gate, quantization, speed)."""
+    accuracy = build.get("accuracy") or {}
+    gate = accuracy.get("gate") if isinstance(accuracy.get("gate"), dict) else {}
+    metrics = accuracy.get("metrics") if isinstance(accuracy.get("metrics"), dict) else accuracy
+    passed = gate.get("passed")
+    return {
+        "gate_decision": gate.get("decision") or {True: "pass", False: "fail"}.get(passed, "unknown"),
+        "gate_images": gate.get("images") or accuracy.get("held_out_images"),
+        "gate_max_drop": gate.get("max_accuracy_drop"),
+        "accuracy_metrics": [
+            (k, v) for k, v in metrics.items() if isinstance(v, int | float) and not isinstance(v, bool)
+        ],
+        "quantization": [(k, _brief(v)) for k, v in (build.get("quantization") or {}).items()],
+        "throughput": build.get("throughput") or None,
+    }
+
+
 def write(report: dict, latencies: dict[str, list[float]], report_dir: Path, *, plots: bool = True) -> dict:
     """Write the report files into ``report_dir``; returns the model card's text."""
     report_dir.mkdir(parents=True, exist_ok=True)
     images = plot(report, latencies, report_dir) if plots else []
     report["files"] = {"json": REPORT_JSON, "markdown": REPORT_MD, "model_card": MODEL_CARD, "plots": images}
     report["limitations"] = limitations(report)
-    card = render("model_card.md.j2", r=report)
+    card = render("model_card.md.j2", r=report, card=card_facts(report["builds"]["candidate"]))
     (report_dir / MODEL_CARD).write_text(card)
     (report_dir / REPORT_MD).write_text(render("release_report.md.j2", r=report, plots=images))
     (report_dir / REPORT_JSON).write_text(json.dumps(report, indent=2, default=str) + "\n")
