@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 
 from cvserve.errors import UserInputError
-from cvserve.release.settings import ReleaseSettings
+from cvserve.release.settings import ReleaseSettings, RollbackSettings
 from cvserve.settings import add_arguments, from_args
 
 EXIT_GO, EXIT_NO_GO, EXIT_BAD_INPUT = 0, 1, 2
@@ -28,6 +28,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_arguments(p, ReleaseSettings)
     p.set_defaults(func=run)
 
+    r = sub.add_parser(
+        "rollback",
+        help="serve an earlier version of a built model again",
+        description="Pin NAME to VERSION: restore the configs that version was built with, with "
+        "version_policy specific, atomically. With --url, also switch the running server through "
+        "explicit model control, the way --promote does (no failed request; the previous configs come "
+        "back if the switch fails). Without it, a poll-mode server picks the change up by itself; "
+        "restart a none-mode server.",
+    )
+    add_arguments(r, RollbackSettings)
+    r.set_defaults(func=run_rollback)
+
 
 def settings_from_args(args: argparse.Namespace) -> ReleaseSettings:
     return from_args(ReleaseSettings, args)
@@ -45,3 +57,16 @@ def run(args: argparse.Namespace) -> int:
     for line in summary_lines(result.report, result.report_dir):
         print(line)
     return EXIT_GO if result.go else EXIT_NO_GO
+
+
+def run_rollback(args: argparse.Namespace) -> int:
+    from cvserve.release.promote import switch
+
+    s = from_args(RollbackSettings, args)
+    switch(s.repository, s.name, s.version, url=s.url, headers=s.control_headers or None)
+    if s.url is None:
+        print(
+            f"{s.name} is pinned to version {s.version} in {s.repository}: a poll-mode server picks it up; "
+            "pass --url to switch an explicit-mode server now, or restart a none-mode server"
+        )
+    return 0

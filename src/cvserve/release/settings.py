@@ -106,11 +106,7 @@ class ReleaseSettings:
 
     @property
     def control_headers(self) -> dict[str, str]:
-        """``--control-header`` as gRPC metadata (keys lower-cased, as gRPC wants them)."""
-        if not self.control_header:
-            return {}
-        key, _, value = self.control_header.partition("=")
-        return {key.strip().lower(): value}
+        return control_headers(self.control_header)
 
     def validate(self) -> None:
         """Raise :class:`UserInputError` naming the flag of a setting that cannot work."""
@@ -121,3 +117,32 @@ class ReleaseSettings:
             raise UserInputError(
                 f"{flag(ReleaseSettings, 'control_header')} takes NAME=VALUE, e.g. admin-key=$CVSERVE_ADMIN_KEY"
             )
+
+
+@dataclass(kw_only=True)
+class RollbackSettings:
+    """``cvserve rollback``: serve an earlier version again, in the repository and on a live server."""
+
+    name: str = like(ReleaseSettings, "name", help="the served model")
+    version: int = setting(positional=True, metavar="VERSION", help="the version to serve", at_least=1)
+    repository: Path = like(ReleaseSettings, "repository")
+    url: str | None = like(
+        ReleaseSettings,
+        "url",
+        None,
+        default_help="none: only the repository changes (a poll-mode server picks it up; restart a "
+        "none-mode server)",
+    )
+    control_header: str | None = like(ReleaseSettings, "control_header")
+
+    @property
+    def control_headers(self) -> dict[str, str]:
+        return control_headers(self.control_header)
+
+
+def control_headers(text: str | None) -> dict[str, str]:
+    """``--control-header NAME=VALUE`` as gRPC metadata (keys lower-cased, as gRPC wants them)."""
+    if not text:
+        return {}
+    key, _, value = text.partition("=")
+    return {key.strip().lower(): value}
