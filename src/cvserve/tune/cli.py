@@ -1,4 +1,5 @@
-"""``cvserve tune``: find the cheapest dynamic-batching configuration that meets a p95 SLO."""
+"""``cvserve tune``: find the cheapest serving configuration (batching, instances, threads, admission
+control) that meets a p95 SLO."""
 
 from __future__ import annotations
 
@@ -15,9 +16,10 @@ from cvserve.tune.settings import TuneSettings
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "tune",
-        help="search dynamic batching and instance counts for the cheapest config meeting a p95 SLO",
+        help="search batching, instances, threads and queue limits for the cheapest config meeting a p95 SLO",
         description=(
-            "Tune a pipeline served by a running Triton (--model-control-mode explicit): every candidate is "
+            "Tune a model served by a running Triton (--model-control-mode explicit), either layout: every "
+            "candidate is "
             "applied live with a config override, measured with the load generator at the load that maximises "
             "throughput within the SLO, and the starting configuration is restored at the end (or on Ctrl-C). "
             "Durations take 90, 60s, 2m, 1m30s or 1h."
@@ -34,12 +36,18 @@ def _check(s: TuneSettings) -> None:
         raise NotFoundError(f"--repository {s.repository} has no {s.name}/config.pbtxt")
 
 
-def _repository_configs(repository: Path, names: dict[str, str]):
+def _repository_pipeline(repository: Path, name: str):
+    """NAME's pipeline as the repository's config.pbtxt files describe it."""
     from cvserve.builders import triton_config as tc
+    from cvserve.tune.models import discover
 
-    return {
-        role: tc.parse((repository / model / "config.pbtxt").read_text()) for role, model in names.items()
-    }
+    def read(model: str):
+        path = repository / model / "config.pbtxt"
+        if not path.exists():
+            raise NotFoundError(f"--repository {repository} has no {model}/config.pbtxt")
+        return tc.parse(path.read_text())
+
+    return discover(name, read)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -49,6 +57,7 @@ def run(args: argparse.Namespace) -> int:
 
 def tune(s: TuneSettings) -> int:
     """Tune as ``s`` says, write the report; 0 if a configuration meets the SLO, 1 if none does."""
+    from cvserve.builders.runners import available_cpus
     from cvserve.loadtests.runner import LoadTestSettings
     from cvserve.settings import check
     from cvserve.tune import candidates, report
@@ -60,20 +69,25 @@ def tune(s: TuneSettings) -> int:
     _check(s)
     out = s.out or Path("tuning") / s.name
     applier = LiveApplier(s.url, s.name)
-    start = applier.start
-    base = _repository_configs(s.repository, applier.names) if s.repository else applier.start_configs
+    start, live = applier.start, applier.pipeline
+    base = _repository_pipeline(s.repository, s.name) if s.repository else live
     bound, source = candidates.profile_batch_bound(
-        applier.start_configs["network"], candidates.read_build_report(s.repository, s.name)
+        live.configs[live.network_role], candidates.read_build_report(s.repository, s.name)
     )
+    cores = (s.cores or available_cpus()) if live.threads_parameter else None
     space = candidates.build_space(
         start,
         batch_bound=bound,
         max_instances=s.max_instances,
         slo_p95_ms=s.search.slo_p95_ms,
+        cores=cores,
+        threads_share_cores=live.threads_share_cores,
         min_batch=s.run.images_per_request,
+        max_users=s.search.max_users,
     )
     print(
-        f"batch bound {bound} ({source}); budget {s.search.budget_s:.0f} s; "
+        f"{s.name}: {live.layout} layout ({', '.join(live.models.values())}); batch bound {bound} ({source}); "
+        f"thread budget {f'{cores} cores' if cores else 'none (GPU)'}; budget {s.search.budget_s:.0f} s; "
         f"SLO p95 <= {num(s.search.slo_p95_ms)} ms"
     )
     measure = LoadtestMeasure(
@@ -110,6 +124,9 @@ def tune(s: TuneSettings) -> int:
         **dataclasses.asdict(s.search),
         **dataclasses.asdict(s.run),
         "max_instances": s.max_instances,
+        "layout": live.layout,
+        "models": dict(live.models),
+        "cores": cores,
         "batch_bound": bound,
         "batch_bound_source": source,
         "config_base": str(s.repository) if s.repository else "server",

@@ -5,7 +5,8 @@ The Markdown and the Helm values are templates of :mod:`cvserve.reporting` (YAML
 The config changes are the chosen candidate applied to the repository's own ``config.pbtxt`` files (or to
 the configs the server reported, without ``--repository``), printed with ``text_format``. The Helm values
 follow the chart's ``modelConfigOverrides`` schema (``max_batch_size`` and a complete ``dynamic_batching``
-per model); instance counts are not part of that schema, so they are only in the config.pbtxt change.
+per model, its queue policy included); instance counts and thread parameters are not part of that
+schema, so they are only in the config.pbtxt change.
 """
 
 from __future__ import annotations
@@ -15,13 +16,19 @@ import json
 from pathlib import Path
 
 from google.protobuf import json_format, text_format
-from tritonclient.grpc import model_config_pb2 as mc
 
 from cvserve.reporting import render, yaml_dump
 from cvserve.tune.candidates import Candidate, apply_candidate
+from cvserve.tune.models import Pipeline
 from cvserve.tune.search import SearchResult, Trial
 
-_HELM_BATCHING_KEYS = ("preferred_batch_size", "max_queue_delay_microseconds", "preserve_ordering")
+_HELM_BATCHING_KEYS = (
+    "preferred_batch_size",
+    "max_queue_delay_microseconds",
+    "preserve_ordering",
+    "default_queue_policy",
+)
+_INT64_KEYS = ("max_queue_delay_microseconds", "default_timeout_microseconds")  # JSON strings in protobuf
 
 
 def trial_row(t: Trial, price_per_hour: float) -> dict:
@@ -58,11 +65,11 @@ def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]
     return front
 
 
-def config_changes(base: dict[str, mc.ModelConfig], chosen: Candidate) -> dict[str, dict]:
+def config_changes(base: Pipeline, chosen: Candidate) -> dict[str, dict]:
     """Role -> {"before", "after", "diff"} texts for every model whose config changes."""
     after = apply_candidate(base, chosen)
     out = {}
-    for role, cfg in base.items():
+    for role, cfg in base.configs.items():
         old, new = text_format.MessageToString(cfg), text_format.MessageToString(after[role])
         if old != new:
             diff = difflib.unified_diff(
@@ -75,21 +82,22 @@ def config_changes(base: dict[str, mc.ModelConfig], chosen: Candidate) -> dict[s
     return out
 
 
-def helm_overrides(base: dict[str, mc.ModelConfig], chosen: Candidate) -> tuple[dict, list[str]]:
+def _ints(d: dict) -> dict:
+    """protobuf's JSON writes int64 as strings: the chart's schema wants integers."""
+    return {k: (_ints(v) if isinstance(v, dict) else int(v) if k in _INT64_KEYS else v) for k, v in d.items()}
+
+
+def helm_overrides(base: Pipeline, chosen: Candidate) -> tuple[dict, list[str]]:
     """The chart's ``modelConfigOverrides`` for ``chosen``, and notes on what the chart cannot express."""
     after = apply_candidate(base, chosen)
     overrides, notes = {}, []
-    for role, cfg in base.items():
+    for role, cfg in base.configs.items():
         new, entry = after[role], {}
         if new.max_batch_size != cfg.max_batch_size:
             entry["max_batch_size"] = new.max_batch_size
         if new.HasField("dynamic_batching") and new.dynamic_batching != cfg.dynamic_batching:
             db = json_format.MessageToDict(new.dynamic_batching, preserving_proto_field_name=True)
-            entry["dynamic_batching"] = {
-                k: (int(v) if k == "max_queue_delay_microseconds" else v)
-                for k, v in db.items()
-                if k in _HELM_BATCHING_KEYS
-            }
+            entry["dynamic_batching"] = _ints({k: v for k, v in db.items() if k in _HELM_BATCHING_KEYS})
             entry["dynamic_batching"].setdefault("max_queue_delay_microseconds", 0)
         if entry:
             overrides[cfg.name] = entry
@@ -97,10 +105,15 @@ def helm_overrides(base: dict[str, mc.ModelConfig], chosen: Candidate) -> tuple[
         new_n = sum(g.count for g in new.instance_group)
         if old_n != new_n:
             notes.append(f"{cfg.name}: instance_group count {old_n} -> {new_n} (config.pbtxt only)")
+        for key in sorted(set(cfg.parameters) | set(new.parameters)):
+            old_p = cfg.parameters[key].string_value if key in cfg.parameters else "(unset)"
+            new_p = new.parameters[key].string_value if key in new.parameters else "(unset)"
+            if old_p != new_p:
+                notes.append(f"{cfg.name}: parameter {key} {old_p} -> {new_p} (config.pbtxt only)")
     return {"modelConfigOverrides": overrides}, notes
 
 
-def build_report(result: SearchResult, *, settings: dict, base: dict[str, mc.ModelConfig]) -> dict:
+def build_report(result: SearchResult, *, settings: dict, base: Pipeline) -> dict:
     price = settings["price_per_hour"]
     helm, notes = helm_overrides(base, result.best.candidate)
     return {

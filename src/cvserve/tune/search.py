@@ -1,4 +1,4 @@
-"""The search: noise-aware coordinate descent over the batching knobs, within a time budget.
+"""The search: noise-aware coordinate descent over the serving knobs, within a time budget.
 
 1. The starting configuration is measured at its best load (:func:`~cvserve.tune.measure.operating_point`)
    and then repeated (``repeats`` runs) to estimate run-to-run noise: the relative spread of throughput.
@@ -24,7 +24,7 @@ from typing import Protocol
 from cvserve.errors import TritonError
 from cvserve.loadtests.cost import cost_per_1k
 from cvserve.reporting import num
-from cvserve.tune.candidates import DIMENSIONS, Candidate, SearchSpace
+from cvserve.tune.candidates import Candidate, SearchSpace
 from cvserve.tune.measure import Measure, Measurement, operating_point, relative_spread, summarise
 from cvserve.tune.settings import SearchSettings
 
@@ -194,7 +194,7 @@ class Tuner:
         changed = True
         while changed and stopped_by == "converged":
             changed = False
-            for dim in DIMENSIONS:
+            for dim in self.space.dimensions:
                 best, moved, out_of_time = self._line_search(best, dim, margin)
                 changed |= moved
                 if out_of_time:

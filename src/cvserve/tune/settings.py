@@ -49,7 +49,9 @@ class TuneSettings:
     """``cvserve tune``: what to tune, where, and what to write."""
 
     name: str = setting(
-        positional=True, metavar="NAME", help="pipeline (ensemble) name, as given to cvserve build"
+        positional=True,
+        metavar="NAME",
+        help="the model clients call, as given to cvserve build (either layout)",
     )
     url: str = like(LoadTestSettings, "url")
     images: Path = like(LoadTestSettings, "images", help="folder of JPEG/PNG files to send")
@@ -64,6 +66,12 @@ class TuneSettings:
         None, metavar="DIR", help="the model repository: its config.pbtxt files and build report"
     )
     max_instances: int = setting(4, at_least=1, help="most instances of any model")
+    cores: int = setting(
+        0,
+        at_least=0,
+        help="cores the server may use: instances x intra-op threads never exceed them",
+        default_help="0: this machine's (the server runs here)",
+    )
     out: Path | None = setting(None, metavar="DIR", help="output folder", default_help="tuning/NAME")
     keep: bool = setting(False, help="leave the chosen configuration live")
     plots: bool = setting(True, help="draw the plot (needs matplotlib)")
