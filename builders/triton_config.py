@@ -35,6 +35,14 @@ SCORE = "SCORE"
 LABELS_PARAMETER = "labels"
 ROLES = ("classifier", "preprocess", "network")  # classifier: NAME (the single model or the ensemble)
 DEFAULT_SLO_P95_MS = 500.0  # the latency objective queue timeouts derive from (cvserve loadtest's default)
+# The config parameter that sets a network's intra-op threads, per backend (read by cvserve tune too):
+# python is cvserve's own model (model_repository/classifier.py), the others Triton's backends.
+THREADS_PARAMETER = {
+    "python": "intra_op_threads",
+    "openvino": "INFERENCE_NUM_THREADS",
+    "onnxruntime": "intra_op_thread_count",
+}
+DECODE_THREADS_PARAMETER = "decode_threads"  # of the python models that decode
 
 
 def model_names(name: str) -> dict[str, str]:
@@ -179,7 +187,7 @@ def _instances(count: int, kind: str) -> list[mc.ModelInstanceGroup]:
 
 
 def _python_params(shape: PipelineShape, b: Batching) -> dict[str, object]:
-    params: dict[str, object] = {"decode_threads": b.decode_threads}
+    params: dict[str, object] = {DECODE_THREADS_PARAMETER: b.decode_threads}
     if shape.execution_env:
         params["EXECUTION_ENV_PATH"] = shape.execution_env
     return params
@@ -205,7 +213,7 @@ def single_config(
             LABELS_PARAMETER: json.dumps(list(shape.labels), ensure_ascii=False),
             "runtime": plan.runtime,
             "network_file": plan.network_file,
-            "intra_op_threads": b.network_threads,
+            THREADS_PARAMETER["python"]: b.network_threads,
             **_python_params(shape, b),
         },
     )
@@ -248,12 +256,12 @@ def network_config(
         cfg.backend = "openvino"
         params: dict[str, object] = {"PERFORMANCE_HINT": "LATENCY"}
         if b.network_threads:
-            params["INFERENCE_NUM_THREADS"] = b.network_threads
+            params[THREADS_PARAMETER["openvino"]] = b.network_threads
         _params(cfg, params)
     elif plan.runtime == "onnxruntime":  # Triton's onnxruntime backend (NGC)
         cfg.platform, cfg.backend = "onnxruntime_onnx", "onnxruntime"
         if b.network_threads:
-            _params(cfg, {"intra_op_thread_count": b.network_threads})
+            _params(cfg, {THREADS_PARAMETER["onnxruntime"]: b.network_threads})
         if plan.accelerator == "tensorrt":
             add_tensorrt_accelerator(cfg, precision=shape.precision, shape=shape, profile=b.profile)
     else:  # a TensorRT engine: it only runs on a GPU instance

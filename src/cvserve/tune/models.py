@@ -24,15 +24,8 @@ from tritonclient.grpc import model_config_pb2 as mc
 from cvserve.builders import triton_config as tc
 from cvserve.errors import UserInputError
 
-# The parameter that sets a network's intra-op threads, by backend. The python entry is cvserve's own
-# model (model_repository/classifier.py); the others are Triton's backends, as the builder writes them
-# (cvserve.builders.triton_config.network_config).
-THREADS_PARAMETER = {
-    "python": "intra_op_threads",
-    "openvino": "INFERENCE_NUM_THREADS",
-    "onnxruntime": "intra_op_thread_count",
-}
-DECODE_THREADS_PARAMETER = "decode_threads"
+THREADS_PARAMETER = tc.THREADS_PARAMETER  # the builder's names (cvserve.builders.triton_config)
+DECODE_THREADS_PARAMETER = tc.DECODE_THREADS_PARAMETER
 
 
 @dataclass(frozen=True, kw_only=True)
