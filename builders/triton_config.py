@@ -70,7 +70,10 @@ class Batching:
     max_batch_size: int = 32
     preferred_batch_sizes: Sequence[int] = ()
     max_queue_delay_us: int = 0  # 0: batch what is waiting; a busy instance lets the queue fill meanwhile
-    max_queue_size: int = 0  # requests waiting per model before new ones are rejected; 0: 2 x max batch
+    # Requests waiting per model before new ones are rejected at once; 0: one max batch. An admitted
+    # request then waits for at most the batch running and one batch ahead of it (R2 in
+    # docs/benchmarks.md: 2 x max batch admitted 1.7x the saturated p95, one max batch 1.2x).
+    max_queue_size: int = 0
     # A request waiting longer is rejected; 0: 2 x the SLO (the latency an admitted request may reach
     # under overload), and never below MIN_DERIVED_QUEUE_TIMEOUT_MS.
     queue_timeout_ms: float = 0.0
@@ -109,7 +112,7 @@ class Batching:
 
     @property
     def queue_size(self) -> int:
-        return self.max_queue_size or 2 * self.max_batch_size
+        return self.max_queue_size or self.max_batch_size
 
     @property
     def queue_timeout_us(self) -> int:
