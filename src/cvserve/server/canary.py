@@ -151,3 +151,19 @@ def classifier_models(repository: Path, names: list[str] | None = None) -> list[
         if inputs.get(INPUT) == mc.TYPE_STRING and any(o.name == OUTPUT for o in cfg.output):
             found.append(cfg.name or name)
     return found
+
+
+def ensemble_models(repository: Path) -> list[str]:
+    """The ensembles of ``repository`` (``platform: "ensemble"``)."""
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2 as mc
+
+    found = []
+    for config_path in sorted(Path(repository).glob("*/config.pbtxt")):
+        try:
+            cfg = text_format.Parse(config_path.read_text(), mc.ModelConfig())
+        except (OSError, text_format.ParseError):
+            continue
+        if cfg.platform == "ensemble":
+            found.append(cfg.name or config_path.parent.name)
+    return found

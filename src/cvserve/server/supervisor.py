@@ -10,15 +10,17 @@
   ``cvserve_serve_restarts_total{reason}`` (``canary`` or ``exit``), ``cvserve_serve_canary_total{model,
   outcome}`` (``ok``, ``shed``, ``fail``), ``cvserve_serve_triton_up`` and
   ``cvserve_serve_triton_start_time_seconds``.
-* **Graceful stop.** SIGTERM or SIGINT is forwarded to Triton once: it answers new requests with a
-  retryable ``UNAVAILABLE`` ("Server is stopping"), waits up to ``--exit-timeout`` for those in flight,
-  and exits. The supervisor then removes whatever the server left (stubs, ``/dev/shm`` regions) and
+* **Graceful stop.** On SIGTERM or SIGINT, in explicit model control, the loaded ensembles are unloaded
+  first and their in-flight requests finish (:meth:`Supervisor._unload_ensembles`). Then Triton gets
+  SIGTERM once: it answers new requests with a retryable ``UNAVAILABLE`` ("Server is stopping") or
+  ``NOT_FOUND`` once a model is unloaded, waits up to ``--exit-timeout`` for those in flight, and exits. The supervisor then removes whatever the server left (stubs, ``/dev/shm`` regions) and
   exits 0 if the drain finished, 1 if requests were still in flight (Triton's exit status 1). A second
   signal kills the server at once (exit 1).
 """
 
 from __future__ import annotations
 
+import json
 import signal
 import sys
 import threading
@@ -150,6 +152,7 @@ class Supervisor:
         self._restart_times: deque[float] = deque()
         self._failures: Counter = Counter()
         self._httpd: ThreadingHTTPServer | None = None
+        self._running = False
         self.supervisor_port: int | None = None
 
     # -- signals -------------------------------------------------------------------------------------
@@ -164,8 +167,9 @@ class Supervisor:
             self._log(
                 f"{signal.Signals(signum).name}: draining (up to --exit-timeout {self.server_settings.exit_timeout_s} s)"
             )
-            self._stop.set()
-            self.server.send_signal(signal.SIGTERM)
+            self._stop.set()  # the main loop drains (_drain), ensembles first
+            if not self._running:  # still starting: nothing in flight, stop the start-up now
+                self.server.send_signal(signal.SIGTERM)
         else:
             self._log(f"{signal.Signals(signum).name} again: killing the server now")
             self.server.send_signal(signal.SIGKILL)
@@ -205,6 +209,7 @@ class Supervisor:
 
     def run(self) -> int:
         """Watch until a signal; then drain. The exit status: 0 drained, 1 otherwise."""
+        self._running = True
         models = self.canary_models()
         next_canary = time.monotonic() + self.settings.canary_interval_s
         while not self._stop.is_set():
@@ -256,6 +261,53 @@ class Supervisor:
         except (urllib.error.URLError, OSError):
             return False
 
+    def _unload_ensembles(self, deadline: float) -> None:
+        """Unload the loaded ensembles and wait until their in-flight requests are done.
+
+        On SIGTERM Triton 2.51 stops every model's scheduler at once, so a request part-way through an
+        ensemble fails at its next step ("Server is stopping"). Unloading the ensemble first lets the
+        requests it holds finish through steps that still run; new ones get NOT_FOUND ("has no
+        available versions"), which cvserve's client waits out like a restart. Needs explicit model
+        control (the repository API); in ``none`` mode Triton refuses unloads.
+        """
+        ensembles = [
+            name
+            for name in canary.ensemble_models(self.server_settings.repository)
+            if self._model_ready(name)
+        ]
+        if not ensembles:
+            return
+        headers = {HEADER: self.server.restricted.key} if self.server.restricted else {}
+        self._log(
+            f"unloading ensemble(s) {', '.join(ensembles)} first, so that their in-flight requests finish"
+        )
+        for name in ensembles:
+            request = urllib.request.Request(
+                f"{self.server.http_url}/v2/repository/models/{name}/unload",
+                data=b"{}",
+                method="POST",
+                headers=headers,
+            )
+            try:
+                urllib.request.urlopen(request, timeout=10).read()
+            except (urllib.error.URLError, OSError) as exc:
+                self._log(f"could not unload {name} ({exc}): its in-flight requests may fail")
+        while time.monotonic() < deadline and self._signals < 2:
+            states = self._repository_states(headers)
+            if not any(states.get(name) in ("READY", "UNLOADING") for name in ensembles):
+                return
+            time.sleep(0.05)
+
+    def _repository_states(self, headers: dict[str, str]) -> dict[str, str]:
+        request = urllib.request.Request(
+            f"{self.server.http_url}/v2/repository/index", data=b"{}", method="POST", headers=headers
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=5) as r:
+                return {e["name"]: e.get("state", "") for e in json.loads(r.read())}
+        except (urllib.error.URLError, OSError, ValueError, KeyError):
+            return {}
+
     def _restart(self, reason: str, why: str) -> bool:
         """Replace the server with a fresh one on the same ports; False when the restart budget is spent."""
         now = time.monotonic()
@@ -286,8 +338,12 @@ class Supervisor:
         return True
 
     def _drain(self) -> int:
-        """After the first signal: wait for Triton to finish its drain; clean up; 0 when it drained."""
+        """After the first signal: ensembles first (explicit mode), then Triton's own drain; clean up.
+        0 when every in-flight request finished."""
         started = time.monotonic()
+        if self.server_settings.model_control_mode == "explicit" and self._signals < 2:
+            self._unload_ensembles(deadline=started + self.server_settings.exit_timeout_s)
+        self.server.send_signal(signal.SIGTERM)
         limit = self.server_settings.exit_timeout_s + 15.0
         while self.server.poll() is None and time.monotonic() - started < limit:
             time.sleep(0.1)
