@@ -321,7 +321,7 @@ class TritonServer:
     # -- what a server leaves behind ---------------------------------------------------------------
     def leftovers(self) -> tuple[list[int], list[Path]]:
         """Processes still in this server's process group, and its shared-memory regions."""
-        pids = _group_members(self._pgid) if self._pgid is not None else []
+        pids = group_members(self._pgid) if self._pgid is not None else []
         return pids, sorted(SHM_DIR.glob(self.shm_prefix + "*"))
 
     def cleanup(self) -> tuple[int, int]:
@@ -335,7 +335,7 @@ class TritonServer:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(self._pgid, signal.SIGKILL)
             deadline = time.monotonic() + 5
-            while _group_members(self._pgid) and time.monotonic() < deadline:
+            while group_members(self._pgid) and time.monotonic() < deadline:
                 time.sleep(0.05)
         for region in regions:
             with contextlib.suppress(FileNotFoundError):
@@ -410,7 +410,7 @@ class TritonServer:
         return f"{head}: {' | '.join(tail) or 'see the log'} (full log: {self.log_path})"
 
 
-def _group_members(pgid: int) -> list[int]:
+def group_members(pgid: int) -> list[int]:
     """Live processes whose process group is ``pgid`` (from /proc; zombies left out)."""
     members = []
     for stat in Path("/proc").glob("[0-9]*/stat"):
