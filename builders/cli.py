@@ -1,4 +1,4 @@
-"""``cvserve build`` and ``cvserve rollback``."""
+"""``cvserve build``."""
 
 from __future__ import annotations
 
@@ -159,18 +159,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run_build)
 
-    r = sub.add_parser(
-        "rollback",
-        help="serve an earlier version of a built model",
-        description="Pin the pipeline NAME to VERSION: restores the configs that version was built with, "
-        "with version_policy specific. Triton in poll mode picks it up; in explicit mode load NAME "
-        "again; in none mode restart the server.",
-    )
-    r.add_argument("name")
-    r.add_argument("version", type=int)
-    r.add_argument("--repository", "-r", type=Path, default=DEFAULT_REPOSITORY)
-    r.set_defaults(func=run_rollback)
-
 
 def settings_from_args(args: argparse.Namespace):
     from cvserve.builders import triton_config as tc
@@ -237,16 +225,4 @@ def run_build(args: argparse.Namespace) -> int:
     from cvserve.builders.pipeline import build
 
     build(settings_from_args(args))
-    return 0
-
-
-def run_rollback(args: argparse.Namespace) -> int:
-    from cvserve.builders.repository import rollback
-
-    for path in rollback(args.repository, args.name, args.version):
-        print(f"wrote {path}")
-    print(
-        f"{args.name} is pinned to version {args.version}. Explicit mode: load {args.name} again; "
-        "none mode: restart the server."
-    )
     return 0

@@ -187,6 +187,10 @@ def build(settings: BuildSettings, log: Callable[[str], None] = print) -> BuildR
     from cvserve.builders import checkpoint, onnx_cleanup, repository, served_graph, torch2onnx, verify
 
     plan = settings.serving.plan()
+    if plan.runtime == "tensorrt":  # fail before minutes of export and calibration, not after
+        from cvserve._extras import require
+
+        require("tensorrt", extra="tensorrt", purpose="to build TensorRT engines (--runtime tensorrt)")
     batching = settings.serving.batching
     profile = batching.profile
     precision = settings.quantization.precision

@@ -105,7 +105,13 @@ def reference_topk(network: Path, pixels: np.ndarray, spec, k: int) -> tuple[np.
     from cvserve.builders.preprocessing import normalize_batch
 
     session = ort_session(network)
-    logits = session.run(None, {session.get_inputs()[0].name: normalize_batch(pixels, spec)})[0]
+    return softmax_topk(
+        session.run(None, {session.get_inputs()[0].name: normalize_batch(pixels, spec)})[0], k
+    )
+
+
+def softmax_topk(logits: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(class indices, probabilities) of the ``k`` most probable classes per row, best first."""
     z = np.exp(logits - logits.max(axis=1, keepdims=True))
     probs = z / z.sum(axis=1, keepdims=True)
     index = np.argsort(-probs, axis=1, kind="stable")[:, :k]

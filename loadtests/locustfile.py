@@ -91,7 +91,7 @@ class ClassifyUser(GrpcUser):
         batch = self.payload.next_batch()
         self.call(
             f"classify {self.model or ''}".strip(),
-            lambda: self.client.classify(batch, model=self.model),
+            lambda: self.client.classify(batch, model=self.model, model_version=self.model_version),
             inferences=len(batch),
             length=sum(len(b) for b in batch),
         )

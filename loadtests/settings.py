@@ -35,6 +35,9 @@ class LoadTestSettings:
     """
 
     model: str = setting(positional=True, metavar="NAME", help="the classification model to load-test")
+    model_version: str | None = setting(
+        None, metavar="VERSION", help="the model version to call", default_help="the server's choice"
+    )
     url: str = setting("127.0.0.1:8001", metavar="HOST:PORT", help="Triton gRPC address")
     images: Path = setting(metavar="DIR", help="folder of JPEG/PNG files sent round-robin")
     images_per_request: int = setting(1, at_least=1, help="images per request")
@@ -154,6 +157,7 @@ def default_metrics_url(url: str) -> str:
 # ``locust`` run where they differ: no warm-up, 10 s ramp steps and spikes, no SLO to stop a ramp at.
 LOCUST_OPTIONS = (
     "model",
+    "model_version",
     "images",
     "images_per_request",
     "scenario",

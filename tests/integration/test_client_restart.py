@@ -22,6 +22,23 @@ from tests.integration._client_fixtures import png, write_repository
 TOY = "toy_classifier"
 
 
+def _start_again(first: TritonServer) -> TritonServer:
+    """A new server on the same repository and ports as ``first``, once ready."""
+    s = first.settings
+    second = TritonServer(
+        ServerSettings(
+            repository=s.repository,
+            grpc_port=first.grpc_port,
+            http_port=first.http_port,
+            metrics_port=first.metrics_port,
+            exit_timeout_s=s.exit_timeout_s,
+        )
+    )
+    second.start()
+    second.wait_ready()
+    return second
+
+
 def test_calls_during_a_restart(tmp_path):
     repo = write_repository(tmp_path / "models", only={"toy_classifier"})
     first = TritonServer(
@@ -69,17 +86,7 @@ def test_calls_during_a_restart(tmp_path):
             no_retry.classify([image])
         async_caller = threading.Thread(target=async_call)
         async_caller.start()
-        second = TritonServer(
-            ServerSettings(
-                repository=repo,
-                grpc_port=first.grpc_port,
-                http_port=first.http_port,
-                metrics_port=first.metrics_port,
-                exit_timeout_s=5,
-            )
-        )
-        second.start()
-        second.wait_ready()
+        second = _start_again(first)
         up_at = time.monotonic()
         async_caller.join(15)
         time.sleep(0.3)
@@ -152,17 +159,7 @@ def test_requests_in_flight_when_the_server_is_killed_are_sent_again(tmp_path):
             first.send_signal(signal.SIGKILL)
             first.wait()
             _clean_up_after_kill(*debris)
-            second = TritonServer(
-                ServerSettings(
-                    repository=repo,
-                    grpc_port=first.grpc_port,
-                    http_port=first.http_port,
-                    metrics_port=first.metrics_port,
-                    exit_timeout_s=5,
-                )
-            )
-            second.start()
-            second.wait_ready()
+            second = _start_again(first)
             labels = [call.result(timeout=60)[0][0].label for call in calls]
     finally:
         client.close()
