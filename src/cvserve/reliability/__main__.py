@@ -98,7 +98,9 @@ def main(argv: list[str] | None = None) -> int:
         "R5": lambda: sc.r5_sigterm(server, s.model),
     }
     try:
-        for name in (n.upper() for n in SCENARIOS):
+        # R3 first: R1's malformed framing leaves the model unable to unload (docs/security.md), which
+        # would stall the rollout's unload of the old version. R4 restarts the server, so R5 starts clean.
+        for name in ("R3", "R1", "R1B", "R2", "R4", "R5"):
             if name in wanted:
                 print(f"{name} ...", file=sys.stderr)
                 results.append(runs[name]())
@@ -113,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         "layout": layout,
         "triton": ensure_runtime().version.replace("0.7.0", "2.51 (nvidia-pytriton 0.7.0)"),
         "queue_policy": policy,
-        "results": results,
+        "results": sorted(results, key=lambda r: r.name),
     }
     text = reporting.render("reliability.md.j2", **context)
     print(text)
