@@ -313,3 +313,29 @@ def test_the_helm_canary_probe_passes_when_healthy_and_fails_after_the_stub_dies
         assert _probe(server.http_port, "live").returncode == 0, (
             "/v2/health/live still says 200: why the canary exists"
         )
+
+
+# -- restricted API groups (cvserve serve off loopback) ------------------------------------------------------
+def test_restricted_groups_need_the_key_and_inference_does_not(toy_repo):
+    import urllib.error
+    import urllib.request
+
+    settings = ServerSettings(
+        repository=toy_repo, grpc_port=0, http_port=0, metrics_port=0, exit_timeout_s=2, restrict_api="on"
+    )
+    server = TritonServer(settings)
+    try:
+        with server:
+            index = f"{server.http_url}/v2/repository/index"
+            with pytest.raises(urllib.error.HTTPError) as denied:
+                urllib.request.urlopen(urllib.request.Request(index, data=b"{}", method="POST"), timeout=10)
+            assert denied.value.code == 403
+            keyed = urllib.request.Request(
+                index, data=b"{}", method="POST", headers={"admin-key": server.restricted.key}
+            )
+            with urllib.request.urlopen(keyed, timeout=10) as r:
+                assert r.status == 200
+            with Client(server.grpc_url, model="toy_single", timeout=30, retry=False) as client:  # no key
+                assert client.classify([fx.png()], top_k=1)[0][0].index == 0
+    finally:
+        server.restricted.key_file.unlink(missing_ok=True)

@@ -70,7 +70,7 @@ class ServerSettings:
     restrict_api: str = setting(
         "auto",
         choices=RESTRICT_MODES,
-        help="require a key for model control, configs, shared memory, statistics, trace and logging; "
+        help="require a key for model control, shared memory, statistics, trace and logging; "
         "auto: unless --host is a loopback address",
     )
     extra_args: list[str] = setting(default_factory=list, cli=False)  # more tritonserver flags

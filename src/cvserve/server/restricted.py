@@ -1,8 +1,11 @@
 """Triton's restricted API groups for ``cvserve serve`` on a non-loopback address.
 
-The same groups and header as the Helm chart (``restrictedApi`` in helm/cvserve/values.yaml): model
-control and the repository, model configs, shared memory, statistics, trace and logging need a key;
-inference, metadata and health stay open. The key comes from ``$CVSERVE_RESTRICTED_API_KEY`` or is
+Model control and the repository, shared memory, statistics, trace and logging need a key, sent in
+the Helm chart's header (``restrictedApi`` in helm/cvserve/values.yaml); inference, metadata, health and
+model configs stay open. Model configs stay open because cvserve's client reads the class names (the
+``labels`` parameter) and the max batch size from them: restricting them would make every product
+service hold the admin key (measured: ``Client.classify`` fails with "This protocol is restricted"
+without it). The key comes from ``$CVSERVE_RESTRICTED_API_KEY`` or is
 generated per run and written to a file only its owner can read (never printed, never logged).
 """
 
@@ -21,7 +24,7 @@ from cvserve.errors import UserInputError
 
 KEY_ENV = "CVSERVE_RESTRICTED_API_KEY"
 HEADER = "admin-key"  # HTTP header; gRPC callers send it as metadata "triton-grpc-protocol-admin-key"
-GROUPS = ("model-repository", "model-config", "shared-memory", "statistics", "trace", "logging")
+GROUPS = ("model-repository", "shared-memory", "statistics", "trace", "logging")
 MODES = ("auto", "on", "off")
 
 
