@@ -99,8 +99,9 @@ def main(argv: list[str] | None = None) -> int:
     }
     try:
         # R3 first: R1's malformed framing leaves the model unable to unload (docs/security.md), which
-        # would stall the rollout's unload of the old version. R4 restarts the server, so R5 starts clean.
-        for name in ("R3", "R1", "R1B", "R2", "R4", "R5"):
+        # would stall the rollout's unload of the old version. R1b before R1, so that its RSS growth is
+        # its own. R4 restarts the server, so R5 starts clean.
+        for name in ("R3", "R1B", "R1", "R2", "R4", "R5"):
             if name in wanted:
                 print(f"{name} ...", file=sys.stderr)
                 results.append(runs[name]())

@@ -194,7 +194,9 @@ def r2_overload(
     base = sweep[c_sat]
     rss_before = server.rss_mb()
     rate = factor * base["throughput_rps"]
+    cpu = time.process_time()
     records = open_loop(rate, overload_s, _stream(target))
+    generator_cores = (time.process_time() - cpu) / overload_s  # the load generator shares the machine
     rss_peak = server.rss_mb()
     admitted = [r.latency_s * 1000 for r in records if r.outcome.ok]
     rejected = [r for r in records if r.outcome.status == "UNAVAILABLE"]
@@ -238,6 +240,7 @@ def r2_overload(
         ),
         "other_errors": dict(Counter(f"{r.outcome.status}: {r.outcome.message[:80]}" for r in other)),
         "rss_peak_mb": round(rss_peak, 1),
+        "load_generator_cores": round(generator_cores, 2),
         "recovery_p95_ms_by_second": [round(p, 1) for p in windows],
         "p95_normal_after_s": back,
     }
