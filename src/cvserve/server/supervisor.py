@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+from cvserve.errors import UserInputError
 from cvserve.server import canary
 from cvserve.server.process import ServerSettings, TritonServer
 from cvserve.server.restricted import HEADER
@@ -183,7 +184,13 @@ class Supervisor:
         """Start the server and wait until it is ready; seconds it took. Starts the metrics endpoint."""
         if self._httpd is None:
             s = self.settings
-            self._httpd = self.metrics.serve(self.server_settings.host, s.supervisor_port)
+            try:
+                self._httpd = self.metrics.serve(self.server_settings.host, s.supervisor_port)
+            except OSError as exc:
+                raise UserInputError(
+                    f"port {s.supervisor_port} (supervisor) is not free ({exc.strerror}): "
+                    "pass --supervisor-port with a free port, or 0"
+                ) from None
             self.supervisor_port = self._httpd.server_address[1]
         self.server.start()
         try:
