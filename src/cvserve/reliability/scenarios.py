@@ -425,12 +425,15 @@ def r5_sigterm(server: ServeProcess, model: str, *, workers: int = 8) -> Result:
     signal_at = marks["signal"]
     in_flight = [r for r in records if r.start < signal_at < r.end]
     retryable = [r for r in records if not r.outcome.ok and _refused(r.outcome)]
-    lost = [r for r in records if not r.outcome.ok and not _refused(r.outcome)]
+    # Lost: admitted before the signal and not answered. Sent after it and refused in a way the client
+    # does not retry (e.g. CANCELLED while Triton's gRPC endpoint closes): unexpected, not lost.
+    failed = [r for r in records if not r.outcome.ok and not _refused(r.outcome)]
+    lost = [r for r in failed if r.start < signal_at]
     result = Result("R5", "SIGTERM to cvserve serve under load")
     result.requests = len(records)
     result.clean_errors = len(retryable)
     result.lost = len(lost)
-    result.unexpected = _judge_good(records)[1]
+    result.unexpected = _judge_good(records)[1] + len(failed) - len(lost)
     result.alive_after = False  # stopped on purpose
     result.rss_before_mb = rss_before
     result.details = {
@@ -439,7 +442,7 @@ def r5_sigterm(server: ServeProcess, model: str, *, workers: int = 8) -> Result:
         "in_flight_at_signal": len(in_flight),
         "in_flight_completed": sum(1 for r in in_flight if r.outcome.ok),
         "rejections": dict(Counter(r.outcome.message[:100] for r in retryable)),
-        "errors": dict(Counter(r.outcome.message[:120] for r in lost)),
+        "errors": dict(Counter(r.outcome.message[:120] for r in failed)),
         "stub_processes_left": group_members(pid) if pid else [],
         "shm_regions_left": server.shm_regions(),
         "concurrency": workers,

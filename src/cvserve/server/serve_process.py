@@ -106,14 +106,15 @@ class ServeProcess:
         return None
 
     def rss_mb(self) -> float:
-        """Resident memory of Triton and its python stubs (its process group), MB."""
+        """Memory of Triton and its python stubs (its process group), MB: the sum of their proportional
+        set sizes (PSS), so that the shared-memory regions both map are counted once, not twice."""
         pid = self.triton_pid()
         if pid is None:
             return float("nan")
         total = 0
         for member in group_members(pid):
             with contextlib.suppress(OSError):
-                m = re.search(r"VmRSS:\s+(\d+) kB", Path(f"/proc/{member}/status").read_text())
+                m = re.search(r"^Pss:\s+(\d+) kB", Path(f"/proc/{member}/smaps_rollup").read_text(), re.M)
                 total += int(m.group(1)) if m else 0
         return total / 1024
 
