@@ -263,7 +263,13 @@ def test_sigterm_under_load_finishes_what_is_in_flight(serve, model):
     assert status == 0, server.stderr()
     assert in_flight and all(o[2] == "ok" for o in in_flight), in_flight
     refused = [o for o in outcomes if o[2] != "ok"]
-    assert all("ServerUnavailable" in o[2] or "ModelNotFound" in o[2] for o in refused), refused[:3]
+    assert all(o[0] >= signalled for o in refused), "only requests sent after the signal are refused"
+    # Retryable (stopping, unloading, not listening), or CANCELLED by Triton's gRPC endpoint closing
+    # after every model unloaded: never run, but cvserve's client does not retry CANCELLED.
+    unexpected = [
+        o for o in refused if not any(m in o[2] for m in ("ServerUnavailable", "ModelNotFound", "CANCELLED"))
+    ]
+    assert not unexpected, unexpected[:3]
     assert group_members(pid) == [] and server.shm_regions() == []
 
 
