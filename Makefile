@@ -71,6 +71,12 @@ test-integration: $(STAMPS)/dev
 bench: $(STAMPS)/dev
 	$(PY) -m cvserve.bench
 
+# Hostile input, overload, rollout, kill -9 and SIGTERM against the embedded server (about 6 minutes;
+# the Reliability section of docs/benchmarks.md). A script that measures, not a test.
+.PHONY: reliability
+reliability: $(STAMPS)/dev
+	$(PY) -m cvserve.reliability
+
 lint: $(STAMPS)/dev
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .

@@ -11,7 +11,13 @@ SCORE (FP32, [k]), with the class names in NAME's ``labels`` parameter (a JSON a
 
 Admission control: the model that first queues a request rejects it, as a retryable UNAVAILABLE,
 when its queue holds ``max_queue_size`` requests or when it has waited ``queue_timeout_ms``, so an
-overload turns into fast rejections instead of unbounded latency.
+overload turns into fast rejections instead of unbounded latency. What Triton 2.51 does with it, as
+measured (docs/serving.md, "Admission control"): a full queue rejects at once (a few ms); a timed-out
+request is rejected when the batcher next looks at its queue, i.e. at its next batch or at its 500 ms
+re-check while the instance is busy. Any queue policy turns off the batcher's payload prefetching, and
+the batcher then misses the wake-up of a request that arrives while the instance is handing back its
+last batch: such a request waits for that 500 ms re-check. A queue timeout at or below 500 ms rejects
+it ("Request timeout expired" at concurrency 1, e.g. every perf_analyzer run), hence a floor.
 """
 
 from __future__ import annotations
@@ -43,6 +49,10 @@ THREADS_PARAMETER = {
     "onnxruntime": "intra_op_thread_count",
 }
 DECODE_THREADS_PARAMETER = "decode_threads"  # of the python models that decode
+# Triton's dynamic batcher re-checks a queue it was not woken for every 500 ms (hard-coded in 2.51 and
+# still on core main): a derived queue timeout stays a full re-check above it (module docstring).
+BATCHER_RECHECK_MS = 500.0
+MIN_DERIVED_QUEUE_TIMEOUT_MS = 2 * BATCHER_RECHECK_MS
 
 
 def model_names(name: str) -> dict[str, str]:
@@ -68,8 +78,13 @@ class Batching:
     max_batch_size: int = 32
     preferred_batch_sizes: Sequence[int] = ()
     max_queue_delay_us: int = 0  # 0: batch what is waiting; a busy instance lets the queue fill meanwhile
-    max_queue_size: int = 0  # requests waiting per model before new ones are rejected; 0: 2 x max batch
-    queue_timeout_ms: float = 0.0  # a request waiting longer is rejected; 0: the SLO (slo_p95_ms)
+    # Requests waiting per model before new ones are rejected at once; 0: one max batch. An admitted
+    # request then waits for at most the batch running and one batch ahead of it (R2 in
+    # docs/benchmarks.md: 2 x max batch admitted 1.7x the saturated p95, one max batch 1.2x).
+    max_queue_size: int = 0
+    # A request waiting longer is rejected; 0: 2 x the SLO (the latency an admitted request may reach
+    # under overload), and never below MIN_DERIVED_QUEUE_TIMEOUT_MS.
+    queue_timeout_ms: float = 0.0
     slo_p95_ms: float = DEFAULT_SLO_P95_MS
     network_instances: int = 1  # instances of the model that runs the network
     preprocess_instances: int = 2  # ensemble layout: instances of NAME_preprocess
@@ -105,11 +120,12 @@ class Batching:
 
     @property
     def queue_size(self) -> int:
-        return self.max_queue_size or 2 * self.max_batch_size
+        return self.max_queue_size or self.max_batch_size
 
     @property
     def queue_timeout_us(self) -> int:
-        return round(1000 * (self.queue_timeout_ms or self.slo_p95_ms))
+        derived = max(2 * self.slo_p95_ms, MIN_DERIVED_QUEUE_TIMEOUT_MS)
+        return round(1000 * (self.queue_timeout_ms or derived))
 
 
 @dataclass(kw_only=True)

@@ -103,8 +103,8 @@ def test_dynamic_batching_instances_and_threads():
 def test_admission_control_rejects_instead_of_queueing_without_bound():
     policy = _configs(max_batch_size=16)["classifier"].dynamic_batching.default_queue_policy
     assert policy.timeout_action == mc.ModelQueuePolicy.REJECT
-    assert policy.max_queue_size == 32  # 2 x max batch size by default
-    assert policy.default_timeout_microseconds == round(tc.DEFAULT_SLO_P95_MS * 1000)
+    assert policy.max_queue_size == 16  # one max batch by default
+    assert policy.default_timeout_microseconds == round(2 * tc.DEFAULT_SLO_P95_MS * 1000)  # 2 x the SLO
     explicit = _configs(max_queue_size=5, queue_timeout_ms=40)["classifier"].dynamic_batching
     assert (
         explicit.default_queue_policy.max_queue_size,
@@ -113,8 +113,11 @@ def test_admission_control_rejects_instead_of_queueing_without_bound():
         5,
         40_000,
     )
-    slo = _configs(slo_p95_ms=200)["classifier"].dynamic_batching.default_queue_policy
-    assert slo.default_timeout_microseconds == 200_000
+    slo = _configs(slo_p95_ms=800)["classifier"].dynamic_batching.default_queue_policy
+    assert slo.default_timeout_microseconds == 1_600_000
+    # never at or below Triton's 500 ms batcher re-check (a request waiting for it would be rejected)
+    tight = _configs(slo_p95_ms=100)["classifier"].dynamic_batching.default_queue_policy
+    assert tight.default_timeout_microseconds == round(tc.MIN_DERIVED_QUEUE_TIMEOUT_MS * 1000)
 
 
 def test_text_format_round_trip():

@@ -1,14 +1,28 @@
-"""``cvserve serve``: run the embedded Triton server on a model repository until interrupted."""
+"""``cvserve serve``: run the embedded Triton server on a model repository, supervised, until stopped."""
 
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
-from cvserve.defaults import DEFAULT_REPOSITORY
-from cvserve.server.process import CONTROL_MODES, ServerSettings, TritonServer
+from cvserve.server.process import ServerSettings
+from cvserve.server.supervisor import SupervisorSettings
+from cvserve.settings import add_arguments, from_args, setting
+
+
+@dataclass(kw_only=True)
+class ServeSettings:
+    """Everything ``cvserve serve`` takes: the server, how it is watched, where its log goes."""
+
+    server: ServerSettings = setting(default_factory=ServerSettings, title="server")
+    supervisor: SupervisorSettings = setting(
+        default_factory=SupervisorSettings,
+        title="supervisor",
+        description="canary inferences, restarts and the supervisor's own /metrics",
+    )
+    log_file: Path | None = setting(None, help="write Triton's log here (default: a temporary file)")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -16,68 +30,61 @@ def register(sub: argparse._SubParsersAction) -> None:
         "serve",
         help="run the embedded Triton Inference Server on a model repository",
         description="Run the Triton Inference Server binary shipped in nvidia-pytriton (python backend) "
-        "on a model repository. Waits for readiness, prints the endpoints, and shuts down gracefully "
-        "on SIGINT/SIGTERM.",
+        "on a model repository, under a supervisor: canary inferences restart a server whose python stub "
+        "died, SIGINT/SIGTERM drain in-flight requests (exit status 1 if the drain did not finish). "
+        "Durations take 90, 60s, 2m, 1m30s or 1h.",
     )
-    p.add_argument("--repository", "-r", type=Path, default=DEFAULT_REPOSITORY, help="model repository")
-    p.add_argument("--grpc-port", type=int, default=8001, help="gRPC port (0 picks a free one)")
-    p.add_argument("--http-port", type=int, default=8000, help="HTTP port (0 picks a free one)")
-    p.add_argument("--metrics-port", type=int, default=8002, help="Prometheus metrics port (0: free)")
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 for every interface)")
-    p.add_argument(
-        "--model-control-mode",
-        choices=CONTROL_MODES,
-        default="none",
-        help="none: load every model at start; explicit: load/unload through the API (see --load-model)",
-    )
-    p.add_argument(
-        "--load-model", action="append", default=[], metavar="NAME", help="explicit mode: load at start"
-    )
-    p.add_argument("--log-verbose", type=int, default=0, help="Triton log verbosity (0-3)")
-    p.add_argument("--log-file", type=Path, help="write Triton's log here (default: a temporary file)")
-    p.add_argument("--exit-timeout", type=int, default=30, help="seconds in-flight requests get at shutdown")
-    p.add_argument("--ready-timeout", type=float, default=300.0, help="seconds to wait for readiness")
+    add_arguments(p, ServeSettings, argument_kwargs=_append_flags)
     p.set_defaults(func=run)
 
 
+def _append_flags(flag: str) -> dict:
+    return {"action": "append"} if flag in ("--load-model", "--canary-model") else {}
+
+
 def run(args: argparse.Namespace) -> int:
-    settings = ServerSettings(
-        repository=args.repository,
-        grpc_port=args.grpc_port,
-        http_port=args.http_port,
-        metrics_port=args.metrics_port,
-        host=args.host,
-        model_control_mode=args.model_control_mode,
-        load_models=args.load_model,
-        log_verbose=args.log_verbose,
-        exit_timeout_s=args.exit_timeout,
-    )
-    server = TritonServer(settings, log_path=args.log_file)
-    server.start()
-    stopping = False
+    return serve(from_args(ServeSettings, args))
 
-    def _forward(signum: int, _frame: object) -> None:
-        nonlocal stopping
-        stopping = True
-        print(f"cvserve serve: {signal.Signals(signum).name}, shutting down gracefully", file=sys.stderr)
-        server.send_signal(signal.SIGTERM)
 
-    signal.signal(signal.SIGINT, _forward)
-    signal.signal(signal.SIGTERM, _forward)
+def serve(s: ServeSettings) -> int:
+    from cvserve.server.budget import model_threads
+    from cvserve.server.process import check_repository
+    from cvserve.server.restricted import is_loopback
+    from cvserve.server.supervisor import Supervisor
+
+    check_repository(Path(s.server.repository), s.server.model_control_mode)
+    supervisor = Supervisor(s.server, s.supervisor, log_path=s.log_file)
+    supervisor.install_signal_handlers()
     try:
-        took = server.wait_ready(args.ready_timeout)
+        took = supervisor.start()
     except BaseException:
-        server.stop()
+        if supervisor.stopping:  # a signal during start-up: the server is gone, nothing to drain
+            return 1
         raise
-    print(f"Triton ready in {took:.1f} s (pid {server.pid}, repository {args.repository})")
-    print(f"  gRPC     {server.grpc_url}")
-    print(f"  HTTP     {server.http_url}")
-    print(f"  metrics  {server.metrics_url}")
-    print(f"  log      {server.log_path}")
+    server = supervisor.server
+    loaded = s.server.load_models if s.server.model_control_mode == "explicit" else None
+    print(f"Triton ready in {took:.1f} s (pid {server.pid}, repository {s.server.repository})")
+    print(f"  gRPC        {server.grpc_url}")
+    print(f"  HTTP        {server.http_url}")
+    print(f"  metrics     {server.metrics_url}")
+    print(f"  supervisor  {supervisor.metrics_url}")
+    print(f"  log         {server.log_path}")
+    for t in model_threads(Path(s.server.repository), cpus=s.server.cpus, names=loaded):
+        print(f"  threads     {t.model}: {t.text}")
+    models = supervisor.canary_models()
+    every = s.supervisor.canary_interval_s
+    print(
+        f"  canary      every {every:g} s: {', '.join(models)}"
+        if every and models
+        else "  canary      off (no model with the classifier contract)"
+        if every
+        else "  canary      off (--canary-interval 0)"
+    )
+    if server.restricted is not None:
+        print(f"  restricted  {server.restricted.describe()}")
+    elif not is_loopback(s.server.host):
+        print(
+            "  restricted  off (--restrict-api off): every API group is open to anyone who reaches the ports"
+        )
     sys.stdout.flush()
-    code = server.wait()
-    server.stop()
-    if stopping:
-        return 0
-    print(f"cvserve serve: Triton exited with status {code} (log: {server.log_path})", file=sys.stderr)
-    return 1
+    return supervisor.run()

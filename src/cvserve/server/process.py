@@ -1,10 +1,17 @@
-"""Run the embedded Triton Inference Server as a child process: start, wait for readiness, stop."""
+"""Run the embedded Triton Inference Server as a child process: start, wait for readiness, stop, clean up.
+
+Every server gets its own process group (Triton and its python-backend stubs) and its own prefix for
+the python backend's shared-memory regions in ``/dev/shm``. Whatever way it ends (a graceful stop, a
+kill, a crash), :meth:`TritonServer.cleanup` kills what is left of the group and removes the regions
+with that prefix, so a stub or a region never outlives its server. Linux only (``/proc``, ``/dev/shm``).
+"""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import re
+import secrets
 import shutil
 import signal
 import socket
@@ -13,29 +20,60 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
+from cvserve.defaults import DEFAULT_REPOSITORY
 from cvserve.errors import NotFoundError, TimeLimitError, TritonError, UserInputError
+from cvserve.server.restricted import MODES as RESTRICT_MODES
+from cvserve.server.restricted import RestrictedApi, restricted_api
 from cvserve.server.runtime import ensure_runtime
+from cvserve.settings import setting
 
 CONTROL_MODES = ("none", "explicit", "poll")
+SHM_DIR = Path("/dev/shm")
+CPUS_ENV = "CVSERVE_CPUS"  # read by the served models (cvserve.builders.runners.available_cpus)
 
 
 @dataclass(kw_only=True)
 class ServerSettings:
     """How to run the server. Ports of 0 pick free ones."""
 
-    repository: Path
-    grpc_port: int = 8001
-    http_port: int = 8000
-    metrics_port: int = 8002
-    host: str = "127.0.0.1"
-    model_control_mode: str = "none"
-    load_models: list[str] = field(default_factory=list)
-    log_verbose: int = 0
-    exit_timeout_s: int = 30
-    extra_args: list[str] = field(default_factory=list)
+    repository: Path = setting(DEFAULT_REPOSITORY, short="-r", help="the model repository")
+    grpc_port: int = setting(8001, help="gRPC port (0 picks a free one)", at_least=0)
+    http_port: int = setting(8000, help="HTTP port (0 picks a free one)", at_least=0)
+    metrics_port: int = setting(8002, help="Prometheus metrics port (0 picks a free one)", at_least=0)
+    host: str = setting(
+        "127.0.0.1", help="address to bind; anything but loopback applies the restricted API groups"
+    )
+    model_control_mode: str = setting(
+        "none",
+        choices=CONTROL_MODES,
+        help="none: load every model at start; explicit: load/unload through the API (see --load-model)",
+    )
+    load_models: list[str] = setting(
+        default_factory=list,
+        flag="--load-model",
+        metavar="NAME",
+        parser=str,
+        help="explicit mode: load at start",
+    )
+    log_verbose: int = setting(0, help="Triton's log verbosity (0-3)", at_least=0, at_most=3)
+    exit_timeout_s: int = setting(
+        30, flag="--exit-timeout", help="seconds in-flight requests get to finish at shutdown", at_least=0
+    )
+    cpus: int | None = setting(
+        None,
+        help=f"cores the served models may use (sets ${CPUS_ENV}; default: the CPU affinity and cgroup quota)",
+        at_least=1,
+    )
+    restrict_api: str = setting(
+        "auto",
+        choices=RESTRICT_MODES,
+        help="require a key for model control, shared memory, statistics, trace and logging; "
+        "auto: unless --host is a loopback address",
+    )
+    extra_args: list[str] = setting(default_factory=list, cli=False)  # more tritonserver flags
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -78,6 +116,8 @@ def check_repository(repository: Path, mode: str) -> list[str]:
     return models
 
 
+# Error lines every CPU-only start logs: never the reason for anything.
+_LOG_NOISE = ("CudaDriverHelper has not been initialized",)
 _LOAD_ERROR = re.compile(r"failed to load '([^']+)'.*?: (.*)$")
 
 
@@ -89,7 +129,13 @@ class TritonServer:
         ...     print(srv.grpc_url)
     """
 
-    def __init__(self, settings: ServerSettings, *, log_path: Path | None = None) -> None:
+    def __init__(
+        self,
+        settings: ServerSettings,
+        *,
+        log_path: Path | None = None,
+        restricted: RestrictedApi | str | None = "auto",
+    ) -> None:
         self.settings = settings
         if settings.model_control_mode not in CONTROL_MODES:
             raise UserInputError(
@@ -102,7 +148,13 @@ class TritonServer:
         self.metrics_port = s.metrics_port or free_port(s.host)
         self._own_log = log_path is None
         self.log_path = log_path or Path(tempfile.mkstemp(prefix="cvserve-triton-", suffix=".log")[1])
+        # "auto": decided from the settings; a supervisor passes the one it made, so restarts keep the key.
+        self.restricted = restricted_api(s.restrict_api, s.host) if restricted == "auto" else restricted
+        # The python backend names its regions PREFIX + uuid: this prefix is this server's alone.
+        self.shm_prefix = f"cvserve_{os.getpid()}_{secrets.token_hex(4)}_"
         self._proc: subprocess.Popen[bytes] | None = None
+        self._pgid: int | None = None
+        self.returncode: int | None = None
         self.started_at: float | None = None
         self.ready_after_s: float | None = None
 
@@ -146,11 +198,20 @@ class TritonServer:
             f"--log-verbose={s.log_verbose}",
             f"--exit-timeout-secs={s.exit_timeout_s}",
             "--allow-metrics=true",
+            f"--backend-config=python,shm-region-prefix-name={self.shm_prefix}",
         ]
         if shutil.which("nvidia-smi") is None:
             args.append("--allow-gpu-metrics=false")
+        if self.restricted is not None:
+            args += self.restricted.flags()
         args += [f"--load-model={m}" for m in s.load_models]
         return args + list(s.extra_args)
+
+    def environment(self) -> dict[str, str]:
+        env = self._runtime.environment()
+        if self.settings.cpus:
+            env[CPUS_ENV] = str(self.settings.cpus)
+        return env
 
     def start(self) -> TritonServer:
         s = self.settings
@@ -167,13 +228,17 @@ class TritonServer:
         cmd = self.command()
         self._log = open(self.log_path, "ab")
         self.started_at = time.monotonic()
+        self.returncode = None
         self._proc = subprocess.Popen(
             cmd,
             stdout=self._log,
             stderr=subprocess.STDOUT,
-            env=self._runtime.environment(),
-            start_new_session=True,  # Ctrl-C in a terminal reaches us; we forward it deliberately
+            env=self.environment(),
+            # Its own session and process group (Triton and its stubs): Ctrl-C in a terminal reaches us
+            # only, we forward it deliberately, and cleanup() can end the whole group.
+            start_new_session=True,
         )
+        self._pgid = self._proc.pid
         return self
 
     def is_ready(self) -> bool:
@@ -200,10 +265,15 @@ class TritonServer:
         raise TimeLimitError(self._failure_message(f"Triton was not ready after {timeout:.0f} s"))
 
     def stop(self, timeout: float | None = None) -> int | None:
-        """Ask Triton to shut down gracefully (SIGTERM: in-flight requests finish), then wait."""
+        """Ask Triton to shut down gracefully (SIGTERM: in-flight requests finish), wait, clean up.
+
+        Triton exits 1 when requests were still in flight after ``exit_timeout_s`` (see
+        :meth:`drain_failure`). It is killed if it has not exited ``timeout`` seconds after the signal
+        (default: the exit timeout plus 10 s). Returns its exit status.
+        """
         proc = self._proc
         if proc is None:
-            return None
+            return self.returncode
         if proc.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 proc.send_signal(signal.SIGTERM)
@@ -212,20 +282,79 @@ class TritonServer:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-        self._log.close()
+        return self._finish()
+
+    def kill(self) -> int | None:
+        """Kill Triton at once (SIGKILL), then clean up what it leaves; its exit status."""
+        if self._proc is not None and self._proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                self._proc.kill()
+            self._proc.wait()
+        return self._finish()
+
+    def _finish(self) -> int | None:
+        proc = self._proc
+        if proc is None:
+            return self.returncode
+        self.returncode = proc.returncode
         self._proc = None
+        self.cleanup()
+        self._log.close()
         if self._own_log and proc.returncode == 0:
             with contextlib.suppress(OSError):
                 os.unlink(self.log_path)
         return proc.returncode
 
-    def wait(self) -> int:
+    def wait(self, timeout: float | None = None) -> int:
+        """Wait for Triton to exit (it keeps its exit status for :meth:`stop`)."""
         assert self._proc is not None
-        return self._proc.wait()
+        return self._proc.wait(timeout)
+
+    def poll(self) -> int | None:
+        """Triton's exit status, or None while it runs."""
+        return self._proc.poll() if self._proc is not None else self.returncode
 
     def send_signal(self, sig: int) -> None:
         if self._proc is not None and self._proc.poll() is None:
             self._proc.send_signal(sig)
+
+    # -- what a server leaves behind ---------------------------------------------------------------
+    def leftovers(self) -> tuple[list[int], list[Path]]:
+        """Processes still in this server's process group, and its shared-memory regions."""
+        pids = group_members(self._pgid) if self._pgid is not None else []
+        return pids, sorted(SHM_DIR.glob(self.shm_prefix + "*"))
+
+    def cleanup(self) -> tuple[int, int]:
+        """Kill what is left of the process group (stubs a killed server orphaned) and remove this
+        server's shared-memory regions. Safe to call any time after Triton exited; returns how many
+        processes and regions it removed."""
+        if self._proc is not None and self._proc.poll() is None:
+            raise RuntimeError("cleanup() while Triton runs: stop() or kill() it first")
+        pids, regions = self.leftovers()
+        if pids and self._pgid is not None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self._pgid, signal.SIGKILL)
+            deadline = time.monotonic() + 5
+            while group_members(self._pgid) and time.monotonic() < deadline:
+                time.sleep(0.05)
+        for region in regions:
+            with contextlib.suppress(FileNotFoundError):
+                region.unlink()
+        return len(pids), len(regions)
+
+    def drain_failure(self) -> str | None:
+        """Why the last graceful stop did not drain (Triton's exit timeout expired), or None."""
+        text = self.log_text()
+        if "Exit timeout expired" not in text:
+            return None
+        waiting = re.findall(
+            r"Timeout 0: Found (\d+) (model versions that have in-flight inferences|live models)", text
+        )
+        detail = f": {waiting[-1][0]} {waiting[-1][1]} left" if waiting else ""
+        return (
+            f"requests or models were still busy after --exit-timeout {self.settings.exit_timeout_s} s"
+            f"{detail} (full log: {self.log_path})"
+        )
 
     def __enter__(self) -> TritonServer:
         if self._proc is None:
@@ -273,5 +402,23 @@ class TritonServer:
         ):
             if re.search(pattern, text):
                 return f"{head}: {hint} (full log: {self.log_path})"
-        tail = [ln for ln in text.splitlines() if ln.startswith(("E", "error"))][-3:]
+        tail = [
+            ln
+            for ln in text.splitlines()
+            if ln.startswith(("E", "error")) and not any(noise in ln for noise in _LOG_NOISE)
+        ][-3:]
         return f"{head}: {' | '.join(tail) or 'see the log'} (full log: {self.log_path})"
+
+
+def group_members(pgid: int) -> list[int]:
+    """Live processes whose process group is ``pgid`` (from /proc; zombies left out)."""
+    members = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue
+        fields = text[text.rfind(")") + 2 :].split()  # after "pid (comm) ": state ppid pgrp ...
+        if len(fields) > 2 and fields[0] != "Z" and int(fields[2]) == pgid:
+            members.append(int(stat.parent.name))
+    return members
