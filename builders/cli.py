@@ -115,19 +115,19 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--max-queue-size",
         type=int,
         default=0,
-        help="requests waiting before new ones are rejected as UNAVAILABLE (0: 2 x max batch size)",
+        help="requests waiting before new ones are rejected as UNAVAILABLE (0: one max batch)",
     )
     g.add_argument(
         "--queue-timeout-ms",
         type=float,
         default=0.0,
-        help="a request queued longer is rejected as UNAVAILABLE (0: --slo-p95-ms)",
+        help="a request queued longer is rejected as UNAVAILABLE (0: 2 x --slo-p95-ms, at least 1 s)",
     )
     g.add_argument(
         "--slo-p95-ms", type=float, default=500.0, help="latency objective the queue timeout derives from"
     )
     g.add_argument(
-        "--network-instances", type=int, default=1, help="instances of the model running the network"
+        "--network-instances", type=int, default=2, help="instances of the model running the network"
     )
     g.add_argument("--preprocess-instances", type=int, default=2, help="ensemble layout: decode instances")
     g.add_argument(

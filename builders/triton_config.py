@@ -17,7 +17,16 @@ request is rejected when the batcher next looks at its queue, i.e. at its next b
 re-check while the instance is busy. Any queue policy turns off the batcher's payload prefetching, and
 the batcher then misses the wake-up of a request that arrives while the instance is handing back its
 last batch: such a request waits for that 500 ms re-check. A queue timeout at or below 500 ms rejects
-it ("Request timeout expired" at concurrency 1, e.g. every perf_analyzer run), hence a floor.
+it ("Request timeout expired" at concurrency 1, e.g. every perf_analyzer run), hence a floor. The
+wake-up is missed only when no instance is waiting for work, so the model that runs the network gets
+two instances by default (``network_instances``): one of them is nearly always waiting, and the
+thread budget gives each half the cores.
+
+Malformed BYTES framing (a last element whose length prefix runs past its data) passes Triton core's
+check and makes the python backend fail the whole batch it lands in (docs/security.md). The
+ensemble's python decoder therefore does not batch: each request is decoded alone, fails alone, and
+only uint8 pixels reach the batching network. The single layout's model must batch to be fast, so
+there a hostile caller can fail the requests batched with theirs until core checks the last element.
 """
 
 from __future__ import annotations
@@ -86,7 +95,7 @@ class Batching:
     # under overload), and never below MIN_DERIVED_QUEUE_TIMEOUT_MS.
     queue_timeout_ms: float = 0.0
     slo_p95_ms: float = DEFAULT_SLO_P95_MS
-    network_instances: int = 1  # instances of the model that runs the network
+    network_instances: int = 2  # instances of the model that runs the network (module docstring)
     preprocess_instances: int = 2  # ensemble layout: instances of NAME_preprocess
     network_threads: int = 0  # intra-op threads per instance; 0: derived from the cores when served
     decode_threads: int = 0  # decode threads per instance; 0: derived from the cores when served
@@ -239,7 +248,11 @@ def single_config(
 def preprocess_config(
     name: str, plan: ServingPlan, shape: PipelineShape, b: Batching, policy: VersionPolicy
 ) -> mc.ModelConfig:
-    """NAME_preprocess (ensemble layout): encoded images -> uint8 pixels, on CPU instances."""
+    """NAME_preprocess (ensemble layout): encoded images -> uint8 pixels, on CPU instances.
+
+    No dynamic batching: each request is decoded alone, so malformed framing fails only its own
+    request (module docstring); its instances decode requests in parallel, and the network batches.
+    """
     cfg = mc.ModelConfig(
         name=model_names(name)["preprocess"],
         backend="python",
@@ -247,7 +260,6 @@ def preprocess_config(
         version_policy=policy.proto(),
         input=[mc.ModelInput(name=IMAGE, data_type=mc.TYPE_STRING, dims=[1])],
         output=[mc.ModelOutput(name=PIXELS, data_type=mc.TYPE_UINT8, dims=list(shape.pixels_shape))],
-        dynamic_batching=_dynamic_batching(b),
         instance_group=_instances(b.preprocess_instances, "KIND_CPU"),
     )
     _params(cfg, _python_params(shape, b))

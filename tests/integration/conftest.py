@@ -33,9 +33,9 @@ def expected_labels() -> dict[str, str]:
 def demo_build(tmp_path_factory: pytest.TempPathFactory):
     """The demo MobileNetV2 (torchvision's published ImageNet weights) built into a fresh repository.
 
-    Built as ``make demo`` builds it, except for the queue timeout: the default (the SLO, 500 ms)
-    rejects requests that queue longer, which a busy 2-core CI machine makes happen to bursts of test
-    requests. These tests check outcomes; admission control has tests of its own.
+    Built as ``make demo`` builds it, except for the queue timeout: the default (2 x the SLO, 1 s)
+    rejects requests that queue longer, which a busy 2-core CI machine can make happen to bursts of
+    test requests. These tests check outcomes; admission control has tests of its own.
     """
     from cvserve.builders import triton_config as tc
     from cvserve.builders.pipeline import BuildSettings, ServingOptions, build

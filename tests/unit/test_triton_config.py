@@ -34,6 +34,8 @@ def test_single_layout_is_one_python_model_with_the_v2_contract():
     params = {k: v.string_value for k, v in cfg.parameters.items()}
     assert json.loads(params["labels"]) == LABELS
     assert (params["runtime"], params["network_file"]) == ("openvino", "model.xml")
+    # two instances: Triton 2.51's batcher misses a request's wake-up when no instance is waiting
+    assert cfg.instance_group[0].count == 2
 
 
 def test_ensemble_layout_wires_preprocess_to_a_native_network():
@@ -44,6 +46,8 @@ def test_ensemble_layout_wires_preprocess_to_a_native_network():
     steps = ensemble.ensemble_scheduling.step
     assert [s.model_name for s in steps] == ["resnet_preprocess", "resnet_network"]
     assert steps[0].output_map["PIXELS"] == steps[1].input_map["PIXELS"]
+    assert not configs["preprocess"].HasField("dynamic_batching")  # each request decoded (and failed) alone
+    assert configs["network"].dynamic_batching.default_queue_policy.max_queue_size > 0  # the network batches
     pixels = configs["preprocess"].output[0]
     assert (pixels.name, pixels.data_type, list(pixels.dims)) == ("PIXELS", mc.TYPE_UINT8, [224, 224, 3])
     assert configs["network"].input[0].data_type == mc.TYPE_UINT8  # only uint8 travels between models
