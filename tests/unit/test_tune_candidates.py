@@ -59,7 +59,8 @@ def test_discovery_reads_the_layout_and_the_roles_from_the_configs():
         "network": "body",
     }
     assert ens.threads_parameter == "intra_op_thread_count" and not ens.threads_share_cores
-    assert ens.decode_role == "preprocess" and ens.queue_roles == ("preprocess", "network")
+    # the decoder does not batch (malformed framing fails alone): only the network queues
+    assert ens.decode_role == "preprocess" and ens.queue_roles == ("network",)
     assert pipeline("ensemble", "openvino").threads_parameter == "INFERENCE_NUM_THREADS"
     assert pipeline("ensemble", "tensorrt", "gpu").threads_parameter is None  # GPU: no CPU thread budget
 
@@ -76,7 +77,12 @@ def test_single_layout_round_trips_through_its_config():
     p = pipeline(queue_timeout_ms=200)
     start = candidate_from(p)
     assert start == Candidate(
-        max_batch_size=32, network_threads=0, decode_threads=0, max_queue_size=64, queue_timeout_us=200_000
+        max_batch_size=32,
+        network_instances=2,
+        network_threads=0,
+        decode_threads=0,
+        max_queue_size=32,
+        queue_timeout_us=200_000,
     )
     c = Candidate(
         max_batch_size=16,
@@ -116,9 +122,8 @@ def test_ensemble_layout_round_trips_and_spreads_each_knob_to_its_model():
     )
     assert new["network"].parameters["INFERENCE_NUM_THREADS"].string_value == "1"
     assert new["network"].instance_group[0].count == 2 and new["preprocess"].instance_group[0].count == 3
-    assert {
-        new[r].dynamic_batching.default_queue_policy.max_queue_size for r in ("preprocess", "network")
-    } == {32}
+    assert new["network"].dynamic_batching.default_queue_policy.max_queue_size == 32
+    assert not new["preprocess"].HasField("dynamic_batching")
     assert candidate_from(Pipeline(name="net", layout="ensemble", models=p.models, configs=new)) == c
     # Threads back to 0: a native backend gets no parameter (its own default), not "0".
     back = apply_candidate(p, c.with_value("network_threads", 0))
