@@ -26,7 +26,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -35,78 +35,120 @@ from cvserve.builders import triton_config as tc
 from cvserve.builders.preprocessing import PreprocessSpec, preprocess_files
 from cvserve.defaults import DEFAULT_REPOSITORY
 from cvserve.errors import NotFoundError, UserInputError
+from cvserve.settings import check, setting
 
 PRECISIONS = ("fp32", "fp16", "int8")
 REPORT_SCHEMA = 2
 
 
-# -- settings, one small dataclass per stage ------------------------------------------------------------
+def _version_policy(text: str) -> str:
+    tc.VersionPolicy.parse(text)  # a bad policy is one line naming the forms
+    return text
+
+
+# -- settings, one small dataclass per stage; `cvserve build`'s flags are derived from them ---------------
 @dataclass(kw_only=True)
 class ExportSettings:
     """How the checkpoint becomes ONNX and how closely ONNX Runtime must match PyTorch."""
 
-    exporter: str = "auto"  # auto, dynamo or torchscript
-    verify_images: list[Path] = field(default_factory=list)  # empty: the bundled sample photos
-    atol: float = 1e-3
-    rtol: float = 1e-3
+    exporter: str = setting("auto", choices=("auto", "dynamo", "torchscript"), help="the ONNX exporter")
+    verify_images: list[Path] = setting(
+        default_factory=list,
+        parser=Path,
+        metavar="IMAGE",
+        help="images for the ONNX-vs-PyTorch check (default: the bundled sample photos)",
+    )
+    atol: float = setting(1e-3, at_least=0, help="absolute tolerance of the ONNX-vs-PyTorch check")
+    rtol: float = setting(1e-3, at_least=0, help="relative tolerance, times the largest output")
 
 
 @dataclass(kw_only=True)
 class QuantizationOptions:
     """What ``--precision`` and the calibration/validation flags ask of the quantize stage."""
 
-    precision: str = "fp32"
-    calibration: Path | None = None
-    calibration_samples: int = 200
-    calibration_method: str = "minmax"
-    validation: Path | None = None
-    validation_labels: Path | None = None
-    max_accuracy_drop: float = 0.01
-
-    def __post_init__(self) -> None:
-        if self.precision not in PRECISIONS:
-            raise UserInputError(
-                f"--precision must be one of {', '.join(PRECISIONS)}, not {self.precision!r}"
-            )
+    precision: str = setting("fp32", choices=PRECISIONS, help="the served network's precision")
+    calibration: Path | None = setting(
+        None, metavar="DIR", help="folder of calibration images", default_help="augmented sample photos"
+    )
+    calibration_samples: int = setting(200, at_least=1, help="calibration images used")
+    calibration_method: str = setting(
+        "minmax", choices=("minmax", "entropy", "percentile"), help="ONNX Runtime's calibration method"
+    )
+    validation: Path | None = setting(
+        None, metavar="DIR", help="folder of held-out images for the accuracy gate",
+        default_help="augmented sample photos",
+    )  # fmt: skip
+    validation_labels: Path | None = setting(None, help="ground truth for --validation (optional)")
+    max_accuracy_drop: float = setting(0.01, at_least=0, help="largest drop the accuracy gate allows")
 
 
 @dataclass(kw_only=True)
 class ServingOptions:
     """Where the network is served and how Triton schedules it."""
 
-    target: str = "cpu"
-    runtime: str = "auto"  # auto (the rule in cvserve.builders.runtime), openvino, onnxruntime, tensorrt
-    layout: str = "auto"  # auto, single or ensemble
-    top_k: int = 5
-    batching: tc.Batching = field(default_factory=tc.Batching)
-    version_policy: tc.VersionPolicy = field(default_factory=tc.VersionPolicy)
-    execution_env: str | None = None  # EXECUTION_ENV_PATH for the python models (NGC container)
-
-    def __post_init__(self) -> None:
-        if self.top_k < 1:
-            raise UserInputError(f"--top-k must be at least 1, got {self.top_k}")
+    target: str = setting(
+        "cpu", choices=rt.TARGETS, help="cpu or gpu (cvserve.builders.runtime decides the rest)"
+    )
+    runtime: str = setting(
+        "auto",
+        choices=("auto", *rt.RUNTIMES),
+        help="the network runtime (auto: openvino on cpu, tensorrt on gpu)",
+    )
+    layout: str = setting(
+        "auto",
+        choices=("auto", *rt.LAYOUTS),
+        help="single: one python model decodes and runs the network (embedded server, NGC); ensemble: "
+        "python decode -> native Triton backend (NGC, GPUs). auto: single on cpu, ensemble on gpu",
+    )
+    top_k: int = setting(5, at_least=1, help="classes returned per image")
+    batching: tc.Batching = setting(default_factory=tc.Batching, title="batching, admission and threads")
+    version_policy: str = setting(
+        "latest:1", parser=_version_policy, metavar="POLICY", help="latest:N, all or specific:V[,V]"
+    )
+    execution_env: str | None = setting(
+        None, metavar="PATH", help="EXECUTION_ENV_PATH for the python models (a packed env, NGC)"
+    )
 
     def plan(self) -> rt.ServingPlan:
         return rt.decide(target=self.target, runtime=self.runtime, layout=self.layout)
 
+    @property
+    def policy(self) -> tc.VersionPolicy:
+        return tc.VersionPolicy.parse(self.version_policy)
+
 
 @dataclass(kw_only=True)
 class BuildSettings:
-    """Everything ``cvserve build`` takes. Keyword-only; see ``cvserve build --help`` for meanings."""
+    """Everything ``cvserve build`` takes: its flags come from these fields (``cvserve build --help``)."""
 
-    checkpoint: Path
-    name: str
-    arch: str | None = None
-    labels: Path | None = None
-    repository: Path = DEFAULT_REPOSITORY
-    preprocess: PreprocessSpec = field(default_factory=PreprocessSpec)
-    export: ExportSettings = field(default_factory=ExportSettings)
-    quantization: QuantizationOptions = field(default_factory=QuantizationOptions)
-    serving: ServingOptions = field(default_factory=ServingOptions)
-    progress: bool = True
+    checkpoint: Path = setting(
+        positional=True,
+        metavar="CHECKPOINT",
+        help="state_dict (.pth, needs --arch), TorchScript (.pt) or torch.export (.pt2)",
+    )
+    name: str = setting(help="model name clients call")
+    arch: str | None = setting(
+        None,
+        metavar="MODULE:CALLABLE",
+        help="returns the nn.Module of a state_dict, e.g. cvserve.builders.architectures:mobilenet_v2",
+    )
+    labels: Path | None = setting(None, help="class names, one per line", default_help="the class indices")
+    repository: Path = setting(DEFAULT_REPOSITORY, short="-r", metavar="DIR", help="the model repository")
+    preprocess: PreprocessSpec = setting(
+        default_factory=PreprocessSpec,
+        title="preprocessing",
+        description="recorded once, used for serving, verification and calibration",
+    )
+    export: ExportSettings = setting(default_factory=ExportSettings, title="export and verification")
+    quantization: QuantizationOptions = setting(
+        default_factory=QuantizationOptions, title="quantization and its accuracy gate"
+    )
+    serving: ServingOptions = setting(default_factory=ServingOptions, title="serving")
+    progress: bool = setting(True, help="progress bars")
 
     def __post_init__(self) -> None:
         tc.check_name(self.name)
+        check(self)
         self.serving.plan()  # a bad --target/--runtime/--layout combination fails before any work
         q = self.quantization
         for label, path in (
@@ -249,7 +291,7 @@ def build(settings: BuildSettings, log: Callable[[str], None] = print) -> BuildR
             precision=precision,
             execution_env=settings.serving.execution_env,
         )
-        configs = tc.pipeline_configs(settings.name, plan, shape, batching, settings.serving.version_policy)
+        configs = tc.pipeline_configs(settings.name, plan, shape, batching, settings.serving.policy)
         report = {
             "schema": REPORT_SCHEMA,
             "name": settings.name,

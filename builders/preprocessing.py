@@ -21,6 +21,7 @@ resizing the whole image and then cropping, at a third less work.
 
 from __future__ import annotations
 
+import argparse
 import io
 import json
 from collections.abc import Callable, Iterable, Sequence
@@ -40,6 +41,44 @@ class ImageDecodeError(ValueError):
     """The bytes are not a decodable image (empty, truncated, corrupt or another format)."""
 
 
+# Command-line descriptions of the spec's fields for cvserve's settings helper (cvserve.settings),
+# written as plain field metadata: this module runs inside Triton and imports nothing from cvserve.
+_SETTINGS = "cvserve.settings"
+
+
+def _flag(default, help: str, **spec):
+    return field(default=default, metadata={_SETTINGS: {"help": help, **spec}})
+
+
+def _size(text: str) -> tuple[int, int]:
+    try:
+        parts = [int(p) for p in text.lower().replace("x", ",").split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: use one number (224) or HxW (224x224)") from None
+    if len(parts) == 1:
+        parts = parts * 2
+    if len(parts) != 2 or min(parts) <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: use one number (224) or HxW (224x224)")
+    return parts[0], parts[1]
+
+
+def _floats(text: str) -> tuple[float, float, float]:
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give three comma-separated numbers") from None
+    if len(values) != 3:
+        raise argparse.ArgumentTypeError(f"{text!r}: give three comma-separated numbers")
+    return values  # type: ignore[return-value]
+
+
+def _names(text: str) -> tuple[str, ...]:
+    names = tuple(n.strip().upper() for n in text.split(",") if n.strip())
+    if not names:
+        raise argparse.ArgumentTypeError(f"{text!r}: name at least one image format, e.g. JPEG,PNG")
+    return names
+
+
 @dataclass(frozen=True, kw_only=True)
 class PreprocessSpec:
     """How an encoded image becomes a network input tensor.
@@ -48,19 +87,31 @@ class PreprocessSpec:
     centre-crop 224x224, scale to [0, 1], normalise with ImageNet mean/std, RGB, NCHW, float32.
     """
 
-    input_size: tuple[int, int] = (224, 224)  # (height, width) of the network input
-    resize_shorter: int = 256  # shorter side after resizing, before the centre crop; 0: resize to input_size
-    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)  # per channel, in the [0, 1] scale
-    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
-    color: str = "RGB"  # channel order the network expects: RGB or BGR
-    layout: str = "NCHW"  # NCHW or NHWC
-    interpolation: str = "bilinear"
-    fast_jpeg_decode: bool = True  # decode large JPEGs at reduced size (draft mode)
+    input_size: tuple[int, int] = _flag(
+        (224, 224), "network input HxW, or one number for a square", parser=_size, metavar="HxW"
+    )
+    resize_shorter: int = _flag(
+        256, "shorter side before the centre crop (0: resize straight to the input size)", flag="--resize"
+    )
+    mean: tuple[float, float, float] = _flag(
+        (0.485, 0.456, 0.406), "per-channel mean in [0, 1] (ImageNet)", parser=_floats, metavar="R,G,B"
+    )
+    std: tuple[float, float, float] = _flag(
+        (0.229, 0.224, 0.225), "per-channel std in [0, 1] (ImageNet)", parser=_floats, metavar="R,G,B"
+    )
+    color: str = _flag("RGB", "channel order the network expects", choices=("RGB", "BGR"))
+    input_layout: str = _flag("NCHW", "the network input's tensor layout", choices=("NCHW", "NHWC"))
+    interpolation: str = _flag("bilinear", "resampling filter", choices=_INTERPOLATIONS)
+    fast_jpeg_decode: bool = _flag(True, "decode large JPEGs at reduced size (libjpeg DCT scaling)")
     # Input limits, checked before decoding (a request over a limit fails alone with INVALID_ARGUMENT).
-    max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES
-    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS  # width x height declared in the header
-    formats: tuple[str, ...] = DEFAULT_FORMATS  # Pillow format names accepted
-    extra: dict[str, str] = field(default_factory=dict)
+    max_image_bytes: int = _flag(DEFAULT_MAX_IMAGE_BYTES, "largest encoded image served, in bytes")
+    max_image_pixels: int = _flag(
+        DEFAULT_MAX_IMAGE_PIXELS, "largest width x height served, read from the header before decoding"
+    )
+    formats: tuple[str, ...] = _flag(
+        DEFAULT_FORMATS, "image formats served (Pillow names)", parser=_names, metavar="JPEG,PNG"
+    )
+    extra: dict[str, str] = field(default_factory=dict, metadata={_SETTINGS: {"cli": False}})
 
     def __post_init__(self) -> None:
         h, w = self.input_size
@@ -72,8 +123,8 @@ class PreprocessSpec:
             )
         if self.color not in ("RGB", "BGR"):
             raise ValueError(f"color must be RGB or BGR, not {self.color!r}")
-        if self.layout not in ("NCHW", "NHWC"):
-            raise ValueError(f"layout must be NCHW or NHWC, not {self.layout!r}")
+        if self.input_layout not in ("NCHW", "NHWC"):
+            raise ValueError(f"input_layout must be NCHW or NHWC, not {self.input_layout!r}")
         if self.interpolation not in _INTERPOLATIONS:
             raise ValueError(f"interpolation must be one of {_INTERPOLATIONS}, not {self.interpolation!r}")
         if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
@@ -88,7 +139,7 @@ class PreprocessSpec:
     def tensor_shape(self) -> tuple[int, int, int]:
         """Shape of one preprocessed image (without the batch dimension)."""
         h, w = self.input_size
-        return (3, h, w) if self.layout == "NCHW" else (h, w, 3)
+        return (3, h, w) if self.input_layout == "NCHW" else (h, w, 3)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)
@@ -96,6 +147,8 @@ class PreprocessSpec:
     @classmethod
     def from_json(cls, text: str) -> PreprocessSpec:
         data = json.loads(text)
+        if "layout" in data:  # specs written before the field was called input_layout
+            data["input_layout"] = data.pop("layout")
         for key in ("input_size", "mean", "std", "formats"):
             if key in data:
                 data[key] = tuple(data[key])
@@ -191,7 +244,7 @@ def normalize_batch(pixels: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
     if spec.color == "BGR":
         pixels, mean, inv_std = pixels[..., ::-1], mean[::-1], inv_std[::-1]
     out = (pixels.astype(np.float32) - mean) * inv_std
-    if spec.layout == "NCHW":
+    if spec.input_layout == "NCHW":
         out = out.transpose(0, 3, 1, 2)
     return np.ascontiguousarray(out, dtype=np.float32)
 

@@ -72,10 +72,10 @@ def _head(spec: PreprocessSpec, input_name: str, opset: int, ir_version: int):
         helper.make_node(
             "Mul",
             [f"{_PREFIX}centred", f"{_PREFIX}inv_std"],
-            [input_name if spec.layout == "NHWC" else f"{_PREFIX}nhwc"],
+            [input_name if spec.input_layout == "NHWC" else f"{_PREFIX}nhwc"],
         ),
     ]
-    if spec.layout == "NCHW":
+    if spec.input_layout == "NCHW":
         nodes.append(helper.make_node("Transpose", [f"{_PREFIX}nhwc"], [input_name], perm=[0, 3, 1, 2]))
     initializers = [
         numpy_helper.from_array(mean, f"{_PREFIX}mean"),

@@ -42,6 +42,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 from cvserve.builders.profile import EngineProfile
 from cvserve.builders.runtime import ServingPlan
 from cvserve.errors import UserInputError
+from cvserve.settings import setting
 
 IMAGE = "IMAGE"
 PIXELS = "PIXELS"
@@ -74,6 +75,13 @@ def layout_roles(layout: str) -> tuple[str, ...]:
     return ("classifier",) if layout == "single" else ("preprocess", "network", "classifier")
 
 
+def _ints(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise UserInputError(f"{text!r}: give comma-separated integers, e.g. 4,8") from None
+
+
 def check_name(name: str) -> str:
     if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_.-]{0,63}", name):
         raise UserInputError(f"--name {name!r}: use letters, digits, '_', '-', '.', starting with a letter")
@@ -84,21 +92,33 @@ def check_name(name: str) -> str:
 class Batching:
     """Dynamic batching, admission control, instances and threads; ops tune these (``cvserve tune``)."""
 
-    max_batch_size: int = 32
-    preferred_batch_sizes: Sequence[int] = ()
-    max_queue_delay_us: int = 0  # 0: batch what is waiting; a busy instance lets the queue fill meanwhile
+    max_batch_size: int = setting(32, help="largest batch the server forms (the engine profile's max)")
+    preferred_batch_sizes: Sequence[int] = setting(
+        (), parser=_ints, metavar="N,N", help="dynamic batching preferred sizes, e.g. 4,8"
+    )
+    max_queue_delay_us: int = setting(
+        0, help="how long the batcher waits to fill a batch (0: batch what is waiting)"
+    )
     # Requests waiting per model before new ones are rejected at once; 0: one max batch. An admitted
     # request then waits for at most the batch running and one batch ahead of it (R2 in
     # docs/benchmarks.md: 2 x max batch admitted 1.7x the saturated p95, one max batch 1.2x).
-    max_queue_size: int = 0
+    max_queue_size: int = setting(
+        0, help="requests waiting before new ones are rejected as UNAVAILABLE (0: one max batch)"
+    )
     # A request waiting longer is rejected; 0: 2 x the SLO (the latency an admitted request may reach
     # under overload), and never below MIN_DERIVED_QUEUE_TIMEOUT_MS.
-    queue_timeout_ms: float = 0.0
-    slo_p95_ms: float = DEFAULT_SLO_P95_MS
-    network_instances: int = 2  # instances of the model that runs the network (module docstring)
-    preprocess_instances: int = 2  # ensemble layout: instances of NAME_preprocess
-    network_threads: int = 0  # intra-op threads per instance; 0: derived from the cores when served
-    decode_threads: int = 0  # decode threads per instance; 0: derived from the cores when served
+    queue_timeout_ms: float = setting(
+        0.0, help="a request queued longer is rejected as UNAVAILABLE (0: 2 x --slo-p95-ms, at least 1 s)"
+    )
+    slo_p95_ms: float = setting(DEFAULT_SLO_P95_MS, help="latency objective the queue timeout derives from")
+    network_instances: int = setting(
+        2, help="instances of the model that runs the network (two: see builders/triton_config.py)"
+    )
+    preprocess_instances: int = setting(2, help="ensemble layout: instances of the python decoder")
+    network_threads: int = setting(
+        0, help="intra-op threads per instance (0: the server's cores / instances, decided when served)"
+    )
+    decode_threads: int = setting(0, help="decode threads per instance (0: derived when served)")
 
     def __post_init__(self) -> None:
         if self.max_batch_size < 1:

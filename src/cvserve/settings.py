@@ -354,6 +354,8 @@ def _show(s: _Setting, value: Any) -> str:
         return s.flag if value else "--no-" + s.flag[2:]
     if s.spec.get("parser") is parse_duration and isinstance(value, int | float):
         return format_duration(value)
+    if isinstance(value, tuple | list):  # as the flag takes it: 224,224
+        return ",".join(map(str, value))
     return str(value)
 
 

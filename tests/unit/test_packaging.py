@@ -64,10 +64,10 @@ def test_wheel_has_exactly_one_top_level_name(wheel):
         names = z.namelist()
     top = {n.split("/", 1)[0] for n in names if not n.split("/", 1)[0].endswith((".dist-info", ".data"))}
     assert top == {"cvserve"}
-    for part in ("builders", "client", "loadtests", "model_repository", "server", "tune", "k8s"):
+    for part in ("builders", "client", "loadtests", "model_repository", "server", "tune", "k8s", "release"):
         assert any(n.startswith(f"cvserve/{part}/") for n in names), part
     # the builder copies these into every built repository
-    for f in ("preprocess.py", "postprocess.py", "network_onnxruntime.py"):
+    for f in ("classifier.py", "preprocess.py", "Dockerfile"):
         assert f"cvserve/model_repository/{f}" in names
     assert "cvserve/builders/data/imagenet_classes.txt" in names
     assert "cvserve/loadtests/prices.toml" in names

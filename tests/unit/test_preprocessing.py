@@ -30,7 +30,7 @@ def _jpeg(w: int, h: int, quality: int = 95) -> bytes:
 
 
 def test_spec_round_trips_through_json(tmp_path):
-    spec = PreprocessSpec(input_size=(192, 160), resize_shorter=200, color="BGR", layout="NHWC")
+    spec = PreprocessSpec(input_size=(192, 160), resize_shorter=200, color="BGR", input_layout="NHWC")
     spec.save(tmp_path)
     assert PreprocessSpec.load(tmp_path) == spec
     assert spec.tensor_shape == (192, 160, 3)
@@ -40,7 +40,7 @@ def test_spec_round_trips_through_json(tmp_path):
     "kwargs",
     [
         {"color": "RGBA"},
-        {"layout": "CHW"},
+        {"input_layout": "CHW"},
         {"resize_shorter": 100},
         {"std": (1.0, 0.0, 1.0)},
         {"input_size": (0, 5)},
@@ -91,7 +91,7 @@ def test_large_jpeg_is_decoded_at_reduced_size():
 def test_bgr_and_nhwc_are_channel_and_layout_swaps():
     data = sample_images(["coffee"])["coffee"].read_bytes()
     rgb = preprocess_batch([data], PreprocessSpec())[0]
-    bgr_nhwc = preprocess_batch([data], PreprocessSpec(color="BGR", layout="NHWC"))[0]
+    bgr_nhwc = preprocess_batch([data], PreprocessSpec(color="BGR", input_layout="NHWC"))[0]
     np.testing.assert_allclose(bgr_nhwc.transpose(2, 0, 1)[::-1], rgb, atol=1e-6)
 
 
