@@ -1,9 +1,21 @@
-"""``make demo``: build the published MobileNetV2, serve it on the embedded Triton, classify real photos.
+"""``make demo``: build the published MobileNetV2 in FP32 and INT8, serve it, classify, release INT8.
 
-Steps, each timed: build (checkpoint -> ONNX -> verified -> repository), start the embedded server,
-classify scikit-image's sample photos over gRPC with :class:`cvserve.client.Client`, stop the server.
+Steps, each timed:
+
+1. build FP32 (version 1): checkpoint -> ONNX -> verified -> served graph -> OpenVINO IR -> repository;
+2. build INT8 (version 2) behind its accuracy gate; a build that fails the gate writes nothing, and
+   the demo serves FP32 and says why;
+3. pin version 1 as what "production" serves, start the embedded Triton (explicit model control) and
+   classify scikit-image's sample photos over gRPC with :class:`cvserve.client.Client`;
+4. FP32 vs INT8 from the INT8 build report: throughput at batch 8 in the serving runtime, and
+   agreement on held-out photos;
+5. ``cvserve release`` of version 2 against version 1 on a golden set (per slice), a short load test
+   of each, go/no-go, the model card, and promotion on go: the server then serves INT8 with no
+   failed request. A no-go keeps FP32 and names the failing gates;
+6. classify again with whatever is served now, and stop the server.
+
 Exits 1 if an expected label (coffee -> espresso, chelsea -> Egyptian cat, rocket -> space shuttle)
-is not the top-1 answer.
+is not the top-1 answer of the served model; a no-go release is a result, not a failure.
 """
 
 from __future__ import annotations
@@ -15,75 +27,175 @@ from pathlib import Path
 
 from cvserve.defaults import DEFAULT_REPOSITORY
 
+ARCH = "cvserve.builders.architectures:mobilenet_v2"
+
+
+def _build(args, precision: str, log) -> object:
+    from cvserve.builders.pipeline import BuildSettings, QuantizationOptions, ServingOptions, build
+    from cvserve.builders.samples import demo_weights, imagenet_labels_path
+
+    return build(
+        BuildSettings(
+            checkpoint=demo_weights(),
+            arch=ARCH,
+            name=args.name,
+            labels=imagenet_labels_path(),
+            repository=args.repository,
+            quantization=QuantizationOptions(precision=precision),
+            serving=ServingOptions(top_k=args.top_k),
+            progress=False,
+        ),
+        log=log,
+    )
+
+
+def _classify(url: str, name: str, top_k: int) -> list[str]:
+    """Classify the sample photos; return the mismatches with the expected top-1 labels."""
+    from cvserve.builders.samples import expected_labels, sample_images
+    from cvserve.client import Client
+
+    images = sample_images()
+    with Client(url, model=name) as client:
+        info = client.model_info()
+        results = client.classify(list(images.values()), top_k=top_k)
+    print(f"   served: {name} version {info.version}")
+    failed, expected = [], expected_labels()
+    for (photo, path), top in zip(images.items(), results, strict=True):
+        best = ", ".join(f"{c.label} {c.score:.3f}" for c in top[:3])
+        print(f"   {photo:<11} ({path.name}): {best}")
+        if photo in expected and top[0].label != expected[photo]:
+            failed.append(f"{photo}: expected {expected[photo]!r}, got {top[0].label!r}")
+    return failed
+
+
+def _compare(report: dict) -> None:
+    """FP32 vs INT8 as the INT8 build measured them."""
+    from cvserve.reporting import num
+
+    t, acc = report.get("throughput") or {}, report.get("accuracy") or {}
+    if t:
+        print(
+            f"   throughput at batch {t.get('batch')} in {t.get('runtime')}: INT8 {num(t.get('img_s'))} img/s "
+            f"vs FP32 {num(t.get('reference_fp32_img_s'))} img/s ({num(t.get('speedup'))}x)"
+        )
+    gate = acc.get("gate") or {}
+    print(
+        f"   agreement with FP32 on {acc.get('held_out_images', '?')} held-out photos: top-1 "
+        f"{num(acc.get('top1_agreement'))} overall, top-5 overlap {num(acc.get('top5_overlap'))}; "
+        f"gate {gate.get('decision', '?')} on {gate.get('metric', '?')}"
+    )
+    quant = report.get("quantization") or {}
+    kept = quant.get("excluded_layers") or []
+    print(f"   quantizer {quant.get('method', '?')}, {len(kept)} layer(s) kept in higher precision")
+
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m cvserve.demo", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m cvserve.demo", description=__doc__.split("\n\n")[0])
     parser.add_argument("--repository", type=Path, default=DEFAULT_REPOSITORY)
     parser.add_argument("--name", default="mobilenet_v2")
     parser.add_argument("--top-k", type=int, default=5)
+    parser.add_argument("--report-dir", type=Path, default=Path("reports/demo-release"))
     args = parser.parse_args(argv)
 
-    from cvserve.builders.pipeline import BuildSettings, build
-    from cvserve.builders.samples import demo_weights, expected_labels, imagenet_labels_path, sample_images
-    from cvserve.client import Client
-    from cvserve.errors import CvserveError
+    from cvserve.errors import BuildError, CvserveError
+    from cvserve.release.example import make_example_golden_set
+    from cvserve.release.pipeline import run_release
+    from cvserve.release.promote import switch
+    from cvserve.release.settings import ReleaseSettings
     from cvserve.server import ServerSettings, TritonServer
 
     timings: dict[str, float] = {}
+    failed: list[str] = []
+
+    def step(title: str) -> None:
+        print(f"\n== {title}", flush=True)
+
+    def indent(message: str) -> None:
+        print("   " + message, flush=True)
+
     try:
         t = time.perf_counter()
-        print("== 1. build: torchvision's MobileNetV2 ImageNet weights -> Triton ensemble")
-        result = build(
-            BuildSettings(
-                checkpoint=demo_weights(),
-                arch="cvserve.builders.architectures:mobilenet_v2",
-                name=args.name,
-                labels=imagenet_labels_path(),
-                repository=args.repository,
-                top_k=args.top_k,
-            ),
-            log=lambda m: print("   " + m),
-        )
-        timings["build"] = time.perf_counter() - t
+        step("1. build FP32: torchvision's MobileNetV2 ImageNet weights -> served network")
+        fp32 = _build(args, "fp32", indent)
+        timings["build FP32"] = time.perf_counter() - t
 
-        print(f"\n== 2. serve: embedded Triton on {args.repository} (version {result.version})")
+        t = time.perf_counter()
+        step("2. build INT8, behind its accuracy gate")
+        int8 = None
+        try:
+            int8 = _build(args, "int8", indent)
+        except BuildError as exc:
+            indent(f"INT8 not built, FP32 stays served: {exc}")
+        timings["build INT8"] = time.perf_counter() - t
+
+        step(f"3. serve: embedded Triton on {args.repository}, FP32 version {fp32.version} in production")
+        switch(
+            args.repository, args.name, fp32.version, log=indent
+        )  # what production serves before the release
         t = time.perf_counter()
         server = TritonServer(
-            ServerSettings(repository=args.repository, grpc_port=0, http_port=0, metrics_port=0)
+            ServerSettings(
+                repository=args.repository,
+                grpc_port=0,
+                http_port=0,
+                metrics_port=0,
+                model_control_mode="explicit",
+                load_models=[args.name],
+            )
         )
         with server:
             timings["server start-to-ready"] = time.perf_counter() - t
-            print(f"   ready in {timings['server start-to-ready']:.1f} s at grpc {server.grpc_url}")
-
-            print("\n== 3. classify over gRPC (cvserve.client)")
-            images = sample_images()
+            indent(f"ready in {timings['server start-to-ready']:.1f} s at grpc {server.grpc_url}")
             t = time.perf_counter()
-            with Client(server.grpc_url, model=args.name) as client:
-                results = client.classify(list(images.values()), top_k=args.top_k)
+            failed = _classify(server.grpc_url, args.name, args.top_k)
             timings["classify"] = time.perf_counter() - t
-            failed = []
-            expected = expected_labels()
-            for (name, path), top in zip(images.items(), results, strict=True):
-                print(f"   {name} ({path.name})")
-                for c in top:
-                    print(f"      {c.score:6.3f}  {c.label}  (class {c.index})")
-                if name in expected and top[0].label != expected[name]:
-                    failed.append(f"{name}: expected {expected[name]!r}, got {top[0].label!r}")
+
+            if int8 is not None:
+                step("4. FP32 vs INT8, from the INT8 build report")
+                _compare(int8.report)
+
+                step(f"5. release INT8 version {int8.version} against FP32 version {fp32.version}")
+                t = time.perf_counter()
+                golden = make_example_golden_set(args.report_dir.parent / "demo-golden")
+                result = run_release(
+                    ReleaseSettings(
+                        name=args.name,
+                        golden=golden,
+                        candidate=int8.version,
+                        baseline=fp32.version,
+                        url=server.grpc_url,
+                        repository=args.repository,
+                        report_dir=args.report_dir,
+                        promote=True,
+                        slo_p95_ms=500.0,
+                        duration_s=15.0,
+                        warmup_s=3.0,
+                        users=4,
+                    )
+                )
+                timings["release"] = time.perf_counter() - t
+                verdict = result.decision.upper()
+                why = f", failing: {', '.join(result.failed_gates)}" if result.failed_gates else ""
+                promoted = "INT8 promoted" if result.go else "FP32 stays served"
+                print(
+                    f"   RELEASE {verdict}{why} ({promoted}); report {result.report_dir / 'release_report.md'}"
+                )
+
+                step("6. classify with what is served now")
+                failed = _classify(server.grpc_url, args.name, args.top_k)
             t = time.perf_counter()
         timings["server stop"] = time.perf_counter() - t
     except CvserveError as exc:
         print(f"demo failed: {exc}", file=sys.stderr)
         return 1
 
-    print("\n== 4. report")
-    for step, seconds in timings.items():
-        print(f"   {step:<24} {seconds:6.1f} s")
-    for name, label in expected_labels().items():
-        print(f"   expected {name} -> {label}")
+    step("report")
+    for name, seconds in timings.items():
+        indent(f"{name:<24} {seconds:6.1f} s")
     if failed:
         print("   MISMATCH: " + "; ".join(failed), file=sys.stderr)
         return 1
-    print("   all expected labels are top-1")
+    indent("all expected labels are top-1")
     return 0
 
 
