@@ -244,6 +244,7 @@ def int8(
         fp32,
         data.calibration,
         target=settings.target,
+        runtime=settings.runtime,
         workdir=workdir,
         progress=settings.progress,
         log=log,
