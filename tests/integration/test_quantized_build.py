@@ -155,7 +155,7 @@ def test_gpu_target_returns_the_symmetric_qdq_onnx_and_builds_no_engine(digits, 
     result = quantize.run(settings, fp32, tmp_path, log=lambda _m: None)
     assert result.network.suffix == ".onnx" and not list(tmp_path.rglob("*.plan"))
     assert result.throughput is None and result.quantization["activations"] == "int8 symmetric"
-    assert result.accuracy["measured_with"].startswith("onnxruntime-cpu")
+    assert result.accuracy["measured_with"].startswith(quantize.SIMULATED)
 
 
 # -- through the CLI and the real Triton server (the pipeline's current call) -----------------------------
