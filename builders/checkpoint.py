@@ -141,7 +141,7 @@ def num_classes(model: LoadedModel, input_shape: tuple[int, ...]) -> int:
     except Exception as exc:
         raise UserInputError(
             f"the model does not run on input [N, {', '.join(map(str, input_shape))}]: "
-            f"{str(exc).splitlines()[0]} (check --input-size and --layout)"
+            f"{str(exc).splitlines()[0]} (check --input-size and --input-layout)"
         ) from None
     if not hasattr(out, "shape") or out.dim() != 2:
         raise UserInputError(

@@ -1,4 +1,4 @@
-"""``cvserve build`` and ``cvserve rollback``."""
+"""``cvserve build``."""
 
 from __future__ import annotations
 
@@ -78,29 +78,66 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="per-channel std in [0,1] (default ImageNet)",
     )
     g.add_argument("--color", choices=("RGB", "BGR"), default="RGB")
-    g.add_argument("--layout", choices=("NCHW", "NHWC"), default="NCHW")
+    g.add_argument(
+        "--input-layout", choices=("NCHW", "NHWC"), default="NCHW", help="the network input's tensor layout"
+    )
     g.add_argument("--interpolation", choices=("bilinear", "bicubic", "nearest"), default="bilinear")
-    g = p.add_argument_group("serving")
-    g.add_argument("--max-batch-size", type=int, default=32)
+    g = p.add_argument_group("serving (where and how: cvserve.builders.runtime decides from these)")
     g.add_argument(
-        "--preferred-batch-sizes", type=_ints, default=[], help="network dynamic batching, e.g. 4,8"
+        "--target",
+        choices=("cpu", "gpu"),
+        default="cpu",
+        help="cpu: the single layout with OpenVINO by default; gpu: the ensemble layout with a TensorRT "
+        "engine (needs cvserve[tensorrt] here), or with --runtime onnxruntime the ONNX served through "
+        "ONNX Runtime's TensorRT accelerator",
     )
-    g.add_argument("--max-queue-delay-us", type=int, default=2000, help="dynamic batching queue delay")
-    g.add_argument("--network-instances", type=int, default=1)
-    g.add_argument("--preprocess-instances", type=int, default=2)
-    g.add_argument("--postprocess-instances", type=int, default=1)
-    g.add_argument(
-        "--network-threads", type=int, default=0, help="ONNX Runtime intra-op threads (0: all cores)"
-    )
-    g.add_argument("--top-k", type=int, default=5, help="classes returned per image")
     g.add_argument(
         "--runtime",
-        choices=("python", "onnxruntime"),
-        default="python",
-        help="network runtime: python (ONNX Runtime in the python backend, the embedded server) "
-        "or onnxruntime (Triton's native backend, NGC container; with --target gpu it serves the ONNX "
-        "through ONNX Runtime's TensorRT accelerator instead of building a TensorRT engine here)",
+        choices=("auto", "openvino", "onnxruntime", "tensorrt"),
+        default="auto",
+        help="the network runtime (auto: openvino on cpu, tensorrt on gpu)",
     )
+    g.add_argument(
+        "--layout",
+        choices=("auto", "single", "ensemble"),
+        default="auto",
+        help="single: one python model decodes and runs the network (the embedded server; NGC too); "
+        "ensemble: python decode -> native Triton backend (NGC). auto: single on cpu, ensemble on gpu",
+    )
+    g.add_argument("--max-batch-size", type=int, default=32)
+    g.add_argument(
+        "--preferred-batch-sizes", type=_ints, default=[], help="dynamic batching preferred sizes, e.g. 4,8"
+    )
+    g.add_argument(
+        "--max-queue-delay-us", type=int, default=0, help="dynamic batching queue delay (default 0)"
+    )
+    g.add_argument(
+        "--max-queue-size",
+        type=int,
+        default=0,
+        help="requests waiting before new ones are rejected as UNAVAILABLE (0: 2 x max batch size)",
+    )
+    g.add_argument(
+        "--queue-timeout-ms",
+        type=float,
+        default=0.0,
+        help="a request queued longer is rejected as UNAVAILABLE (0: --slo-p95-ms)",
+    )
+    g.add_argument(
+        "--slo-p95-ms", type=float, default=500.0, help="latency objective the queue timeout derives from"
+    )
+    g.add_argument(
+        "--network-instances", type=int, default=1, help="instances of the model running the network"
+    )
+    g.add_argument("--preprocess-instances", type=int, default=2, help="ensemble layout: decode instances")
+    g.add_argument(
+        "--network-threads",
+        type=int,
+        default=0,
+        help="intra-op threads per instance (0: the server's cores / instances, decided when served)",
+    )
+    g.add_argument("--decode-threads", type=int, default=0, help="decode threads per instance (0: derived)")
+    g.add_argument("--top-k", type=int, default=5, help="classes returned per image")
     g.add_argument("--execution-env", help="EXECUTION_ENV_PATH for the python models (packed env for NGC)")
     g.add_argument(
         "--version-policy", default="latest:1", help="latest:N, all or specific:V[,V] (default latest:1)"
@@ -113,13 +150,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--rtol", type=float, default=1e-3)
     g.add_argument("--exporter", choices=("auto", "dynamo", "torchscript"), default="auto")
     g.add_argument("--precision", choices=("fp32", "fp16", "int8"), default="fp32")
-    g.add_argument(
-        "--target",
-        choices=("cpu", "gpu"),
-        default="cpu",
-        help="gpu: a TensorRT engine (model.plan, needs cvserve[tensorrt] here), or with --runtime "
-        "onnxruntime the ONNX served through ONNX Runtime's TensorRT accelerator",
-    )
     g.add_argument("--calibration", type=Path, help="folder of calibration images")
     g.add_argument("--calibration-samples", type=int, default=200)
     g.add_argument("--calibration-method", choices=("minmax", "entropy", "percentile"), default="minmax")
@@ -129,22 +159,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run_build)
 
-    r = sub.add_parser(
-        "rollback",
-        help="serve an earlier version of a built model",
-        description="Pin the pipeline NAME to VERSION: restores the configs that version was built with, "
-        "with version_policy specific. Triton in poll mode picks it up; in explicit mode load NAME "
-        "again; in none mode restart the server.",
-    )
-    r.add_argument("name")
-    r.add_argument("version", type=int)
-    r.add_argument("--repository", "-r", type=Path, default=DEFAULT_REPOSITORY)
-    r.set_defaults(func=run_rollback)
-
 
 def settings_from_args(args: argparse.Namespace):
     from cvserve.builders import triton_config as tc
-    from cvserve.builders.pipeline import BuildSettings
+    from cvserve.builders.pipeline import BuildSettings, ExportSettings, QuantizationOptions, ServingOptions
     from cvserve.builders.preprocessing import PreprocessSpec
 
     try:
@@ -154,7 +172,7 @@ def settings_from_args(args: argparse.Namespace):
             mean=args.mean,
             std=args.std,
             color=args.color,
-            layout=args.layout,
+            layout=args.input_layout,
             interpolation=args.interpolation,
         )
     except ValueError as exc:
@@ -163,10 +181,13 @@ def settings_from_args(args: argparse.Namespace):
         max_batch_size=args.max_batch_size,
         preferred_batch_sizes=args.preferred_batch_sizes,
         max_queue_delay_us=args.max_queue_delay_us,
+        max_queue_size=args.max_queue_size,
+        queue_timeout_ms=args.queue_timeout_ms,
+        slo_p95_ms=args.slo_p95_ms,
         network_instances=args.network_instances,
         preprocess_instances=args.preprocess_instances,
-        postprocess_instances=args.postprocess_instances,
         network_threads=args.network_threads,
+        decode_threads=args.decode_threads,
     )
     return BuildSettings(
         checkpoint=args.checkpoint,
@@ -175,23 +196,27 @@ def settings_from_args(args: argparse.Namespace):
         labels=args.labels,
         repository=args.repository,
         preprocess=spec,
-        batching=batching,
-        version_policy=tc.VersionPolicy.parse(args.version_policy),
-        top_k=args.top_k,
-        runtime=args.runtime,
-        exporter=args.exporter,
-        verify_images=args.verify_images,
-        atol=args.atol,
-        rtol=args.rtol,
-        execution_env=args.execution_env,
-        precision=args.precision,
-        target=args.target,
-        calibration=args.calibration,
-        calibration_samples=args.calibration_samples,
-        calibration_method=args.calibration_method,
-        validation=args.validation,
-        validation_labels=args.validation_labels,
-        max_accuracy_drop=args.max_accuracy_drop,
+        export=ExportSettings(
+            exporter=args.exporter, verify_images=args.verify_images, atol=args.atol, rtol=args.rtol
+        ),
+        quantization=QuantizationOptions(
+            precision=args.precision,
+            calibration=args.calibration,
+            calibration_samples=args.calibration_samples,
+            calibration_method=args.calibration_method,
+            validation=args.validation,
+            validation_labels=args.validation_labels,
+            max_accuracy_drop=args.max_accuracy_drop,
+        ),
+        serving=ServingOptions(
+            target=args.target,
+            runtime=args.runtime,
+            layout=args.layout,
+            top_k=args.top_k,
+            batching=batching,
+            version_policy=tc.VersionPolicy.parse(args.version_policy),
+            execution_env=args.execution_env,
+        ),
         progress=not args.no_progress,
     )
 
@@ -200,16 +225,4 @@ def run_build(args: argparse.Namespace) -> int:
     from cvserve.builders.pipeline import build
 
     build(settings_from_args(args))
-    return 0
-
-
-def run_rollback(args: argparse.Namespace) -> int:
-    from cvserve.builders.repository import rollback
-
-    for path in rollback(args.repository, args.name, args.version):
-        print(f"wrote {path}")
-    print(
-        f"{args.name} is pinned to version {args.version}. Explicit mode: load {args.name} again; "
-        "none mode: restart the server."
-    )
     return 0

@@ -1,9 +1,10 @@
 """ONNX -> TensorRT engine (``model.plan``) through Polygraphy and the TensorRT builder API.
 
-Explicit quantization: an INT8 engine is built from a symmetric int8 Q/DQ ONNX (zero point 0), never
-from TensorRT's implicit calibrators (deprecated in TensorRT 10). One optimization profile covers every
-batch Triton's dynamic batcher can form: min 1, opt the preferred batch, max the model's max batch
-size. The builder's timing cache is loaded before and saved after each build, so later builds of
+The input is the served graph (cvserve.builders.served_graph): uint8 pixels, cast and normalised
+inside the network, top-k at its end. Explicit quantization: an INT8 engine is built from a symmetric
+int8 Q/DQ ONNX (zero point 0), never from TensorRT's implicit calibrators (deprecated in TensorRT 10).
+One optimization profile, the build's :class:`~cvserve.builders.profile.EngineProfile`, covers every
+batch Triton's dynamic batcher can form. The builder's timing cache is loaded before and saved after each build, so later builds of
 similar networks on the same GPU skip most tactic timing.
 
 TensorRT is the optional extra ``cvserve[tensorrt]``; it is imported only when an engine is built.
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cvserve._extras import require
+from cvserve.builders.profile import EngineProfile
 from cvserve.errors import BuildError, UserInputError
 
 FP8_MIN_COMPUTE_CAPABILITY = (8, 9)  # Ada and Hopper and later have FP8 tensor cores
@@ -28,30 +30,17 @@ class EngineSpec:
 
     input_name: str
     input_shape: tuple[int, ...]  # one sample, without the batch dimension
-    min_batch: int
-    opt_batch: int
-    max_batch: int
+    profile: EngineProfile
     fp16: bool
     int8: bool
     timing_cache: Path
     workspace_bytes: int | None = None
 
-    def __post_init__(self) -> None:
-        if not 1 <= self.min_batch <= self.opt_batch <= self.max_batch:
-            raise UserInputError(
-                f"TensorRT profile needs 1 <= min <= opt <= max batch, got "
-                f"{self.min_batch}/{self.opt_batch}/{self.max_batch}"
-            )
-
     def profile_shapes(self) -> dict[str, tuple[int, ...]]:
-        return {
-            "min": (self.min_batch, *self.input_shape),
-            "opt": (self.opt_batch, *self.input_shape),
-            "max": (self.max_batch, *self.input_shape),
-        }
+        return self.profile.shapes(self.input_shape)
 
     def covers(self, batch: int) -> bool:
-        return self.min_batch <= batch <= self.max_batch
+        return self.profile.covers(batch)
 
     def as_dict(self) -> dict:
         return {
@@ -71,21 +60,15 @@ def default_timing_cache() -> Path:
     return base / "cvserve" / "tensorrt" / "timing.cache"
 
 
-def opt_batch(max_batch_size: int, preferred: Sequence[int]) -> int:
-    """The profile's opt batch: the largest preferred batch size, else the max batch size."""
-    return max(preferred) if preferred else max_batch_size
-
-
 def engine_spec(
     *,
     input_name: str,
     input_shape: Sequence[int],
     precision: str,
-    max_batch_size: int,
-    preferred_batch_sizes: Sequence[int] = (),
+    profile: EngineProfile,
     timing_cache: Path | None = None,
 ) -> EngineSpec:
-    """The engine for a Triton model with ``max_batch_size`` and dynamic batching ``preferred_batch_sizes``.
+    """The engine for a Triton model served with the engine ``profile`` (builders/profile.py).
 
     FP16 is allowed in INT8 engines too, so that layers left out of quantization run in FP16 rather
     than FP32.
@@ -95,9 +78,7 @@ def engine_spec(
     return EngineSpec(
         input_name=input_name,
         input_shape=tuple(input_shape),
-        min_batch=1,
-        opt_batch=opt_batch(max_batch_size, preferred_batch_sizes),
-        max_batch=max_batch_size,
+        profile=profile,
         fp16=precision in ("fp16", "int8"),
         int8=precision == "int8",
         timing_cache=timing_cache or default_timing_cache(),

@@ -1,7 +1,20 @@
-"""The build pipeline: checkpoint -> ONNX -> clean-up -> verify -> (quantize / engine) -> repository.
+"""The build pipeline, the only orchestrator: each stage takes its own settings and hands a typed result on.
 
-Every stage writes into a scratch directory; the repository is touched only by the final atomic commit
-(:func:`cvserve.builders.repository.staged_build`), so a failure anywhere leaves it byte-identical.
+    load (checkpoint.py)     -> LoadedModel
+    export (torch2onnx.py)   -> ExportResult       the network ONNX: float input -> logits
+    cleanup (onnx_cleanup.py)-> CleanupResult
+    verify (verify.py)       -> VerifyResult        ONNX Runtime vs PyTorch on real photos
+    quantize (quantize.py)   -> QuantizeResult      INT8/FP16 core network, accuracy gate (precision != fp32)
+    wrap (served_graph.py)   -> ServedGraph         uint8 pixels in, top-k out, the math in the graph
+    engine (onnx2openvino.py / onnx2trt.py) -> NetworkArtifact   what the runtime serves
+    check (verify.py)        -> served result equals the float reference on the same photos
+    write (repository.py)    -> version N of every model of the layout, atomically
+
+Where and how the network is served (layout, runtime, device) is decided once, by
+:func:`cvserve.builders.runtime.decide`, before any stage runs; the engine profile (min/opt/max batch)
+once, by :class:`cvserve.builders.profile.EngineProfile`. Every stage writes into a scratch directory;
+the repository is touched only by the final atomic commit, so a failure anywhere leaves it
+byte-identical.
 """
 
 from __future__ import annotations
@@ -14,15 +27,67 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 
+from cvserve.builders import runtime as rt
 from cvserve.builders import triton_config as tc
 from cvserve.builders.preprocessing import PreprocessSpec, preprocess_files
 from cvserve.defaults import DEFAULT_REPOSITORY
 from cvserve.errors import NotFoundError, UserInputError
 
 PRECISIONS = ("fp32", "fp16", "int8")
-TARGETS = ("cpu", "gpu")
+REPORT_SCHEMA = 2
+
+
+# -- settings, one small dataclass per stage ------------------------------------------------------------
+@dataclass(kw_only=True)
+class ExportSettings:
+    """How the checkpoint becomes ONNX and how closely ONNX Runtime must match PyTorch."""
+
+    exporter: str = "auto"  # auto, dynamo or torchscript
+    verify_images: list[Path] = field(default_factory=list)  # empty: the bundled sample photos
+    atol: float = 1e-3
+    rtol: float = 1e-3
+
+
+@dataclass(kw_only=True)
+class QuantizationOptions:
+    """What ``--precision`` and the calibration/validation flags ask of the quantize stage."""
+
+    precision: str = "fp32"
+    calibration: Path | None = None
+    calibration_samples: int = 200
+    calibration_method: str = "minmax"
+    validation: Path | None = None
+    validation_labels: Path | None = None
+    max_accuracy_drop: float = 0.01
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise UserInputError(
+                f"--precision must be one of {', '.join(PRECISIONS)}, not {self.precision!r}"
+            )
+
+
+@dataclass(kw_only=True)
+class ServingOptions:
+    """Where the network is served and how Triton schedules it."""
+
+    target: str = "cpu"
+    runtime: str = "auto"  # auto (the rule in cvserve.builders.runtime), openvino, onnxruntime, tensorrt
+    layout: str = "auto"  # auto, single or ensemble
+    top_k: int = 5
+    batching: tc.Batching = field(default_factory=tc.Batching)
+    version_policy: tc.VersionPolicy = field(default_factory=tc.VersionPolicy)
+    execution_env: str | None = None  # EXECUTION_ENV_PATH for the python models (NGC container)
+
+    def __post_init__(self) -> None:
+        if self.top_k < 1:
+            raise UserInputError(f"--top-k must be at least 1, got {self.top_k}")
+
+    def plan(self) -> rt.ServingPlan:
+        return rt.decide(target=self.target, runtime=self.runtime, layout=self.layout)
 
 
 @dataclass(kw_only=True)
@@ -35,42 +100,21 @@ class BuildSettings:
     labels: Path | None = None
     repository: Path = DEFAULT_REPOSITORY
     preprocess: PreprocessSpec = field(default_factory=PreprocessSpec)
-    batching: tc.Batching = field(default_factory=tc.Batching)
-    version_policy: tc.VersionPolicy = field(default_factory=tc.VersionPolicy)
-    top_k: int = 5
-    runtime: str = "python"  # network runtime: python (embedded server), onnxruntime or tensorrt (NGC)
-    exporter: str = "auto"
-    verify_images: list[Path] = field(default_factory=list)  # empty: the bundled sample photos
-    atol: float = 1e-3
-    rtol: float = 1e-3
-    execution_env: str | None = None  # EXECUTION_ENV_PATH for the python models (NGC container)
-    # Quantization (cvserve.builders.quantize)
-    precision: str = "fp32"
-    target: str = "cpu"
-    calibration: Path | None = None
-    calibration_samples: int = 200
-    calibration_method: str = "minmax"
-    validation: Path | None = None
-    validation_labels: Path | None = None
-    max_accuracy_drop: float = 0.01
+    export: ExportSettings = field(default_factory=ExportSettings)
+    quantization: QuantizationOptions = field(default_factory=QuantizationOptions)
+    serving: ServingOptions = field(default_factory=ServingOptions)
     progress: bool = True
 
     def __post_init__(self) -> None:
         tc.check_name(self.name)
-        if self.precision not in PRECISIONS:
-            raise UserInputError(
-                f"--precision must be one of {', '.join(PRECISIONS)}, not {self.precision!r}"
-            )
-        if self.target not in TARGETS:
-            raise UserInputError(f"--target must be one of {', '.join(TARGETS)}, not {self.target!r}")
-        if self.top_k < 1:
-            raise UserInputError(f"--top-k must be at least 1, got {self.top_k}")
+        self.serving.plan()  # a bad --target/--runtime/--layout combination fails before any work
+        q = self.quantization
         for label, path in (
             ("checkpoint", self.checkpoint),
             ("--labels", self.labels),
-            ("--calibration", self.calibration),
-            ("--validation", self.validation),
-            ("--validation-labels", self.validation_labels),
+            ("--calibration", q.calibration),
+            ("--validation", q.validation),
+            ("--validation-labels", q.validation_labels),
         ):
             if path is not None and not Path(path).exists():
                 raise NotFoundError(f"{label} {path} does not exist")
@@ -85,12 +129,13 @@ class BuildResult:
     report: dict
 
 
-def _read_labels(path: Path | None, num_classes: int) -> list[str]:
+# -- helpers --------------------------------------------------------------------------------------------
+def _labels(path: Path | None, num_classes: int) -> list[str]:
     if path is None:
         return [str(i) for i in range(num_classes)]
-    labels = [ln.rstrip("\r\n") for ln in Path(path).read_text(encoding="utf-8").splitlines()]
-    while labels and not labels[-1].strip():
-        labels.pop()
+    from cvserve.labels import read_class_names
+
+    labels = read_class_names(path)
     if len(labels) != num_classes:
         raise UserInputError(
             f"checkpoint has {num_classes} classes but --labels {path} has {len(labels)} lines"
@@ -98,7 +143,7 @@ def _read_labels(path: Path | None, num_classes: int) -> list[str]:
     return labels
 
 
-def _sha256(path: Path) -> str:
+def sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -106,7 +151,7 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _verification_images(settings: BuildSettings) -> list[Path]:
+def _verification_images(settings: ExportSettings) -> list[Path]:
     if settings.verify_images:
         return list(settings.verify_images)
     from cvserve.builders.samples import sample_images
@@ -136,10 +181,19 @@ class _Clock:
         return _Stage()
 
 
+# -- the pipeline ---------------------------------------------------------------------------------------
 def build(settings: BuildSettings, log: Callable[[str], None] = print) -> BuildResult:
     """Build ``settings.name`` into ``settings.repository`` as a new version. Atomic."""
-    from cvserve.builders import checkpoint, onnx_cleanup, repository, torch2onnx, verify
+    from cvserve.builders import checkpoint, onnx_cleanup, repository, served_graph, torch2onnx, verify
 
+    plan = settings.serving.plan()
+    if plan.runtime == "tensorrt":  # fail before minutes of export and calibration, not after
+        from cvserve._extras import require
+
+        require("tensorrt", extra="tensorrt", purpose="to build TensorRT engines (--runtime tensorrt)")
+    batching = settings.serving.batching
+    profile = batching.profile
+    precision = settings.quantization.precision
     clock = _Clock(log)
     spec = settings.preprocess
     started = time.perf_counter()
@@ -148,80 +202,97 @@ def build(settings: BuildSettings, log: Callable[[str], None] = print) -> BuildR
         with clock.stage("load"):
             model = checkpoint.load_model(settings.checkpoint, settings.arch)
             # Check the labels before the (slow) export: one forward pass tells the number of classes.
-            labels = _read_labels(settings.labels, checkpoint.num_classes(model, spec.tensor_shape))
+            labels = _labels(settings.labels, checkpoint.num_classes(model, spec.tensor_shape))
         with clock.stage("export"):
             exported = torch2onnx.export(
-                model, scratch / "exported.onnx", input_shape=spec.tensor_shape, exporter=settings.exporter
+                model,
+                scratch / "exported.onnx",
+                input_shape=spec.tensor_shape,
+                exporter=settings.export.exporter,
             )
         with clock.stage("cleanup"):
             cleaned = onnx_cleanup.cleanup(exported.path, scratch / "model.onnx")
         with clock.stage("verify"):
-            images = _verification_images(settings)
-            batch = preprocess_files(images, spec)
-            checked = verify.verify(model, cleaned.path, batch, atol=settings.atol, rtol=settings.rtol)
+            images = _verification_images(settings.export)
+            checked = verify.verify(
+                model,
+                cleaned.path,
+                preprocess_files(images, spec),
+                atol=settings.export.atol,
+                rtol=settings.export.rtol,
+            )
             log(
                 f"[verify] ONNX Runtime vs PyTorch on {checked.images} real images: max |diff| "
-                f"{checked.max_abs_diff:.2e} (tolerance {checked.tolerance:.1e}), top-1 equal {checked.top1_equal}/{checked.images}"
+                f"{checked.max_abs_diff:.2e} (tolerance {checked.tolerance:.1e}), top-1 equal "
+                f"{checked.top1_equal}/{checked.images}"
             )
-        network_file, quant_report = cleaned.path, None
-        if settings.precision != "fp32" or settings.target == "gpu":
-            from cvserve.builders import quantize
-
+        network, quant_report = cleaned.path, {}
+        if precision != "fp32":
             with clock.stage("quantize"):
-                q = quantize.run_quantization(
-                    onnx_fp32=cleaned.path, workdir=scratch, settings=settings, reference_model=model, log=log
-                )
-            network_file, quant_report = q.network_file, q.report
-        shape = tc.PipelineShape(
-            tensor_shape=spec.tensor_shape, num_classes=exported.num_classes, top_k=settings.top_k
-        )
-        if settings.execution_env:
-            env = {"EXECUTION_ENV_PATH": settings.execution_env}
-            shape.extra_params.update(preprocess=env, postprocess=env)
-        runtime = "tensorrt" if network_file.suffix == ".plan" else settings.runtime
-        configs = tc.pipeline_configs(
-            settings.name, shape, settings.batching, settings.version_policy, runtime
-        )
-        accelerator = None
-        if settings.target == "gpu" and runtime == "onnxruntime":  # the ONNX on GPU through ORT's TensorRT
-            accelerator = tc.add_tensorrt_accelerator(
-                configs["network"],
-                precision=settings.precision,
-                input_name=shape.input_name,
-                tensor_shape=spec.tensor_shape,
-                b=settings.batching,
+                network, quant_report = _quantize(settings, plan, labels, cleaned.path, scratch, log)
+        with clock.stage("wrap"):
+            served = served_graph.wrap(network, scratch / "served.onnx", spec, top_k=settings.serving.top_k)
+        with clock.stage("engine"):
+            artifact = _engine(plan, precision, profile, served, spec, scratch, log)
+        with clock.stage("check"):
+            served_check = verify.served(
+                artifact.path, plan.runtime, cleaned.path, [p.read_bytes() for p in images], spec
             )
+            if served_check is not None:
+                log(f"[check] served {plan.runtime} network vs the float reference: {served_check.summary()}")
+                if precision == "fp32":
+                    served_check.require_equal()
+        shape = tc.PipelineShape(
+            pixels_shape=served.pixels_shape,
+            top_k=served.top_k,
+            labels=labels,
+            precision=precision,
+            execution_env=settings.serving.execution_env,
+        )
+        configs = tc.pipeline_configs(settings.name, plan, shape, batching, settings.serving.version_policy)
         report = {
+            "schema": REPORT_SCHEMA,
             "name": settings.name,
-            "checkpoint": str(settings.checkpoint),
-            "source_kind": model.kind,
-            "exporter": exported.exporter,
-            "opset": exported.opset,
-            "num_classes": exported.num_classes,
-            "runtime": runtime,
-            "precision": settings.precision,
-            "target": settings.target,
+            "created": datetime.now(timezone.utc).replace(microsecond=0).isoformat(),
+            "checkpoint": {
+                "path": str(settings.checkpoint),
+                "sha256": sha256(Path(settings.checkpoint)),
+                "kind": model.kind,
+            },
+            "network": {
+                **plan.as_dict(),
+                "precision": precision,
+                "file": artifact.path.name,
+                "sha256": sha256(artifact.path),
+                "size_bytes": sum(p.stat().st_size for p in artifact.files),
+                "exporter": exported.exporter,
+                "opset": exported.opset,
+                "num_classes": served.num_classes,
+                "top_k": served.top_k,
+            },
+            "engine_profile": profile.to_report(),
             "preprocess": json.loads(spec.to_json()),
             "batching": {
-                k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(settings.batching).items()
+                k: (list(v) if isinstance(v, tuple | list) else v) for k, v in asdict(batching).items()
             },
-            "cleanup": {"nodes_before": cleaned.nodes_before, "nodes_after": cleaned.nodes_after},
-            "verification": checked.as_dict(),
-            "size_bytes": network_file.stat().st_size,
-            "sha256": _sha256(network_file),
+            "quantization": quant_report.get("quantization"),
+            "accuracy": quant_report.get("accuracy"),
+            "throughput": quant_report.get("throughput"),
+            "verification": {
+                **checked.as_dict(),
+                "cleanup_nodes": [cleaned.nodes_before, cleaned.nodes_after],
+                "served": served_check.as_dict() if served_check is not None else None,
+            },
+            "engine": artifact.details,
         }
-        if quant_report:
-            report.update(quant_report)
-        if accelerator:
-            report["tensorrt_accelerator"] = accelerator
         with clock.stage("write"), repository.staged_build(settings.repository, settings.name) as staged:
             report["version"] = staged.version
-            _write_models(staged, settings, spec, labels, network_file, runtime, configs)
+            _write_models(staged, plan, spec, artifact, configs)
             report["timings_s"] = {**clock.timings, "total": round(time.perf_counter() - started, 3)}
-            _write_report(staged.version_dir("ensemble"), report)
+            _write_report(staged.version_dir("classifier"), report)
     log(
-        f"built {settings.name} version {report['version']} into {settings.repository} "
-        f"in {time.perf_counter() - started:.1f} s"
+        f"built {settings.name} version {report['version']} ({plan.layout} layout, {plan.runtime}, "
+        f"{precision}) into {settings.repository} in {time.perf_counter() - started:.1f} s"
     )
     return BuildResult(
         name=settings.name,
@@ -232,37 +303,100 @@ def build(settings: BuildSettings, log: Callable[[str], None] = print) -> BuildR
     )
 
 
-def _write_models(
-    staged, settings, spec: PreprocessSpec, labels, network_file: Path, runtime: str, configs
-) -> None:
-    src = importlib.resources.files("cvserve.model_repository")
-    pre = staged.version_dir("preprocess")
-    _copy_resource(src / "preprocess.py", pre / "model.py")
-    _copy_resource(
-        importlib.resources.files("cvserve.builders") / "preprocessing.py", pre / "cvserve_preprocessing.py"
+def _quantize(settings, plan: rt.ServingPlan, labels, fp32: Path, scratch: Path, log) -> tuple[Path, dict]:
+    """The quantize stage: the INT8/FP16 core network and its report entries (accuracy gate included)."""
+    from types import SimpleNamespace
+
+    from cvserve.builders import quantize
+
+    q = settings.quantization
+    b = settings.serving.batching
+    legacy = SimpleNamespace(  # TODO(quant): replaced by quantize.QuantizeSettings when it lands
+        precision=q.precision,
+        target=plan.target,
+        runtime="onnxruntime",  # never let the stage build an engine: the pipeline does, from the wrap
+        calibration=q.calibration,
+        calibration_samples=q.calibration_samples,
+        calibration_method=q.calibration_method,
+        validation=q.validation,
+        validation_labels=q.validation_labels,
+        max_accuracy_drop=q.max_accuracy_drop,
+        progress=settings.progress,
+        preprocess=settings.preprocess,
+        batching=SimpleNamespace(
+            max_batch_size=b.max_batch_size, preferred_batch_sizes=list(b.preferred_batch_sizes)
+        ),
+        labels=settings.labels,
     )
-    spec.save(pre)
-    net = staged.version_dir("network")
-    shutil.copy2(network_file, net / ("model.plan" if runtime == "tensorrt" else "model.onnx"))
-    if runtime == "python":
-        _copy_resource(src / "network_onnxruntime.py", net / "model.py")
-    post = staged.version_dir("postprocess")
-    _copy_resource(src / "postprocess.py", post / "model.py")
-    (post / "labels.txt").write_text("\n".join(labels) + "\n", encoding="utf-8")
-    staged.version_dir("ensemble")
+    result = quantize.run_quantization(onnx_fp32=fp32, workdir=scratch, settings=legacy, log=log)
+    entries = dict(result.report)
+    quantization = {k: entries.pop(k) for k in ("calibration", "excluded_layers", "fallback") if k in entries}
+    quantization["method"] = q.calibration_method
+    return result.network_file, {
+        "quantization": quantization,
+        "accuracy": entries.get("accuracy"),
+        "throughput": entries.get("throughput"),
+    }
+
+
+def _engine(
+    plan: rt.ServingPlan, precision: str, profile, served, spec, scratch: Path, log
+) -> rt.NetworkArtifact:
+    """The engine stage: the served graph as the file(s) its runtime serves."""
+    if plan.runtime == "openvino":
+        from cvserve.builders import onnx2openvino
+
+        xml = onnx2openvino.convert(served.path, scratch / "openvino" / plan.network_file)
+        return rt.NetworkArtifact(plan=plan, files=(xml, xml.with_suffix(".bin")), precision=precision)
+    if plan.runtime == "onnxruntime":
+        onnx_file = scratch / "onnxruntime" / plan.network_file
+        onnx_file.parent.mkdir()
+        shutil.copy2(served.path, onnx_file)
+        details = None
+        if plan.accelerator == "tensorrt":
+            details = {"accelerator": "tensorrt", "profile": profile.to_report(), "precision": precision}
+        return rt.NetworkArtifact(plan=plan, files=(onnx_file,), precision=precision, details=details)
+    from cvserve.builders import onnx2trt
+
+    engine = scratch / "tensorrt" / plan.network_file
+    engine.parent.mkdir()
+    spec_trt = onnx2trt.engine_spec(
+        input_name=tc.PIXELS, input_shape=served.pixels_shape, precision=precision, profile=profile
+    )
+    details = onnx2trt.build_engine(served.path, engine, spec_trt, log)
+    return rt.NetworkArtifact(plan=plan, files=(engine,), precision=precision, details=details)
+
+
+def _copy_resource(package: str, name: str, dst: Path) -> None:
+    """Copy a file shipped inside the cvserve package (found through importlib.resources)."""
+    dst.write_bytes((importlib.resources.files(package) / name).read_bytes())
+
+
+def _write_models(staged, plan: rt.ServingPlan, spec: PreprocessSpec, artifact, configs) -> None:
+    """Every model of the layout into the staged version folders."""
+    decoder = staged.version_dir("classifier" if plan.layout == "single" else "preprocess")
+    _copy_resource(
+        "cvserve.model_repository",
+        "classifier.py" if plan.layout == "single" else "preprocess.py",
+        decoder / "model.py",
+    )
+    _copy_resource("cvserve.builders", "preprocessing.py", decoder / "cvserve_preprocessing.py")
+    _copy_resource("cvserve.builders", "runners.py", decoder / "cvserve_runners.py")
+    spec.save(decoder)
+    network_dir = staged.version_dir("classifier" if plan.layout == "single" else "network")
+    for f in artifact.files:
+        shutil.copy2(f, network_dir / f.name)
+    staged.version_dir("classifier")
     for role, cfg in configs.items():
         staged.write_config(role, cfg)
-
-
-def _copy_resource(resource, dst: Path) -> None:
-    """Copy a file shipped inside the cvserve package (found through importlib.resources)."""
-    dst.write_bytes(resource.read_bytes())
 
 
 def _write_report(directory: Path, report: dict) -> None:
     (directory / "build_report.json").write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
     try:
         from cvserve.builders.report import render_markdown
+
+        markdown = render_markdown(report)
     except ImportError:
         return
-    (directory / "build_report.md").write_text(render_markdown(report))
+    (directory / "build_report.md").write_text(markdown)

@@ -1,21 +1,29 @@
 """Image preprocessing: the single source of truth for serving, verification and calibration.
 
 A :class:`PreprocessSpec` is fixed once at build time and written next to the served models as
-``preprocess.json``. This very file is copied into the preprocess model's version directory, so the
-python backend runs the same code that the builder used to verify and calibrate the network.
+``preprocess.json``. This very file is copied next to the served python-backend model (as
+``cvserve_preprocessing.py``), so serving runs the same code that the builder used to verify and
+calibrate the network. It depends on numpy and Pillow only, never on cvserve.
 
-It depends on numpy and Pillow only (both present in the serving environment), never on cvserve.
+What is served: :func:`pixels` turns encoded bytes into an HWC uint8 RGB crop. Only that uint8 crop
+travels to the network, whose graph casts, normalises and transposes it (cvserve.builders.served_graph).
+:func:`normalize_batch` is the same arithmetic in numpy: the float reference that verification and
+calibration feed to the bare network.
 
-Throughput notes: JPEGs are decoded at reduced size with ``Image.draft`` (libjpeg DCT scaling, up to
-8x fewer pixels decoded) when the image is much larger than needed; normalisation and layout changes
-are one vectorised numpy operation over the whole batch.
+Hostile input fails alone and cheaply: the byte size, the format (JPEG and PNG only, by default) and
+the pixel count declared in the header are checked before anything is decoded, and error messages
+name the limit, never the decoder's internals.
+
+Throughput: large JPEGs are decoded at reduced size (``Image.draft``, libjpeg DCT scaling), and only
+the region that survives the centre crop is resized (``Image.resize(box=...)``): the same pixels as
+resizing the whole image and then cropping, at a third less work.
 """
 
 from __future__ import annotations
 
 import io
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -23,6 +31,9 @@ import numpy as np
 
 SPEC_FILENAME = "preprocess.json"
 _INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
+DEFAULT_MAX_IMAGE_BYTES = 20 * 1024 * 1024  # 20 MiB per encoded image
+DEFAULT_MAX_IMAGE_PIXELS = 40_000_000  # 40 megapixels: a 12000x12000 PNG bomb is refused unread
+DEFAULT_FORMATS = ("JPEG", "PNG")
 
 
 class ImageDecodeError(ValueError):
@@ -45,6 +56,10 @@ class PreprocessSpec:
     layout: str = "NCHW"  # NCHW or NHWC
     interpolation: str = "bilinear"
     fast_jpeg_decode: bool = True  # decode large JPEGs at reduced size (draft mode)
+    # Input limits, checked before decoding (a request over a limit fails alone with INVALID_ARGUMENT).
+    max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS  # width x height declared in the header
+    formats: tuple[str, ...] = DEFAULT_FORMATS  # Pillow format names accepted
     extra: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -63,6 +78,10 @@ class PreprocessSpec:
             raise ValueError(f"interpolation must be one of {_INTERPOLATIONS}, not {self.interpolation!r}")
         if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
             raise ValueError("mean and std need three values each, std > 0")
+        if self.max_image_bytes < 1 or self.max_image_pixels < 1:
+            raise ValueError("max_image_bytes and max_image_pixels must be positive")
+        if not self.formats:
+            raise ValueError("formats must name at least one image format, e.g. JPEG")
 
     # -- (de)serialisation --------------------------------------------------------------------------
     @property
@@ -77,8 +96,9 @@ class PreprocessSpec:
     @classmethod
     def from_json(cls, text: str) -> PreprocessSpec:
         data = json.loads(text)
-        for key in ("input_size", "mean", "std"):
-            data[key] = tuple(data[key])
+        for key in ("input_size", "mean", "std", "formats"):
+            if key in data:
+                data[key] = tuple(data[key])
         return cls(**data)
 
     def save(self, directory: str | Path) -> Path:
@@ -102,21 +122,40 @@ def _pil():
 
 
 def decode(data: bytes, spec: PreprocessSpec):
-    """Decode encoded image bytes into an RGB PIL image, at reduced size for large JPEGs."""
+    """Decode encoded image bytes into an RGB PIL image, at reduced size for large JPEGs.
+
+    Raises :class:`ImageDecodeError` for an empty or oversized input, a format outside
+    ``spec.formats``, a declared size above ``spec.max_image_pixels`` (checked from the header, before
+    decoding) and corrupt or truncated data.
+    """
     Image = _pil()
     if not data:
         raise ImageDecodeError("empty image (0 bytes)")
+    if len(data) > spec.max_image_bytes:
+        raise ImageDecodeError(
+            f"image of {len(data)} bytes is larger than the limit of {spec.max_image_bytes} bytes"
+        )
+    allowed = " or ".join(spec.formats)
     try:
-        img = Image.open(io.BytesIO(data))
+        img = Image.open(io.BytesIO(data), formats=list(spec.formats))
+    except Image.DecompressionBombError:  # Pillow's own hard limit, far above ours
+        raise ImageDecodeError(f"image is larger than the limit of {spec.max_image_pixels} pixels") from None
+    except Exception:  # UnidentifiedImageError, or a header so broken that the plugin fails
+        raise ImageDecodeError(f"not a {allowed} image ({len(data)} bytes)") from None
+    width, height = img.size
+    if width < 1 or height < 1 or width * height > spec.max_image_pixels:
+        raise ImageDecodeError(
+            f"image of {width}x{height} pixels is larger than the limit of {spec.max_image_pixels} pixels"
+            if width * height > spec.max_image_pixels
+            else f"image of {width}x{height} pixels has no pixels"
+        )
+    try:
         if spec.fast_jpeg_decode and img.format == "JPEG":
-            target = _resized_size(img.size, spec)
-            img.draft("RGB", target)  # DCT scaling: never smaller than target
+            img.draft("RGB", _resized_size(img.size, spec))  # DCT scaling: never smaller than needed
         img.load()
         return img.convert("RGB") if img.mode != "RGB" else img
-    except ImageDecodeError:
-        raise
-    except Exception as exc:  # Pillow raises many types (UnidentifiedImageError, OSError, SyntaxError...)
-        raise ImageDecodeError(f"not a decodable image ({len(data)} bytes): {exc}") from None
+    except Exception:  # Pillow raises many types (OSError, SyntaxError, ValueError...) with internals
+        raise ImageDecodeError(f"truncated or corrupt {img.format} data ({len(data)} bytes)") from None
 
 
 def _resized_size(size: tuple[int, int], spec: PreprocessSpec) -> tuple[int, int]:
@@ -128,21 +167,21 @@ def _resized_size(size: tuple[int, int], spec: PreprocessSpec) -> tuple[int, int
 
 
 def resize_crop(img, spec: PreprocessSpec) -> np.ndarray:
-    """Resize (shorter side) and centre-crop a PIL image; return HWC uint8 RGB."""
+    """Resize (shorter side to ``resize_shorter``) and centre-crop a PIL image; return HWC uint8 RGB.
+
+    Only the crop's region of the source is resampled (``box``), with the filter of the full resize.
+    """
     Image = _pil()
     resample = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "nearest": Image.NEAREST}[
         spec.interpolation
     ]
+    width, height = img.size
     new_w, new_h = _resized_size(img.size, spec)
-    if (new_w, new_h) != img.size:
-        img = img.resize((new_w, new_h), resample)
     ch, cw = spec.input_size
     left, top = round((new_w - cw) / 2.0), round((new_h - ch) / 2.0)
-    if left < 0 or top < 0:  # can only happen with resize_shorter=0 and odd aspect; pad by resizing
-        img = img.resize((max(cw, new_w), max(ch, new_h)), resample)
-        left, top = max(left, 0), max(top, 0)
-    img = img.crop((left, top, left + cw, top + ch))
-    return np.asarray(img, dtype=np.uint8)
+    sx, sy = width / new_w, height / new_h
+    box = (left * sx, top * sy, (left + cw) * sx, (top + ch) * sy)
+    return np.asarray(img.resize((cw, ch), resample, box=box), dtype=np.uint8)
 
 
 def normalize_batch(pixels: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
@@ -160,6 +199,41 @@ def normalize_batch(pixels: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
 def pixels(data: bytes, spec: PreprocessSpec) -> np.ndarray:
     """Encoded bytes -> HWC uint8 crop (decode + resize + crop)."""
     return resize_crop(decode(data, spec), spec)
+
+
+def decode_requests(
+    requests: Sequence[Sequence[bytes]], spec: PreprocessSpec, map_fn: Callable = map
+) -> tuple[np.ndarray | None, list[int | str]]:
+    """Encoded images of several requests -> one uint8 batch of crops, and each request's outcome.
+
+    The outcome of a request is its number of rows in the batch, or the message that fails it (and
+    only it) when one of its images cannot be decoded. ``map_fn`` decodes the images, e.g. a thread
+    pool's ``map``: Pillow releases the GIL while it decodes and resizes.
+    """
+    jobs = [(r, i, data) for r, images in enumerate(requests) for i, data in enumerate(images)]
+
+    def one(job: tuple[int, int, bytes]) -> np.ndarray | str:
+        r, i, data = job
+        try:
+            return pixels(data, spec)
+        except ImageDecodeError as exc:
+            return f"image {i + 1} of {len(requests[r])} in the request: {exc}"
+
+    crops = list(map_fn(one, jobs))
+    good: list[np.ndarray] = []
+    outcomes: list[int | str] = []
+    start = 0
+    for images in requests:
+        mine, start = crops[start : start + len(images)], start + len(images)
+        error = next((c for c in mine if isinstance(c, str)), None)
+        if not images:
+            outcomes.append("the request has no images")
+        elif error is not None:
+            outcomes.append(error)
+        else:
+            outcomes.append(len(mine))
+            good.extend(mine)  # type: ignore[arg-type]
+    return (np.stack(good) if good else None), outcomes
 
 
 def preprocess_batch(images: Sequence[bytes], spec: PreprocessSpec) -> np.ndarray:

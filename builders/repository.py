@@ -3,8 +3,9 @@
 A build is assembled completely in a staging directory next to the repository (same filesystem) and
 only then moved into place with renames, so a build that fails at any stage leaves the repository
 byte-identical. Each build adds version N (one more than the highest existing version of any of the
-pipeline's models) to all four models; earlier versions stay on disk. Every version directory keeps a
-snapshot of the configs it was built with (``config.pbtxt.build``), which ``rollback`` restores.
+pipeline's models) to every model of its layout (NAME alone, or NAME, NAME_preprocess and
+NAME_network), the model clients call last; earlier versions stay on disk. Every version directory
+keeps a snapshot of the config it was built with (``config.pbtxt.build``), which ``rollback`` restores.
 """
 
 from __future__ import annotations
@@ -85,8 +86,10 @@ def commit(staged: Staged) -> None:
         )
     undo: list[Callable[[], None]] = []
     try:
-        for role in ("preprocess", "network", "postprocess", "ensemble"):  # the ensemble last
+        for role in tc.ROLES[1:] + tc.ROLES[:1]:  # the model clients call (classifier) last
             src = staged.model_dir(role)
+            if not src.is_dir():  # a role this build's layout does not have
+                continue
             dst = repo / src.name
             if not dst.exists():
                 os.rename(src, dst)
@@ -113,17 +116,15 @@ def rollback(repository: Path, name: str, version: int) -> list[Path]:
     itself; in ``explicit`` mode load the ensemble again; in ``none`` mode restart the server.
     """
     repository = Path(repository)
-    names = tc.model_names(name)
-    missing = [m for m in names.values() if not (repository / m / str(version) / SNAPSHOT).exists()]
-    if missing:
+    models = [m for m in tc.model_names(name).values() if (repository / m / str(version) / SNAPSHOT).exists()]
+    if name not in models:
         have = existing_versions(repository, name)
         raise NotFoundError(
-            f"version {version} of {name} is not in {repository} (missing for {', '.join(missing)}); "
-            f"versions present: {have or 'none'}"
+            f"version {version} of {name} is not in {repository}; versions present: {have or 'none'}"
         )
     written = []
     pinned = tc.VersionPolicy(kind="specific", values=(version,)).proto()
-    for model in names.values():
+    for model in models:
         cfg = tc.parse((repository / model / str(version) / SNAPSHOT).read_text())
         cfg.version_policy.CopyFrom(pinned)
         path = repository / model / "config.pbtxt"

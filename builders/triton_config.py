@@ -1,37 +1,58 @@
 """Triton model configurations, built from Triton's own ``model_config`` protobuf (shipped in tritonclient).
 
 Never assembled from strings: every field is typed and checked by protobuf, and printed with
-``text_format``. Names of the four models of a classification pipeline NAME:
+``text_format``. What clients call is always NAME: IMAGE (BYTES, [1]) -> CLASS_INDEX (INT64, [k]),
+SCORE (FP32, [k]), with the class names in NAME's ``labels`` parameter (a JSON array). The layouts
+(:mod:`cvserve.builders.runtime`):
 
-* ``NAME`` (ensemble, what clients call): IMAGE (TYPE_STRING, [1]) -> CLASS_INDEX, SCORE, LABEL ([K])
-* ``NAME_preprocess`` (python backend): IMAGE -> ``input`` (FP32, spec.tensor_shape)
-* ``NAME_network`` (python backend running ONNX Runtime, or native onnxruntime / tensorrt_plan)
-* ``NAME_postprocess`` (python backend): ``logits`` -> top-K
+* ``single``: NAME, a python-backend model that decodes and runs the network (OpenVINO/ONNX Runtime);
+* ``ensemble``: NAME (ensemble) -> NAME_preprocess (python: IMAGE -> PIXELS uint8 [H, W, 3]) ->
+  NAME_network (openvino / onnxruntime_onnx / tensorrt_plan: PIXELS -> CLASS_INDEX, SCORE).
+
+Admission control: the model that first queues a request rejects it, as a retryable UNAVAILABLE,
+when its queue holds ``max_queue_size`` requests or when it has waited ``queue_timeout_ms``, so an
+overload turns into fast rejections instead of unbounded latency.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
+from cvserve.builders.profile import EngineProfile
+from cvserve.builders.runtime import ServingPlan
 from cvserve.errors import UserInputError
 
 IMAGE = "IMAGE"
-OUTPUTS = ("CLASS_INDEX", "SCORE", "LABEL")
-NETWORK_RUNTIMES = ("python", "onnxruntime", "tensorrt")
+PIXELS = "PIXELS"
+CLASS_INDEX = "CLASS_INDEX"
+SCORE = "SCORE"
+LABELS_PARAMETER = "labels"
+ROLES = ("classifier", "preprocess", "network")  # classifier: NAME (the single model or the ensemble)
+DEFAULT_SLO_P95_MS = 500.0  # the latency objective queue timeouts derive from (cvserve loadtest's default)
+# The config parameter that sets a network's intra-op threads, per backend (read by cvserve tune too):
+# python is cvserve's own model (model_repository/classifier.py), the others Triton's backends.
+THREADS_PARAMETER = {
+    "python": "intra_op_threads",
+    "openvino": "INFERENCE_NUM_THREADS",
+    "onnxruntime": "intra_op_thread_count",
+}
+DECODE_THREADS_PARAMETER = "decode_threads"  # of the python models that decode
 
 
 def model_names(name: str) -> dict[str, str]:
-    return {
-        "ensemble": name,
-        "preprocess": f"{name}_preprocess",
-        "network": f"{name}_network",
-        "postprocess": f"{name}_postprocess",
-    }
+    """Role -> model name of every model a pipeline NAME may have (which exist depends on the layout)."""
+    return {"classifier": name, "preprocess": f"{name}_preprocess", "network": f"{name}_network"}
+
+
+def layout_roles(layout: str) -> tuple[str, ...]:
+    """The roles a layout writes, the model clients call (classifier) last."""
+    return ("classifier",) if layout == "single" else ("preprocess", "network", "classifier")
 
 
 def check_name(name: str) -> str:
@@ -42,17 +63,18 @@ def check_name(name: str) -> str:
 
 @dataclass(kw_only=True)
 class Batching:
-    """Dynamic batching and instance settings; ops tune these (``cvserve tune``)."""
+    """Dynamic batching, admission control, instances and threads; ops tune these (``cvserve tune``)."""
 
     max_batch_size: int = 32
     preferred_batch_sizes: Sequence[int] = ()
-    max_queue_delay_us: int = 2000
-    network_instances: int = 1
-    preprocess_instances: int = 2
-    postprocess_instances: int = 1
-    network_threads: int = 0  # ONNX Runtime intra-op threads in the python runtime (0: all cores)
-    decode_threads: int = 0  # decode threads per preprocess instance (0: min(4, cores))
-    instance_kind: str = "KIND_CPU"
+    max_queue_delay_us: int = 0  # 0: batch what is waiting; a busy instance lets the queue fill meanwhile
+    max_queue_size: int = 0  # requests waiting per model before new ones are rejected; 0: 2 x max batch
+    queue_timeout_ms: float = 0.0  # a request waiting longer is rejected; 0: the SLO (slo_p95_ms)
+    slo_p95_ms: float = DEFAULT_SLO_P95_MS
+    network_instances: int = 1  # instances of the model that runs the network
+    preprocess_instances: int = 2  # ensemble layout: instances of NAME_preprocess
+    network_threads: int = 0  # intra-op threads per instance; 0: derived from the cores when served
+    decode_threads: int = 0  # decode threads per instance; 0: derived from the cores when served
 
     def __post_init__(self) -> None:
         if self.max_batch_size < 1:
@@ -62,15 +84,32 @@ class Batching:
             raise UserInputError(
                 f"preferred batch sizes {bad} are outside 1..max batch size {self.max_batch_size}"
             )
-        if self.max_queue_delay_us < 0:
-            raise UserInputError("--max-queue-delay-us must be >= 0")
-        for label, n in (
-            ("network", self.network_instances),
-            ("preprocess", self.preprocess_instances),
-            ("postprocess", self.postprocess_instances),
+        for flag, value in (
+            ("--max-queue-delay-us", self.max_queue_delay_us),
+            ("--max-queue-size", self.max_queue_size),
+            ("--queue-timeout-ms", self.queue_timeout_ms),
+            ("--network-threads", self.network_threads),
+            ("--decode-threads", self.decode_threads),
         ):
+            if value < 0:
+                raise UserInputError(f"{flag} must be >= 0, got {value}")
+        if self.slo_p95_ms <= 0:
+            raise UserInputError(f"--slo-p95-ms must be positive, got {self.slo_p95_ms}")
+        for label, n in (("network", self.network_instances), ("preprocess", self.preprocess_instances)):
             if n < 1:
                 raise UserInputError(f"--{label}-instances must be at least 1, got {n}")
+
+    @property
+    def profile(self) -> EngineProfile:
+        return EngineProfile.for_batching(self.max_batch_size, self.preferred_batch_sizes)
+
+    @property
+    def queue_size(self) -> int:
+        return self.max_queue_size or 2 * self.max_batch_size
+
+    @property
+    def queue_timeout_us(self) -> int:
+        return round(1000 * (self.queue_timeout_ms or self.slo_p95_ms))
 
 
 @dataclass(kw_only=True)
@@ -108,22 +147,38 @@ class VersionPolicy:
 
 @dataclass(kw_only=True)
 class PipelineShape:
-    tensor_shape: tuple[int, ...]
-    num_classes: int
-    top_k: int = 5
-    input_name: str = "input"
-    logits_name: str = "logits"
-    extra_params: dict[str, dict[str, str]] = field(default_factory=dict)  # model role -> parameters
+    """What the configs need to know about the served network."""
+
+    pixels_shape: tuple[int, int, int]  # (H, W, 3), without the batch dimension
+    top_k: int
+    labels: Sequence[str]
+    precision: str = "fp32"  # of the network: the TensorRT accelerator's precision mode follows it
+    execution_env: str | None = None  # EXECUTION_ENV_PATH of the python models (NGC container)
 
 
-def _params(cfg: mc.ModelConfig, params: dict[str, str]) -> None:
+def _params(cfg: mc.ModelConfig, params: dict[str, object]) -> None:
     for key, value in params.items():
         cfg.parameters[key].string_value = str(value)
 
 
+def _outputs(shape: PipelineShape) -> list[mc.ModelOutput]:
+    return [
+        mc.ModelOutput(name=CLASS_INDEX, data_type=mc.TYPE_INT64, dims=[shape.top_k]),
+        mc.ModelOutput(name=SCORE, data_type=mc.TYPE_FP32, dims=[shape.top_k]),
+    ]
+
+
 def _dynamic_batching(b: Batching, preferred: Sequence[int] = ()) -> mc.ModelDynamicBatching:
+    policy = mc.ModelQueuePolicy(
+        timeout_action=mc.ModelQueuePolicy.TimeoutAction.REJECT,
+        default_timeout_microseconds=b.queue_timeout_us,
+        allow_timeout_override=True,
+        max_queue_size=b.queue_size,
+    )
     return mc.ModelDynamicBatching(
-        preferred_batch_size=list(preferred), max_queue_delay_microseconds=b.max_queue_delay_us
+        preferred_batch_size=list(preferred),
+        max_queue_delay_microseconds=b.max_queue_delay_us,
+        default_queue_policy=policy,
     )
 
 
@@ -131,50 +186,86 @@ def _instances(count: int, kind: str) -> list[mc.ModelInstanceGroup]:
     return [mc.ModelInstanceGroup(count=count, kind=mc.ModelInstanceGroup.Kind.Value(kind))]
 
 
-def preprocess_config(name: str, shape: PipelineShape, b: Batching, policy: VersionPolicy) -> mc.ModelConfig:
+def _python_params(shape: PipelineShape, b: Batching) -> dict[str, object]:
+    params: dict[str, object] = {DECODE_THREADS_PARAMETER: b.decode_threads}
+    if shape.execution_env:
+        params["EXECUTION_ENV_PATH"] = shape.execution_env
+    return params
+
+
+def single_config(
+    name: str, plan: ServingPlan, shape: PipelineShape, b: Batching, policy: VersionPolicy
+) -> mc.ModelConfig:
+    """NAME as one python-backend model: decode on a thread pool, run the network in-process."""
+    cfg = mc.ModelConfig(
+        name=name,
+        backend="python",
+        max_batch_size=b.max_batch_size,
+        version_policy=policy.proto(),
+        input=[mc.ModelInput(name=IMAGE, data_type=mc.TYPE_STRING, dims=[1])],
+        output=_outputs(shape),
+        dynamic_batching=_dynamic_batching(b, b.preferred_batch_sizes),
+        instance_group=_instances(b.network_instances, plan.instance_kind),
+    )
+    _params(
+        cfg,
+        {
+            LABELS_PARAMETER: json.dumps(list(shape.labels), ensure_ascii=False),
+            "runtime": plan.runtime,
+            "network_file": plan.network_file,
+            THREADS_PARAMETER["python"]: b.network_threads,
+            **_python_params(shape, b),
+        },
+    )
+    return cfg
+
+
+def preprocess_config(
+    name: str, plan: ServingPlan, shape: PipelineShape, b: Batching, policy: VersionPolicy
+) -> mc.ModelConfig:
+    """NAME_preprocess (ensemble layout): encoded images -> uint8 pixels, on CPU instances."""
     cfg = mc.ModelConfig(
         name=model_names(name)["preprocess"],
         backend="python",
         max_batch_size=b.max_batch_size,
         version_policy=policy.proto(),
         input=[mc.ModelInput(name=IMAGE, data_type=mc.TYPE_STRING, dims=[1])],
-        output=[mc.ModelOutput(name=shape.input_name, data_type=mc.TYPE_FP32, dims=list(shape.tensor_shape))],
+        output=[mc.ModelOutput(name=PIXELS, data_type=mc.TYPE_UINT8, dims=list(shape.pixels_shape))],
         dynamic_batching=_dynamic_batching(b),
         instance_group=_instances(b.preprocess_instances, "KIND_CPU"),
     )
-    _params(cfg, {"decode_threads": b.decode_threads, **shape.extra_params.get("preprocess", {})})
+    _params(cfg, _python_params(shape, b))
     return cfg
 
 
 def network_config(
-    name: str, shape: PipelineShape, b: Batching, policy: VersionPolicy, runtime: str
+    name: str, plan: ServingPlan, shape: PipelineShape, b: Batching, policy: VersionPolicy
 ) -> mc.ModelConfig:
-    if runtime not in NETWORK_RUNTIMES:
-        raise UserInputError(f"--runtime must be one of {', '.join(NETWORK_RUNTIMES)}, not {runtime!r}")
+    """NAME_network (ensemble layout) on a native backend: pixels -> CLASS_INDEX, SCORE."""
     cfg = mc.ModelConfig(
         name=model_names(name)["network"],
         max_batch_size=b.max_batch_size,
         version_policy=policy.proto(),
-        input=[mc.ModelInput(name=shape.input_name, data_type=mc.TYPE_FP32, dims=list(shape.tensor_shape))],
-        output=[mc.ModelOutput(name=shape.logits_name, data_type=mc.TYPE_FP32, dims=[shape.num_classes])],
+        input=[mc.ModelInput(name=PIXELS, data_type=mc.TYPE_UINT8, dims=list(shape.pixels_shape))],
+        output=_outputs(shape),
         dynamic_batching=_dynamic_batching(b, b.preferred_batch_sizes),
-        instance_group=_instances(b.network_instances, b.instance_kind),
+        instance_group=_instances(b.network_instances, plan.instance_kind),
+        default_model_filename=plan.network_file,
     )
-    if runtime == "python":  # ONNX Runtime inside the python backend (the embedded server)
-        cfg.backend = "python"
-        _params(cfg, {"intra_op_threads": b.network_threads, "onnx_file": "model.onnx"})
-    elif runtime == "onnxruntime":  # Triton's native onnxruntime backend (NGC container)
-        cfg.platform, cfg.backend, cfg.default_model_filename = (
-            "onnxruntime_onnx",
-            "onnxruntime",
-            "model.onnx",
-        )
+    if plan.runtime == "openvino":  # Triton's openvino backend (NGC), IR files
+        cfg.backend = "openvino"
+        params: dict[str, object] = {"PERFORMANCE_HINT": "LATENCY"}
         if b.network_threads:
-            _params(cfg, {"intra_op_thread_count": b.network_threads})
-    else:  # TensorRT engine (NGC container on GPU nodes): an engine only runs on a GPU instance
-        cfg.platform, cfg.backend, cfg.default_model_filename = "tensorrt_plan", "tensorrt", "model.plan"
-        cfg.instance_group[0].kind = mc.ModelInstanceGroup.Kind.KIND_GPU
-    _params(cfg, shape.extra_params.get("network", {}))
+            params[THREADS_PARAMETER["openvino"]] = b.network_threads
+        _params(cfg, params)
+    elif plan.runtime == "onnxruntime":  # Triton's onnxruntime backend (NGC)
+        cfg.platform, cfg.backend = "onnxruntime_onnx", "onnxruntime"
+        if b.network_threads:
+            _params(cfg, {THREADS_PARAMETER["onnxruntime"]: b.network_threads})
+        if plan.accelerator == "tensorrt":
+            add_tensorrt_accelerator(cfg, precision=shape.precision, shape=shape, profile=b.profile)
+    else:  # a TensorRT engine: it only runs on a GPU instance
+        cfg.platform, cfg.backend = "tensorrt_plan", "tensorrt"
     return cfg
 
 
@@ -186,43 +277,40 @@ def add_tensorrt_accelerator(
     cfg: mc.ModelConfig,
     *,
     precision: str,
-    input_name: str,
-    tensor_shape: Sequence[int],
-    b: Batching,
+    shape: PipelineShape,
+    profile: EngineProfile,
     cache_dir: str = TRT_ACCELERATOR_CACHE,
     workspace_bytes: int = 1 << 30,
 ) -> dict[str, str]:
     """Run an ``onnxruntime_onnx`` network on GPU instances through ONNX Runtime's TensorRT accelerator.
 
-    The variant for GPU nodes that serves the ONNX itself (the Q/DQ ONNX for INT8) instead of a
-    prebuilt engine: the engine is built by the server on first load and cached. The optimization
-    profile follows the same rule as :mod:`cvserve.builders.onnx2trt` (min 1, opt the largest
-    preferred batch, max ``max_batch_size``), so the dynamic batcher never forms a batch outside it.
-    Returns the accelerator's parameters (for the build report).
+    The server builds the engine on first load and caches it. Its optimization profile is the build's
+    :class:`~cvserve.builders.profile.EngineProfile`, so the dynamic batcher never forms a batch
+    outside it. Returns the accelerator's parameters (for the build report).
     """
-    from cvserve.builders.onnx2trt import opt_batch
-
     if cfg.platform != "onnxruntime_onnx":
         raise UserInputError(
             "the TensorRT accelerator needs --runtime onnxruntime (Triton's onnxruntime backend)"
         )
     if precision not in TRT_PRECISION_MODES:
         raise UserInputError(f"precision must be one of {', '.join(TRT_PRECISION_MODES)}, not {precision!r}")
+    shapes = profile.shapes(shape.pixels_shape)
 
-    def dims(batch: int) -> str:
-        return f"{input_name}:" + "x".join(str(d) for d in (batch, *tensor_shape))
+    def dims(key: str) -> str:
+        return f"{PIXELS}:" + "x".join(str(d) for d in shapes[key])
 
     params = {
         "precision_mode": TRT_PRECISION_MODES[precision],
         "max_workspace_size_bytes": str(workspace_bytes),
-        "trt_profile_min_shapes": dims(1),
-        "trt_profile_opt_shapes": dims(opt_batch(b.max_batch_size, b.preferred_batch_sizes)),
-        "trt_profile_max_shapes": dims(b.max_batch_size),
+        "trt_profile_min_shapes": dims("min"),
+        "trt_profile_opt_shapes": dims("opt"),
+        "trt_profile_max_shapes": dims("max"),
         "trt_engine_cache_enable": "1",
         "trt_engine_cache_path": cache_dir,
         "trt_timing_cache_enable": "1",
         "trt_timing_cache_path": cache_dir,
     }
+    del cfg.optimization.execution_accelerators.gpu_execution_accelerator[:]
     accelerator = cfg.optimization.execution_accelerators.gpu_execution_accelerator.add(name="tensorrt")
     accelerator.parameters.update(params)
     for group in cfg.instance_group:
@@ -230,76 +318,51 @@ def add_tensorrt_accelerator(
     return params
 
 
-def postprocess_config(name: str, shape: PipelineShape, b: Batching, policy: VersionPolicy) -> mc.ModelConfig:
-    k = min(shape.top_k, shape.num_classes)
-    cfg = mc.ModelConfig(
-        name=model_names(name)["postprocess"],
-        backend="python",
-        max_batch_size=b.max_batch_size,
-        version_policy=policy.proto(),
-        input=[mc.ModelInput(name=shape.logits_name, data_type=mc.TYPE_FP32, dims=[shape.num_classes])],
-        output=[
-            mc.ModelOutput(name="CLASS_INDEX", data_type=mc.TYPE_INT64, dims=[k]),
-            mc.ModelOutput(name="SCORE", data_type=mc.TYPE_FP32, dims=[k]),
-            mc.ModelOutput(name="LABEL", data_type=mc.TYPE_STRING, dims=[k]),
-        ],
-        dynamic_batching=_dynamic_batching(b),
-        instance_group=_instances(b.postprocess_instances, "KIND_CPU"),
-    )
-    _params(cfg, {"apply_softmax": "true", **shape.extra_params.get("postprocess", {})})
-    return cfg
-
-
-def ensemble_config(name: str, shape: PipelineShape, b: Batching, policy: VersionPolicy) -> mc.ModelConfig:
+def ensemble_config(
+    name: str, plan: ServingPlan, shape: PipelineShape, b: Batching, policy: VersionPolicy
+) -> mc.ModelConfig:
+    """NAME as a Triton ensemble: NAME_preprocess -> NAME_network."""
     names = model_names(name)
-    k = min(shape.top_k, shape.num_classes)
     step = mc.ModelEnsembling.Step
-    return mc.ModelConfig(
+    cfg = mc.ModelConfig(
         name=name,
         platform="ensemble",
         max_batch_size=b.max_batch_size,
         version_policy=policy.proto(),
         input=[mc.ModelInput(name=IMAGE, data_type=mc.TYPE_STRING, dims=[1])],
-        output=[
-            mc.ModelOutput(name="CLASS_INDEX", data_type=mc.TYPE_INT64, dims=[k]),
-            mc.ModelOutput(name="SCORE", data_type=mc.TYPE_FP32, dims=[k]),
-            mc.ModelOutput(name="LABEL", data_type=mc.TYPE_STRING, dims=[k]),
-        ],
+        output=_outputs(shape),
         ensemble_scheduling=mc.ModelEnsembling(
             step=[
                 step(
                     model_name=names["preprocess"],
                     model_version=-1,
                     input_map={IMAGE: IMAGE},
-                    output_map={shape.input_name: "preprocessed"},
+                    output_map={PIXELS: "pixels"},
                 ),
                 step(
                     model_name=names["network"],
                     model_version=-1,
-                    input_map={shape.input_name: "preprocessed"},
-                    output_map={shape.logits_name: "logits"},
-                ),
-                step(
-                    model_name=names["postprocess"],
-                    model_version=-1,
-                    input_map={shape.logits_name: "logits"},
-                    output_map={o: o for o in OUTPUTS},
+                    input_map={PIXELS: "pixels"},
+                    output_map={CLASS_INDEX: CLASS_INDEX, SCORE: SCORE},
                 ),
             ]
         ),
     )
+    _params(cfg, {LABELS_PARAMETER: json.dumps(list(shape.labels), ensure_ascii=False)})
+    return cfg
 
 
 def pipeline_configs(
-    name: str, shape: PipelineShape, b: Batching, policy: VersionPolicy, runtime: str
+    name: str, plan: ServingPlan, shape: PipelineShape, b: Batching, policy: VersionPolicy
 ) -> dict[str, mc.ModelConfig]:
-    """Role -> config for the four models of the pipeline."""
+    """Role -> config of every model of the plan's layout (:func:`layout_roles` order)."""
     check_name(name)
+    if plan.layout == "single":
+        return {"classifier": single_config(name, plan, shape, b, policy)}
     return {
-        "preprocess": preprocess_config(name, shape, b, policy),
-        "network": network_config(name, shape, b, policy, runtime),
-        "postprocess": postprocess_config(name, shape, b, policy),
-        "ensemble": ensemble_config(name, shape, b, policy),
+        "preprocess": preprocess_config(name, plan, shape, b, policy),
+        "network": network_config(name, plan, shape, b, policy),
+        "classifier": ensemble_config(name, plan, shape, b, policy),
     }
 
 

@@ -65,3 +65,88 @@ def verify(
             f"(tolerance {tol:.3g}), top-1 equal on {same}/{len(batch)}"
         )
     return result
+
+
+@dataclass(kw_only=True)
+class ServedCheck:
+    """The served network (uint8 pixels in, top-k out, in its runtime) against the float reference."""
+
+    runtime: str
+    images: int
+    top1_equal: int
+    topk_equal: int  # images whose whole top-k list is the reference's
+    max_score_diff: float
+    tolerance: float
+
+    def summary(self) -> str:
+        return (
+            f"top-1 equal {self.top1_equal}/{self.images}, top-k equal {self.topk_equal}/{self.images}, "
+            f"max score diff {self.max_score_diff:.2e}"
+        )
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    def require_equal(self) -> None:
+        """Raise :class:`BuildError` unless the served network gives the reference's answers.
+
+        Top-1 must match on every image and every top-k score must match rank by rank; two classes of
+        near-equal score may swap places between runtimes, so the order below top-1 is only reported.
+        """
+        if self.top1_equal != self.images or self.max_score_diff > self.tolerance:
+            raise BuildError(
+                f"the served {self.runtime} network disagrees with the float reference on {self.images} real "
+                f"images: {self.summary()} (tolerance {self.tolerance:.1e})"
+            )
+
+
+def reference_topk(network: Path, pixels: np.ndarray, spec, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The float reference of the served graph: numpy normalisation, the bare network, softmax, top-k."""
+    from cvserve.builders.preprocessing import normalize_batch
+
+    session = ort_session(network)
+    return softmax_topk(
+        session.run(None, {session.get_inputs()[0].name: normalize_batch(pixels, spec)})[0], k
+    )
+
+
+def softmax_topk(logits: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(class indices, probabilities) of the ``k`` most probable classes per row, best first."""
+    z = np.exp(logits - logits.max(axis=1, keepdims=True))
+    probs = z / z.sum(axis=1, keepdims=True)
+    index = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+    return index, np.take_along_axis(probs, index, axis=1)
+
+
+def served(
+    served_file: Path,
+    runtime: str,
+    reference_network: Path,
+    images: list[bytes],
+    spec,
+    tolerance: float = 1e-4,
+) -> ServedCheck | None:
+    """Run the served network file in its runtime on real images and compare with the float reference.
+
+    ``None`` for a runtime that cannot run here (a TensorRT engine needs its GPU).
+    """
+    from cvserve.builders.preprocessing import pixels as crop
+    from cvserve.builders.runners import RUNTIMES, open_runner
+
+    if runtime not in RUNTIMES:
+        return None
+    batch = np.stack([crop(data, spec) for data in images])
+    try:
+        out = open_runner(served_file, runtime).run(batch)
+    except ImportError as exc:
+        raise BuildError(f"{runtime} is needed to check the served network: {exc}") from None
+    index, score = out["CLASS_INDEX"], out["SCORE"]
+    ref_index, ref_score = reference_topk(reference_network, batch, spec, index.shape[1])
+    return ServedCheck(
+        runtime=runtime,
+        images=len(batch),
+        top1_equal=int(np.sum(index[:, 0] == ref_index[:, 0])),
+        topk_equal=int(np.sum(np.all(index == ref_index, axis=1))),
+        max_score_diff=float(np.max(np.abs(score - ref_score))),
+        tolerance=tolerance,
+    )

@@ -10,9 +10,10 @@ Example:
     ...         print(top[0].label, f"{top[0].score:.2f}")
 """
 
-from cvserve.client._retry import RetryPolicy
+from cvserve.client._retry import RetryBudget, RetryPolicy
 from cvserve.client.aio import AsyncClient
 from cvserve.client.errors import (
+    AccessDenied,
     ClientError,
     DeadlineExceeded,
     InvalidInput,
@@ -26,6 +27,7 @@ from cvserve.client.sync import Client
 from cvserve.client.types import Classification, ModelInfo, TensorSpec
 
 __all__ = [
+    "AccessDenied",
     "AsyncClient",
     "Classification",
     "Client",
@@ -36,6 +38,7 @@ __all__ = [
     "MissingDependency",
     "ModelInfo",
     "ModelNotFound",
+    "RetryBudget",
     "RetryPolicy",
     "ServerError",
     "ServerUnavailable",

@@ -1,7 +1,8 @@
 """Turn what callers pass as images (paths, bytes, numpy arrays, PIL images) into encoded bytes.
 
 Paths and bytes are sent as they are: the server decodes them and reports an image it cannot decode.
-Arrays and PIL images are encoded to PNG (lossless) with Pillow, imported only when needed.
+Arrays and PIL images are encoded to PNG (lossless) with Pillow, imported only when needed. An image
+larger than the client's ``max_image_bytes`` is refused before it is sent (a file before it is read).
 """
 
 from __future__ import annotations
@@ -60,12 +61,17 @@ def as_image_list(images: object) -> list[Any]:
     return list(images)
 
 
-def encode_image(image: object, position: int, total: int) -> bytes:
-    """Encoded bytes for one image; ``position`` (1-based) and ``total`` name it in error messages."""
+def encode_image(image: object, position: int, total: int, max_bytes: int | None = None) -> bytes:
+    """Encoded bytes for one image; ``position`` (1-based) and ``total`` name it in error messages.
+
+    Raises:
+        InvalidInput: not an image, empty, or larger than ``max_bytes`` (the client's ``max_image_bytes``).
+    """
     where = f"image {position} of {total}"
     if isinstance(image, (str, os.PathLike)):
         path = Path(image)
         try:
+            _check_size(path.stat().st_size, max_bytes, where)
             data = path.read_bytes()
         except FileNotFoundError:
             raise InvalidInput(f"{where}: file not found: {path}") from None
@@ -84,7 +90,16 @@ def encode_image(image: object, position: int, total: int) -> bytes:
         )
     if not data:
         raise InvalidInput(f"{where} is empty (0 bytes): pass an encoded JPEG or PNG")
+    _check_size(len(data), max_bytes, where)
     return data
+
+
+def _check_size(size: int, max_bytes: int | None, where: str) -> None:
+    if max_bytes is not None and size > max_bytes:
+        raise InvalidInput(
+            f"{where} is {size} bytes, more than the client's max_image_bytes ({max_bytes} bytes, "
+            f"{max_bytes / 2**20:g} MiB): send a smaller image, or raise max_image_bytes="
+        )
 
 
 def _encode_array(array: np.ndarray, where: str) -> bytes:
@@ -123,10 +138,10 @@ def _png(image: Any) -> bytes:
     return buf.getvalue()
 
 
-def encode_images(images: Sequence[object]) -> list[bytes]:
-    """Encode every image, naming the first bad one in the error."""
+def encode_images(images: Sequence[object], max_bytes: int | None = None) -> list[bytes]:
+    """Encode every image, naming the first bad one in the error (see :func:`encode_image`)."""
     total = len(images)
-    return [encode_image(image, i + 1, total) for i, image in enumerate(images)]
+    return [encode_image(image, i + 1, total, max_bytes) for i, image in enumerate(images)]
 
 
 __all__ = ["ImageLike", "as_image_list", "encode_image", "encode_images"]

@@ -1,26 +1,39 @@
 """Model discovery: the server's metadata and configuration turned into :class:`ModelInfo`, and checks.
 
-Nothing about a model is hard-coded: input names, data types, shapes, the max batch size and the number
-of classes a classifier returns are all read from the server, once per model and client.
+Nothing about a model is hard-coded: input names, data types, shapes, the max batch size, the number
+of classes a classifier returns and its class names are all read from the server, once per
+(model, version) and client.
+
+The classifier contract (v2): one BYTES input of encoded images (``IMAGE``, dims [1]), outputs
+``CLASS_INDEX`` (INT64 [K]) and ``SCORE`` (FP32 [K], best first), ``max_batch_size > 0``; the class names
+are the JSON array in the config parameter ``labels`` (absent: class ``i`` is ``str(i)``). Models built
+before v2 also have a ``LABEL`` (BYTES [K]) output; the client still reads it when there is no ``labels``
+parameter.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
 from tritonclient.utils import np_to_triton_dtype
 
-from cvserve.client.errors import InvalidInput
+from cvserve.client.errors import InvalidInput, ServerError
 from cvserve.client.types import ModelInfo, TensorSpec
 
 # The names of the cvserve classification contract, used when the server's names are ambiguous.
-IMAGE, CLASS_INDEX, SCORE, LABEL = "IMAGE", "CLASS_INDEX", "SCORE", "LABEL"
+IMAGE, CLASS_INDEX, SCORE = "IMAGE", "CLASS_INDEX", "SCORE"
+LABEL = "LABEL"  # the BYTES output of models built before contract v2
+LABELS_PARAMETER = "labels"
 
 
-def model_info(metadata: object, config: object | None) -> ModelInfo:
-    """Build :class:`ModelInfo` from tritonclient's ``ModelMetadataResponse`` and ``ModelConfig``."""
+def model_info(metadata: object, config: object | None, version: str = "") -> ModelInfo:
+    """Build :class:`ModelInfo` from tritonclient's ``ModelMetadataResponse`` and ``ModelConfig``.
+
+    ``version`` is the version asked for (``""``: the server's choice, reported as the highest one).
+    """
     optional = {i.name for i in getattr(config, "input", ()) if getattr(i, "optional", False)}
 
     def specs(tensors: object, optional_names: set[str]) -> tuple[TensorSpec, ...]:
@@ -29,15 +42,37 @@ def model_info(metadata: object, config: object | None) -> ModelInfo:
             for t in tensors  # type: ignore[attr-defined]
         )
 
-    versions = list(getattr(metadata, "versions", ()))
+    versions = [str(v) for v in getattr(metadata, "versions", ())]
+    if not version and versions:
+        version = max(versions, key=lambda v: (len(v), v))  # numeric order of decimal strings
     return ModelInfo(
         name=metadata.name,  # type: ignore[attr-defined]
-        version=versions[-1] if versions else "",
+        version=version,
         platform=getattr(metadata, "platform", "") or getattr(config, "platform", "") or "",
         max_batch_size=int(getattr(config, "max_batch_size", 0) or 0),
         inputs=specs(metadata.inputs, optional),  # type: ignore[attr-defined]
         outputs=specs(metadata.outputs, set()),  # type: ignore[attr-defined]
+        labels=_labels(metadata.name, config),  # type: ignore[attr-defined]
     )
+
+
+def _labels(model: str, config: object | None) -> tuple[str, ...]:
+    """The class names in the config parameter ``labels`` (a JSON array), or ``()`` when absent."""
+    parameters = getattr(config, "parameters", None)
+    if not parameters or LABELS_PARAMETER not in parameters:
+        return ()
+    text = parameters[LABELS_PARAMETER].string_value
+    try:
+        labels = json.loads(text)
+    except ValueError:
+        labels = None
+    if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
+        raise ServerError(
+            f"model '{model}' has a config parameter {LABELS_PARAMETER} that is not a JSON array of "
+            f"class names ({text[:60]!r}); rebuild the model with cvserve build",
+            model=model,
+        )
+    return tuple(labels)
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,9 +82,14 @@ class ClassifierSpec:
     input: TensorSpec
     index: str
     score: str
-    label: str
+    label: str | None  # the LABEL output of a model built before contract v2, read when labels is empty
+    labels: tuple[str, ...]  # index -> class name, from the model's config
     k: int | None  # classes returned per image; None when the output dimension is variable
     max_batch_size: int
+
+    def name_of(self, index: int) -> str:
+        """The name of class ``index``: its label from the config, else ``str(index)``."""
+        return self.labels[index] if 0 <= index < len(self.labels) else str(index)
 
 
 def _pick(specs: tuple[TensorSpec, ...], preferred: str, datatypes: tuple[str, ...]) -> TensorSpec | None:
@@ -75,11 +115,9 @@ def classifier_spec(info: ModelInfo) -> ClassifierSpec:
         problems.append("it does not batch (max_batch_size 0)")
     index = _pick(info.outputs, CLASS_INDEX, ("INT64", "INT32"))
     score = _pick(info.outputs, SCORE, ("FP32", "FP16", "FP64"))
-    label = _pick(info.outputs, LABEL, ("BYTES",))
-    if index is None or score is None or label is None:
+    if index is None or score is None:
         problems.append(
-            f"it needs outputs {CLASS_INDEX} (INT64), {SCORE} (FP32) and {LABEL} (BYTES), "
-            f"it has {_describe(info.outputs)}"
+            f"it needs outputs {CLASS_INDEX} (INT64) and {SCORE} (FP32), it has {_describe(info.outputs)}"
         )
     if problems:
         raise InvalidInput(
@@ -87,9 +125,13 @@ def classifier_spec(info: ModelInfo) -> ClassifierSpec:
             "use infer() for other models, or build it with cvserve build",
             model=info.name,
         )
-    assert image is not None and index is not None and score is not None and label is not None
+    assert image is not None and index is not None and score is not None
+    # Labels from the config when it has them; the LABEL output only for a model built before v2.
+    label = None if info.labels else _pick(info.outputs, LABEL, ("BYTES",))
     k = score.shape[-1] if score.shape and score.shape[-1] > 0 else None
-    return ClassifierSpec(image, index.name, score.name, label.name, k, info.max_batch_size)
+    return ClassifierSpec(
+        image, index.name, score.name, label.name if label else None, info.labels, k, info.max_batch_size
+    )
 
 
 def _describe(specs: tuple[TensorSpec, ...]) -> str:
@@ -188,13 +230,6 @@ def check_outputs(info: ModelInfo, outputs: list[str] | None) -> list[str]:
     return list(outputs)
 
 
-def chunks(n: int, size: int) -> list[slice]:
-    """Slices that split ``n`` items into consecutive chunks of at most ``size`` (size 0: one chunk)."""
-    if size <= 0 or n <= size:
-        return [slice(0, n)]
-    return [slice(i, min(i + size, n)) for i in range(0, n, size)]
-
-
 def pick_classifier(infos: list[ModelInfo], url: str) -> str:
     """The name of the one classifier among ``infos``; ``InvalidInput`` when there are none or several."""
     found = []
@@ -218,7 +253,6 @@ __all__ = [
     "check_inputs",
     "check_outputs",
     "check_top_k",
-    "chunks",
     "classifier_spec",
     "model_info",
     "pick_classifier",

@@ -1,51 +1,79 @@
-"""Deadlines and retries with exponential backoff and full jitter, bounded by the call's deadline.
+"""Deadlines, and retries after gRPC's A6 design: a few attempts, jittered backoff, a retry budget.
 
-Only errors that mean "try again later" are retried (:func:`cvserve.client.errors.is_retryable`:
-UNAVAILABLE, RESOURCE_EXHAUSTED, and a model that is being reloaded); each attempt gets the time left
-before the deadline as its gRPC deadline, and no attempt starts once the deadline has passed.
+Which failures may be retried is decided in :func:`cvserve.client.errors.retry_kind`:
+
+* a request that was not run because the server or the model is not there for now (the channel
+  cannot connect; Triton is stopping; the model is unloading or loading) is tried again, after a
+  jittered backoff, until the call's deadline; this does not count as an attempt and spends nothing
+  from the budget, like gRPC's wait-for-ready (``wait_for_ready=False`` fails such calls at once);
+* a request whose connection broke in flight (its answer lost) is sent again, at most
+  ``max_attempts`` times in all, after full-jitter exponential backoff;
+* a request the server turned away unrun (queue full, queued past its timeout) is retried the same
+  way, and only while the client's :class:`RetryBudget` allows it;
+* nothing else is retried.
+
+Every attempt gets the time left before the deadline as its gRPC deadline, and no attempt starts (or
+backoff sleeps) past the deadline.
 """
 
 from __future__ import annotations
 
-import asyncio
 import random
+import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any
 
-from cvserve.client.errors import ClientError, InvalidInput, is_retryable
+from cvserve.client._effects import Effect, Plan, Sleep
+from cvserve.client.errors import ClientError, InvalidInput, RetryKind, retry_kind
 
-T = TypeVar("T")
-# Called with the raw exception and the number of attempts made; returns the error to raise.
-ErrorMapper = Callable[[BaseException, int], ClientError]
+# Called with the raw exception, the number of attempts made and a note; returns the error to raise.
+ErrorMapper = Callable[..., ClientError]
+# An attempt needs some time to have a chance: don't sleep into the last few milliseconds.
+MIN_ATTEMPT_S = 0.005
+MAX_ATTEMPTS_LIMIT = 5  # gRPC A6 caps maxAttempts at 5
 
 
 @dataclass(frozen=True, kw_only=True)
 class RetryPolicy:
-    """How to retry calls that failed with a retryable status.
+    """How a client retries failed calls (gRPC A6's retry policy and retry throttling, in one place).
 
     The delay before retry ``n`` (1-based) is drawn uniformly from
     ``[0, min(max_backoff_s, initial_backoff_s * multiplier ** (n - 1))]`` ("full jitter"), so that many
-    clients do not retry in step after a restart.
+    clients do not retry in step after a restart. Retries of requests the server turned away also stop
+    when the client's retry budget is spent: a token bucket of ``max_tokens`` that every such rejection
+    empties by one and every success refills by ``token_ratio``; retries happen only while it holds more than half of
+    ``max_tokens`` (with the defaults, after 5 failures in a row, until 10 calls succeed for each
+    failure), so an overloaded server is not hammered. The budget is shared by all calls of a client.
 
     Attributes:
-        max_attempts: the most attempts per call, the first included; ``None`` retries until the deadline.
-        initial_backoff_s: the cap of the first delay.
-        max_backoff_s: the largest cap of any delay.
-        multiplier: how fast the cap grows.
+        max_attempts: the most times one request is sent, the first included (1 to 5; default 4).
+        initial_backoff_s: the cap of the first delay (default 0.05 s).
+        max_backoff_s: the largest cap of any delay (default 1 s).
+        multiplier: how fast the cap grows (default 2).
+        max_tokens: the size of the retry budget (default 10, as in A6's ``retryThrottling``).
+        token_ratio: what each success gives back to the budget (default 0.1).
+        wait_for_ready: whether a call waits, within its deadline, for a server that cannot be
+            reached or is stopping, or a model being (re)loaded; ``False`` fails it at once (default
+            ``True``).
     """
 
-    max_attempts: int | None = None
+    max_attempts: int = 4
     initial_backoff_s: float = 0.05
     max_backoff_s: float = 1.0
     multiplier: float = 2.0
+    max_tokens: float = 10.0
+    token_ratio: float = 0.1
+    wait_for_ready: bool = True
 
     def __post_init__(self) -> None:
-        if self.max_attempts is not None and self.max_attempts < 1:
-            raise InvalidInput(f"max_attempts must be at least 1 (or None), got {self.max_attempts}")
+        if not 1 <= self.max_attempts <= MAX_ATTEMPTS_LIMIT:
+            raise InvalidInput(f"max_attempts must be 1 to {MAX_ATTEMPTS_LIMIT}, got {self.max_attempts}")
         if self.initial_backoff_s < 0 or self.max_backoff_s < 0 or self.multiplier < 1:
             raise InvalidInput("backoffs must be >= 0 and the multiplier >= 1")
+        if self.max_tokens <= 0 or self.token_ratio <= 0:
+            raise InvalidInput("max_tokens and token_ratio of the retry budget must be positive")
 
     def backoff(self, retry: int, rng: random.Random | None = None) -> float:
         """The delay in seconds before retry number ``retry`` (1 for the first retry)."""
@@ -54,6 +82,40 @@ class RetryPolicy:
 
 
 _rng = random.Random()
+
+
+class RetryBudget:
+    """A6 retry throttling: a thread-safe token bucket shared by every call of one client.
+
+    Args:
+        max_tokens: the bucket's size; it starts full.
+        token_ratio: what each success puts back.
+    """
+
+    def __init__(self, max_tokens: float = 10.0, token_ratio: float = 0.1) -> None:
+        self.max_tokens = float(max_tokens)
+        self.token_ratio = float(token_ratio)
+        self._tokens = self.max_tokens
+        self._lock = threading.Lock()
+
+    @property
+    def tokens(self) -> float:
+        """The tokens left."""
+        return self._tokens
+
+    def failed(self) -> None:
+        """Record an attempt that failed with a retryable status."""
+        with self._lock:
+            self._tokens = max(0.0, self._tokens - 1.0)
+
+    def succeeded(self) -> None:
+        """Record an attempt that succeeded."""
+        with self._lock:
+            self._tokens = min(self.max_tokens, self._tokens + self.token_ratio)
+
+    def allows_retry(self) -> bool:
+        """Whether a retry may be sent now: more than half the tokens are left."""
+        return self._tokens > self.max_tokens / 2
 
 
 class Deadline:
@@ -72,79 +134,75 @@ class Deadline:
         return self.expires - time.monotonic()
 
 
-def _next_delay(
-    exc: BaseException, attempts: int, policy: RetryPolicy | None, deadline: Deadline
-) -> float | None:
-    """The delay before the next attempt, or ``None`` when the error must be raised now."""
-    if isinstance(exc, ClientError) or policy is None or not is_retryable(exc):
-        return None
-    if policy.max_attempts is not None and attempts >= policy.max_attempts:
-        return None
-    delay = policy.backoff(attempts)
-    # An attempt needs some time to have a chance; don't sleep into the deadline.
-    return delay if deadline.remaining() - delay > 0.005 else None
-
-
-def call_with_retry(
-    attempt: Callable[[float], T],
+def retrying(
+    attempt: Callable[[float], Effect],
     *,
     deadline: Deadline,
     policy: RetryPolicy | None,
+    budget: RetryBudget,
     map_error: ErrorMapper,
     on_retry: Callable[[BaseException], None] | None = None,
-) -> T:
-    """Run ``attempt(seconds_left)`` until it succeeds, a non-retryable error, or the deadline.
+) -> Plan[Any]:
+    """Send ``attempt(seconds_left)`` until it succeeds, fails for good, or the deadline passes.
 
     Raises:
         ClientError: the mapped error of the last attempt (``DeadlineExceeded`` when no time was left).
     """
-    attempts, last = 0, None
+    sent = waited = 0  # attempts sent (turned away, lost or failed); attempts that found the server away
+    last: BaseException | None = None
     while True:
         remaining = deadline.remaining()
         if remaining <= 0:
-            raise _deadline_passed(map_error, attempts, last)
-        attempts += 1
+            raise _deadline_passed(map_error, sent + waited, last)
         try:
-            return attempt(remaining)
+            result = yield attempt(remaining)
+        except ClientError:
+            raise
         except Exception as exc:
-            delay = _next_delay(exc, attempts, policy, deadline)
+            kind = retry_kind(exc)
+            if kind is RetryKind.WAIT:
+                waited += 1
+            else:
+                sent += 1
+                if kind is RetryKind.BACKOFF:
+                    budget.failed()
+            delay, note = _next_delay(kind, sent, waited, policy, budget, deadline)
             if delay is None:
-                if isinstance(exc, ClientError):
-                    raise
-                raise map_error(exc, attempts) from None
+                raise map_error(exc, sent + waited, note) from None
             if on_retry is not None:
                 on_retry(exc)
             last = exc
-        time.sleep(delay)
+        else:
+            budget.succeeded()
+            return result
+        yield Sleep(delay)
 
 
-async def acall_with_retry(
-    attempt: Callable[[float], Awaitable[T]],
-    *,
-    deadline: Deadline,
+def _next_delay(
+    kind: RetryKind,
+    sent: int,
+    waited: int,
     policy: RetryPolicy | None,
-    map_error: ErrorMapper,
-    on_retry: Callable[[BaseException], None] | None = None,
-) -> T:
-    """The asyncio form of :func:`call_with_retry`."""
-    attempts, last = 0, None
-    while True:
-        remaining = deadline.remaining()
-        if remaining <= 0:
-            raise _deadline_passed(map_error, attempts, last)
-        attempts += 1
-        try:
-            return await attempt(remaining)
-        except Exception as exc:
-            delay = _next_delay(exc, attempts, policy, deadline)
-            if delay is None:
-                if isinstance(exc, ClientError):
-                    raise
-                raise map_error(exc, attempts) from None
-            if on_retry is not None:
-                on_retry(exc)
-            last = exc
-        await asyncio.sleep(delay)
+    budget: RetryBudget,
+    deadline: Deadline,
+) -> tuple[float | None, str]:
+    """The delay before the next attempt, or ``None`` (and why, when it is news) to raise now."""
+    if policy is None or kind is RetryKind.NEVER:
+        return None, ""
+    if kind is RetryKind.WAIT:
+        if not policy.wait_for_ready:
+            return None, ""
+        delay = policy.backoff(waited)
+    elif sent >= policy.max_attempts:
+        return None, ""
+    elif kind is RetryKind.BACKOFF and not budget.allows_retry():
+        return None, (
+            "not retried: this client's retry budget is spent (the server kept failing); "
+            "retries resume as calls succeed"
+        )
+    else:
+        delay = policy.backoff(sent)
+    return (delay, "") if deadline.remaining() - delay > MIN_ATTEMPT_S else (None, "")
 
 
 class _DeadlinePassed(Exception):
@@ -159,7 +217,7 @@ class _DeadlinePassed(Exception):
 
 def _deadline_passed(map_error: ErrorMapper, attempts: int, last: BaseException | None) -> ClientError:
     # The deadline ran out while backing off: the last error (the server stayed unavailable) says more.
-    return map_error(last if last is not None else _DeadlinePassed(), max(attempts, 1))
+    return map_error(last if last is not None else _DeadlinePassed(), attempts, "")
 
 
-__all__ = ["Deadline", "RetryPolicy", "acall_with_retry", "call_with_retry"]
+__all__ = ["Deadline", "RetryBudget", "RetryPolicy", "retrying"]

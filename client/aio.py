@@ -1,65 +1,45 @@
-"""The asyncio client, :class:`AsyncClient`, on ``tritonclient.grpc.aio``."""
+"""The asyncio client, :class:`AsyncClient`: the shared calls of ``ClientCore`` run on ``tritonclient.grpc.aio``."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Mapping, Sequence
-from typing import Any, TypeVar
+from typing import Any
 
-import grpc
-import numpy as np
 import tritonclient.grpc.aio as triton_aio
-from tritonclient.utils import InferenceServerException
 
-from cvserve.client._base import ClientBase
-from cvserve.client._common import (
-    collect_outputs,
-    image_request,
-    parse_classifications,
-    tensor_request,
-    triton_kwargs,
-)
-from cvserve.client._images import ImageLike
-from cvserve.client._metadata import check_top_k, chunks, classifier_spec, model_info, pick_classifier
-from cvserve.client._retry import Deadline, RetryPolicy, acall_with_retry
-from cvserve.client.errors import ServerUnavailable
-from cvserve.client.metrics import track
-from cvserve.client.types import Classification, ModelInfo
+from cvserve.client._core import ClientCore
+from cvserve.client._effects import Effect, Exclusive, Gather, Plan, Rpc, Sleep, arun, asynchronous
+from cvserve.client._options import triton_kwargs
 
-T = TypeVar("T")
+# asyncio.wait_for with no time left cancels even a free lock's acquire; give it a moment.
+_MIN_LOCK_WAIT_S = 0.001
 
 
-class AsyncClient(ClientBase):
+class AsyncClient(ClientCore):
     """An asyncio client of a cvserve (Triton) server over one gRPC channel.
 
-    Takes the same arguments as :class:`cvserve.client.Client`. The channel is opened on the first call,
-    in the running event loop; many calls may run concurrently on it (``asyncio.gather``). Use it as
-    ``async with AsyncClient(url) as client:`` or call :meth:`close`.
+    Takes the same arguments as :class:`cvserve.client.Client` and has the same methods, awaited. The
+    channel is opened on the first call, in the running event loop; many calls may run concurrently on
+    it (``asyncio.gather``), and the requests of one call split at the max batch size are sent
+    concurrently. Use it as ``async with AsyncClient(url) as client:`` or call :meth:`close`.
 
     Example:
         >>> async with AsyncClient("localhost:8001", model="mobilenet_v2") as client:  # doctest: +SKIP
         ...     results = await asyncio.gather(*(client.classify([p]) for p in paths))
     """
 
-    def __init__(self, url: str | None = None, **kwargs: Any) -> None:
-        super().__init__(url, **kwargs)
-        self._triton_client: triton_aio.InferenceServerClient | None = None
-        self._metadata_lock: asyncio.Lock | None = None
-
-    @property
-    def _triton(self) -> triton_aio.InferenceServerClient:
-        self._check_open()
-        if self._triton_client is None:
-            self._triton_client = triton_aio.InferenceServerClient(**triton_kwargs(self._opts))
-            self._metadata_lock = asyncio.Lock()
-        return self._triton_client
+    is_ready = asynchronous(ClientCore._is_ready)
+    wait_until_ready = asynchronous(ClientCore._wait_until_ready)
+    model_info = asynchronous(ClientCore._model_info)
+    classify = asynchronous(ClientCore._classify)
+    infer = asynchronous(ClientCore._infer)
 
     async def close(self) -> None:
         """Close the channel; later calls raise :class:`ClientError`."""
         self._closed = True
-        if self._triton_client is not None:
-            await self._triton_client.close()
-            self._triton_client = None
+        if self._triton is not None:
+            await self._triton.close()
+            self._triton = None
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -67,153 +47,34 @@ class AsyncClient(ClientBase):
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
-    # -- health -------------------------------------------------------------------------------------
-    async def is_ready(self, model: str | None = None, *, timeout: float = 5.0) -> bool:
-        """Whether the server (and ``model``, when given) is ready; never raises for an unreachable server."""
-        kw = {"headers": self._opts.headers or None, "client_timeout": timeout}
+    # -- I/O: the only part that is not shared --------------------------------------------------------
+    def _setup(self) -> None:
+        # Both belong to the event loop of the first call, so they are made there.
+        self._triton: triton_aio.InferenceServerClient | None = None
+        self._lock: asyncio.Lock | None = None
+
+    async def _run(self, plan: Plan[Any]) -> Any:
+        return await arun(plan, self._perform)
+
+    async def _perform(self, effect: Effect) -> Any:
+        if self._triton is None or self._lock is None:
+            self._triton = triton_aio.InferenceServerClient(**triton_kwargs(self._opts))
+            self._lock = asyncio.Lock()
+        if isinstance(effect, Rpc):
+            return await getattr(self._triton, effect.method)(*effect.args, **effect.kwargs)
+        if isinstance(effect, Sleep):
+            return await asyncio.sleep(effect.seconds)
+        if isinstance(effect, Gather):
+            return await _gather_all([self._run(plan) for plan in effect.plans])
+        assert isinstance(effect, Exclusive)
+        await asyncio.wait_for(self._lock.acquire(), max(effect.timeout, _MIN_LOCK_WAIT_S))
         try:
-            ready = await self._triton.is_server_ready(**kw)
-            return bool(ready and (model is None or await self._triton.is_model_ready(model, **kw)))
-        except (InferenceServerException, grpc.RpcError):
-            return False
-
-    async def wait_until_ready(self, timeout: float = 60.0, *, model: str | None = None) -> None:
-        """Wait until the server (and ``model``, when given) is ready.
-
-        Raises:
-            ServerUnavailable: not ready within ``timeout`` seconds.
-        """
-        deadline, delay = Deadline(timeout), 0.05
-        while True:
-            if await self.is_ready(model, timeout=max(min(deadline.remaining(), 1.0), 0.01)):
-                return
-            if deadline.remaining() <= delay:
-                what = f"model '{model}' on " if model else ""
-                raise ServerUnavailable(
-                    f"{what}the Triton server at {self.url} was not ready after {timeout:g} s; "
-                    "check that it is running and the URL",
-                    model=model,
-                )
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 0.5)
-
-    # -- metadata -----------------------------------------------------------------------------------
-    async def model_info(self, model: str | None = None, *, timeout: float | None = None) -> ModelInfo:
-        """What the server says about ``model`` (cached per client after the first call).
-
-        Raises:
-            ModelNotFound: the server does not serve ``model``.
-        """
-        deadline = self._deadline(timeout)
-        return await self._info(model or await self._resolve_model(deadline), deadline)
-
-    async def _info(self, model: str, deadline: Deadline) -> ModelInfo:
-        info = self._models.get(model)
-        if info is not None:
-            return info
-        client = self._triton
-        assert self._metadata_lock is not None
-        async with self._metadata_lock:  # 200 concurrent first calls fetch the metadata once
-            info = self._models.get(model)
-            if info is None:
-                metadata = await self._call(client.get_model_metadata, model, deadline, None, model)
-                config = (await self._call(client.get_model_config, model, deadline, None, model)).config
-                info = self._models[model] = model_info(metadata, config)
-        return info
-
-    async def _resolve_model(self, deadline: Deadline) -> str:
-        if self._default_model is None:
-            index = await self._call(self._triton.get_model_repository_index, None, deadline, None)
-            ready = [m.name for m in index.models if m.state == "READY"]
-            infos = [await self._info(n, deadline) for n in ready]
-            self._default_model = pick_classifier(infos, self.url)
-        return self._default_model
-
-    async def _call(
-        self, fn: Any, model: str | None, deadline: Deadline, retry: Any, *args: Any, **kw: Any
-    ) -> Any:
-        return await acall_with_retry(
-            lambda remaining: fn(*args, **kw, **self._rpc_kwargs(remaining)),
-            deadline=deadline,
-            policy=self._policy(retry),
-            map_error=self._mapper(model, deadline),
-            on_retry=self._on_retry(model),
-        )
-
-    # -- inference ----------------------------------------------------------------------------------
-    async def classify(
-        self,
-        images: Sequence[ImageLike],
-        *,
-        top_k: int | None = None,
-        model: str | None = None,
-        timeout: float | None = None,
-        retry: RetryPolicy | bool | None = None,
-    ) -> list[list[Classification]]:
-        """Classify images; per image, its ``top_k`` classes, best first.
-
-        Same arguments, result and errors as :meth:`cvserve.client.Client.classify`; the requests of a
-        call split at the max batch size are sent concurrently.
-        """
-        blobs = self._prepare_images(images)
-        if not blobs:
-            return []
-        self._check_open()
-        deadline = self._deadline(timeout)
-        name = model or await self._resolve_model(deadline)
-        with track(self._opts.metrics, name, "classify"):
-            spec = classifier_spec(await self._info(name, deadline))
-            top_k = check_top_k(spec, top_k, name)
-
-            async def one(rows: slice) -> list[list[Classification]]:
-                inputs, outputs = image_request(spec, blobs[rows])
-                result = await self._call(
-                    self._triton.infer,
-                    name,
-                    deadline,
-                    retry,
-                    name,
-                    inputs,
-                    outputs=outputs,
-                    compression_algorithm=self._opts.compression,
-                )
-                return parse_classifications(result, spec, top_k, len(blobs[rows]), name)
-
-            parts = await _gather_all([one(rows) for rows in chunks(len(blobs), spec.max_batch_size)])
-            return [item for part in parts for item in part]
-
-    async def infer(
-        self,
-        model: str,
-        inputs: Mapping[str, np.ndarray],
-        outputs: list[str] | None = None,
-        *,
-        timeout: float | None = None,
-        retry: RetryPolicy | bool | None = None,
-    ) -> dict[str, np.ndarray]:
-        """Run any model on raw tensors; see :meth:`cvserve.client.Client.infer`."""
-        deadline = self._deadline(timeout)
-        with track(self._opts.metrics, model, "infer"):
-            info = await self._info(model, deadline)
-            names, plan = self._plan_infer(info, inputs, outputs)
-
-            async def one(rows: slice | None) -> Any:
-                tensors, wanted = tensor_request(inputs, names, rows)
-                return await self._call(
-                    self._triton.infer,
-                    model,
-                    deadline,
-                    retry,
-                    model,
-                    tensors,
-                    outputs=wanted,
-                    compression_algorithm=self._opts.compression,
-                )
-
-            return collect_outputs(await _gather_all([one(rows) for rows in plan]), names)
+            return await self._run(effect.plan)
+        finally:
+            self._lock.release()
 
 
-async def _gather_all(coros: list[Awaitable[T]]) -> list[T]:
+async def _gather_all(coros: list[Any]) -> list[Any]:
     """``asyncio.gather`` that cancels the other requests as soon as one fails."""
     if len(coros) == 1:
         return [await coros[0]]

@@ -43,11 +43,14 @@ class ModelInfo:
 
     Attributes:
         name: the model name.
-        version: the version the server reports (``""`` when unknown).
+        version: the version described: the one asked for, else the highest the server serves
+            (``""`` when unknown).
         platform: ``"ensemble"``, ``"onnxruntime_onnx"``, ``"python"``...
         max_batch_size: the largest batch the server accepts in one request; 0 if the model does not batch.
         inputs: the input tensors, in the server's order.
         outputs: the output tensors, in the server's order.
+        labels: the class names of a classifier, index -> name, from the ``labels`` parameter of the
+            model's configuration; empty when it has none (class ``i`` is then named ``str(i)``).
     """
 
     name: str
@@ -56,6 +59,7 @@ class ModelInfo:
     max_batch_size: int
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
+    labels: tuple[str, ...] = ()
 
     def input(self, name: str) -> TensorSpec:
         """The input tensor called ``name``; ``KeyError`` if there is none."""

@@ -7,7 +7,7 @@ repository: a python-backend classifier with the cvserve contract that returns a
 the same user, client and payload path as a real run is measured. Triton shares the machine, so the
 figure is a lower bound of what Locust alone could do; the generator's CPU use is recorded with it.
 
-    python -m cvserve.loadtests.ceiling [--duration 15] [--users 32]
+    python -m cvserve.loadtests.ceiling [--duration 15s] [--users 32]
 """
 
 from __future__ import annotations
@@ -20,7 +20,10 @@ import os
 import socket
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
+
+from cvserve.settings import add_arguments, duration, from_args, setting
 
 MODEL = "noop_classifier"
 
@@ -124,6 +127,7 @@ def measure(*, duration_s: float = 15.0, users: int = 32, warmup_s: float = 3.0,
                     warmup_s=warmup_s,
                     slo_p95_ms=60_000.0,
                     max_error_rate=1.0,
+                    metrics=False,
                     report_dir=root / "report",
                     plots=False,
                     generator_ceiling_rps=0.0,
@@ -149,15 +153,22 @@ def measure(*, duration_s: float = 15.0, users: int = 32, warmup_s: float = 3.0,
     return result
 
 
+@dataclass(kw_only=True)
+class CeilingSettings:
+    """``python -m cvserve.loadtests.ceiling``."""
+
+    duration_s: float = duration(15.0, above=0, help="the measured window")
+    users: int = setting(32, at_least=1, help="concurrent users")
+    save: bool = setting(True, help=f"record the figure in {cache_path()}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m cvserve.loadtests.ceiling", description=__doc__.split("\n\n")[0]
     )
-    parser.add_argument("--duration", type=float, default=15.0, help="measured seconds (default 15)")
-    parser.add_argument("--users", type=int, default=32, help="concurrent users (default 32)")
-    parser.add_argument("--no-save", action="store_true", help=f"do not record the figure in {cache_path()}")
-    args = parser.parse_args(argv)
-    result = measure(duration_s=args.duration, users=args.users, save=not args.no_save)
+    add_arguments(parser, CeilingSettings)
+    s = from_args(CeilingSettings, parser.parse_args(argv))
+    result = measure(duration_s=s.duration_s, users=s.users, save=s.save)
     print(json.dumps(result, indent=2))
     return 0
 

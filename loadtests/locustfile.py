@@ -6,8 +6,10 @@ Run it the Locust way (flags, ``LOCUST_*`` environment variables, or ``locust.co
         --headless -u 8 -r 8 -t 60s --csv out/locust
 
 or through ``cvserve loadtest``, which adds the gates, the server-side view and the report. The suite's
-own options are defined in ``_options`` below (Locust prints ``--help`` before it loads a locustfile, so
-they are not listed there); each also reads ``LOCUST_<NAME>`` and a ``locust.conf`` key.
+own options are registered in ``_options`` below from the settings they share with ``cvserve loadtest``
+(:data:`cvserve.loadtests.settings.LOCUST_OPTIONS`; Locust prints ``--help`` before it loads a
+locustfile, so they are not listed there); each also reads ``LOCUST_<NAME>`` and a ``locust.conf`` key.
+Durations take 90, 60s, 2m or 1m30s.
 """
 
 from __future__ import annotations
@@ -19,32 +21,33 @@ from cvserve.loadtests._locust import constant_throughput, events, task
 from cvserve.loadtests.collector import COLLECTOR  # noqa: F401  (registers its listeners)
 from cvserve.loadtests.payloads import RoundRobin
 from cvserve.loadtests.scenarios import ScenarioShape  # noqa: F401  (the one load shape)
-from cvserve.loadtests.schedule import SCENARIOS
+from cvserve.loadtests.settings import LOCUST_DEFAULTS, LOCUST_OPTIONS, LoadTestSettings
 from cvserve.loadtests.users import GrpcUser
+from cvserve.settings import add_arguments
 
 
 @events.init_command_line_parser.add_listener
 def _options(parser: Any) -> None:
     g = parser.add_argument_group("cvserve", "options of cvserve's classification suite")
-
-    def add(flag: str, **kw: Any) -> None:
-        g.add_argument(flag, env_var="LOCUST_" + flag[2:].upper().replace("-", "_"), **kw)
-
-    add("--model", default=None, help="model (ensemble) to call; discovered when the server serves one")
-    add("--images", default=None, help="folder of JPEG/PNG files sent round-robin (required)")
-    add("--images-per-request", type=int, default=1, help="images in each request (default 1)")
-    add("--scenario", choices=SCENARIOS, default="steady", help="load shape (default steady)")
-    add("--warmup", type=float, default=0.0, help="seconds of warm-up before the measured window")
-    add("--target-rps", type=float, default=0.0, help="fixed total request rate (0: closed loop)")
-    add("--request-timeout", type=float, default=30.0, help="deadline of each call in seconds")
-    add("--step-users", type=int, default=None, help="ramp: users added per step (default users/5)")
-    add("--step-duration", type=float, default=10.0, help="ramp: seconds per step (default 10)")
-    add("--spike-users", type=int, default=None, help="spike: users during the spike (default 4x)")
-    add("--spike-duration", type=float, default=10.0, help="spike: seconds of the spike (default 10)")
-    add("--slo-p95-ms", type=float, default=0.0, help="ramp: stop after a step whose p95 is above this")
-    add("--max-error-rate", type=float, default=0.001, help="ramp: stop after a step with more errors")
-    add("--samples-file", default=None, help="write per-request samples (JSON) here on exit")
-    add("--rate-users", type=int, default=None, help="users sharing --target-rps (default: --users)")
+    # The options shared with `cvserve loadtest` come from the same definitions (LoadTestSettings).
+    add_arguments(
+        g,
+        LoadTestSettings,
+        only=LOCUST_OPTIONS,
+        defaults=LOCUST_DEFAULTS,
+        parsers={"images": str},  # the master sends its options to the workers with msgpack: no Path
+        optional=True,
+        argument_kwargs=lambda flag: {"env_var": "LOCUST_" + flag[2:].upper().replace("-", "_")},
+    )
+    g.add_argument(
+        "--samples-file", env_var="LOCUST_SAMPLES_FILE", help="write per-request samples (JSON) here on exit"
+    )
+    g.add_argument(
+        "--rate-users",
+        type=int,
+        env_var="LOCUST_RATE_USERS",
+        help="users sharing --target-rps (default: --users)",
+    )
 
 
 @events.init.add_listener
@@ -88,7 +91,7 @@ class ClassifyUser(GrpcUser):
         batch = self.payload.next_batch()
         self.call(
             f"classify {self.model or ''}".strip(),
-            lambda: self.client.classify(batch, model=self.model),
+            lambda: self.client.classify(batch, model=self.model, model_version=self.model_version),
             inferences=len(batch),
             length=sum(len(b) for b in batch),
         )

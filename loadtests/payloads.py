@@ -5,9 +5,8 @@ from __future__ import annotations
 import itertools
 from pathlib import Path
 
+from cvserve.defaults import IMAGE_SUFFIXES
 from cvserve.errors import NotFoundError, UserInputError
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff")
 
 
 def image_files(directory: Path) -> list[Path]:

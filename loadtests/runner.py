@@ -1,7 +1,7 @@
 """Run a load test: Locust in child processes, Triton's metrics scraped alongside, then the report.
 
     >>> from cvserve.loadtests.runner import LoadTestSettings, run_loadtest
-    >>> report = run_loadtest(LoadTestSettings(model="mobilenet_v2", url="127.0.0.1:8001",
+    >>> report = run_loadtest(LoadTestSettings(model="mobilenet_v2", url="127.0.0.1:8001", slo_p95_ms=200,
     ...                                        images=Path("photos"), duration_s=30))  # doctest: +SKIP
     >>> report["gates_passed"], report["p95_ms"], report["cost_per_1k_usd"]  # doctest: +SKIP
 
@@ -11,6 +11,7 @@ monkey-patches everything with gevent on import; the caller's process never impo
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -19,12 +20,13 @@ import sys
 import time
 from collections.abc import Callable
 from contextlib import ExitStack, nullcontext
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from cvserve.errors import CvserveError, ServerError, UserInputError
+from cvserve.errors import CvserveError, NotFoundError, TritonError, UserInputError
 from cvserve.loadtests import analysis, schedule
 from cvserve.loadtests.cost import resolve_price
+from cvserve.loadtests.settings import LOCUST_OPTIONS, LoadTestSettings
+from cvserve.settings import check, to_argv
 
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
 # Locust's start-up and shutdown around the planned run, and how long workers may take to connect.
@@ -35,70 +37,20 @@ _WORKERS_WAIT_S = 30
 _STOP_TIMEOUT_S = 10
 
 
-@dataclass(kw_only=True)
-class LoadTestSettings:
-    """What to load-test and how; see ``cvserve loadtest --help`` for each field's flag.
-
-    ``duration_s`` is the measured window; ``warmup_s`` runs before it and is left out of every figure.
-    For ``ramp`` the duration is split into steps (``step_duration_s`` overrides the step length).
-    """
-
-    model: str
-    url: str
-    images: Path
-    scenario: str = "steady"
-    users: int = 8
-    spawn_rate: float = 8.0
-    duration_s: float = 60.0
-    warmup_s: float = 5.0
-    images_per_request: int = 1
-    slo_p95_ms: float = 500.0
-    max_error_rate: float = 0.001
-    price_per_hour: float | None = None
-    instance_type: str | None = None
-    replicas: int = 1
-    metrics_url: str | None = None
-    report_dir: Path = Path("loadtest-report")
-    workers: int = 0
-    plots: bool = True
-    name: str | None = None
-    target_rps: float | None = None
-    min_throughput_rps: float | None = None
-    max_cost_per_1k_usd: float | None = None
-    request_timeout_s: float = 30.0
-    step_users: int | None = None
-    step_duration_s: float | None = None
-    spike_users: int | None = None
-    spike_duration_s: float | None = None
-    remote_workers: bool = False
-    master_bind_host: str = "127.0.0.1"
-    master_port: int = 0
-    generator_ceiling_rps: float | None = None
-    scrape_interval_s: float = 1.0
-    extra_locust_args: list[str] = field(default_factory=list)
-
-
 def validate(s: LoadTestSettings) -> None:
     """Raise :class:`UserInputError` for settings that cannot work, saying which flag to fix."""
+    check(s)  # each setting's own range and choices, as declared in LoadTestSettings
     checks = [
-        (s.scenario in schedule.SCENARIOS, f"--scenario must be one of {', '.join(schedule.SCENARIOS)}"),
-        (s.users >= 1, "--users must be at least 1"),
-        (s.spawn_rate > 0, "--spawn-rate must be positive"),
-        (s.duration_s > 0, "--duration must be positive"),
-        (s.warmup_s >= 0, "--warmup must not be negative"),
-        (s.images_per_request >= 1, "--images-per-request must be at least 1"),
-        (s.slo_p95_ms > 0, "--slo-p95-ms must be positive"),
-        (0 <= s.max_error_rate <= 1, "--max-error-rate is a fraction between 0 and 1 (0.001 = 0.1%)"),
-        (s.replicas >= 1, "--replicas must be at least 1"),
-        (s.workers >= 0, "--workers must not be negative"),
         (not s.remote_workers or s.workers >= 1, "--remote-workers needs --workers N (how many to expect)"),
-        (s.target_rps is None or s.target_rps > 0, "--target-rps must be positive"),
         (s.target_rps is None or s.scenario == "steady", "--target-rps is for --scenario steady"),
         (
             s.max_cost_per_1k_usd is None or s.price_per_hour is not None or s.instance_type is not None,
             "--max-cost-per-1k needs a price: --price-per-hour or --instance-type",
         ),
-        (s.step_users is None or s.step_users >= 1, "--step-users must be at least 1"),
+        (
+            s.metrics or s.metrics_url is None,
+            "--metrics-url and --no-metrics contradict each other: give one",
+        ),
     ]
     for ok, message in checks:
         if not ok:
@@ -109,39 +61,32 @@ def validate(s: LoadTestSettings) -> None:
 
 def plan(s: LoadTestSettings) -> list[schedule.Stage]:
     """The load schedule the Locust shape will play (the same functions, the same values)."""
+    s = s.resolved()
     if s.scenario == "ramp":
         return schedule.ramp_plan(
             max_users=s.users,
             step_users=s.step_users,
-            step_duration_s=ramp_step_s(s),
+            step_duration_s=s.step_duration_s,
             spawn_rate=s.spawn_rate,
             warmup_s=s.warmup_s,
         )
     if s.scenario == "spike":
         return schedule.spike_plan(
             users=s.users,
-            spike_users=s.spike_users or 4 * s.users,
+            spike_users=s.spike_users,
             spawn_rate=s.spawn_rate,
             warmup_s=s.warmup_s,
             duration_s=s.duration_s,
-            spike_duration_s=spike_s(s),
+            spike_duration_s=s.spike_duration_s,
         )
     return schedule.steady_plan(
         users=s.users, spawn_rate=s.spawn_rate, warmup_s=s.warmup_s, duration_s=s.duration_s
     )
 
 
-def ramp_step_s(s: LoadTestSettings) -> float:
-    steps = -(-s.users // (s.step_users or schedule.default_step_users(s.users)))
-    return s.step_duration_s or max(s.duration_s / steps, 5.0)
-
-
-def spike_s(s: LoadTestSettings) -> float:
-    return s.spike_duration_s or s.duration_s / 3
-
-
 def locust_args(s: LoadTestSettings, stages: list[schedule.Stage], report_dir: Path) -> list[str]:
     """The command line of the master (or the single local process), without the interpreter."""
+    s = s.resolved()
     args = [
         "-m", "locust", "-f", str(LOCUSTFILE), "--headless",
         "--host", s.url,
@@ -152,25 +97,11 @@ def locust_args(s: LoadTestSettings, stages: list[schedule.Stage], report_dir: P
         "--csv", str(report_dir / "locust"), "--csv-full-history",
         "--html", str(report_dir / "locust.html"),
         "--only-summary", "--loglevel", "WARNING", "--exit-code-on-error", "0",
-        "--model", s.model,
-        "--images", str(Path(s.images).resolve()),
-        "--images-per-request", str(s.images_per_request),
-        "--scenario", s.scenario,
-        "--warmup", str(s.warmup_s),
-        "--request-timeout", str(s.request_timeout_s),
-        "--slo-p95-ms", str(s.slo_p95_ms),
-        "--max-error-rate", str(s.max_error_rate),
         "--samples-file", str(report_dir / "samples.json"),
     ]  # fmt: skip
-    if s.target_rps:
-        args += ["--target-rps", str(s.target_rps)]
-    if s.scenario == "ramp":
-        args += ["--step-duration", str(ramp_step_s(s))]
-        if s.step_users:
-            args += ["--step-users", str(s.step_users)]
-    if s.scenario == "spike":
-        args += ["--spike-users", str(s.spike_users or 4 * s.users), "--spike-duration", str(spike_s(s))]
-    return args + list(s.extra_locust_args)
+    # The suite's own options, written from the same settings it registers (LOCUST_OPTIONS).
+    suite = dataclasses.replace(s, images=Path(s.images).resolve())
+    return args + to_argv(suite, LOCUST_OPTIONS) + list(s.extra_locust_args)
 
 
 def _start(cmd: list[str], log: Path, cwd: Path) -> subprocess.Popen[bytes]:
@@ -196,6 +127,7 @@ def run_locust(s: LoadTestSettings, stages: list[schedule.Stage], report_dir: Pa
     """
     from cvserve.server.process import free_port
 
+    s = s.resolved()
     master_log = report_dir / "locust.log"
     cmd = [sys.executable, *locust_args(s, stages, report_dir)]
     workers: list[subprocess.Popen[bytes]] = []
@@ -246,15 +178,17 @@ def run_locust(s: LoadTestSettings, stages: list[schedule.Stage], report_dir: Pa
 
 def check_server(s: LoadTestSettings) -> None:
     """Fail fast, with the client's own message, when the server or the model is not there."""
-    from cvserve.client import Client, ClientError
+    from cvserve.client import Client, ClientError, ModelNotFound
 
     try:
         with Client(s.url, model=s.model, retry=False, timeout=10.0) as c:
             c.wait_until_ready(timeout=10.0)
             c.model_info(s.model)  # ModelNotFound at once for a wrong name
             c.wait_until_ready(timeout=10.0, model=s.model)
+    except ModelNotFound as e:
+        raise NotFoundError(f"cannot load-test {s.model!r} at {s.url}: {e}") from None
     except ClientError as e:
-        raise ServerError(f"cannot load-test {s.model!r} at {s.url}: {e}") from None
+        raise TritonError(f"cannot load-test {s.model!r} at {s.url}: {e}") from None
 
 
 def run_loadtest(s: LoadTestSettings, *, log: Callable[[str], None] | None = None) -> dict:
@@ -267,11 +201,13 @@ def run_loadtest(s: LoadTestSettings, *, log: Callable[[str], None] | None = Non
 
     Raises:
         UserInputError: a setting is wrong.
-        ServerError: the server or the model is not reachable.
+        NotFoundError: the server does not serve the model.
+        TritonError: the server is not reachable or the model not ready.
         CvserveError: Locust failed (the message quotes its log).
     """
     say = log or (lambda _m: None)
     validate(s)
+    s = s.resolved()
     price = resolve_price(s.price_per_hour, s.instance_type)
     check_server(s)
     stages = plan(s)
@@ -294,7 +230,7 @@ def run_loadtest(s: LoadTestSettings, *, log: Callable[[str], None] | None = Non
         samples_file = run_locust(s, stages, report_dir)
     data = json.loads(samples_file.read_text())
     report = analysis.build_report(
-        settings=asdict(s) | {"images": str(s.images), "report_dir": str(report_dir)},
+        settings=dataclasses.asdict(s) | {"images": str(s.images), "report_dir": str(report_dir)},
         stages=stages,
         samples=data["samples"],
         meta=data["meta"],

@@ -27,14 +27,14 @@ def plan_from_options(opts: Any) -> list[schedule.Stage]:
     """The schedule described by the parsed Locust options."""
     users = int(opts.num_users or 1)
     spawn_rate = float(opts.spawn_rate or users)
-    warmup = float(getattr(opts, "warmup", 0.0) or 0.0)
+    warmup = float(getattr(opts, "warmup_s", 0.0) or 0.0)
     run_time = opts.run_time
     scenario = getattr(opts, "scenario", "steady") or "steady"
     if scenario == "ramp":
         return schedule.ramp_plan(
             max_users=users,
             step_users=getattr(opts, "step_users", None),
-            step_duration_s=float(opts.step_duration),
+            step_duration_s=float(opts.step_duration_s),
             spawn_rate=spawn_rate,
             warmup_s=warmup,
         )
@@ -46,7 +46,7 @@ def plan_from_options(opts: Any) -> list[schedule.Stage]:
             spawn_rate=spawn_rate,
             warmup_s=warmup,
             duration_s=duration,
-            spike_duration_s=float(opts.spike_duration),
+            spike_duration_s=float(opts.spike_duration_s),
         )
     return schedule.steady_plan(users=users, spawn_rate=spawn_rate, warmup_s=warmup, duration_s=duration)
 
@@ -84,7 +84,7 @@ class ScenarioShape(LoadTestShape):
             if not stage.label.startswith("step") or stage.label in self._judged or stage.end_s + lag > t:
                 continue
             self._judged.add(stage.label)
-            lo, hi = schedule.step_window(stage, float(getattr(opts, "warmup", 0.0) or 0.0))
+            lo, hi = schedule.step_window(stage, float(getattr(opts, "warmup_s", 0.0) or 0.0))
             s = summarize(COLLECTOR.window(start + lo, start + hi), hi - lo)
             if s.count == 0 or s.p95_ms > slo or s.error_rate > float(opts.max_error_rate):
                 COLLECTOR.meta["stopped_after"] = stage.label

@@ -32,18 +32,21 @@ class GrpcUser(User):
 
     Attributes:
         model: the model called when a task names none; ``--model`` overrides it.
+        model_version: the version called (``--model-version``); the server's choice when ``None``.
         timeout_s: the deadline of each call; ``--request-timeout`` overrides it.
     """
 
     abstract = True
     model: str | None = None
+    model_version: str | None = None
     timeout_s: float = 30.0
 
     def __init__(self, environment: Any) -> None:
         super().__init__(environment)
         opts = environment.parsed_options
         self.model = getattr(opts, "model", None) or self.model
-        self.timeout_s = float(getattr(opts, "request_timeout", None) or self.timeout_s)
+        self.model_version = getattr(opts, "model_version", None) or self.model_version
+        self.timeout_s = float(getattr(opts, "request_timeout_s", None) or self.timeout_s)
         if not self.host:
             raise ValueError("no host: give the Triton gRPC address with -H/--host, e.g. -H 127.0.0.1:8001")
         self.client = Client(self.host, model=self.model, timeout=self.timeout_s, retry=False)

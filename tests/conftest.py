@@ -1,4 +1,9 @@
-"""Shared test set-up: each folder's tests get its marker (unit / integration)."""
+"""Shared test set-up: each folder's tests get their marker (unit / integration) and a time limit.
+
+Every test has a pytest-timeout limit: ``timeout`` in pyproject.toml (600 s, fixtures included) for the integration tests,
+:data:`UNIT_TIMEOUT_S` for unit tests, or the test's own ``@pytest.mark.timeout(N)``. The limits stop a
+hanging test; they are no statement about speed (no test asserts wall-clock time).
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent
+UNIT_TIMEOUT_S = 120
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -14,3 +20,5 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         parts = Path(str(item.fspath)).resolve().relative_to(ROOT).parts
         if parts and parts[0] in ("unit", "integration"):
             item.add_marker(getattr(pytest.mark, parts[0]))
+        if parts and parts[0] == "unit" and item.get_closest_marker("timeout") is None:
+            item.add_marker(pytest.mark.timeout(UNIT_TIMEOUT_S))

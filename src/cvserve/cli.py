@@ -1,8 +1,13 @@
 """The ``cvserve`` command line: one entry point, one subcommand per product part.
 
-Each part registers its own subcommand (``register(subparsers)``) in the module next to its code, and
-keeps heavy imports inside the command's function so that ``cvserve --help`` stays fast and works with
-only the core install.
+Each part registers its own subcommand (``register(subparsers)``) in the module next to its code,
+deriving its flags from its settings dataclass (:mod:`cvserve.settings`), and keeps heavy imports inside
+the command's function so that ``cvserve --help`` stays fast and works with only the core install.
+
+Errors (see :mod:`cvserve.errors` for both trees): a :class:`~cvserve.errors.CvserveError` or a
+:class:`~cvserve.client.ClientError` prints one line, ``cvserve COMMAND: error: MESSAGE``, and exits with
+the error's ``exit_code`` (1 unless its class says otherwise); a bad flag prints one line naming the flag
+and exits 2 (argparse's convention); Ctrl-C exits 130; anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ import argparse
 import importlib
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from cvserve import __version__
 from cvserve.errors import CvserveError
@@ -22,12 +28,20 @@ _COMMAND_MODULES = (
     "cvserve.client.cli",  # predict
     "cvserve.loadtests.cli",  # loadtest
     "cvserve.tune.cli",  # tune
+    "cvserve.release.cli",  # release
     "cvserve.k8s.cli",  # k8s
 )
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors on one line ("cvserve loadtest: error: argument --users: ..."), exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="cvserve",
         description="Build, serve, load-test, tune and deploy computer-vision models on Triton.",
     )
@@ -44,24 +58,30 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _user_error(exc: BaseException) -> int | None:
+    """The exit status for an error meant for the user, or ``None`` for a bug."""
+    if isinstance(exc, CvserveError):
+        return exc.exit_code
+    client_errors = sys.modules.get("cvserve.client.errors")  # loaded only if the client was used
+    if client_errors is not None and isinstance(exc, client_errors.ClientError):
+        return 1
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except CvserveError as exc:
-        print(f"cvserve {args.command}: error: {exc}", file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
         print(f"cvserve {args.command}: interrupted", file=sys.stderr)
         return 130
     except Exception as exc:
-        from cvserve.client.errors import ClientError
-
-        if isinstance(exc, ClientError):
-            print(f"cvserve {args.command}: error: {exc}", file=sys.stderr)
-            return 1
-        raise
+        code = _user_error(exc)
+        if code is None:
+            raise
+        print(f"cvserve {args.command}: error: {exc}", file=sys.stderr)
+        return code
 
 
 if __name__ == "__main__":

@@ -1,16 +1,20 @@
 """Fixtures for the client's integration tests: a small real Triton repository of python-backend models.
 
 The models' code lives in ``client_repo/``; their ``config.pbtxt`` files are written here from Triton's
-own ``model_config`` protobuf. ``toy_classifier`` follows the cvserve classification contract with a
-small max batch size (so that splitting is exercised) and K=3; ``slow_classifier`` is the same model
-sleeping 0.3 s per batch (for deadlines); ``add_sub`` serves the generic ``infer`` tests.
+own ``model_config`` protobuf. ``toy_classifier`` follows the cvserve classification contract v2 with a
+small max batch size (so that splitting is exercised), K=3 and its class names in the config parameter
+``labels``; ``slow_classifier`` is the same model sleeping 0.3 s per batch (for deadlines) and without
+``labels`` (its classes are "0", "1", "2"); ``versioned_classifier`` serves versions 1 and 2 side by side
+(version 2 rolls the colour channels); ``legacy_classifier`` has the ``LABEL`` output of models built
+before contract v2 and no ``labels``; ``add_sub`` serves the generic ``infer`` tests.
 """
 
 from __future__ import annotations
 
 import io
+import json
 import shutil
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from pathlib import Path
 
 import pytest
@@ -20,47 +24,50 @@ from tritonclient.grpc import model_config_pb2 as mc
 HERE = Path(__file__).parent / "client_repo"
 TOY_MAX_BATCH = 4
 TOY_K = 3
+COLOURS = {"red": (250, 10, 10), "green": (10, 250, 10), "blue": (10, 10, 250)}  # class index order
 
 
 def _tensor(name: str, dtype: int, dims: list[int]) -> dict:
     return {"name": name, "data_type": dtype, "dims": dims}
 
 
-def _write_model(repo: Path, name: str, source: str, config: mc.ModelConfig) -> None:
-    version = repo / name / "1"
-    version.mkdir(parents=True)
-    shutil.copy(HERE / source, version / "model.py")
+def _write_model(
+    repo: Path, name: str, source: str, config: mc.ModelConfig, versions: tuple[int, ...] = (1,)
+) -> None:
+    for number in versions:
+        version = repo / name / str(number)
+        version.mkdir(parents=True)
+        shutil.copy(HERE / source, version / "model.py")
+    if len(versions) > 1:
+        config.version_policy.specific.versions.extend(versions)
     (repo / name / "config.pbtxt").write_text(text_format.MessageToString(config))
 
 
-def _classifier_config(name: str, delay_s: float = 0.0) -> mc.ModelConfig:
+def _classifier_config(
+    name: str, delay_s: float = 0.0, *, labels: bool = True, legacy_label: bool = False
+) -> mc.ModelConfig:
+    outputs = [("CLASS_INDEX", mc.TYPE_INT64), ("SCORE", mc.TYPE_FP32)]
+    outputs += [("LABEL", mc.TYPE_STRING)] if legacy_label else []
     config = mc.ModelConfig(
         name=name,
         backend="python",
         max_batch_size=TOY_MAX_BATCH,
         input=[mc.ModelInput(**_tensor("IMAGE", mc.TYPE_STRING, [1]))],
-        output=[
-            mc.ModelOutput(**_tensor("CLASS_INDEX", mc.TYPE_INT64, [TOY_K])),
-            mc.ModelOutput(**_tensor("SCORE", mc.TYPE_FP32, [TOY_K])),
-            mc.ModelOutput(**_tensor("LABEL", mc.TYPE_STRING, [TOY_K])),
-        ],
+        output=[mc.ModelOutput(**_tensor(n, dtype, [TOY_K])) for n, dtype in outputs],
         instance_group=[mc.ModelInstanceGroup(count=1, kind=mc.ModelInstanceGroup.KIND_CPU)],
     )
+    if labels:
+        config.parameters["labels"].string_value = json.dumps(list(COLOURS))
     if delay_s:
         config.parameters["delay_s"].string_value = str(delay_s)
     return config
 
 
-def write_repository(repo: Path, *, toy_only: bool = False) -> Path:
+def write_repository(repo: Path, *, only: Collection[str] | None = None) -> Path:
     """Write the client test repository into ``repo`` (created) and return it.
 
-    ``toy_only`` writes just ``toy_classifier``, for a server that starts and stops faster.
+    ``only`` names the models to write (all by default), for a server that starts and stops faster.
     """
-    repo.mkdir(parents=True, exist_ok=True)
-    _write_model(repo, "toy_classifier", "toy_classifier.py", _classifier_config("toy_classifier"))
-    if toy_only:
-        return repo
-    _write_model(repo, "slow_classifier", "toy_classifier.py", _classifier_config("slow_classifier", 0.3))
     add_sub = mc.ModelConfig(
         name="add_sub",
         backend="python",
@@ -69,7 +76,59 @@ def write_repository(repo: Path, *, toy_only: bool = False) -> Path:
         output=[mc.ModelOutput(**_tensor(n, mc.TYPE_FP32, [4])) for n in ("OUTPUT0", "OUTPUT1")],
         instance_group=[mc.ModelInstanceGroup(count=1, kind=mc.ModelInstanceGroup.KIND_CPU)],
     )
-    _write_model(repo, "add_sub", "add_sub.py", add_sub)
+    models = [
+        ("toy_classifier", "toy_classifier.py", _classifier_config("toy_classifier"), (1,)),
+        (
+            "slow_classifier",
+            "toy_classifier.py",
+            _classifier_config("slow_classifier", 0.3, labels=False),
+            (1,),
+        ),
+        (
+            "legacy_classifier",
+            "toy_classifier.py",
+            _classifier_config("legacy_classifier", labels=False, legacy_label=True),
+            (1,),
+        ),
+        ("versioned_classifier", "toy_classifier.py", _classifier_config("versioned_classifier"), (1, 2)),
+        ("add_sub", "add_sub.py", add_sub, (1,)),
+    ]
+    repo.mkdir(parents=True, exist_ok=True)
+    for name, source, config, versions in models:
+        if only is None or name in only:
+            _write_model(repo, name, source, config, versions)
+    return repo
+
+
+BUSY_DELAY_S = 0.3
+
+
+def _busy_config(name: str, *, max_queue_size: int, queue_timeout_us: int = 0) -> mc.ModelConfig:
+    """A slow model whose dynamic batcher rejects what its queue policy does not admit."""
+    config = mc.ModelConfig(
+        name=name,
+        backend="python",
+        max_batch_size=1,
+        input=[mc.ModelInput(**_tensor("X", mc.TYPE_FP32, [1]))],
+        output=[mc.ModelOutput(**_tensor("Y", mc.TYPE_FP32, [1]))],
+        instance_group=[mc.ModelInstanceGroup(count=1, kind=mc.ModelInstanceGroup.KIND_CPU)],
+    )
+    policy = config.dynamic_batching.default_queue_policy
+    policy.max_queue_size = max_queue_size
+    policy.timeout_action = mc.ModelQueuePolicy.REJECT
+    policy.default_timeout_microseconds = queue_timeout_us
+    config.parameters["delay_s"].string_value = str(BUSY_DELAY_S)
+    return config
+
+
+def write_overload_repository(repo: Path) -> Path:
+    """Two slow models (one instance, 0.3 s a batch of 1) with Triton's queue policy set to REJECT:
+    ``queue_full`` admits one queued request (``max_queue_size: 1``); ``queue_timeout`` queues any
+    number but rejects a request still queued after 50 ms (``default_timeout_microseconds``)."""
+    repo.mkdir(parents=True, exist_ok=True)
+    _write_model(repo, "queue_full", "sleeper.py", _busy_config("queue_full", max_queue_size=1))
+    timeout = _busy_config("queue_timeout", max_queue_size=0, queue_timeout_us=50_000)
+    _write_model(repo, "queue_timeout", "sleeper.py", timeout)
     return repo
 
 
@@ -93,12 +152,19 @@ def toy_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
         yield server
 
 
-COLOURS = {"red": (250, 10, 10), "green": (10, 250, 10), "blue": (10, 10, 250)}
-
-
 @pytest.fixture(scope="module")
 def colour_pngs() -> dict[str, bytes]:
     return {name: png(rgb) for name, rgb in COLOURS.items()}
 
 
-__all__ = ["COLOURS", "TOY_K", "TOY_MAX_BATCH", "colour_pngs", "png", "toy_server", "write_repository"]
+__all__ = [
+    "BUSY_DELAY_S",
+    "COLOURS",
+    "TOY_K",
+    "TOY_MAX_BATCH",
+    "colour_pngs",
+    "png",
+    "toy_server",
+    "write_overload_repository",
+    "write_repository",
+]

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 DEMO_MODEL = "mobilenet_v2"
+LENIENT_QUEUE_TIMEOUT_MS = 60_000.0
 
 
 @pytest.fixture(scope="session")
@@ -30,11 +31,17 @@ def expected_labels() -> dict[str, str]:
 
 @pytest.fixture(scope="session")
 def demo_build(tmp_path_factory: pytest.TempPathFactory):
-    """The demo MobileNetV2 (torchvision's published ImageNet weights) built into a fresh repository."""
-    from cvserve.builders.pipeline import BuildSettings, build
+    """The demo MobileNetV2 (torchvision's published ImageNet weights) built into a fresh repository.
+
+    Built as ``make demo`` builds it, except for the queue timeout: the default (the SLO, 500 ms)
+    rejects requests that queue longer, which a busy 2-core CI machine makes happen to bursts of test
+    requests. These tests check outcomes; admission control has tests of its own.
+    """
+    from cvserve.builders import triton_config as tc
+    from cvserve.builders.pipeline import BuildSettings, ServingOptions, build
     from cvserve.builders.samples import demo_weights, imagenet_labels_path
 
-    repo = tmp_path_factory.mktemp("repo") / "model_repository"
+    repo = tmp_path_factory.mktemp("repo") / "models"
     return build(
         BuildSettings(
             checkpoint=demo_weights(),
@@ -42,7 +49,7 @@ def demo_build(tmp_path_factory: pytest.TempPathFactory):
             name=DEMO_MODEL,
             labels=imagenet_labels_path(),
             repository=repo,
-            max_accuracy_drop=0.01,
+            serving=ServingOptions(batching=tc.Batching(queue_timeout_ms=LENIENT_QUEUE_TIMEOUT_MS)),
             progress=False,
         ),
         log=lambda _m: None,
@@ -69,6 +76,6 @@ def triton(demo_repository: Path):
 @pytest.fixture()
 def repo_copy(demo_repository: Path, tmp_path: Path) -> Path:
     """A private copy of the demo repository that a test may change."""
-    dst = tmp_path / "model_repository"
+    dst = tmp_path / "models"
     shutil.copytree(demo_repository, dst)
     return dst

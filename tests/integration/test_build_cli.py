@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from cvserve.errors import ServerError, UserInputError
+from cvserve.errors import TritonError, UserInputError
 from cvserve.server import ServerSettings, TritonServer
 from tests.helpers import tree_digest
 
@@ -121,25 +121,25 @@ def test_second_build_adds_version_2_and_rollback_pins_version_1(repo_copy, resn
         "--no-progress",
     )
     assert proc.returncode == 0, proc.stderr
-    assert sorted(p.name for p in (repo_copy / "mobilenet_v2_network").iterdir() if p.is_dir()) == ["1", "2"]
+    assert sorted(p.name for p in (repo_copy / "mobilenet_v2").iterdir() if p.is_dir()) == ["1", "2"]
     proc = cvserve("rollback", "mobilenet_v2", "1", "--repository", repo_copy)
     assert proc.returncode == 0, proc.stderr
-    text = (repo_copy / "mobilenet_v2_network" / "config.pbtxt").read_text()
+    text = (repo_copy / "mobilenet_v2" / "config.pbtxt").read_text()
     assert "specific" in text and "versions: 1" in text and "max_batch_size: 32" in text
 
 
 def test_serve_reports_a_model_that_fails_to_load_with_tritons_reason(repo_copy):
-    (repo_copy / "mobilenet_v2_network" / "1" / "model.onnx").write_bytes(b"this is not an onnx file")
+    (repo_copy / "mobilenet_v2" / "1" / "model.xml").write_bytes(b"this is not an OpenVINO IR file")
     # Under heavy CPU load the python backend can abort while another instance fails to initialise
     # (upstream triton-inference-server/server#8882); cvserve names that crash, and a second start works.
     for attempt in range(2):
         server = TritonServer(ServerSettings(repository=repo_copy, grpc_port=0, http_port=0, metrics_port=0))
-        with pytest.raises(ServerError) as info:
+        with pytest.raises(TritonError) as info:
             with server:
                 pass
         if "known intermittent upstream crash" not in str(info.value) or attempt:
             break
-    assert re.search(r"model 'mobilenet_v2_network' failed to load: .*INVALID_PROTOBUF", str(info.value))
+    assert re.search(r"model 'mobilenet_v2' failed to load: .*model\.xml", str(info.value))
 
 
 def test_serve_names_a_port_in_use(repo_copy):

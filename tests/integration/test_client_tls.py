@@ -127,7 +127,7 @@ def tls_server(tmp_path_factory: pytest.TempPathFactory, pki: Pki) -> Iterator[o
     """The toy classifier on a real Triton whose gRPC endpoint requires mutual TLS."""
     from cvserve.server import ServerSettings, TritonServer
 
-    repo = fx.write_repository(tmp_path_factory.mktemp("tls_repo") / "models", toy_only=True)
+    repo = fx.write_repository(tmp_path_factory.mktemp("tls_repo") / "models", only={"toy_classifier"})
     tls_args = [
         "--grpc-use-ssl=true",
         "--grpc-use-ssl-mutual=true",

@@ -48,8 +48,8 @@ def test_steady_run_passes_a_generous_slo_and_writes_the_report(triton, image_di
         assert set(r["gates"][gate]) >= {"value", "threshold", "passed"}
     server = r["server"]
     assert server["scraped"], server
-    assert set(server["models"]) == {MODEL, f"{MODEL}_preprocess", f"{MODEL}_network", f"{MODEL}_postprocess"}
-    net = server["models"][f"{MODEL}_network"]
+    assert set(server["models"]) == {MODEL}  # the single layout: one model decodes and runs the network
+    net = server["models"][MODEL]
     assert net["requests"] > 0 and net["avg_batch_size"] >= 1 and net["avg_compute_ms"] > 0
     assert server["breakdown_ms"]["queue_plus_compute_ms"] > 0
     for name in (

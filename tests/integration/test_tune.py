@@ -1,4 +1,8 @@
-"""``cvserve tune`` against the real embedded Triton (explicit model control) and the real load generator."""
+"""``cvserve tune`` against the real embedded Triton (explicit model control) and the real load generator.
+
+The embedded server runs the single layout (one python model NAME); the ensemble layout's mapping is
+covered by the unit tests (its native network backends are not in the embedded server).
+"""
 
 from __future__ import annotations
 
@@ -53,18 +57,22 @@ def _classify(url: str, image: Path):
 @pytest.mark.parametrize("how", ["ctrl-c", "sigterm"])
 def test_candidate_is_applied_live_and_restored_when_interrupted(explicit_server, sample_images, how):
     applier = LiveApplier(explicit_server.grpc_url, MODEL, log=lambda _m: None)
+    assert (applier.pipeline.layout, applier.names) == ("single", {"classifier": MODEL})
     start = applier.start
     candidate = (
         start.with_value("max_batch_size", 8)
         .with_value("network_instances", 2)
+        .with_value("network_threads", 1)
         .with_value("max_queue_delay_us", 500)
+        .with_value("max_queue_size", 16)
     )
     with pytest.raises(KeyboardInterrupt), applier.restoring():
         applier.apply(candidate)
-        cfg = applier._client.get_model_config(f"{MODEL}_network").config
+        cfg = applier._client.get_model_config(MODEL).config
         assert cfg.max_batch_size == 8 and cfg.instance_group[0].count == 2
         assert cfg.dynamic_batching.max_queue_delay_microseconds == 500
-        assert applier._client.get_model_config(MODEL).config.max_batch_size == 8
+        assert cfg.dynamic_batching.default_queue_policy.max_queue_size == 16
+        assert cfg.parameters["intra_op_threads"].string_value == "1"
         _classify(explicit_server.grpc_url, next(iter(sample_images.values())))  # serves while applied
         if how == "sigterm":
             os.kill(os.getpid(), signal.SIGTERM)
@@ -78,6 +86,7 @@ def test_candidate_is_applied_live_and_restored_when_interrupted(explicit_server
     after.close()
 
 
+@pytest.mark.slow  # a 75 s tuning budget
 def test_tune_cli_end_to_end(explicit_server, repo_copy, image_dir, tmp_path):
     pytest.importorskip(
         "cvserve.loadtests.runner", reason="the load generator (cvserve.loadtests) is not there yet"
@@ -107,7 +116,14 @@ def test_tune_cli_end_to_end(explicit_server, repo_copy, image_dir, tmp_path):
     )  # fmt: skip
     assert code == 0  # a 5 s p95 is met by the starting configuration at least
     data = json.loads((out / "tuning_report.json").read_text())
+    assert data["settings"]["layout"] == "single" and data["settings"]["models"] == {"classifier": MODEL}
     assert data["candidates"][0]["phase"] == "start" and data["start"]["meets_slo"]
+    cores = data["settings"]["cores"]
+    for c in data["candidates"]:  # the thread budget: explicit intra-op threads x instances <= cores
+        k = c["candidate"]
+        assert (
+            k["network_instances"] * (k["network_threads"] or cores // k["network_instances"] or 1) <= cores
+        )
     assert data["chosen"]["cost_per_1k_usd"] <= data["start"]["cost_per_1k_usd"] * 1.5
     bound = data["settings"]["batch_bound"]
     assert all(c["candidate"]["max_batch_size"] <= bound for c in data["candidates"])

@@ -16,6 +16,7 @@ from cvserve.client import AsyncClient, Client, ClientError, InvalidInput, Retry
 from cvserve.server import free_port
 
 PUBLIC_API = {
+    "AccessDenied",
     "AsyncClient",
     "Classification",
     "Client",
@@ -26,6 +27,7 @@ PUBLIC_API = {
     "MissingDependency",
     "ModelInfo",
     "ModelNotFound",
+    "RetryBudget",
     "RetryPolicy",
     "ServerError",
     "ServerUnavailable",
@@ -41,6 +43,24 @@ def test_public_api_is_listed_in_all_and_documented():
     for cls in (Client, AsyncClient):
         for method in ("classify", "infer", "is_ready", "wait_until_ready", "model_info", "close"):
             assert inspect.getdoc(getattr(cls, method)), f"{cls.__name__}.{method}"
+
+
+def test_constructor_and_methods_show_their_typed_signatures():
+    for cls in (Client, AsyncClient):
+        params = inspect.signature(cls).parameters
+        assert list(params)[:4] == ["url", "model", "timeout", "retry"]
+        assert {"max_image_bytes", "max_request_bytes", "token", "metrics"} <= set(params)
+        assert all(p.kind is not p.VAR_KEYWORD for p in params.values())
+        assert params["timeout"].annotation == "float" and params["timeout"].default == 30.0
+        assert "max_request_bytes" in inspect.getdoc(cls.__init__)
+    for method in ("classify", "infer", "model_info", "is_ready", "wait_until_ready"):
+        sync, aio = getattr(Client, method), getattr(AsyncClient, method)
+        assert inspect.signature(sync) == inspect.signature(aio)
+        assert not inspect.iscoroutinefunction(sync) and inspect.iscoroutinefunction(aio)
+        assert sync.__name__ == aio.__name__ == method
+    assert inspect.signature(Client.classify).return_annotation == "list[list[Classification]]"
+    for method in ("classify", "infer", "model_info"):
+        assert "model_version" in inspect.signature(getattr(Client, method)).parameters
 
 
 def test_importing_the_client_imports_nothing_heavy():
@@ -79,31 +99,29 @@ def test_url_defaults_to_the_environment(monkeypatch):
 
 def test_unreachable_server_without_retries_raises_server_unavailable_at_once():
     url = f"127.0.0.1:{free_port()}"
-    with Client(url, model="m", retry=False, timeout=5) as c:
+    with Client(url, model="m", retry=False, timeout=30) as c:
         assert c.is_ready() is False
         start = time.perf_counter()
         with pytest.raises(ServerUnavailable, match="cannot reach") as info:
             c.classify([b"\x89PNG"])
-        assert time.perf_counter() - start < 2
-        assert info.value.code == "UNAVAILABLE" and info.value.retryable
+        assert time.perf_counter() - start < 10  # far below the 30 s deadline: it did not wait
+        assert info.value.code == "UNAVAILABLE" and info.value.retryable and info.value.attempts == 1
 
 
-def test_unreachable_server_with_retries_gives_up_at_the_deadline():
+def test_unreachable_server_with_retries_waits_for_it_until_the_deadline():
     url = f"127.0.0.1:{free_port()}"
     policy = RetryPolicy(initial_backoff_s=0.01, max_backoff_s=0.05)
     with Client(url, model="m", retry=policy, timeout=0.6) as c:
-        start = time.perf_counter()
-        with pytest.raises(ServerUnavailable, match="attempts"):
+        with pytest.raises(ServerUnavailable, match="attempts") as info:
             c.classify([b"\x89PNG"])
-        assert 0.3 < time.perf_counter() - start < 1.5
+        assert info.value.attempts > policy.max_attempts  # waiting for a connection is not an attempt
+        assert c.retry_budget.tokens == policy.max_tokens  # and spends no budget
 
 
 def test_wait_until_ready_times_out_with_server_unavailable():
     with Client(f"127.0.0.1:{free_port()}") as c:
-        start = time.perf_counter()
-        with pytest.raises(ServerUnavailable, match="not ready after"):
+        with pytest.raises(ServerUnavailable, match=r"not ready after 0\.5 s"):
             c.wait_until_ready(timeout=0.5)
-        assert time.perf_counter() - start < 2
 
 
 def test_async_client_against_no_server():

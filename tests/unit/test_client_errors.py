@@ -6,6 +6,7 @@ import pytest
 from tritonclient.utils import InferenceServerException
 
 from cvserve.client import (
+    AccessDenied,
     ClientError,
     DeadlineExceeded,
     InvalidInput,
@@ -13,7 +14,7 @@ from cvserve.client import (
     ServerError,
     ServerUnavailable,
 )
-from cvserve.client.errors import is_retryable, map_error, status_name
+from cvserve.client.errors import RetryKind, map_error, retry_kind, status_name
 
 
 def triton_error(code: str | None, msg: str) -> InferenceServerException:
@@ -28,22 +29,19 @@ def triton_error(code: str | None, msg: str) -> InferenceServerException:
         ("INTERNAL", "onnxruntime crashed", ServerError, "server log"),
         ("UNKNOWN", "something", ServerError, "server log"),
         ("NOT_FOUND", "Request for unknown model: 'x' is not found", ModelNotFound, "check the name"),
-        (
-            "NOT_FOUND",
-            "Request for unknown model: 'm' has no available versions",
-            ServerUnavailable,
-            "restarting",
-        ),
+        ("NOT_FOUND", "unknown model: 'm' has no available versions", ServerUnavailable, "restarting"),
         ("DEADLINE_EXCEEDED", "Deadline Exceeded", DeadlineExceeded, "longer timeout"),
         ("UNAVAILABLE", "failed to connect to all addresses", ServerUnavailable, "check that it is running"),
-        ("RESOURCE_EXHAUSTED", "Exceeds maximum queue size", ServerUnavailable, "overloaded"),
-        (
-            "RESOURCE_EXHAUSTED",
-            "Received message larger than max (5 vs. 4)",
-            InvalidInput,
-            "fewer or smaller",
-        ),
-        ("UNAUTHENTICATED", "bad token", ClientError, "token"),
+        ("UNAVAILABLE", "[request id: 1] Exceeds maximum queue size", ServerUnavailable, "overloaded"),
+        ("UNAVAILABLE", "Request timeout expired", ServerUnavailable, "overloaded"),
+        ("UNAVAILABLE", "Server is stopping, scheduler for...", ServerUnavailable, "shutting down"),
+        ("UNAVAILABLE", "Stream removed (Socket closed)", ServerUnavailable, "cannot reach"),
+        ("RESOURCE_EXHAUSTED", "quota exceeded", ServerUnavailable, "overloaded"),
+        ("NOT_FOUND", "Request for unknown model: 'm' version 3 is not found", ModelNotFound, "version"),
+        ("RESOURCE_EXHAUSTED", "message larger than max (5 vs. 4)", InvalidInput, "fewer or smaller"),
+        ("UNAUTHENTICATED", "bad token", AccessDenied, "token"),
+        ("PERMISSION_DENIED", "no", AccessDenied, "certificates"),
+        ("CANCELLED", "cancelled", ClientError, "cancelled"),
         (None, "unexpected dtype", InvalidInput, "could not be prepared"),
     ],
 )
@@ -60,19 +58,42 @@ def test_categories_are_also_builtin_exceptions():
     assert issubclass(ModelNotFound, LookupError)
     assert issubclass(DeadlineExceeded, TimeoutError)
     assert issubclass(ServerUnavailable, ConnectionError)
-    for cls in (InvalidInput, ModelNotFound, DeadlineExceeded, ServerUnavailable, ServerError):
+    assert issubclass(AccessDenied, PermissionError)
+    for cls in (InvalidInput, ModelNotFound, DeadlineExceeded, ServerUnavailable, ServerError, AccessDenied):
         assert issubclass(cls, ClientError)
     err = ServerUnavailable("down", code="UNAVAILABLE")
     assert str(err) == "down" and err.retryable and not InvalidInput("x").retryable
+    assert err.attempts == 0
 
 
-def test_retryable_codes():
-    assert is_retryable(triton_error("UNAVAILABLE", "x"))
-    assert is_retryable(triton_error("RESOURCE_EXHAUSTED", "queue full"))
-    assert is_retryable(triton_error("NOT_FOUND", "'m' has no available versions"))
-    assert not is_retryable(triton_error("RESOURCE_EXHAUSTED", "larger than max"))
-    for code in ("INVALID_ARGUMENT", "NOT_FOUND", "DEADLINE_EXCEEDED", "INTERNAL", None):
-        assert not is_retryable(triton_error(code, "x"))
+@pytest.mark.parametrize(
+    ("code", "msg", "kind"),
+    [
+        (
+            "UNAVAILABLE",
+            "failed to connect to all addresses; last error: Connection refused",
+            RetryKind.WAIT,
+        ),
+        ("UNAVAILABLE", "DNS resolution failed for nowhere:1", RetryKind.WAIT),
+        ("UNAVAILABLE", "[request id: <id_unknown>] Exceeds maximum queue size", RetryKind.BACKOFF),
+        ("UNAVAILABLE", "Request timeout expired", RetryKind.BACKOFF),
+        ("UNAVAILABLE", "Server is stopping, scheduler for model has stopped", RetryKind.WAIT),
+        ("UNAVAILABLE", "Stream removed (Socket closed)", RetryKind.LOST),
+        ("UNAVAILABLE", "recvmsg:Connection reset by peer", RetryKind.LOST),
+        ("UNAVAILABLE", "upstream connect error", RetryKind.BACKOFF),
+        ("NOT_FOUND", "Request for unknown model: 'm' has no available versions", RetryKind.WAIT),
+        ("NOT_FOUND", "Request for unknown model: 'm' is not found", RetryKind.NEVER),
+        ("RESOURCE_EXHAUSTED", "Received message larger than max (5 vs. 4)", RetryKind.NEVER),
+        ("RESOURCE_EXHAUSTED", "queue full", RetryKind.NEVER),
+        ("INVALID_ARGUMENT", "x", RetryKind.NEVER),
+        ("DEADLINE_EXCEEDED", "x", RetryKind.NEVER),
+        ("INTERNAL", "x", RetryKind.NEVER),
+        (None, "x", RetryKind.NEVER),
+    ],
+)
+def test_retry_kind(code, msg, kind):
+    assert retry_kind(triton_error(code, msg)) is kind
+    assert retry_kind(InvalidInput("x")) is RetryKind.NEVER
 
 
 def test_status_name():
@@ -84,7 +105,9 @@ def test_deadline_message_quotes_the_timeout_and_attempts():
     err = map_error(
         triton_error("DEADLINE_EXCEEDED", "Deadline Exceeded"), model="m", url="h:1", timeout=0.25, attempts=3
     )
-    assert "0.25 s" in str(err) and "3 attempts" in str(err)
+    assert "0.25 s" in str(err) and "3 attempts" in str(err) and err.attempts == 3
+    noted = map_error(triton_error("UNAVAILABLE", "x"), model="m", url="h:1", note="not retried: why")
+    assert str(noted).endswith("; not retried: why")
 
 
 def test_client_errors_pass_through():

@@ -15,11 +15,12 @@ from cvserve.client._metadata import (
     check_inputs,
     check_outputs,
     check_top_k,
-    chunks,
     classifier_spec,
+    model_info,
     pick_classifier,
 )
-from cvserve.client.errors import ServerUnavailable
+from cvserve.client._requests import image_sizes, plan_infer, split_rows
+from cvserve.client.errors import ServerError, ServerUnavailable
 
 
 def decode(data: bytes) -> np.ndarray:
@@ -136,6 +137,49 @@ def test_classifier_spec_is_discovered_from_metadata():
     assert (spec.input.name, spec.index, spec.score, spec.label, spec.k) == ("jpeg", "idx", "p", "names", 3)
 
 
+def v2_classifier(labels: tuple[str, ...] = ("cat", "dog", "fox")) -> ModelInfo:
+    return ModelInfo(
+        name="v2",
+        version="1",
+        platform="python",
+        max_batch_size=8,
+        inputs=(TensorSpec("IMAGE", "BYTES", (-1, 1)),),
+        outputs=(TensorSpec("CLASS_INDEX", "INT64", (-1, 3)), TensorSpec("SCORE", "FP32", (-1, 3))),
+        labels=labels,
+    )
+
+
+def test_contract_v2_names_classes_from_the_config_labels():
+    spec = classifier_spec(v2_classifier())
+    assert (spec.index, spec.score, spec.label, spec.k) == ("CLASS_INDEX", "SCORE", None, 3)
+    assert [spec.name_of(i) for i in (2, 0, 3, -1)] == ["fox", "cat", "3", "-1"]
+    assert [classifier_spec(v2_classifier(())).name_of(i) for i in (0, 7)] == ["0", "7"]
+    # a legacy LABEL output is not requested when the config has labels
+    legacy_and_labels = ModelInfo(**{**vars_of(classifier()), "labels": ("a",) * 5})
+    assert classifier_spec(legacy_and_labels).label is None
+
+
+def vars_of(info: ModelInfo) -> dict:
+    return {f: getattr(info, f) for f in info.__dataclass_fields__}
+
+
+def test_labels_are_read_from_the_model_config():
+    from tritonclient.grpc import model_config_pb2 as mc
+    from tritonclient.grpc import service_pb2
+
+    metadata = service_pb2.ModelMetadataResponse(name="m", versions=["1", "10", "9"], platform="python")
+    config = mc.ModelConfig(name="m", max_batch_size=4)
+    assert model_info(metadata, config).labels == ()
+    assert model_info(metadata, config).version == "10"
+    assert model_info(metadata, config, "9").version == "9"
+    config.parameters["labels"].string_value = '["tench", "goldfish"]'
+    assert model_info(metadata, config).labels == ("tench", "goldfish")
+    for bad in ("tench,goldfish", '{"0": "tench"}', "[1, 2]"):
+        config.parameters["labels"].string_value = bad
+        with pytest.raises(ServerError, match="not a JSON array of class names"):
+            model_info(metadata, config)
+
+
 def test_not_a_classifier():
     with pytest.raises(InvalidInput, match=r"not a cvserve classifier.*BYTES input.*use infer"):
         classifier_spec(classifier(image_type="FP32"))
@@ -183,13 +227,63 @@ def test_check_inputs():
             check_inputs(ADD, inputs)
 
 
-def test_check_outputs_and_chunks():
+def test_check_outputs():
     assert check_outputs(ADD, None) == ["SUM"]
     with pytest.raises(InvalidInput, match="has no output X"):
         check_outputs(ADD, ["X"])
-    assert chunks(10, 4) == [slice(0, 4), slice(4, 8), slice(8, 10)]
-    assert chunks(3, 4) == [slice(0, 3)]
-    assert chunks(5, 0) == [slice(0, 5)]
+
+
+def test_split_rows_at_the_max_batch_size_and_the_request_limit():
+    def split(sizes, max_rows, max_bytes):
+        return split_rows(sizes, max_rows, max_bytes, what="image", model="m")
+
+    assert split([1] * 10, 4, 100) == [slice(0, 4), slice(4, 8), slice(8, 10)]
+    assert split([1] * 3, 4, 100) == [slice(0, 3)]
+    assert split([1] * 5, 0, 100) == [slice(0, 5)]
+    assert split([40, 40, 40, 10, 90], 8, 100) == [slice(0, 2), slice(2, 4), slice(4, 5)]
+    assert split([100, 100], 8, 100) == [slice(0, 1), slice(1, 2)]  # exactly the limit fits
+    with pytest.raises(InvalidInput, match=r"image 2 of 3 needs 101 bytes.*max_request_bytes \(100 bytes\)"):
+        split([1, 101, 1], 8, 100)
+
+
+def test_infer_requests_respect_the_byte_limit():
+    a = np.zeros((10, 4), np.float32)  # 16 bytes a row of A; B is optional
+    assert plan_infer(ADD, {"A": a}, None, 2**20) == (["SUM"], [slice(0, 8), slice(8, 10)])
+    assert plan_infer(ADD, {"A": a, "B": a}, None, 100) == (
+        ["SUM"],
+        [slice(0, 3), slice(3, 6), slice(6, 9), slice(9, 10)],  # 32 bytes a row, 3 rows a request
+    )
+    with pytest.raises(InvalidInput, match="row 1 of 10 needs 32 bytes"):
+        plan_infer(ADD, {"A": a, "B": a}, None, 31)
+    texts = ModelInfo(
+        name="t",
+        version="1",
+        platform="python",
+        max_batch_size=0,
+        inputs=(TensorSpec("T", "BYTES", (2,)),),
+        outputs=(TensorSpec("N", "INT64", (2,)),),
+    )
+    t = np.array([b"abc", b"de"], dtype=object)
+    assert plan_infer(texts, {"T": t}, None, 13) == (["N"], [None])  # 4 + 3 + 4 + 2 bytes
+    with pytest.raises(InvalidInput, match="max_request_bytes"):
+        plan_infer(texts, {"T": t}, None, 12)
+
+
+def test_per_image_limit_is_checked_before_reading_or_sending(tmp_path):
+    big = tmp_path / "big.jpg"
+    with big.open("wb") as f:
+        f.truncate(25 * 2**20)  # sparse: never read
+    with pytest.raises(
+        InvalidInput, match=r"image 2 of 2 is 26214400 bytes.*max_image_bytes \(20971520 bytes, 20 MiB\)"
+    ):
+        encode_images([b"ok", big], 20 * 2**20)
+    with pytest.raises(InvalidInput, match="max_image_bytes"):
+        encode_image(b"x" * 11, 1, 1, max_bytes=10)
+    assert encode_image(b"x" * 10, 1, 1, max_bytes=10) == b"x" * 10
+    rgb = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    with pytest.raises(InvalidInput, match="max_image_bytes"):  # checked on the encoded PNG
+        encode_image(rgb, 1, 1, max_bytes=1000)
+    assert image_sizes([b"abc", b""]) == [7, 4]
 
 
 def test_metrics_track_latency_and_errors():

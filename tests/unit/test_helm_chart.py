@@ -8,9 +8,12 @@ objects with jsonschema against the CRD schemas under tests/unit/schemas/. No cl
 
 from __future__ import annotations
 
+import ast
 import importlib.util
+import io
 import json
 import re
+import struct
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -42,8 +45,12 @@ FULLNAME = f"{RELEASE}-cvserve"
 # What the scenarios leave out but every install needs.
 BASE = {
     "modelRepository": {"type": "pvc", "pvc": {"claimName": "models"}},
+    "restrictedApi": {"secretName": "cvserve-admin-key"},
     "helmTest": {"image": "registry.example.com/cvserve/client:0.1.0", "model": "resnet50"},
 }
+# The restricted groups on by default; the chart's default header.
+DEFAULT_GROUPS = "model-repository,model-config,shared-memory,statistics,trace,logging"
+PROBE = ["python3", "-I", "-S", "/etc/cvserve/probe/triton_probe.py"]
 
 
 def scenario_values(name: str) -> dict[str, Any]:
@@ -111,6 +118,7 @@ def test_scenarios_exist() -> None:
         "gpu-values.yaml",
         "s3-values.yaml",
         "autoscaling-values.yaml",
+        "hardened-values.yaml",
     }
 
 
@@ -149,6 +157,14 @@ def test_string_replica_count_fails_with_helms_schema_message(tmp_path: Path) ->
     assert "at '/replicaCount': got string, want integer" in message
 
 
+def queue_override(policy: dict[str, Any]) -> dict[str, Any]:
+    return {"modelConfigOverrides": {"m": {"dynamic_batching": {"default_queue_policy": policy}}}}
+
+
+def pin(policy: dict[str, Any]) -> dict[str, Any]:
+    return {"modelConfigOverrides": {"m": {"version_policy": policy}}}
+
+
 @pytest.mark.parametrize(
     ("values", "fragment"),
     [
@@ -158,6 +174,20 @@ def test_string_replica_count_fails_with_helms_schema_message(tmp_path: Path) ->
         ({"gpu": {"count": -1}}, "at '/gpu/count'"),
         ({"replicaCoutn": 3}, "additional properties 'replicaCoutn' not allowed"),
         ({"modelConfigOverrides": {"m": {"dynamic_batching": {"max_queue_delay": 5}}}}, "max_queue_delay"),
+        (queue_override({"max_queue_size": -1}), "/default_queue_policy/max_queue_size"),
+        (queue_override({"max_queue_size": "64"}), "/default_queue_policy/max_queue_size"),
+        (queue_override({"timeout_action": "DROP"}), "/default_queue_policy/timeout_action"),
+        (queue_override({"default_timeout_microseconds": -5}), "/default_timeout_microseconds"),
+        (queue_override({"queue_timeout_ms": 5}), "queue_timeout_ms"),
+        (pin({"specific": {"versions": []}}), "/version_policy/specific/versions"),
+        (pin({"specific": {"versions": [0]}}), "/version_policy/specific/versions/0"),
+        (pin({"latest": {"num_versions": 1}, "all": {}}), "/version_policy"),
+        (pin({"newest": {}}), "newest"),
+        ({"http": {"listen": "off"}}, "at '/http/listen'"),
+        ({"probes": {"liveness": {"canary": {"version": "latest"}}}}, "/canary/version"),
+        ({"probes": {"liveness": {"canary": {"timeoutSeconds": 0}}}}, "/canary/timeoutSeconds"),
+        ({"terminationGracePeriodSeconds": 0}, "at '/terminationGracePeriodSeconds'"),
+        ({"tls": {"mutal": True}}, "additional properties 'mutal' not allowed"),
     ],
 )
 def test_schema_rejects_bad_values(values: dict[str, Any], fragment: str) -> None:
@@ -194,7 +224,12 @@ def test_no_model_repository_fails_with_required_message() -> None:
             },
             "modelConfigOverrides need a local repository",
         ),
-        ({"restrictedApi": {"enabled": True}}, "restrictedApi.secretName is required"),
+        ({"restrictedApi": {"secretName": ""}}, "restrictedApi.secretName is required while"),
+        ({"tls": {"enabled": True}}, "tls.secretName is required when tls.enabled"),
+        (
+            {"tls": {"enabled": True, "secretName": "t", "mutual": True}},
+            "helmTest cannot pass tls.mutual",
+        ),
         ({"helmTest": {"model": ""}}, "helmTest.model is required"),
         ({"autoscaling": {"enabled": True, "minReplicas": 5, "maxReplicas": 2}}, "must not exceed"),
     ],
@@ -232,6 +267,7 @@ def test_everything_optional_on_renders_valid() -> None:
         [
             "ConfigMap",  # dashboard
             "ConfigMap",  # model config overrides
+            "ConfigMap",  # probe script (canary)
             "Deployment",
             "HorizontalPodAutoscaler",
             "NetworkPolicy",
@@ -339,11 +375,9 @@ def test_triton_arguments(rendered: dict) -> None:
     assert "--strict-readiness=true" in args
     assert "--exit-timeout-secs=30" in args
     assert "--metrics-config=summary_latencies=true" in args
-    restricted = (
-        "model-repository,model-config,shared-memory,trace,logging:admin-key=$(CVSERVE_RESTRICTED_API_KEY)"
-    )
+    restricted = f"{DEFAULT_GROUPS}:admin-key=$(CVSERVE_RESTRICTED_API_KEY)"
     assert f"--http-restricted-api={restricted}" in args
-    assert f"--grpc-restricted-api={restricted}" in args
+    assert f"--grpc-restricted-protocol={restricted}" in args
     env = {e["name"]: e for e in triton_container(rendered["gpu-values.yaml"])["env"]}
     assert env["CVSERVE_RESTRICTED_API_KEY"]["valueFrom"]["secretKeyRef"] == {
         "name": "cvserve-admin-key",
@@ -383,17 +417,289 @@ def test_security_context_and_writable_dirs(rendered: dict) -> None:
         assert "emptyDir" in volumes[mounts["/tmp"]]
 
 
-def test_termination_grace_must_exceed_exit_timeout() -> None:
-    ok = objects(
-        render(merge(BASE, {"terminationGracePeriodSeconds": 36, "triton": {"exitTimeoutSeconds": 30}}))
-    )
-    assert pod_spec(ok)["terminationGracePeriodSeconds"] == 36
-    assert triton_container(ok)["lifecycle"]["preStop"]["exec"]["command"] == ["sleep", "5"]
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_grace_period_exceeds_preStop_plus_exit_timeout(rendered: dict, scenario: str) -> None:
+    """From deletion to SIGKILL: the preStop sleep, then Triton's --exit-timeout-secs drain, then shutdown."""
+    container = triton_container(rendered[scenario])
+    (exit_timeout,) = [
+        int(a.split("=")[1]) for a in container["args"] if a.startswith("--exit-timeout-secs=")
+    ]
+    pre_stop = container["lifecycle"]["preStop"]["exec"]["command"]
+    assert pre_stop[0] == "sleep"
+    assert pod_spec(rendered[scenario])["terminationGracePeriodSeconds"] > int(pre_stop[1]) + exit_timeout
+
+
+@pytest.mark.parametrize(
+    ("values", "grace"),
+    [
+        ({}, 5 + 30 + 15),  # derived
+        ({"triton": {"exitTimeoutSeconds": 120}, "probes": {"preStopSleepSeconds": 10}}, 145),
+        ({"terminationGracePeriodSeconds": 36}, 36),  # explicit, just enough
+    ],
+)
+def test_grace_period_derived_or_checked(values: dict[str, Any], grace: int) -> None:
+    objs = objects(render(merge(BASE, values)))
+    assert pod_spec(objs)["terminationGracePeriodSeconds"] == grace
+
+
+def test_grace_period_too_small_fails_to_render() -> None:
     message = render_error(
         merge(BASE, {"terminationGracePeriodSeconds": 35, "triton": {"exitTimeoutSeconds": 30}})
     )
     assert "terminationGracePeriodSeconds (35) must be greater than" in message
-    assert "(35)" in message and "SIGKILL" in message
+    assert "probes.preStopSleepSeconds + triton.exitTimeoutSeconds (35)" in message
+    assert "SIGKILL" in message and "leave it empty to derive it (50)" in message
+
+
+def test_rolling_update_and_disruption_budget_keep_capacity(rendered: dict) -> None:
+    strategy = find(rendered["cpu-only-values.yaml"], "Deployment")["spec"]["strategy"]
+    assert strategy == {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}
+    assert find(objects(render(BASE)), "PodDisruptionBudget")["spec"]["maxUnavailable"] == 1
+
+
+# --- Security defaults -------------------------------------------------------------------------------
+
+
+def test_default_render_passes_schema_and_kubernetes_validation() -> None:
+    with helm.Chart.load(CHART) as chart:
+        chart.validate_schema(BASE)
+    for obj in objects(render(BASE)):
+        for kube_version in KUBE_VERSIONS:
+            kubernetes_validate.validate(obj, kube_version, strict=True)
+
+
+def test_default_image_is_the_documented_ngc_release() -> None:
+    chart_yaml = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    container = triton_container(objects(render(BASE)))
+    assert container["image"] == f"nvcr.io/nvidia/tritonserver:{chart_yaml['appVersion']}"
+    assert chart_yaml["appVersion"] == "26.11-py3"
+    for doc in ("security.md", "deploy.md"):  # the choice and its advisories are documented
+        assert "tritonserver:26.11-py3" in (ROOT / "docs" / doc).read_text(), doc
+    pinned = triton_container(objects(render(merge(BASE, {"image": {"digest": "sha256:" + "a" * 64}}))))
+    assert pinned["image"] == "nvcr.io/nvidia/tritonserver@sha256:" + "a" * 64
+
+
+def test_default_render_is_locked_down() -> None:
+    objs = objects(render(BASE))
+    container, spec = triton_container(objs), pod_spec(objs)
+    args = container["args"]
+    # model control none, the restricted groups on both protocols, HTTP restricted on the pod network
+    assert "--model-control-mode=none" in args
+    assert f"--http-restricted-api={DEFAULT_GROUPS}:admin-key=$(CVSERVE_RESTRICTED_API_KEY)" in args
+    assert f"--grpc-restricted-protocol={DEFAULT_GROUPS}:admin-key=$(CVSERVE_RESTRICTED_API_KEY)" in args
+    assert "health" not in DEFAULT_GROUPS and "inference" not in DEFAULT_GROUPS
+    assert "--http-address=0.0.0.0" in args
+    assert not [a for a in args if a.startswith("--grpc-use-ssl")]
+    env = {e["name"]: e for e in container["env"]}
+    assert env["CVSERVE_RESTRICTED_API_KEY"]["valueFrom"]["secretKeyRef"] == {
+        "name": "cvserve-admin-key",
+        "key": "key",
+    }
+    # non-root, read-only root filesystem, nothing extra mounted or injected
+    assert spec["securityContext"]["runAsNonRoot"] is True and spec["securityContext"]["runAsUser"] == 1000
+    assert spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert container["securityContext"]["allowPrivilegeEscalation"] is False
+    assert spec["automountServiceAccountToken"] is False
+    assert find(objs, "ServiceAccount")["automountServiceAccountToken"] is False
+    assert spec["enableServiceLinks"] is False
+    # the repository read-only; writable paths are emptyDirs
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+    assert mounts["/models"]["readOnly"] is True
+    assert volumes["model-repository"]["persistentVolumeClaim"]["readOnly"] is True
+    for path in ("/tmp", "/cache", "/dev/shm"):
+        assert "emptyDir" in volumes[mounts[path]["name"]], path
+        assert not mounts[path].get("readOnly")
+    assert {e["name"]: e.get("value") for e in container["env"]}["CUDA_CACHE_PATH"] == "/cache/cuda"
+    # optional features off: no TLS, no canary, no network policy
+    assert not [o for o in objs if o["kind"] == "NetworkPolicy"]
+    assert container["livenessProbe"]["httpGet"] == {"path": "/v2/health/live", "port": "http"}
+
+
+def test_synced_repository_is_read_only_for_triton(rendered: dict) -> None:
+    spec = pod_spec(rendered["autoscaling-values.yaml"])
+    (sync,) = [c for c in spec["initContainers"] if c["name"] == "sync-model-repository"]
+    assert not next(m for m in sync["volumeMounts"] if m["mountPath"] == "/models").get("readOnly")
+    triton = {
+        m["mountPath"]: m for m in triton_container(rendered["autoscaling-values.yaml"])["volumeMounts"]
+    }
+    assert triton["/models"]["readOnly"] is True and triton["/models-overlay"]["readOnly"] is True
+
+
+def test_http_on_localhost_leaves_the_network(rendered: dict) -> None:
+    objs = rendered["hardened-values.yaml"]
+    container = triton_container(objs)
+    assert "--http-address=127.0.0.1" in container["args"]
+    assert "http" not in {p["name"] for p in container["ports"]}
+    assert [p["name"] for p in find(objs, "Service")["spec"]["ports"]] == ["grpc", "metrics"]
+    inference, _ = find(objs, "NetworkPolicy")["spec"]["ingress"]
+    assert [p["port"] for p in inference["ports"]] == ["grpc"]
+    # the kubelet cannot reach 127.0.0.1 of the pod: the probes run inside the container
+    assert container["startupProbe"]["exec"]["command"] == [*PROBE, "ready", "--timeout", "4"]
+    assert container["readinessProbe"]["exec"]["command"] == [*PROBE, "ready", "--timeout", "4"]
+    assert "httpGet" not in container["livenessProbe"]
+
+
+def test_restricted_groups_on_pod_network_by_default(rendered: dict) -> None:
+    for scenario in ("cpu-only-values.yaml", "s3-values.yaml", "autoscaling-values.yaml"):
+        args = triton_container(rendered[scenario])["args"]
+        assert "--http-address=0.0.0.0" in args
+        assert f"--http-restricted-api={DEFAULT_GROUPS}:admin-key=$(CVSERVE_RESTRICTED_API_KEY)" in args
+    hardened = triton_container(rendered["hardened-values.yaml"])["args"]
+    assert (
+        f"--grpc-restricted-protocol={DEFAULT_GROUPS},metadata:admin-key=$(CVSERVE_RESTRICTED_API_KEY)"
+        in hardened
+    )
+
+
+def test_tls_values_render_the_grpc_ssl_flags(rendered: dict) -> None:
+    objs = rendered["hardened-values.yaml"]
+    container, spec = triton_container(objs), pod_spec(objs)
+    args = container["args"]
+    assert "--grpc-use-ssl=true" in args
+    assert "--grpc-server-cert=/etc/cvserve/tls/tls.crt" in args
+    assert "--grpc-server-key=/etc/cvserve/tls/tls.key" in args
+    assert not [a for a in args if a.startswith(("--grpc-use-ssl-mutual", "--grpc-root-cert"))]
+    (tls,) = [v for v in spec["volumes"] if v["name"] == "tls"]
+    assert tls["secret"]["secretName"] == "cvserve-grpc-tls"
+    assert {"name": "tls", "mountPath": "/etc/cvserve/tls", "readOnly": True} in container["volumeMounts"]
+    test_pod = find(objs, "Pod")["spec"]["containers"][0]["command"]
+    assert test_pod[-1] == f"grpcs://{FULLNAME}.{NAMESPACE}.svc:8001"
+    mutual = triton_container(
+        objects(
+            render(
+                merge(
+                    BASE,
+                    {
+                        "tls": {"enabled": True, "secretName": "t", "mutual": True},
+                        "helmTest": {"enabled": False},
+                    },
+                )
+            )
+        )
+    )["args"]
+    assert "--grpc-use-ssl-mutual=true" in mutual and "--grpc-root-cert=/etc/cvserve/tls/ca.crt" in mutual
+
+
+def test_network_policy_can_restrict_egress(rendered: dict) -> None:
+    policy = find(rendered["hardened-values.yaml"], "NetworkPolicy")
+    assert policy["spec"]["policyTypes"] == ["Ingress", "Egress"]
+    (dns,) = policy["spec"]["egress"]
+    assert {p["port"] for p in dns["ports"]} == {53}
+    assert find(rendered["gpu-values.yaml"], "NetworkPolicy")["spec"]["policyTypes"] == ["Ingress"]
+    bucket = {"to": [{"ipBlock": {"cidr": "10.0.0.0/8"}}], "ports": [{"port": 443, "protocol": "TCP"}]}
+    values = merge(BASE, {"networkPolicy": {"enabled": True, "egress": {"enabled": True, "rules": [bucket]}}})
+    policy = find(objects(render(values)), "NetworkPolicy")
+    assert policy["spec"]["egress"][1] == bucket
+    kubernetes_validate.validate(policy, KUBE_VERSIONS[0], strict=True)
+
+
+# --- Probes ------------------------------------------------------------------------------------------
+
+
+def test_canary_liveness_when_a_model_is_set(rendered: dict) -> None:
+    objs = rendered["gpu-values.yaml"]
+    container = triton_container(objs)
+    liveness = container["livenessProbe"]
+    assert liveness["exec"]["command"] == [
+        *PROBE,
+        "canary",
+        "--model",
+        "resnet50",
+        "--timeout",
+        "10",
+        "--header",
+        "admin-key",
+    ]
+    assert (liveness["periodSeconds"], liveness["timeoutSeconds"], liveness["failureThreshold"]) == (
+        30,
+        13,
+        3,
+    )
+    # readiness and startup stay on Triton's own health endpoint
+    assert container["readinessProbe"]["httpGet"] == {"path": "/v2/health/ready", "port": "http"}
+    assert container["startupProbe"]["httpGet"] == {"path": "/v2/health/ready", "port": "http"}
+    # the script comes from a ConfigMap, the same bytes as files/triton_probe.py
+    (configmap,) = [o for o in objs if o["metadata"]["name"] == f"{FULLNAME}-probe"]
+    assert configmap["data"]["triton_probe.py"] == (CHART / "files" / "triton_probe.py").read_text()
+    assert {"name": "probe", "mountPath": "/etc/cvserve/probe", "readOnly": True} in container["volumeMounts"]
+    assert "checksum/probe" in find(objs, "Deployment")["spec"]["template"]["metadata"]["annotations"]
+    hardened = triton_container(rendered["hardened-values.yaml"])["livenessProbe"]
+    assert hardened["exec"]["command"][len(PROBE) :][:6] == [
+        "canary",
+        "--model",
+        "resnet50",
+        "--timeout",
+        "5",
+        "--header",
+    ]
+    assert (hardened["periodSeconds"], hardened["timeoutSeconds"]) == (20, 8)
+    pinned = merge(BASE, {"probes": {"liveness": {"canary": {"model": "m", "version": "3"}}}})
+    command = triton_container(objects(render(pinned)))["livenessProbe"]["exec"]["command"]
+    assert command[-2:] == ["--version", "3"]
+
+
+def load_script(name: str) -> Any:
+    spec = importlib.util.spec_from_file_location(name, CHART / "files" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_canary_request_is_one_valid_png_in_the_v2_binary_framing() -> None:
+    """What the canary sends, decoded the way Triton and the served model decode it.
+
+    The script itself was run against the embedded Triton (see docs/deploy.md): ok on a served python model,
+    HTTP 500 "Stub process ... is not healthy" after its stub was killed while /v2/health/* stayed 200,
+    HTTP 503 counted as alive when the queue was full.
+    """
+    image_mod = pytest.importorskip("PIL.Image")
+    probe = load_script("triton_probe")
+    png = probe.canary_png()
+    with image_mod.open(io.BytesIO(png)) as img:
+        assert (img.format, img.mode, img.size) == ("PNG", "RGB", (probe.SIDE, probe.SIDE))
+        img.load()
+    body, header_len = probe.infer_request(png)
+    header = json.loads(body[:header_len])
+    (tensor,) = header["inputs"]
+    assert (tensor["name"], tensor["datatype"], tensor["shape"]) == ("IMAGE", "BYTES", [1, 1])
+    data = body[header_len:]
+    assert tensor["parameters"]["binary_data_size"] == len(data)
+    (length,) = struct.unpack("<I", data[:4])
+    assert data[4:] == png and length == len(png)
+
+
+@pytest.mark.parametrize(
+    ("response", "problem"),
+    [
+        ({"outputs": [{"name": "SCORE", "data": [0.9, 0.05]}, {"name": "CLASS_INDEX", "data": [3, 1]}]}, ""),
+        ({"outputs": [{"name": "CLASS_INDEX", "data": [3]}]}, "no SCORE output"),
+        ({"outputs": [{"name": "SCORE", "data": []}]}, "SCORE has no data"),
+        ({"outputs": [{"name": "SCORE", "data": [float("nan")]}]}, "not a probability"),
+        ({"outputs": [{"name": "SCORE", "data": [7.5]}]}, "not a probability"),
+    ],
+)
+def test_canary_checks_the_scores(response: dict[str, Any], problem: str) -> None:
+    found = load_script("triton_probe").check_outputs(response)
+    assert (problem in found) if problem else found == ""
+
+
+def test_probe_script_needs_nothing_beyond_the_standard_library() -> None:
+    tree = ast.parse((CHART / "files" / "triton_probe.py").read_text())
+    imported = {
+        alias.name.split(".")[0]
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Import | ast.ImportFrom)
+        for alias in (node.names if isinstance(node, ast.Import) else [ast.alias(node.module or "")])
+    }
+    assert imported <= set(sys.stdlib_module_names) | {"__future__"}
+
+
+def test_no_probe_script_without_canary_or_local_http() -> None:
+    objs = objects(render(BASE))
+    assert not [o for o in objs if o["metadata"]["name"] == f"{FULLNAME}-probe"]
+    assert "probe" not in {v["name"] for v in pod_spec(objs)["volumes"]}
 
 
 def test_hpa_on_triton_queue_time(rendered: dict) -> None:
@@ -558,7 +864,7 @@ def test_overrides_configmap_and_init_container(rendered: dict) -> None:
         == (CHART / "files" / "apply_config_overrides.py").read_text()
     )
     (init,) = pod_spec(objs)["initContainers"]
-    assert init["image"] == "nvcr.io/nvidia/tritonserver:24.10-py3"
+    assert init["image"] == triton_container(objs)["image"]  # the Triton image's own python3
     assert init["command"][:2] == ["python3", "/overrides/apply_config_overrides.py"]
     assert init["command"][2:] == ["/models", "/models-overlay", "/overrides/overrides.json"]
     sync = objects(render(scenario_values("autoscaling-values.yaml")))
@@ -582,12 +888,7 @@ def test_overrides_roll_the_pods() -> None:
 
 @pytest.fixture(scope="module")
 def overrides_script() -> Any:
-    spec = importlib.util.spec_from_file_location(
-        "apply_config_overrides", CHART / "files" / "apply_config_overrides.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("apply_config_overrides")
 
 
 def network_config_text() -> str:
@@ -600,6 +901,11 @@ def network_config_text() -> str:
     config.output.add(name="LOGITS", data_type=model_config_pb2.TYPE_FP32, dims=[1000])
     config.dynamic_batching.preferred_batch_size.extend([4, 8])
     config.dynamic_batching.max_queue_delay_microseconds = 100
+    # admission control as `cvserve build` writes it: a bounded queue, REJECT after the queue timeout
+    policy = config.dynamic_batching.default_queue_policy
+    policy.max_queue_size = 32
+    policy.timeout_action = model_config_pb2.ModelQueuePolicy.REJECT
+    policy.default_timeout_microseconds = 200000
     config.instance_group.add(kind=model_config_pb2.ModelInstanceGroup.KIND_GPU, count=1)
     config.parameters["note"].string_value = "braces { in } a string"
     return "# written by cvserve build\n" + text_format.MessageToString(config)
@@ -671,9 +977,92 @@ def test_override_script_builds_overlay(overrides_script: Any, tmp_path: Path) -
     assert (network / "1").is_symlink() and (network / "1" / "model.onnx").read_bytes() == b"weights"
     config = text_format.Parse((network / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
     assert config.dynamic_batching.max_queue_delay_microseconds == 7
-    assert list(config.dynamic_batching.preferred_batch_size) == []  # the whole block was replaced
+    # merged, not replaced: the fields the override does not name are the build's
+    assert list(config.dynamic_batching.preferred_batch_size) == [4, 8]
+    assert config.dynamic_batching.default_queue_policy.max_queue_size == 32
     assert config.max_batch_size == 32
     assert "max_queue_delay_microseconds: 100" in (source / "resnet50_network" / "config.pbtxt").read_text()
+
+
+def parse_config(text: str) -> Any:
+    model_config_pb2 = pytest.importorskip("tritonclient.grpc.model_config_pb2")
+    from google.protobuf import text_format
+
+    return text_format.Parse(text, model_config_pb2.ModelConfig())
+
+
+def test_queue_policy_override_merges_into_the_built_admission_control(overrides_script: Any) -> None:
+    """An operator changes the queue bound and the queue timeout; the rest of the batcher stays as built."""
+    model_config_pb2 = pytest.importorskip("tritonclient.grpc.model_config_pb2")
+    override = {
+        "dynamic_batching": {
+            "default_queue_policy": {"max_queue_size": 128, "default_timeout_microseconds": 50000}
+        }
+    }
+    config = parse_config(overrides_script.apply_override(network_config_text(), override))
+    batching = config.dynamic_batching
+    policy = batching.default_queue_policy
+    assert (policy.max_queue_size, policy.default_timeout_microseconds) == (128, 50000)
+    assert policy.timeout_action == model_config_pb2.ModelQueuePolicy.REJECT  # kept from the build
+    assert list(batching.preferred_batch_size) == [4, 8]
+    assert batching.max_queue_delay_microseconds == 100
+    assert config.parameters["note"].string_value == "braces { in } a string"
+
+
+def test_version_policy_override_replaces_the_oneof(overrides_script: Any) -> None:
+    """version_policy is a oneof: pinning a version must drop the build's latest policy, not add to it."""
+    built = 'name: "m"\nversion_policy {\n  latest {\n    num_versions: 1\n  }\n}\nmax_batch_size: 8\n'
+    pinned = parse_config(
+        overrides_script.apply_override(built, {"version_policy": {"specific": {"versions": [2, 3]}}})
+    )
+    assert pinned.version_policy.WhichOneof("policy_choice") == "specific"
+    assert list(pinned.version_policy.specific.versions) == [2, 3]
+    everything = parse_config(overrides_script.apply_override(built, {"version_policy": {"all": {}}}))
+    assert everything.version_policy.WhichOneof("policy_choice") == "all"
+    assert everything.max_batch_size == 8
+
+
+@pytest.mark.parametrize(
+    ("source", "override", "check"),
+    [
+        # no queue policy in the built config: the message is created
+        (
+            'name: "m"\nmax_batch_size: 8\ndynamic_batching { max_queue_delay_microseconds: 100 }\n',
+            {"dynamic_batching": {"default_queue_policy": {"max_queue_size": 4, "timeout_action": "REJECT"}}},
+            lambda c: (
+                c.dynamic_batching.default_queue_policy.max_queue_size == 4
+                and c.dynamic_batching.max_queue_delay_microseconds == 100
+            ),
+        ),
+        # no dynamic_batching at all
+        (
+            'name: "m"\nmax_batch_size: 8\n',
+            {"dynamic_batching": {"default_queue_policy": {"max_queue_size": 4}}},
+            lambda c: c.dynamic_batching.default_queue_policy.max_queue_size == 4,
+        ),
+        # "name: { ... }" spelling, comments and separators survive
+        (
+            'name: "m" # the model\ndynamic_batching: {\n  preferred_batch_size: [2, 4];\n'
+            "  # bounded queue\n  default_queue_policy < max_queue_size: 9 >\n},\nmax_batch_size: 8\n",
+            {"dynamic_batching": {"default_queue_policy": {"default_timeout_microseconds": 7}}},
+            lambda c: (
+                c.dynamic_batching.default_queue_policy.max_queue_size == 9
+                and c.dynamic_batching.default_queue_policy.default_timeout_microseconds == 7
+                and list(c.dynamic_batching.preferred_batch_size) == [2, 4]
+                and c.max_batch_size == 8
+            ),
+        ),
+        # a list replaces the repeated field; an empty one removes it
+        (
+            'name: "m"\ndynamic_batching {\n  preferred_batch_size: 4\n  preferred_batch_size: 8\n}\n',
+            {"dynamic_batching": {"preferred_batch_size": []}},
+            lambda c: list(c.dynamic_batching.preferred_batch_size) == [],
+        ),
+    ],
+)
+def test_override_merge_cases(overrides_script: Any, source: str, override: dict, check: Any) -> None:
+    patched = overrides_script.apply_override(source, override)
+    assert check(parse_config(patched)), patched
 
 
 def test_override_of_unknown_model_fails(overrides_script: Any, tmp_path: Path) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
@@ -14,7 +13,7 @@ import pytest
 from cvserve.cli import build_parser
 from cvserve.errors import UserInputError
 from cvserve.loadtests import analysis, schedule
-from cvserve.loadtests.cli import parse_duration, settings_from_args
+from cvserve.loadtests.cli import settings_from_args, summary_lines
 from cvserve.loadtests.cost import Price
 from cvserve.loadtests.report import write_report
 from cvserve.loadtests.runner import LoadTestSettings, locust_args, plan, validate
@@ -30,6 +29,7 @@ def _settings(tmp_path: Path, **kw) -> LoadTestSettings:
         "report_dir": tmp_path,
         "warmup_s": 2.0,
         "duration_s": 10.0,
+        "slo_p95_ms": 500.0,
     }
     return LoadTestSettings(**(base | kw))
 
@@ -116,6 +116,12 @@ def test_report_files(tmp_path):
     assert "FAIL: p95_latency_ms" in md and "![latency over time](latency.png)" in md
     assert (tmp_path / "latency.png").stat().st_size > 0 and (tmp_path / "throughput.png").exists()
     assert data["files"]["locust_csv"] == ["locust_stats.csv"]
+    assert "| p95_latency_ms | 40 | <= 1 | **FAIL** |" in md and "| 40 ms | 40 ms |" in md
+    lines = summary_lines(data)
+    assert (
+        lines[-1].startswith("FAILED gate(s): p95_latency_ms")
+        and "gate p95_latency_ms: 40 <= 1: FAIL" in lines
+    )
 
 
 def test_generator_ceiling_warning(tmp_path):
@@ -128,41 +134,88 @@ def test_cli_flags_become_settings(tmp_path):
     args = build_parser().parse_args(
         ["loadtest", "mobilenet_v2", "--url", "10.0.0.5:8001", "--images", str(tmp_path), "--users", "8",
          "--duration", "1m30s", "--slo-p95-ms", "250", "--instance-type", "g4dn.xlarge", "--replicas", "3",
-         "--workers", "2", "--report-dir", str(tmp_path / "out")]
+         "--workers", "2", "--report-dir", str(tmp_path / "out"), "--no-plots"]
     )  # fmt: skip
     s = settings_from_args(args)
-    assert (s.model, s.duration_s, s.warmup_s, s.spawn_rate, s.replicas, s.workers) == (
+    assert (s.model, s.duration_s, s.warmup_s, s.replicas, s.workers, s.plots) == (
         "mobilenet_v2",
         90.0,
         5.0,
-        8.0,
         3,
         2,
+        False,
     )
-    assert s.metrics_url == "http://10.0.0.5:8002/metrics" and s.instance_type == "g4dn.xlarge"
+    assert s.instance_type == "g4dn.xlarge" and s.report_dir == tmp_path / "out"
+    r = s.resolved()  # the defaults that follow from other settings
+    assert r.spawn_rate == 8.0 and r.metrics_url == "http://10.0.0.5:8002/metrics"
+    assert (r.master_bind_host, r.master_port) == ("127.0.0.1", 0)
     assert args.func.__module__ == "cvserve.loadtests.cli"
     validate(s)
     cmd = locust_args(s, plan(s), tmp_path)
     assert cmd[cmd.index("--run-time") + 1] == "95s" and cmd[cmd.index("--host") + 1] == "10.0.0.5:8001"
 
 
-@pytest.mark.parametrize(
-    ("text", "seconds"),
-    [("60s", 60.0), ("60", 60.0), ("2m", 120.0), ("1m30s", 90.0), ("1h", 3600.0), ("0.5s", 0.5)],
-)
-def test_parse_duration(text, seconds):
-    assert parse_duration(text) == seconds
+def test_the_locust_command_line_carries_the_suites_options(tmp_path):
+    s = _settings(tmp_path, scenario="ramp", users=4, step_users=2, request_timeout_s=7.0)
+    cmd = locust_args(s, plan(s), tmp_path)
+    opt = {flag: cmd[cmd.index(flag) + 1] for flag in ("--model", "--images", "--warmup", "--step-duration")}
+    assert opt == {
+        "--model": "m",
+        "--images": str(tmp_path.resolve()),
+        "--warmup": "2.0",
+        "--step-duration": "5.0",
+    }
+    assert "--request-timeout" in cmd and "--target-rps" not in cmd and "--spike-users" not in cmd
+
+
+def test_remote_workers_listen_on_every_interface_at_locusts_port(tmp_path):
+    args = build_parser().parse_args(
+        [
+            "loadtest",
+            "m",
+            "--images",
+            str(tmp_path),
+            "--slo-p95-ms",
+            "100",
+            "--workers",
+            "2",
+            "--remote-workers",
+        ]
+    )
+    r = settings_from_args(args).resolved()
+    assert (r.remote_workers, r.master_bind_host, r.master_port) == (True, "0.0.0.0", 5557)
 
 
 def test_bad_values_are_user_errors(tmp_path):
-    with pytest.raises(argparse.ArgumentTypeError):
-        parse_duration("soon")
     with pytest.raises(UserInputError, match="--images"):
         validate(_settings(tmp_path, images=tmp_path / "missing"))
-    with pytest.raises(UserInputError, match="--max-error-rate"):
+    with pytest.raises(UserInputError, match="--max-error-rate must be at most 1"):
         validate(_settings(tmp_path, max_error_rate=5.0))
+    with pytest.raises(UserInputError, match="--users must be at least 1"):
+        validate(_settings(tmp_path, users=0))
     with pytest.raises(UserInputError, match="needs a price"):
         validate(_settings(tmp_path, max_cost_per_1k_usd=0.1))
+    with pytest.raises(UserInputError, match="contradict"):
+        validate(_settings(tmp_path, metrics=False, metrics_url="http://h:8002/metrics"))
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--duration", "soon"], "argument --duration: 'soon' is not a duration"),
+        (["--users", "0"], "argument --users: must be at least 1, not 0"),
+        (["--scenario", "sideways"], "argument --scenario: invalid choice: 'sideways'"),
+        ([], "the following arguments are required: --slo-p95-ms"),
+    ],
+)
+def test_bad_flags_are_one_line_naming_the_flag(tmp_path, flags, message, capsys):
+    argv = ["loadtest", "m", "--images", str(tmp_path), *flags]
+    if flags:
+        argv += ["--slo-p95-ms", "100"]
+    with pytest.raises(SystemExit) as info:
+        build_parser().parse_args(argv)
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and message in err and len(err.strip().splitlines()) == 1
 
 
 def test_runner_side_never_imports_locust_or_gevent():

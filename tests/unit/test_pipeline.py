@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
 from cvserve.builders import triton_config as tc
-from cvserve.builders.pipeline import BuildSettings, build
+from cvserve.builders.pipeline import BuildSettings, ServingOptions, build, sha256
 from cvserve.builders.preprocessing import PreprocessSpec
 
 SPEC = PreprocessSpec(input_size=(64, 64), resize_shorter=72)
@@ -48,6 +49,17 @@ def checkpoints(tmp_path_factory):
     return d
 
 
+def _settings(checkpoint, repo, **serving) -> BuildSettings:
+    batching = serving.pop("batching", tc.Batching(max_batch_size=8))
+    return BuildSettings(
+        checkpoint=checkpoint,
+        name="tiny",
+        repository=repo,
+        preprocess=SPEC,
+        serving=ServingOptions(top_k=3, batching=batching, **serving),
+    )
+
+
 @pytest.mark.parametrize(
     ("file", "arch", "kind", "exporter"),
     [
@@ -56,58 +68,91 @@ def checkpoints(tmp_path_factory):
         ("tiny.pt2", None, "exported_program", "dynamo"),
     ],
 )
-def test_every_input_kind_builds_a_verified_pipeline(checkpoints, tmp_path, file, arch, kind, exporter):
+def test_every_input_kind_builds_a_verified_single_layout(checkpoints, tmp_path, file, arch, kind, exporter):
     repo = tmp_path / "repo"
-    result = build(
-        BuildSettings(
-            checkpoint=checkpoints / file,
-            arch=arch,
-            name="tiny",
-            labels=checkpoints / "labels.txt",
-            repository=repo,
-            preprocess=SPEC,
-            top_k=3,
-            batching=tc.Batching(max_batch_size=8),
-        ),
-        log=lambda _m: None,
-    )
+    settings = _settings(checkpoints / file, repo)
+    settings.arch, settings.labels = arch, checkpoints / "labels.txt"
+    result = build(settings, log=lambda _m: None)
     report = result.report
-    assert (report["source_kind"], report["exporter"]) == (kind, exporter)
-    assert report["verification"]["ok"] and report["num_classes"] == 4
-    assert report["cleanup"]["nodes_after"] <= report["cleanup"]["nodes_before"]
-    v = repo / "tiny_network" / "1"
-    assert (v / "model.onnx").exists() and (v / "model.py").exists()
-    assert PreprocessSpec.load(repo / "tiny_preprocess" / "1") == SPEC
-    assert (repo / "tiny_postprocess" / "1" / "labels.txt").read_text().split() == [
-        "ant",
-        "bee",
-        "cat",
-        "dog",
-    ]
-    saved = json.loads((repo / "tiny" / "1" / "build_report.json").read_text())
-    assert saved["sha256"] == report["sha256"] and saved["version"] == 1
-    assert {"load", "export", "cleanup", "verify", "total"} <= set(saved["timings_s"])
-    assert "write" in result.timings_s  # the report is written inside that stage
-    post = tc.parse((repo / "tiny_postprocess" / "config.pbtxt").read_text())
-    assert [list(o.dims) for o in post.output] == [[3], [3], [3]]
-
-
-def test_native_onnxruntime_runtime_writes_no_python_network(checkpoints, tmp_path):
-    repo = tmp_path / "repo"
-    build(
-        BuildSettings(
-            checkpoint=checkpoints / "tiny.pt",
-            name="tiny",
-            repository=repo,
-            preprocess=SPEC,
-            runtime="onnxruntime",
-            execution_env="$$TRITON_MODEL_DIRECTORY/../env.tar.gz",
-        ),
-        log=lambda _m: None,
+    assert report["schema"] == 2 and report["version"] == 1
+    assert (report["checkpoint"]["kind"], report["network"]["exporter"]) == (kind, exporter)
+    assert report["checkpoint"]["sha256"] == sha256(checkpoints / file)
+    assert report["network"]["layout"] == "single" and report["network"]["runtime"] == "openvino"
+    assert report["verification"]["ok"] and report["network"]["num_classes"] == 4
+    served = report["verification"]["served"]  # the served graph in OpenVINO against the float reference
+    assert served["top1_equal"] == served["images"] and served["max_score_diff"] <= served["tolerance"]
+    assert report["engine_profile"] == {"schema": 1, "min_batch": 1, "opt_batch": 8, "max_batch": 8}
+    assert report["quantization"] is None and report["accuracy"] is None
+    v = repo / "tiny" / "1"
+    names = {p.name for p in v.iterdir()}
+    assert {"model.py", "model.xml", "model.bin", "cvserve_preprocessing.py", "cvserve_runners.py"} <= names
+    assert PreprocessSpec.load(v) == SPEC
+    assert [p.name for p in repo.iterdir()] == ["tiny"]  # one model: no ensemble, no postprocess
+    saved = json.loads((v / "build_report.json").read_text())
+    assert saved["network"]["sha256"] == report["network"]["sha256"]
+    assert {"load", "export", "cleanup", "verify", "wrap", "engine", "check", "total"} <= set(
+        saved["timings_s"]
     )
+    assert "write" in result.timings_s  # the report is written inside that stage
+    assert (v / "build_report.md").read_text().startswith("# tiny version 1")
+    cfg = tc.parse((repo / "tiny" / "config.pbtxt").read_text())
+    assert [list(o.dims) for o in cfg.output] == [[3], [3]]
+    assert json.loads(cfg.parameters["labels"].string_value) == ["ant", "bee", "cat", "dog"]
+
+
+def test_served_graph_runs_pixels_to_top_k_like_the_float_reference(checkpoints, tmp_path):
+    """The uint8-in/top-k-out graph against numpy normalisation + the bare network + softmax + top-k."""
+    from cvserve.builders import served_graph, torch2onnx, verify
+    from cvserve.builders.checkpoint import load_model
+    from cvserve.builders.preprocessing import pixels
+    from cvserve.builders.runners import open_runner
+    from cvserve.builders.samples import sample_images
+
+    spec = PreprocessSpec(input_size=(64, 64), resize_shorter=72, color="BGR")
+    net = torch2onnx.export(
+        load_model(checkpoints / "tiny.pt"), tmp_path / "n.onnx", input_shape=spec.tensor_shape
+    )
+    graph = served_graph.wrap(net.path, tmp_path / "served.onnx", spec, top_k=10)
+    assert graph.top_k == 4  # capped at the number of classes
+    batch = np.stack([pixels(p.read_bytes(), spec) for p in sample_images().values()])
+    ref_index, ref_score = verify.reference_topk(net.path, batch, spec, 4)
+    for runtime in ("onnxruntime", "openvino"):
+        out = open_runner(graph.path, runtime).run(batch)
+        assert out["CLASS_INDEX"].dtype == np.int64 and out["SCORE"].dtype == np.float32
+        np.testing.assert_array_equal(out["CLASS_INDEX"][:, 0], ref_index[:, 0])
+        np.testing.assert_allclose(out["SCORE"], ref_score, atol=1e-5)
+
+
+def test_ensemble_layout_with_native_onnxruntime(checkpoints, tmp_path):
+    repo = tmp_path / "repo"
+    settings = _settings(checkpoints / "tiny.pt", repo, layout="ensemble", runtime="onnxruntime")
+    settings.serving.execution_env = "$$TRITON_MODEL_DIRECTORY/../env.tar.gz"
+    build(settings, log=lambda _m: None)
+    assert sorted(p.name for p in repo.iterdir()) == ["tiny", "tiny_network", "tiny_preprocess"]
     net = tc.parse((repo / "tiny_network" / "config.pbtxt").read_text())
-    assert net.platform == "onnxruntime_onnx" and not (repo / "tiny_network" / "1" / "model.py").exists()
+    assert net.platform == "onnxruntime_onnx"
+    assert sorted(p.name for p in (repo / "tiny_network" / "1").iterdir()) == [
+        "config.pbtxt.build",
+        "model.onnx",
+    ]
     pre = tc.parse((repo / "tiny_preprocess" / "config.pbtxt").read_text())
     assert pre.parameters["EXECUTION_ENV_PATH"].string_value == "$$TRITON_MODEL_DIRECTORY/../env.tar.gz"
+    assert (repo / "tiny_preprocess" / "1" / "model.py").exists()
+    ensemble = tc.parse((repo / "tiny" / "config.pbtxt").read_text())
     # no labels given: the class indices are the labels
-    assert (repo / "tiny_postprocess" / "1" / "labels.txt").read_text().split() == ["0", "1", "2", "3"]
+    assert json.loads(ensemble.parameters["labels"].string_value) == ["0", "1", "2", "3"]
+    assert (repo / "tiny" / "1" / "build_report.json").exists()
+
+
+def test_gpu_target_fails_before_building_without_tensorrt(checkpoints, tmp_path):
+    """No TensorRT here: the engine stage names the extra, and nothing reaches the repository."""
+    import importlib.util
+
+    from cvserve.errors import MissingDependencyError
+
+    if importlib.util.find_spec("tensorrt") is not None:
+        pytest.skip("TensorRT is installed here")
+    repo = tmp_path / "repo"
+    with pytest.raises(MissingDependencyError, match=r"cvserve\[tensorrt\]"):
+        build(_settings(checkpoints / "tiny.pt", repo, target="gpu"), log=lambda _m: None)
+    assert not repo.exists() or not any(repo.iterdir())

@@ -7,16 +7,18 @@ from pathlib import Path
 import pytest
 
 from cvserve.builders import repository as rp
+from cvserve.builders import runtime as rt
 from cvserve.builders import triton_config as tc
 from cvserve.errors import NotFoundError
 from tests.helpers import tree_digest
 
-SHAPE = tc.PipelineShape(tensor_shape=(3, 8, 8), num_classes=3, top_k=2)
+SHAPE = tc.PipelineShape(pixels_shape=(8, 8, 3), top_k=2, labels=["a", "b", "c"])
+ENSEMBLE = rt.decide(layout="ensemble")
 
 
 def _build(repo: Path, name: str = "m", max_batch_size: int = 8, fail: bool = False) -> int:
     configs = tc.pipeline_configs(
-        name, SHAPE, tc.Batching(max_batch_size=max_batch_size), tc.VersionPolicy(), "python"
+        name, ENSEMBLE, SHAPE, tc.Batching(max_batch_size=max_batch_size), tc.VersionPolicy()
     )
     with rp.staged_build(repo, name) as staged:
         for role, cfg in configs.items():
@@ -59,7 +61,7 @@ def test_rollback_restores_that_versions_configs_pinned(tmp_path):
     _build(repo, max_batch_size=8)
     _build(repo, max_batch_size=4)
     written = rp.rollback(repo, "m", 1)
-    assert len(written) == 4
+    assert len(written) == 3
     for path in written:
         cfg = tc.parse(path.read_text())
         assert cfg.max_batch_size == 8

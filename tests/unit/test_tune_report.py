@@ -6,27 +6,32 @@ import json
 from pathlib import Path
 
 import pytest
+import yaml
 
+from cvserve.builders import runtime as rt
 from cvserve.builders import triton_config as tc
 from cvserve.cli import build_parser
-from cvserve.errors import UserInputError
+from cvserve.settings import from_args
 from cvserve.tune import report
-from cvserve.tune.candidates import candidate_from_configs
-from cvserve.tune.cli import parse_duration
+from cvserve.tune.candidates import candidate_from
 from cvserve.tune.measure import Measurement
+from cvserve.tune.models import discover
 from cvserve.tune.search import SearchResult, Trial
+from cvserve.tune.settings import TuneSettings
 
 SCHEMA = Path(__file__).resolve().parents[2] / "helm" / "cvserve" / "values.schema.json"
 
 
-def configs():
-    shape = tc.PipelineShape(tensor_shape=(3, 224, 224), num_classes=10)
-    return tc.pipeline_configs("net", shape, tc.Batching(max_batch_size=32), tc.VersionPolicy(), "python")
+def pipeline(layout="ensemble"):
+    shape = tc.PipelineShape(pixels_shape=(224, 224, 3), top_k=5, labels=[str(i) for i in range(10)])
+    plan = rt.decide(target="cpu", runtime="onnxruntime", layout=layout)
+    cfgs = tc.pipeline_configs("net", plan, shape, tc.Batching(max_batch_size=32), tc.VersionPolicy())
+    return discover("net", {c.name: c for c in cfgs.values()}.__getitem__)
 
 
-def result():
-    base = configs()
-    start = candidate_from_configs(base)
+def result(layout="ensemble"):
+    base = pipeline(layout)
+    start = candidate_from(base)
     chosen = (
         start.with_value("network_instances", 2)
         .with_value("max_batch_size", 16)
@@ -69,9 +74,14 @@ def test_helm_values_match_the_chart_schema():
     res, base = result()
     values, notes = report.helm_overrides(base, res.best.candidate)
     overrides = values["modelConfigOverrides"]
+    policy = {  # the whole policy: the chart replaces dynamic_batching (REJECT is the proto default)
+        "default_timeout_microseconds": 500000,
+        "allow_timeout_override": True,
+        "max_queue_size": 64,
+    }
     assert overrides["net_network"] == {
         "max_batch_size": 16,
-        "dynamic_batching": {"max_queue_delay_microseconds": 500},
+        "dynamic_batching": {"max_queue_delay_microseconds": 500, "default_queue_policy": policy},
     }
     assert overrides["net"] == {"max_batch_size": 16}
     assert notes == ["net_network: instance_group count 1 -> 2 (config.pbtxt only)"]
@@ -79,10 +89,29 @@ def test_helm_values_match_the_chart_schema():
     jsonschema.validate(overrides, schema)
 
 
+def test_single_layout_threads_and_queue_limits_reach_the_outputs():
+    jsonschema = pytest.importorskip("jsonschema")
+    res, base = result("single")
+    chosen = res.start.candidate.with_value("network_threads", 1).with_value("queue_timeout_us", 250_000)
+    values, notes = report.helm_overrides(base, chosen)
+    assert (
+        values["modelConfigOverrides"]["net"]["dynamic_batching"]["default_queue_policy"][
+            "default_timeout_microseconds"
+        ]
+        == 250000
+    )
+    assert notes == ["net: parameter intra_op_threads 0 -> 1 (config.pbtxt only)"]
+    jsonschema.validate(
+        values["modelConfigOverrides"], json.loads(SCHEMA.read_text())["properties"]["modelConfigOverrides"]
+    )
+    changes = report.config_changes(base, chosen)
+    assert set(changes) == {"classifier"} and 'string_value: "1"' in changes["classifier"]["after"]
+
+
 def test_config_changes_are_text_format_diffs():
     res, base = result()
     changes = report.config_changes(base, res.best.candidate)
-    assert set(changes) == {"preprocess", "network", "postprocess", "ensemble"}
+    assert set(changes) == {"preprocess", "network", "classifier"}
     net = tc.parse(changes["network"]["after"])
     assert net.instance_group[0].count == 2 and net.dynamic_batching.max_queue_delay_microseconds == 500
     assert "+  count: 2" in changes["network"]["diff"]
@@ -100,22 +129,36 @@ def test_report_files(tmp_path):
     assert "| chosen |" in md and "## Candidates" in md and "```diff" in md
     assert json.loads((tmp_path / "tuning_report.json").read_text())["meets_slo"] is True
     assert (tmp_path / "configs" / "net_network" / "config.pbtxt").exists()
-    assert "modelConfigOverrides:" in (tmp_path / "helm-values.yaml").read_text()
-
-
-@pytest.mark.parametrize("text, seconds", [("90s", 90), ("10m", 600), ("1h", 3600), ("45", 45), ("1.5m", 90)])
-def test_parse_duration(text, seconds):
-    assert parse_duration(text) == seconds
-
-
-@pytest.mark.parametrize("text", ["", "10x", "-5m", "0s"])
-def test_parse_duration_rejects(text):
-    with pytest.raises(UserInputError, match="--budget"):
-        parse_duration(text)
-
-
-def test_cli_registers_tune():
-    args = build_parser().parse_args(
-        ["tune", "m", "--images", ".", "--slo-p95-ms", "50", "--price-per-hour", "1.2", "--budget", "2m"]
+    helm = (tmp_path / "helm-values.yaml").read_text()
+    assert helm.startswith(
+        "# cvserve tune net: chosen configuration\n# net_network: instance_group count 1 -> 2"
     )
-    assert args.func.__module__ == "cvserve.tune.cli" and args.budget == "2m" and args.max_instances == 4
+    assert yaml.safe_load(helm) == data["helm_values"]  # YAML from yaml.safe_dump, as the chart reads it
+    assert "SLO p95 <= 100 ms, price $3.6/h" in md and "| chosen | mbs=16" in md and "$0.00667" in md
+
+
+def test_cli_registers_tune_and_builds_its_settings():
+    args = build_parser().parse_args(
+        ["tune", "m", "--images", ".", "--slo-p95-ms", "50", "--price-per-hour", "1.2", "--budget", "1m30s",
+         "--run-duration", "5s", "--no-plots"]
+    )  # fmt: skip
+    assert args.func.__module__ == "cvserve.tune.cli"
+    s = from_args(TuneSettings, args)
+    assert (s.name, s.max_instances, s.plots, s.keep) == ("m", 4, False, False)
+    assert (s.search.budget_s, s.search.slo_p95_ms, s.search.price_per_hour) == (90.0, 50.0, 1.2)
+    assert (s.run.run_duration_s, s.run.warmup_s, s.run.images_per_request) == (5.0, 2.0, 1)
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--budget=-5m"], "argument --budget: '-5m' is not a duration"),
+        (["--budget", "0s"], "argument --budget: must be positive"),
+        (["--price-per-hour", "0"], "argument --price-per-hour: must be positive"),
+    ],
+)
+def test_bad_tune_flags_name_the_flag(flags, message, capsys):
+    argv = ["tune", "m", "--images", ".", "--slo-p95-ms", "50", "--price-per-hour", "1", *flags]
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(argv)
+    assert message in capsys.readouterr().err

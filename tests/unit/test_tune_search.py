@@ -6,19 +6,23 @@ import dataclasses
 
 import pytest
 
-from cvserve.errors import ServerError
+from cvserve.errors import TritonError
 from cvserve.tune.candidates import Candidate, build_space
 from cvserve.tune.measure import Measurement, operating_point, relative_spread, summarise
-from cvserve.tune.search import SearchSettings, Trial, Tuner, better
+from cvserve.tune.search import Trial, Tuner, better
+from cvserve.tune.settings import SearchSettings
 
-START = Candidate(
+START = Candidate(  # the single layout as cvserve build writes it, with a 2 ms queue delay
     max_batch_size=32,
     preferred_batch_sizes=(),
     max_queue_delay_us=2000,
     network_instances=1,
-    preprocess_instances=2,
-    postprocess_instances=1,
+    network_threads=0,
+    decode_threads=0,
+    max_queue_size=64,
+    queue_timeout_us=500_000,
 )
+CORES = 4
 
 
 class Clock:
@@ -32,7 +36,8 @@ class Clock:
 class Model:
     """A closed-loop queue: throughput = min(users / latency, capacity); p95 grows past saturation.
 
-    Capacity peaks at 2 network instances and a 1 ms queue delay, so the optimum is known.
+    Capacity peaks at 2 network instances and a 1 ms queue delay, so the optimum is known. A queue
+    timeout shorter than the latency rejects half the requests (admission control at work).
     """
 
     def __init__(self, clock: Clock, run_s: float = 10.0, noise: float = 0.0) -> None:
@@ -50,6 +55,7 @@ class Model:
         base_ms = 10.0 + c.max_queue_delay_us / 1000
         tput = min(users * 1000 / base_ms, self.capacity(c)) * wiggle
         p95 = max(base_ms * 1.3, 1.3 * users * 1000 / self.capacity(c))
+        rejected = c.queue_timeout_us and c.queue_timeout_us / 1000 < p95
         return Measurement(
             users=users,
             p50_ms=p95 / 1.3,
@@ -57,6 +63,7 @@ class Model:
             p99_ms=p95 * 1.2,
             throughput_rps=tput,
             inferences_per_s=tput,
+            error_rate=0.5 if rejected else 0.0,
         )
 
 
@@ -67,16 +74,16 @@ class Applier:
 
     def apply(self, c: Candidate) -> None:
         if c in self.refuse:
-            raise ServerError("Triton refused it")
+            raise TritonError("Triton refused it")
         if c != self.live:
             self.clock.t += 3.0
             self.applied.append(c)
             self.live = c
 
 
-def tuner(budget_s=600.0, noise=0.0, refuse=None, slo=100.0, max_instances=4):
+def tuner(budget_s=900.0, noise=0.0, refuse=None, slo=100.0, max_instances=4, start=START):
     clock = Clock()
-    space = build_space(START, batch_bound=32, max_instances=max_instances, slo_p95_ms=slo)
+    space = build_space(start, batch_bound=32, max_instances=max_instances, slo_p95_ms=slo, cores=CORES)
     applier = Applier(clock, refuse)
     t = Tuner(
         space,
@@ -129,7 +136,9 @@ def test_search_stays_within_the_budget():
 
 def test_never_proposes_a_batch_the_profile_cannot_run():
     clock = Clock()
-    space = build_space(START.with_value("max_batch_size", 8), batch_bound=8, max_instances=2, slo_p95_ms=100)
+    space = build_space(
+        START.with_value("max_batch_size", 8), batch_bound=8, max_instances=2, slo_p95_ms=100, cores=CORES
+    )
     applier = Applier(clock)
     t = Tuner(
         space,
@@ -153,6 +162,22 @@ def test_noise_does_not_move_the_incumbent():
     result = t.run(START.with_value("max_queue_delay_us", 1000))
     assert result.best.candidate == START.with_value("max_queue_delay_us", 1000)
     assert result.margin >= 0.03
+
+
+def test_a_queue_timeout_that_rejects_at_the_operating_load_is_loosened():
+    tight = START.with_value("queue_timeout_us", 10_000)  # 10 ms: under the latency at any load
+    t, _, _ = tuner(start=tight, max_instances=1)
+    result = t.run(tight)
+    assert not result.start.feasible and result.start.summary.error_rate > 0
+    assert result.best.feasible and result.best.candidate.queue_timeout_us >= 25_000
+
+
+def test_every_candidate_keeps_the_thread_budget():
+    t, _, _ = tuner()
+    t.run(START)
+    for trial in t.trials:
+        c = trial.candidate
+        assert c.network_instances * t.space.threads(c) <= CORES
 
 
 def test_a_refused_candidate_is_recorded_and_the_search_goes_on():
@@ -203,7 +228,7 @@ class UnluckyStart(Model):
 
 def test_a_winner_only_credited_with_more_load_is_checked_against_the_start_at_that_load():
     clock = Clock()
-    space = build_space(START, batch_bound=32, max_instances=2, slo_p95_ms=30.0)
+    space = build_space(START, batch_bound=32, max_instances=2, slo_p95_ms=30.0, cores=CORES)
     t = Tuner(
         space,
         applier=Applier(clock),

@@ -3,11 +3,14 @@
     python3 apply_config_overrides.py SOURCE OVERLAY OVERRIDES_JSON
 
 Every entry of SOURCE becomes a symlink in OVERLAY, except the models named in OVERRIDES_JSON: those get a
-real directory whose entries are symlinks too, and a config.pbtxt in which each overridden top-level field
-(e.g. ``max_batch_size``, ``dynamic_batching``) is removed from the original and written again from the
-override. Weights are never copied. Only the Python standard library is used, so the Triton image's own
-python3 runs it. A model named in the overrides that is not in SOURCE is an error: a typo must not be
-silently ignored.
+real directory whose entries are symlinks too, and a config.pbtxt into which the override is merged:
+a message field (a JSON object, e.g. ``dynamic_batching`` or its ``default_queue_policy``) is merged field
+by field into the one the build wrote, so ``{"dynamic_batching": {"default_queue_policy":
+{"max_queue_size": 64}}}`` changes the queue bound and keeps the preferred batch sizes, the queue delay and
+the queue timeout; a scalar or a list (e.g. ``preferred_batch_size: [8]``, or ``[]`` to drop them) replaces
+what was there, and so does ``version_policy`` (a oneof: ``{"specific": {"versions": [3]}}`` pins version 3). Everything not overridden stays verbatim. Weights are never copied. Only the Python
+standard library is used, so the Triton image's own python3 runs it. A model named in the overrides that
+is not in SOURCE is an error: a typo must not be silently ignored.
 """
 
 from __future__ import annotations
@@ -20,6 +23,9 @@ import sys
 
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _ENUM = re.compile(r"[A-Z][A-Z0-9_]*")
+# Messages that are a protobuf oneof (latest / all / specific): merging two members would set both, which
+# Triton refuses to parse, so an override replaces them whole.
+REPLACED_WHOLE = {"version_policy"}
 
 
 class OverrideError(Exception):
@@ -85,27 +91,36 @@ def _skip_value(text: str, i: int) -> int:
     return j
 
 
-def top_level_fields(text: str) -> list[tuple[str, int, int]]:
-    """(name, start, end) of every top-level field of a text-format message."""
-    fields = []
-    i = _skip_blank(text, 0)
-    while i < len(text):
+def fields(text: str, start: int = 0, end: int | None = None) -> list[tuple[str, int, int, int]]:
+    """(name, start, value_start, end) of every field of a text-format message body in text[start:end]."""
+    end = len(text) if end is None else end
+    found = []
+    i = _skip_blank(text, start)
+    while i < end:
         m = _IDENT.match(text, i)
         if not m:
             raise OverrideError(f"cannot parse config.pbtxt near {text[i : i + 40]!r}")
-        start, name = i, m.group(0)
+        first, name = i, m.group(0)
         i = _skip_blank(text, m.end())
-        if i < len(text) and text[i] == ":":
+        if i < end and text[i] == ":":
             i = _skip_blank(text, i + 1)
-        if i >= len(text):
+        if i >= end:
             raise OverrideError(f"field {name!r} has no value in config.pbtxt")
+        value = i
         i = _skip_value(text, i)
+        if i > end:
+            raise OverrideError(f"field {name!r} runs past its message in config.pbtxt")
         j = _skip_blank(text, i)
-        if j < len(text) and text[j] in ",;":
+        if j < end and text[j] in ",;":
             i = j + 1
-        fields.append((name, start, i))
+        found.append((name, first, value, i))
         i = _skip_blank(text, i)
-    return fields
+    return found
+
+
+def top_level_fields(text: str) -> list[tuple[str, int, int]]:
+    """(name, start, end) of every top-level field of a text-format message."""
+    return [(name, first, last) for name, first, _, last in fields(text)]
 
 
 def _scalar(value: object) -> str:
@@ -130,18 +145,32 @@ def render_field(name: str, value: object, indent: str = "") -> str:
     return f"{indent}{name}: {_scalar(value)}\n"
 
 
+def merge_message(text: str, start: int, end: int, override: dict, indent: str = "") -> str:
+    """The message body text[start:end] with ``override`` merged in (see the module docstring)."""
+    kept, existing = [], {}
+    for name, first, value, last in fields(text, start, end):
+        existing.setdefault(name, []).append((value, last))
+        if name not in override:
+            kept.append(f"{indent}{text[first:last].strip()}\n")
+    merged = []
+    for name, value in override.items():
+        old = existing.get(name, [])
+        mergeable = isinstance(value, dict) and name not in REPLACED_WHOLE
+        if mergeable and len(old) == 1 and text[old[0][0]] in "{<":
+            body_start, body_end = old[0][0] + 1, old[0][1] - 1  # inside the braces
+            while text[body_end] not in "}>":
+                body_end -= 1
+            body = merge_message(text, body_start, body_end, value, indent + "  ")
+            merged.append(f"{indent}{name} {{\n{body}{indent}}}\n")
+        else:
+            merged.append(render_field(name, value, indent))
+    return "".join(kept) + "".join(merged)
+
+
 def apply_override(text: str, override: dict) -> str:
-    """Replace the overridden top-level fields of a config.pbtxt, keeping everything else verbatim."""
-    out, last = [], 0
-    for name, start, end in top_level_fields(text):
-        if name in override:
-            out.append(text[last:start])
-            last = end
-    out.append(text[last:])
-    kept = "".join(out).rstrip()
-    added = "".join(render_field(k, v) for k, v in override.items())
-    header = "# cvserve: fields below are overridden from the Helm values (modelConfigOverrides)\n"
-    return (kept + "\n\n" if kept else "") + header + added
+    """Merge the override into a config.pbtxt, keeping every field it does not name verbatim."""
+    header = "# cvserve: modelConfigOverrides from the Helm values are merged into this config\n"
+    return header + merge_message(text, 0, len(text), override)
 
 
 def build_overlay(source: str, overlay: str, overrides: dict[str, dict]) -> list[str]:

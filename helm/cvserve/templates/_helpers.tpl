@@ -97,3 +97,25 @@ Every misconfiguration stops the render with a message saying what to set.
 {{- include "cvserve.modelRepositoryPath" . }}
 {{- end }}
 {{- end }}
+
+{{/*
+The pod's grace period: from deletion to SIGKILL Kubernetes runs the preStop sleep, then Triton drains
+in-flight requests for up to --exit-timeout-secs, then unloads models and stops the python stubs. Derived
+when terminationGracePeriodSeconds is empty; a value given must leave room for the drain.
+*/}}
+{{- define "cvserve.terminationGracePeriodSeconds" -}}
+{{- $drain := add (int .Values.triton.exitTimeoutSeconds) (int .Values.probes.preStopSleepSeconds) }}
+{{- $grace := .Values.terminationGracePeriodSeconds }}
+{{- if kindIs "invalid" $grace }}
+{{- add $drain 15 }}
+{{- else if le (int $grace) $drain }}
+{{- fail (printf "terminationGracePeriodSeconds (%d) must be greater than probes.preStopSleepSeconds + triton.exitTimeoutSeconds (%d): Kubernetes would SIGKILL Triton while it still drains in-flight requests; leave it empty to derive it (%d)" (int $grace) $drain (add $drain 15)) }}
+{{- else }}
+{{- int $grace }}
+{{- end }}
+{{- end }}
+
+{{/* "true" when a probe runs files/triton_probe.py inside the container (canary, or HTTP on localhost). */}}
+{{- define "cvserve.probeScriptNeeded" -}}
+{{- if or .Values.probes.liveness.canary.model (eq .Values.http.listen "localhost") }}true{{ end }}
+{{- end }}

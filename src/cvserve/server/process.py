@@ -16,7 +16,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cvserve.errors import NotFoundError, ServerError, TimeoutError, UserInputError
+from cvserve.errors import NotFoundError, TimeLimitError, TritonError, UserInputError
 from cvserve.server.runtime import ensure_runtime
 
 CONTROL_MODES = ("none", "explicit", "poll")
@@ -190,14 +190,14 @@ class TritonServer:
         delay = 0.05
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:
-                raise ServerError(self._failure_message(f"Triton exited with status {self._proc.returncode}"))
+                raise TritonError(self._failure_message(f"Triton exited with status {self._proc.returncode}"))
             if self.is_ready():
                 self.ready_after_s = time.monotonic() - self.started_at
                 return self.ready_after_s
             time.sleep(delay)
             delay = min(delay * 1.5, 0.5)
         self.stop()
-        raise TimeoutError(self._failure_message(f"Triton was not ready after {timeout:.0f} s"))
+        raise TimeLimitError(self._failure_message(f"Triton was not ready after {timeout:.0f} s"))
 
     def stop(self, timeout: float | None = None) -> int | None:
         """Ask Triton to shut down gracefully (SIGTERM: in-flight requests finish), then wait."""

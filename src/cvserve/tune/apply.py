@@ -1,15 +1,18 @@
 """Live apply and restore through Triton's explicit model-control API: no server restart.
 
-A candidate is applied by loading each step model with a config override (``load_model(name,
-config=JSON)``, the JSON of Triton's ``ModelConfig``), then the ensemble. The starting configs are read
-from the server first (``get_model_config``), and :meth:`LiveApplier.restoring` loads them back when the
-block ends: normally, on an error, on Ctrl-C or on SIGTERM.
+A candidate is applied by loading each changed model with a config override (``load_model(name,
+config=JSON)``, the JSON of Triton's ``ModelConfig``). The starting configs are read from the server
+first (``get_model_config``; which models, from NAME's config: :func:`cvserve.tune.models.discover`),
+and :meth:`LiveApplier.restoring` loads them back when the block ends: normally, on an error, on Ctrl-C
+or on SIGTERM.
 
-Ordering matters: loading a step makes Triton reload the ensemble that uses it from the repository, which
-fails when the max batch size changes (an ensemble may not allow larger batches than its steps) or when
-the ensemble itself was loaded with an override. So the ensemble is unloaded first (its steps stay
-loaded), the steps are loaded with their overrides, and the ensemble is loaded last with its own. Clients
-see the ensemble unavailable for the second or so that takes: tune on a server that is not in service.
+Single layout: NAME is the only model; it is reloaded with its override (a python model takes a few
+seconds: its stub starts and the network compiles). Ensemble layout: ordering matters. Loading a step
+makes Triton reload the ensemble that uses it from the repository, which fails when the max batch size
+changes (an ensemble may not allow larger batches than its steps) or when the ensemble itself was loaded
+with an override. So the ensemble is unloaded first (its steps stay loaded), the steps are loaded with
+their overrides, and the ensemble is loaded last with its own. Either way clients see NAME unavailable
+while it loads: tune on a server that is not in service.
 """
 
 from __future__ import annotations
@@ -22,11 +25,11 @@ from contextlib import contextmanager
 from google.protobuf import json_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from cvserve.builders.triton_config import model_names
-from cvserve.errors import ServerError, UserInputError
-from cvserve.tune.candidates import Candidate, apply_candidate, candidate_from_configs
+from cvserve.errors import TritonError, UserInputError
+from cvserve.tune.candidates import Candidate, apply_candidate, candidate_from
+from cvserve.tune.models import Pipeline, discover
 
-STEPS = ("preprocess", "network", "postprocess")
+STEPS = ("preprocess", "network")  # an ensemble's steps, loaded before the ensemble (NAME, "classifier")
 
 
 def config_from_json(text: str | dict) -> mc.ModelConfig:
@@ -47,12 +50,13 @@ class LiveApplier:
     def __init__(self, url: str, name: str, *, log: Callable[[str], None] = print) -> None:
         import tritonclient.grpc as grpcclient
 
-        self.names = model_names(name)
         self.log = log
         self._client = grpcclient.InferenceServerClient(url)
-        self.start_configs = self._snapshot()
+        self.pipeline = self._snapshot(name)
+        self.names = self.pipeline.models
+        self.start_configs = self.pipeline.configs
         self._live = dict(self.start_configs)  # role -> config Triton runs now
-        self.start = candidate_from_configs(self.start_configs)
+        self.start = candidate_from(self.pipeline)
         self.current: Candidate | None = self.start
 
     def _call(self, what: str, fn, *args, **kwargs):
@@ -61,30 +65,33 @@ class LiveApplier:
         try:
             return fn(*args, **kwargs)
         except InferenceServerException as exc:
-            raise ServerError(f"{what}: {exc.message()}") from None
+            raise TritonError(f"{what}: {exc.message()}") from None
 
-    def _snapshot(self) -> dict[str, mc.ModelConfig]:
+    def _snapshot(self, name: str) -> Pipeline:
         if not self._call("server not reachable", self._client.is_server_live):
-            raise ServerError("the Triton server is not live")
-        configs = {}
-        for role, model in self.names.items():
+            raise TritonError("the Triton server is not live")
+
+        def read(model: str) -> mc.ModelConfig:
             if not self._call(f"checking {model}", self._client.is_model_ready, model):
                 raise UserInputError(
                     f"model {model} is not loaded on the server: build the pipeline with cvserve build and "
                     "load it (the server must run with --model-control-mode explicit)"
                 )
             raw = self._call(f"reading {model}'s config", self._client.get_model_config, model, as_json=True)
-            configs[role] = config_from_json(raw)
-        if configs["ensemble"].platform != "ensemble":
-            raise UserInputError(f"{self.names['ensemble']} is not an ensemble; tune the pipeline's name")
-        return configs
+            return config_from_json(raw)
+
+        return discover(name, read)
 
     def _load(self, configs: dict[str, mc.ModelConfig]) -> None:
-        ensemble = self.names["ensemble"]
-        self._call(f"unloading {ensemble}", self._client.unload_model, ensemble)
-        for role in (*STEPS, "ensemble"):
-            if role != "ensemble" and self._live.get(role) == configs[role]:
-                continue  # unchanged step: reloading a python model costs seconds
+        order: tuple[str, ...] = ("classifier",)
+        if self.pipeline.layout == "ensemble":
+            order = (*STEPS, "classifier")
+            ensemble = self.names["classifier"]
+            self._live.pop("classifier", None)
+            self._call(f"unloading {ensemble}", self._client.unload_model, ensemble)
+        for role in order:
+            if self._live.get(role) == configs[role]:
+                continue  # unchanged model: reloading a python model costs seconds
             self._live.pop(role, None)
             model = self.names[role]
             self._call(
@@ -96,11 +103,11 @@ class LiveApplier:
             self._live[role] = configs[role]
 
     def apply(self, candidate: Candidate) -> None:
-        """Make ``candidate`` live; a no-op if it already is. Raises ServerError if Triton refuses it."""
+        """Make ``candidate`` live; a no-op if it already is. Raises TritonError if Triton refuses it."""
         if candidate == self.current:
             return
         self.current = None  # unknown until every model has loaded
-        self._load(apply_candidate(self.start_configs, candidate))
+        self._load(apply_candidate(self.pipeline, candidate))
         self.current = candidate
 
     def restore(self) -> None:

@@ -1,15 +1,22 @@
-"""The tuning search space: candidate batching settings, the engine-profile bound, and config mapping.
+"""The tuning search space: candidate settings, the bounds they keep, and their mapping onto the configs.
 
-A :class:`Candidate` is one setting of the knobs ``cvserve tune`` searches: the pipeline's max batch size,
-the network's preferred batch sizes and max queue delay, and the instance counts of the network and of the
-pre/post-processing models. :func:`apply_candidate` writes a candidate into the four Triton configs
-(Triton's ``model_config`` protobuf); :func:`candidate_from_configs` reads one back.
+A :class:`Candidate` is one setting of the knobs ``cvserve tune`` searches, for either layout
+(:mod:`cvserve.tune.models`): the max batch size (every model of the pipeline shares it), the network's
+preferred batch sizes and max queue delay, the instances and intra-op threads of the model that runs
+the network, the decode threads of the python model that decodes, the instances of the preprocess
+model (ensemble layout), and admission control: ``max_queue_size`` and the queue timeout of every
+model with a dynamic batcher (REJECT). :func:`apply_candidate` writes a candidate into the pipeline's
+configs (Triton's ``model_config`` protobuf); :func:`candidate_from` reads one back.
 
-The batch bound: a TensorRT engine runs only the batch sizes its optimisation profile covers, and a
-network that is not ONNX Runtime with dynamic shapes may have been exported for a fixed batch range. The
-tuner therefore never proposes a max batch size above the smaller of the starting ``max_batch_size`` and
-the profile's max batch recorded in the build report (:func:`profile_batch_bound`), and no preferred batch
-size above the candidate's max batch size, so no candidate can form a batch the engine cannot run.
+The bounds every candidate keeps (:meth:`SearchSpace.valid`):
+
+* the batch bound: a TensorRT engine runs only the batch sizes its optimisation profile covers, and a
+  network may have been exported for a fixed batch range. No max batch size goes above the smaller of
+  the starting ``max_batch_size`` and the engine profile's max batch in the build report
+  (:func:`profile_batch_bound`), and no preferred size above the candidate's max batch size;
+* the thread budget: instances x intra-op threads of the network never exceed the cores
+  (:func:`cvserve.builders.runners.thread_budget`). A step in the instance count that would break it
+  lowers the threads per instance to fit (:meth:`SearchSpace.fit`).
 """
 
 from __future__ import annotations
@@ -20,37 +27,56 @@ from pathlib import Path
 
 from tritonclient.grpc import model_config_pb2 as mc
 
+from cvserve.builders.profile import EngineProfile
 from cvserve.errors import UserInputError
+from cvserve.tune.models import DECODE_THREADS_PARAMETER, Pipeline
 
-ROLES = ("preprocess", "network", "postprocess", "ensemble")
 DIMENSIONS = (
     "network_instances",
+    "network_threads",
     "max_queue_delay_us",
     "preferred_batch_sizes",
     "max_batch_size",
+    "decode_threads",
     "preprocess_instances",
-    "postprocess_instances",
+    "max_queue_size",
+    "queue_timeout_us",
 )
 QUEUE_DELAYS_US = (0, 250, 500, 1000, 2000, 4000, 8000, 16000, 32000)
+QUEUE_TIMEOUT_SLO_FRACTIONS = (0.25, 0.5, 1.0, 2.0)
 
 
 @dataclass(frozen=True, kw_only=True)
 class Candidate:
-    """One setting of the searched knobs; hashable, so trials can be cached by candidate."""
+    """One setting of the searched knobs; hashable, so trials can be cached by candidate.
+
+    ``None`` marks a knob the pipeline does not have (``preprocess_instances`` in the single layout,
+    ``decode_threads`` without a python decoder). Threads 0: derived (see :mod:`cvserve.tune.models`).
+    Queue size 0: unbounded; queue timeout 0: none (Triton's meanings).
+    """
 
     max_batch_size: int
     preferred_batch_sizes: tuple[int, ...] = ()
     max_queue_delay_us: int = 0
     network_instances: int = 1
-    preprocess_instances: int = 1
-    postprocess_instances: int = 1
+    network_threads: int = 0
+    decode_threads: int | None = None
+    preprocess_instances: int | None = None
+    max_queue_size: int = 0
+    queue_timeout_us: int = 0
 
     def label(self) -> str:
         pref = ",".join(map(str, self.preferred_batch_sizes)) or "-"
-        return (
+        text = (
             f"mbs={self.max_batch_size} pref={pref} delay={self.max_queue_delay_us}us "
-            f"net={self.network_instances} pre={self.preprocess_instances} post={self.postprocess_instances}"
+            f"net={self.network_instances}x{self.network_threads or 'auto'}"
         )
+        if self.decode_threads is not None:
+            text += f" dec={self.decode_threads or 'auto'}"
+        if self.preprocess_instances is not None:
+            text += f" pre={self.preprocess_instances}"
+        timeout = f"{self.queue_timeout_us / 1000:g}ms" if self.queue_timeout_us else "none"
+        return text + f" queue={self.max_queue_size or 'inf'} timeout={timeout}"
 
     def as_dict(self) -> dict:
         d = asdict(self)
@@ -65,18 +91,50 @@ class Candidate:
 
 @dataclass(kw_only=True)
 class SearchSpace:
-    """Ordered values of every dimension (coordinate descent walks each list one step at a time)."""
+    """Ordered values of every dimension (coordinate descent walks each list one step at a time).
+
+    Args:
+        values: dimension -> its values; a pipeline's missing knobs have no entry.
+        batch_bound: the largest max batch size allowed.
+        cores: the cores the server may use; None: no CPU thread budget (GPU instances).
+        threads_share_cores: 0 threads means the cores divided among the instances (cvserve's python
+            model) rather than every core per instance (Triton's native CPU backends).
+    """
 
     values: dict[str, list] = field(default_factory=dict)
     batch_bound: int = 1
+    cores: int | None = None
+    threads_share_cores: bool = True
+
+    @property
+    def dimensions(self) -> tuple[str, ...]:
+        return tuple(d for d in DIMENSIONS if d in self.values)
+
+    def threads(self, c: Candidate) -> int:
+        """The intra-op threads each network instance runs with."""
+        if c.network_threads or self.cores is None:
+            return c.network_threads
+        return max(1, self.cores // c.network_instances) if self.threads_share_cores else self.cores
+
+    def within_budget(self, c: Candidate) -> bool:
+        return self.cores is None or c.network_instances * self.threads(c) <= self.cores
+
+    def fit(self, c: Candidate) -> Candidate:
+        """``c`` with its threads per instance lowered to fit the budget, if that is what breaks it."""
+        if self.within_budget(c) or c.network_instances > (self.cores or 0):
+            return c
+        return replace(c, network_threads=max(1, (self.cores or 1) // c.network_instances))
 
     def valid(self, c: Candidate) -> bool:
-        """True if ``c`` can only form batches the engine runs (and its knobs are in range)."""
+        """True if ``c`` can only form batches the engine runs, keeps the thread budget, knobs in range."""
         return (
             1 <= c.max_batch_size <= self.batch_bound
             and all(1 <= p <= c.max_batch_size for p in c.preferred_batch_sizes)
             and c.max_queue_delay_us >= 0
-            and min(c.network_instances, c.preprocess_instances, c.postprocess_instances) >= 1
+            and c.network_instances >= 1
+            and (c.preprocess_instances is None or c.preprocess_instances >= 1)
+            and min(c.network_threads, c.decode_threads or 0, c.max_queue_size, c.queue_timeout_us) >= 0
+            and self.within_budget(c)
         )
 
     def neighbours(self, c: Candidate, dimension: str) -> tuple[Candidate | None, Candidate | None]:
@@ -86,11 +144,11 @@ class SearchSpace:
         if current not in values:
             values = sorted([*values, current], key=_order_key)
         i = values.index(current)
-        down = c.with_value(dimension, values[i - 1]) if i > 0 else None
-        up = c.with_value(dimension, values[i + 1]) if i + 1 < len(values) else None
+        down = self.fit(c.with_value(dimension, values[i - 1])) if i > 0 else None
+        up = self.fit(c.with_value(dimension, values[i + 1])) if i + 1 < len(values) else None
         return (
-            down if down is not None and self.valid(down) else None,
-            up if up is not None and self.valid(up) else None,
+            down if down is not None and down != c and self.valid(down) else None,
+            up if up is not None and up != c and self.valid(up) else None,
         )
 
 
@@ -114,16 +172,30 @@ def _powers_of_two(lo: int, hi: int) -> list[int]:
 
 
 def build_space(
-    start: Candidate, *, batch_bound: int, max_instances: int, slo_p95_ms: float, min_batch: int = 1
+    start: Candidate,
+    *,
+    batch_bound: int,
+    max_instances: int,
+    slo_p95_ms: float,
+    cores: int | None,
+    threads_share_cores: bool = True,
+    min_batch: int = 1,
+    max_users: int = 64,
 ) -> SearchSpace:
     """The search space around ``start``.
 
     Args:
-        start: the starting configuration (always a member of the space).
+        start: the starting configuration (always a member of the space). Its ``None`` knobs are not
+            searched.
         batch_bound: largest max batch size allowed (engine profile / starting max batch size).
         max_instances: largest instance count of any model.
-        slo_p95_ms: the p95 SLO; queue delays above a quarter of it are not tried.
+        slo_p95_ms: the p95 SLO; queue delays above a quarter of it are not tried, queue timeouts
+            are fractions of it.
+        cores: the cores the server may use (the thread budget); None: no CPU thread budget, and the
+            network threads are not searched.
+        threads_share_cores: see :class:`SearchSpace`.
         min_batch: smallest max batch size (the images per request clients send).
+        max_users: the most concurrent users the search tries (the largest queue worth holding).
     """
     if batch_bound < min_batch:
         raise UserInputError(
@@ -132,36 +204,31 @@ def build_space(
     sizes = sorted(
         {*_powers_of_two(max(1, min_batch), batch_bound), batch_bound, min(start.max_batch_size, batch_bound)}
     )
-    preferred = [(), *[(p,) for p in _powers_of_two(2, batch_bound)]]
     delays = sorted({d for d in QUEUE_DELAYS_US if d / 1000 <= slo_p95_ms / 4} | {start.max_queue_delay_us})
     counts = list(range(1, max(1, max_instances) + 1))
+    values: dict[str, list] = {
+        "max_batch_size": sizes,
+        "preferred_batch_sizes": [(), *[(p,) for p in _powers_of_two(2, batch_bound)]],
+        "max_queue_delay_us": delays,
+        "network_instances": counts,
+        "max_queue_size": sorted({*_powers_of_two(4, max(4, 4 * max_users)), start.max_queue_size}),
+        "queue_timeout_us": sorted(
+            {round(f * slo_p95_ms * 1000) for f in QUEUE_TIMEOUT_SLO_FRACTIONS} | {start.queue_timeout_us}
+        ),
+    }
+    threads = [0, *range(1, (cores or 1) + 1)]
+    if cores is not None:
+        values["network_threads"] = sorted({*threads, start.network_threads})
+    if start.decode_threads is not None:
+        values["decode_threads"] = sorted({*threads, start.decode_threads})
+    if start.preprocess_instances is not None:
+        values["preprocess_instances"] = counts
     return SearchSpace(
-        values={
-            "max_batch_size": sizes,
-            "preferred_batch_sizes": preferred,
-            "max_queue_delay_us": delays,
-            "network_instances": counts,
-            "preprocess_instances": counts,
-            "postprocess_instances": counts,
-        },
-        batch_bound=batch_bound,
+        values=values, batch_bound=batch_bound, cores=cores, threads_share_cores=threads_share_cores
     )
 
 
-def candidate_from_configs(configs: dict[str, mc.ModelConfig]) -> Candidate:
-    """The knobs as set in the four configs (instance counts are summed over instance groups)."""
-    net = configs["network"]
-    db = net.dynamic_batching
-    return Candidate(
-        max_batch_size=net.max_batch_size,
-        preferred_batch_sizes=_preferred(db.preferred_batch_size, net.max_batch_size),
-        max_queue_delay_us=db.max_queue_delay_microseconds,
-        network_instances=_count(net),
-        preprocess_instances=_count(configs["preprocess"]),
-        postprocess_instances=_count(configs["postprocess"]),
-    )
-
-
+# -- candidates <-> configs ------------------------------------------------------------------------------
 def _count(cfg: mc.ModelConfig) -> int:
     return sum(g.count or 1 for g in cfg.instance_group) or 1
 
@@ -178,10 +245,48 @@ def _set_count(cfg: mc.ModelConfig, count: int) -> None:
     cfg.instance_group.append(group)
 
 
-def apply_candidate(configs: dict[str, mc.ModelConfig], c: Candidate) -> dict[str, mc.ModelConfig]:
-    """New configs for the four roles with ``c`` applied; ``configs`` is not modified."""
+def _int_param(cfg: mc.ModelConfig, key: str) -> int:
+    text = cfg.parameters[key].string_value if key in cfg.parameters else ""
+    try:
+        return int(text or 0)
+    except ValueError:
+        raise UserInputError(f"{cfg.name}: parameter {key} is {text!r}, not a whole number") from None
+
+
+def _set_threads(cfg: mc.ModelConfig, key: str, value: int, *, keep_zero: bool) -> None:
+    """cvserve's python model reads 0 as "derived"; a native backend gets no parameter for its default."""
+    if value or keep_zero:
+        cfg.parameters[key].string_value = str(value)
+    elif key in cfg.parameters:
+        del cfg.parameters[key]
+
+
+def candidate_from(pipeline: Pipeline) -> Candidate:
+    """The knobs as the pipeline's configs set them (instance counts summed over instance groups)."""
+    cfgs = pipeline.configs
+    net = cfgs[pipeline.network_role]
+    db = net.dynamic_batching
+    policy = (
+        cfgs[pipeline.queue_roles[0]].dynamic_batching.default_queue_policy if pipeline.queue_roles else None
+    )
+    threads_key, decode = pipeline.threads_parameter, pipeline.decode_role
+    return Candidate(
+        max_batch_size=net.max_batch_size,
+        preferred_batch_sizes=_preferred(db.preferred_batch_size, net.max_batch_size),
+        max_queue_delay_us=db.max_queue_delay_microseconds,
+        network_instances=_count(net),
+        network_threads=_int_param(net, threads_key) if threads_key else 0,
+        decode_threads=_int_param(cfgs[decode], DECODE_THREADS_PARAMETER) if decode else None,
+        preprocess_instances=_count(cfgs["preprocess"]) if pipeline.layout == "ensemble" else None,
+        max_queue_size=policy.max_queue_size if policy is not None else 0,
+        queue_timeout_us=policy.default_timeout_microseconds if policy is not None else 0,
+    )
+
+
+def apply_candidate(pipeline: Pipeline, c: Candidate) -> dict[str, mc.ModelConfig]:
+    """Role -> new config with ``c`` applied; ``pipeline`` is not modified."""
     out = {}
-    for role, cfg in configs.items():
+    for role, cfg in pipeline.configs.items():
         new = mc.ModelConfig()
         new.CopyFrom(cfg)
         new.max_batch_size = c.max_batch_size  # the pipeline's models share it (the ensemble too)
@@ -191,55 +296,50 @@ def apply_candidate(configs: dict[str, mc.ModelConfig], c: Candidate) -> dict[st
             del new.dynamic_batching.preferred_batch_size[:]
             new.dynamic_batching.preferred_batch_size.extend(kept)
         out[role] = new
-    net = out["network"]
+    net = out[pipeline.network_role]
     del net.dynamic_batching.preferred_batch_size[:]
     net.dynamic_batching.preferred_batch_size.extend(c.preferred_batch_sizes)
     net.dynamic_batching.max_queue_delay_microseconds = c.max_queue_delay_us
     _set_count(net, c.network_instances)
-    _set_count(out["preprocess"], c.preprocess_instances)
-    _set_count(out["postprocess"], c.postprocess_instances)
+    if pipeline.threads_parameter:
+        _set_threads(
+            net, pipeline.threads_parameter, c.network_threads, keep_zero=pipeline.threads_share_cores
+        )
+    if pipeline.decode_role and c.decode_threads is not None:
+        out[pipeline.decode_role].parameters[DECODE_THREADS_PARAMETER].string_value = str(c.decode_threads)
+    if pipeline.layout == "ensemble" and c.preprocess_instances is not None:
+        _set_count(out["preprocess"], c.preprocess_instances)
+    for role in pipeline.queue_roles:
+        db = out[role].dynamic_batching
+        if c.max_queue_size or c.queue_timeout_us or db.HasField("default_queue_policy"):
+            policy = db.default_queue_policy
+            policy.max_queue_size = c.max_queue_size
+            policy.default_timeout_microseconds = c.queue_timeout_us
+            policy.timeout_action = mc.ModelQueuePolicy.TimeoutAction.REJECT
     return out
 
 
+# -- the batch bound -----------------------------------------------------------------------------------
 def profile_batch_bound(network: mc.ModelConfig, build_report: dict | None) -> tuple[int, str]:
     """The largest max batch size the network can run, and where that bound comes from.
 
-    Never above the starting ``max_batch_size``; for a TensorRT engine also never above the max batch
-    of its optimisation profile when the build report records it.
+    Never above the starting ``max_batch_size``, nor above the max batch of the engine profile the
+    build report records (:class:`~cvserve.builders.profile.EngineProfile`, read back by its name).
     """
     bound, source = network.max_batch_size, "starting max_batch_size"
-    profile = _profile_max_batch(build_report or {})
-    if profile is not None and profile < bound:
-        bound, source = profile, "engine optimisation profile (build_report.json)"
+    profile = EngineProfile.from_report(build_report or {})
+    if profile is not None and profile.max_batch < bound:
+        bound, source = profile.max_batch, "engine profile (build_report.json)"
     elif network.platform == "tensorrt_plan" and profile is None:
-        source = "starting max_batch_size (TensorRT engine; no profile in a build report)"
+        source = "starting max_batch_size (TensorRT engine; no engine profile in a build report)"
     return bound, source
 
 
-def _profile_max_batch(report: dict) -> int | None:
-    """Max batch of the engine profile, looked up under the keys the TensorRT build writes."""
-    for key in ("tensorrt", "engine", "trt"):
-        section = report.get(key)
-        if isinstance(section, dict):
-            found = _profile_max_batch(section)
-            if found is not None:
-                return found
-    for key in ("profile_max_batch", "max_batch", "profile_max_batch_size", "opt_profile_max_batch"):
-        if isinstance(report.get(key), int):
-            return report[key]
-    profile = report.get("profile") or report.get("optimization_profile")
-    if isinstance(profile, dict):
-        shape = profile.get("max") or profile.get("max_shape")
-        if isinstance(shape, list | tuple) and shape and isinstance(shape[0], int):
-            return shape[0]
-    return None
-
-
-def read_build_report(repository: Path | None, ensemble: str) -> dict | None:
-    """The newest version's build_report.json of ``ensemble`` in ``repository``, if there is one."""
+def read_build_report(repository: Path | None, name: str) -> dict | None:
+    """The newest version's build_report.json of NAME in ``repository``, if there is one."""
     if repository is None:
         return None
-    model_dir = Path(repository) / ensemble
+    model_dir = Path(repository) / name
     versions = sorted(
         (int(p.name) for p in model_dir.glob("*") if p.is_dir() and p.name.isdigit()), reverse=True
     )

@@ -9,12 +9,15 @@ while p95 is under the SLO and throughput still grows, and down when p95 is over
 
 from __future__ import annotations
 
+import dataclasses
 import statistics
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from cvserve.loadtests.settings import LoadTestSettings
 from cvserve.tune.candidates import Candidate
 
 USERS_LADDER = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128)
@@ -138,46 +141,29 @@ def relative_spread(runs: list[Measurement]) -> float:
 
 @dataclass(kw_only=True)
 class LoadtestMeasure:
-    """Measure with ``cvserve.loadtests`` (Locust) against the live server: one steady run per call."""
+    """Measure with ``cvserve.loadtests`` (Locust) against the live server: one steady run per call.
 
-    model: str
-    url: str
-    images: Path
-    duration_s: float = 8.0
-    warmup_s: float = 2.0
-    images_per_request: int = 1
-    slo_p95_ms: float = 100.0
-    max_error_rate: float = 0.001
-    price_per_hour: float = 1.0
-    metrics_url: str | None = None
+    Each run is ``template`` (what to load and how to judge it) at the asked number of users, with its
+    report in ``report_dir/runNNN``.
+    """
+
+    template: LoadTestSettings
     report_dir: Path = Path("tuning")
     _runs: int = 0
 
     def __call__(self, candidate: Candidate, users: int) -> Measurement:
-        import time
-
-        from cvserve.loadtests.runner import LoadTestSettings, run_loadtest
+        from cvserve.loadtests.runner import run_loadtest
 
         self._runs += 1
         started = time.perf_counter()
         report = run_loadtest(
-            LoadTestSettings(
-                model=self.model,
-                url=self.url,
-                images=self.images,
+            dataclasses.replace(
+                self.template,
                 scenario="steady",
                 users=users,
                 spawn_rate=float(users),
-                duration_s=self.duration_s,
-                warmup_s=self.warmup_s,
-                images_per_request=self.images_per_request,
-                slo_p95_ms=self.slo_p95_ms,
-                max_error_rate=self.max_error_rate,
-                price_per_hour=self.price_per_hour,
-                metrics_url=self.metrics_url,
-                report_dir=self.report_dir / f"run{self._runs:03d}",
                 workers=0,
-                plots=False,
+                report_dir=self.report_dir / f"run{self._runs:03d}",
             )
         )
         return from_report(report, users=users, wall_s=time.perf_counter() - started)

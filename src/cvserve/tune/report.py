@@ -1,9 +1,12 @@
 """Tuning outputs: tuning_report.json / .md, the throughput-vs-p95 plot, config.pbtxt changes, Helm values.
 
+The Markdown and the Helm values are templates of :mod:`cvserve.reporting` (YAML through ``yaml.safe_dump``).
+
 The config changes are the chosen candidate applied to the repository's own ``config.pbtxt`` files (or to
 the configs the server reported, without ``--repository``), printed with ``text_format``. The Helm values
 follow the chart's ``modelConfigOverrides`` schema (``max_batch_size`` and a complete ``dynamic_batching``
-per model); instance counts are not part of that schema, so they are only in the config.pbtxt change.
+per model, its queue policy included); instance counts and thread parameters are not part of that
+schema, so they are only in the config.pbtxt change.
 """
 
 from __future__ import annotations
@@ -13,12 +16,19 @@ import json
 from pathlib import Path
 
 from google.protobuf import json_format, text_format
-from tritonclient.grpc import model_config_pb2 as mc
 
+from cvserve.reporting import render, yaml_dump
 from cvserve.tune.candidates import Candidate, apply_candidate
+from cvserve.tune.models import Pipeline
 from cvserve.tune.search import SearchResult, Trial
 
-_HELM_BATCHING_KEYS = ("preferred_batch_size", "max_queue_delay_microseconds", "preserve_ordering")
+_HELM_BATCHING_KEYS = (
+    "preferred_batch_size",
+    "max_queue_delay_microseconds",
+    "preserve_ordering",
+    "default_queue_policy",
+)
+_INT64_KEYS = ("max_queue_delay_microseconds", "default_timeout_microseconds")  # JSON strings in protobuf
 
 
 def trial_row(t: Trial, price_per_hour: float) -> dict:
@@ -55,11 +65,11 @@ def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]
     return front
 
 
-def config_changes(base: dict[str, mc.ModelConfig], chosen: Candidate) -> dict[str, dict]:
+def config_changes(base: Pipeline, chosen: Candidate) -> dict[str, dict]:
     """Role -> {"before", "after", "diff"} texts for every model whose config changes."""
     after = apply_candidate(base, chosen)
     out = {}
-    for role, cfg in base.items():
+    for role, cfg in base.configs.items():
         old, new = text_format.MessageToString(cfg), text_format.MessageToString(after[role])
         if old != new:
             diff = difflib.unified_diff(
@@ -72,21 +82,22 @@ def config_changes(base: dict[str, mc.ModelConfig], chosen: Candidate) -> dict[s
     return out
 
 
-def helm_overrides(base: dict[str, mc.ModelConfig], chosen: Candidate) -> tuple[dict, list[str]]:
+def _ints(d: dict) -> dict:
+    """protobuf's JSON writes int64 as strings: the chart's schema wants integers."""
+    return {k: (_ints(v) if isinstance(v, dict) else int(v) if k in _INT64_KEYS else v) for k, v in d.items()}
+
+
+def helm_overrides(base: Pipeline, chosen: Candidate) -> tuple[dict, list[str]]:
     """The chart's ``modelConfigOverrides`` for ``chosen``, and notes on what the chart cannot express."""
     after = apply_candidate(base, chosen)
     overrides, notes = {}, []
-    for role, cfg in base.items():
+    for role, cfg in base.configs.items():
         new, entry = after[role], {}
         if new.max_batch_size != cfg.max_batch_size:
             entry["max_batch_size"] = new.max_batch_size
         if new.HasField("dynamic_batching") and new.dynamic_batching != cfg.dynamic_batching:
             db = json_format.MessageToDict(new.dynamic_batching, preserving_proto_field_name=True)
-            entry["dynamic_batching"] = {
-                k: (int(v) if k == "max_queue_delay_microseconds" else v)
-                for k, v in db.items()
-                if k in _HELM_BATCHING_KEYS
-            }
+            entry["dynamic_batching"] = _ints({k: v for k, v in db.items() if k in _HELM_BATCHING_KEYS})
             entry["dynamic_batching"].setdefault("max_queue_delay_microseconds", 0)
         if entry:
             overrides[cfg.name] = entry
@@ -94,25 +105,15 @@ def helm_overrides(base: dict[str, mc.ModelConfig], chosen: Candidate) -> tuple[
         new_n = sum(g.count for g in new.instance_group)
         if old_n != new_n:
             notes.append(f"{cfg.name}: instance_group count {old_n} -> {new_n} (config.pbtxt only)")
+        for key in sorted(set(cfg.parameters) | set(new.parameters)):
+            old_p = cfg.parameters[key].string_value if key in cfg.parameters else "(unset)"
+            new_p = new.parameters[key].string_value if key in new.parameters else "(unset)"
+            if old_p != new_p:
+                notes.append(f"{cfg.name}: parameter {key} {old_p} -> {new_p} (config.pbtxt only)")
     return {"modelConfigOverrides": overrides}, notes
 
 
-def to_yaml(value, indent: int = 0) -> str:
-    """Minimal YAML for nested dicts of ints, bools, strings and lists of scalars."""
-    pad, lines = "  " * indent, []
-    for key, v in value.items():
-        if isinstance(v, dict):
-            lines.append(f"{pad}{key}:" + (" {}" if not v else ""))
-            if v:
-                lines.append(to_yaml(v, indent + 1))
-        elif isinstance(v, list):
-            lines.append(f"{pad}{key}: [{', '.join(json.dumps(x) for x in v)}]")
-        else:
-            lines.append(f"{pad}{key}: {json.dumps(v)}")
-    return "\n".join(lines)
-
-
-def build_report(result: SearchResult, *, settings: dict, base: dict[str, mc.ModelConfig]) -> dict:
+def build_report(result: SearchResult, *, settings: dict, base: Pipeline) -> dict:
     price = settings["price_per_hour"]
     helm, notes = helm_overrides(base, result.best.candidate)
     return {
@@ -131,51 +132,19 @@ def build_report(result: SearchResult, *, settings: dict, base: dict[str, mc.Mod
     }
 
 
-def _fmt(v, spec: str) -> str:
-    return "-" if v is None else format(v, spec)
-
-
 def render_markdown(report: dict) -> str:
-    s, start, chosen = report["settings"], report["start"], report["chosen"]
-    lines = [
-        f"# Tuning report: {s['model']}",
-        "",
-        f"SLO p95 <= {s['slo_p95_ms']} ms, price ${s['price_per_hour']}/h, budget {s['budget_s']:.0f} s "
-        f"(used {report['elapsed_s']} s, stopped: {report['stopped_by']}); batch bound {s['batch_bound']} "
-        f"({s['batch_bound_source']}); run-to-run throughput spread {report['noise_relative_spread']:.1%}, "
-        f"a win needs > {report['win_margin']:.1%}.",
-        "",
-        "| | configuration | users | p95 ms | inferences/s | cost per 1k | meets SLO |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for name, r in (("starting", start), ("chosen", chosen)):
-        lines.append(
-            f"| {name} | {r['label']} | {r['users']} | {_fmt(r['p95_ms'], '.1f')} | "
-            f"{_fmt(r['inferences_per_s'], '.1f')} | ${_fmt(r['cost_per_1k_usd'], '.5f')} | {r['meets_slo']} |"
-        )
-    lines += [
-        "",
-        "![throughput against p95](tuning_pareto.png)",
-        "",
-        "## Candidates",
-        "",
-        "| # | phase | knob | configuration | users | p95 ms | inferences/s | cost per 1k | SLO | runs |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for r in report["candidates"]:
-        lines.append(
-            f"| {r['index']} | {r['phase']} | {r['dimension'] or '-'} | {r['label']} | {r['users'] or '-'} | "
-            f"{_fmt(r['p95_ms'], '.1f')} | {_fmt(r['inferences_per_s'], '.1f')} | "
-            f"${_fmt(r['cost_per_1k_usd'], '.5f')} | {'yes' if r['meets_slo'] else 'no'} | {r['repeats']} |"
-        )
-    lines += ["", "## config.pbtxt changes", ""]
-    changes = report["config_changes"]
-    lines += [f"```diff\n{c['diff']}```" for c in changes.values()] or [
-        "No change: keep the starting configuration."
-    ]
-    lines += ["", "## Helm values", "", "```yaml", to_yaml(report["helm_values"]), "```"]
-    lines += [f"- {n}" for n in report["helm_notes"]]
-    return "\n".join(lines) + "\n"
+    """tuning_report.md: ``templates/tune_report.md.j2``."""
+    return render("tune_report.md.j2", r=report, helm_yaml=yaml_dump(report["helm_values"]))
+
+
+def render_helm_values(report: dict) -> str:
+    """helm-values.yaml: the chosen configuration as the chart's values (``yaml.safe_dump``)."""
+    return render(
+        "tune_helm_values.yaml.j2",
+        model=report["settings"]["model"],
+        notes=report["helm_notes"],
+        values_yaml=yaml_dump(report["helm_values"]),
+    )
 
 
 def plot(report: dict, path: Path) -> None:
@@ -235,11 +204,7 @@ def write(report: dict, out_dir: Path, *, plots: bool = True) -> list[Path]:
     written = [out_dir / "tuning_report.json", out_dir / "tuning_report.md", out_dir / "helm-values.yaml"]
     written[0].write_text(json.dumps(report, indent=2, default=str) + "\n")
     written[1].write_text(render_markdown(report))
-    notes = "".join(f"# {n}\n" for n in report["helm_notes"])
-    written[2].write_text(
-        f"# cvserve tune {report['settings']['model']}: chosen configuration\n{notes}"
-        f"{to_yaml(report['helm_values'])}\n"
-    )
+    written[2].write_text(render_helm_values(report))
     for change in report["config_changes"].values():
         d = out_dir / "configs" / change["model"]
         d.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,4 @@
-"""The search: noise-aware coordinate descent over the batching knobs, within a time budget.
+"""The search: noise-aware coordinate descent over the serving knobs, within a time budget.
 
 1. The starting configuration is measured at its best load (:func:`~cvserve.tune.measure.operating_point`)
    and then repeated (``repeats`` runs) to estimate run-to-run noise: the relative spread of throughput.
@@ -21,30 +21,18 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from cvserve.errors import ServerError
-from cvserve.tune.candidates import DIMENSIONS, Candidate, SearchSpace
+from cvserve.errors import TritonError
+from cvserve.loadtests.cost import cost_per_1k
+from cvserve.reporting import num
+from cvserve.tune.candidates import Candidate, SearchSpace
 from cvserve.tune.measure import Measure, Measurement, operating_point, relative_spread, summarise
+from cvserve.tune.settings import SearchSettings
 
 
 class Applier(Protocol):
-    """Makes a candidate live on the server (raises :class:`ServerError` if Triton refuses it)."""
+    """Makes a candidate live on the server (raises :class:`TritonError` if Triton refuses it)."""
 
     def apply(self, candidate: Candidate) -> None: ...
-
-
-@dataclass(kw_only=True)
-class SearchSettings:
-    """How to search. ``budget_s`` counts everything: applying configs and every load run."""
-
-    slo_p95_ms: float
-    price_per_hour: float
-    budget_s: float = 600.0
-    repeats: int = 3
-    max_error_rate: float = 0.001
-    start_users: int = 4
-    max_users: int = 64
-    min_gain: float = 0.03
-    run_estimate_s: float = 12.0  # first guess of one load run's wall time, refined as runs finish
 
 
 @dataclass(kw_only=True)
@@ -64,10 +52,11 @@ class Trial:
     at_s: float = 0.0
     error: str | None = None
 
-    def cost_per_1k(self, price_per_hour: float) -> float:
-        if self.summary is None or self.summary.inferences_per_s <= 0:
-            return float("inf")
-        return price_per_hour / 3600.0 / self.summary.inferences_per_s * 1000.0
+    def cost_per_1k(self, price_per_hour: float) -> float | None:
+        """$ per 1k inferences on one server at this trial's throughput; ``None`` when nothing was served."""
+        if self.summary is None:
+            return None
+        return cost_per_1k(price_per_hour, 1, self.summary.inferences_per_s)
 
 
 @dataclass(kw_only=True)
@@ -139,7 +128,7 @@ class Tuner:
         t = self.clock()
         try:
             self.applier.apply(c)
-        except ServerError as exc:
+        except TritonError as exc:
             trial.phase, trial.error = "failed", str(exc)
             self.log(f"  #{trial.index} {c.label()}: Triton refused it: {exc}")
             return trial
@@ -178,9 +167,9 @@ class Tuner:
             return
         tag = f"confirmed x{len(t.repeats)}" if confirmed else t.phase
         self.log(
-            f"  #{t.index} {t.candidate.label()}: {m.inferences_per_s:.1f} inf/s, p95 {m.p95_ms:.1f} ms "
+            f"  #{t.index} {t.candidate.label()}: {num(m.inferences_per_s)} inf/s, p95 {num(m.p95_ms)} ms "
             f"@ {m.users} users, {'meets' if t.feasible else 'misses'} SLO, "
-            f"${t.cost_per_1k(self.s.price_per_hour):.4f}/1k [{tag}]"
+            f"${num(t.cost_per_1k(self.s.price_per_hour))}/1k [{tag}]"
         )
 
     def _elapsed(self) -> float:
@@ -194,16 +183,18 @@ class Tuner:
         self.log(f"starting configuration: {start.label()}")
         base = self._evaluate(start, "start", None, self.s.start_users)
         if base.summary is None:
-            raise ServerError(f"the starting configuration could not be applied: {base.error}")
+            raise TritonError(f"the starting configuration could not be applied: {base.error}")
         self._confirm(base)
         noise = relative_spread(base.repeats)
         margin = max(self.s.min_gain, 2 * noise)
-        self.log(f"noise: throughput spread {noise:.1%} over repeats; a win needs > {margin:.1%}")
+        self.log(
+            f"noise: throughput spread {num(noise * 100)}% over repeats; a win needs > {num(margin * 100)}%"
+        )
         best, stopped_by = base, "converged"
         changed = True
         while changed and stopped_by == "converged":
             changed = False
-            for dim in DIMENSIONS:
+            for dim in self.space.dimensions:
                 best, moved, out_of_time = self._line_search(best, dim, margin)
                 changed |= moved
                 if out_of_time:
@@ -256,7 +247,9 @@ class Tuner:
         self._log_trial(recheck, confirmed=True)
         if not (recheck.feasible and summary.inferences_per_s > base.summary.inferences_per_s):
             return base, best
-        self.log(f"  start re-measured at {users} users: {summary.inferences_per_s:.1f} inf/s, meets the SLO")
+        self.log(
+            f"  start re-measured at {users} users: {num(summary.inferences_per_s)} inf/s, meets the SLO"
+        )
         if better(best, recheck, margin):
             return recheck, best
         self.log("  -> the winner does not beat the start at the same load: keeping the start")

@@ -1,4 +1,4 @@
-"""What the sync and asyncio clients share: connection options, request building, result parsing."""
+"""A client's settings (checked once, when it is created) and the gRPC channel they make."""
 
 from __future__ import annotations
 
@@ -8,17 +8,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-from tritonclient.grpc import MAX_GRPC_MESSAGE_SIZE, InferInput, InferRequestedOutput, KeepAliveOptions
+from tritonclient.grpc import MAX_GRPC_MESSAGE_SIZE, KeepAliveOptions
 
-from cvserve.client._metadata import ClassifierSpec, triton_dtype
 from cvserve.client._retry import Deadline, RetryPolicy
-from cvserve.client.errors import InvalidInput, ServerError
+from cvserve.client.errors import InvalidInput
 from cvserve.client.metrics import ClientMetrics
-from cvserve.client.types import Classification
 
 DEFAULT_URL = "localhost:8001"
 DEFAULT_TIMEOUT_S = 30.0
+DEFAULT_MAX_IMAGE_BYTES = 20 * 2**20  # 20 MiB: one encoded image
+DEFAULT_MAX_REQUEST_BYTES = 64 * 2**20  # 64 MiB: the payload of one request (a split batch's part)
 COMPRESSIONS = ("gzip", "deflate")
 
 
@@ -36,6 +35,8 @@ class Options:
     headers: dict[str, str] = field(default_factory=dict)
     timeout: float = DEFAULT_TIMEOUT_S
     retry: RetryPolicy | None = None
+    max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES
+    max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
     metrics: ClientMetrics | None = None
     model: str | None = None
 
@@ -46,6 +47,8 @@ def make_options(
     model: str | None,
     timeout: float,
     retry: RetryPolicy | bool | None,
+    max_image_bytes: int,
+    max_request_bytes: int,
     ssl: bool,
     root_certificates: str | os.PathLike | None,
     private_key: str | os.PathLike | None,
@@ -90,6 +93,9 @@ def make_options(
     if metrics is True:
         metrics = ClientMetrics.default()
     Deadline(timeout)  # validates the default timeout
+    for name, limit in (("max_image_bytes", max_image_bytes), ("max_request_bytes", max_request_bytes)):
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise InvalidInput(f"{name} must be a positive number of bytes, got {limit!r}")
     return Options(
         url=url,
         ssl=ssl,
@@ -98,6 +104,8 @@ def make_options(
         headers=meta,
         timeout=float(timeout),
         retry=retry,
+        max_image_bytes=max_image_bytes,
+        max_request_bytes=max_request_bytes,
         metrics=metrics or None,
         model=model,
         **certs,
@@ -136,87 +144,13 @@ def triton_kwargs(options: Options) -> dict[str, Any]:
     }
 
 
-def image_request(
-    spec: ClassifierSpec, blobs: list[bytes]
-) -> tuple[list[InferInput], list[InferRequestedOutput]]:
-    """The inputs and requested outputs of one classification request of ``len(blobs)`` images."""
-    # [n, 1] for the contract's dims [1]; follows the model if its image input has another rank.
-    shape = [len(blobs)] + [1] * (len(spec.input.shape) - 1)
-    array = np.empty(len(blobs), dtype=object)
-    array[:] = blobs
-    tensor = InferInput(spec.input.name, shape, "BYTES")
-    tensor.set_data_from_numpy(array.reshape(shape))
-    outputs = [InferRequestedOutput(name) for name in (spec.index, spec.score, spec.label)]
-    return [tensor], outputs
-
-
-def parse_classifications(
-    result: Any, spec: ClassifierSpec, top_k: int, n: int, model: str
-) -> list[list[Classification]]:
-    """Per image, the first ``top_k`` classes of a classification response."""
-    arrays = []
-    for name in (spec.index, spec.score, spec.label):
-        array = result.as_numpy(name)
-        if array is None:
-            raise ServerError(f"model '{model}' returned no {name} output; check the model", model=model)
-        try:
-            arrays.append(array.reshape(n, -1))
-        except ValueError:
-            raise ServerError(
-                f"model '{model}' returned {name} of shape {array.shape} for {n} images; check the model",
-                model=model,
-            ) from None
-    indices, scores, labels = arrays
-    out = []
-    for row_i, row_s, row_l in zip(indices, scores, labels, strict=True):
-        out.append(
-            [
-                Classification(_text(label), int(index), float(score))
-                for index, score, label in zip(row_i[:top_k], row_s[:top_k], row_l[:top_k], strict=True)
-            ]
-        )
-    return out
-
-
-def _text(value: object) -> str:
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
-
-
-def tensor_request(
-    inputs: Mapping[str, np.ndarray], outputs: list[str], rows: slice | None
-) -> tuple[list[InferInput], list[InferRequestedOutput]]:
-    """Inputs (rows ``rows`` of each array, all of it when ``None``) and requested outputs of one request."""
-    tensors = []
-    for name, array in inputs.items():
-        part = array[rows] if rows is not None else array
-        if part.dtype.kind == "U":
-            part = np.char.encode(part, "utf-8")  # str arrays go out as utf-8 BYTES
-        tensor = InferInput(name, list(part.shape), triton_dtype(part))
-        tensor.set_data_from_numpy(np.ascontiguousarray(part))
-        tensors.append(tensor)
-    return tensors, [InferRequestedOutput(name) for name in outputs]
-
-
-def collect_outputs(results: list[Any], outputs: list[str]) -> dict[str, np.ndarray]:
-    """Output name -> array, concatenating the responses of a split request in order."""
-    merged: dict[str, np.ndarray] = {}
-    for name in outputs:
-        parts = [r.as_numpy(name) for r in results]
-        if any(p is None for p in parts):
-            raise ServerError(f"the server returned no {name} output")
-        merged[name] = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
-    return merged
-
-
 __all__ = [
+    "DEFAULT_MAX_IMAGE_BYTES",
+    "DEFAULT_MAX_REQUEST_BYTES",
     "DEFAULT_TIMEOUT_S",
     "DEFAULT_URL",
     "Options",
     "channel_args",
-    "collect_outputs",
-    "image_request",
     "make_options",
-    "parse_classifications",
-    "tensor_request",
     "triton_kwargs",
 ]

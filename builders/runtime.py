@@ -1,0 +1,99 @@
+"""Where and how the network is served, decided once from the target and the flags, and recorded.
+
+Two layouts serve the same contract (clients call one model NAME with encoded images and get
+CLASS_INDEX and SCORE back):
+
+* ``single``: one python-backend model NAME decodes the images on a thread pool and runs the network
+  in-process (OpenVINO or ONNX Runtime). One process hop, no tensor copied between models. It is the
+  only layout the embedded server (python backend only) can run, and it also runs in Triton's NGC image.
+* ``ensemble``: NAME (a Triton ensemble) -> NAME_preprocess (python: decode to uint8 pixels) ->
+  NAME_network on a native Triton backend (``openvino``, ``onnxruntime_onnx`` or ``tensorrt_plan``). The
+  layout for NGC: GPUs need it (TensorRT, ONNX Runtime's TensorRT accelerator), and Triton schedules
+  decoding and inference as separate models.
+
+The rules: the CPU target serves ``single`` with OpenVINO unless told otherwise; the GPU target serves
+``ensemble`` with a TensorRT engine, or with ``--runtime onnxruntime`` the ONNX through ONNX Runtime's
+TensorRT accelerator. OpenVINO is the default CPU runtime because it runs the INT8 networks fastest on
+the CPUs measured (docs/benchmarks.md); ONNX Runtime stays selectable.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from cvserve.errors import UserInputError
+
+TARGETS = ("cpu", "gpu")
+LAYOUTS = ("single", "ensemble")
+RUNTIMES = ("openvino", "onnxruntime", "tensorrt")
+DEFAULT_CPU_RUNTIME = "openvino"
+DEFAULT_GPU_RUNTIME = "tensorrt"
+# The file each runtime serves, inside the version folder of the model that runs the network.
+NETWORK_FILES = {"openvino": "model.xml", "onnxruntime": "model.onnx", "tensorrt": "model.plan"}
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServingPlan:
+    """The decision: which layout, which runtime, on which device, from which file."""
+
+    target: str
+    layout: str
+    runtime: str
+    accelerator: str | None = None  # "tensorrt": ONNX Runtime's TensorRT execution accelerator (GPU)
+
+    @property
+    def network_file(self) -> str:
+        return NETWORK_FILES[self.runtime]
+
+    @property
+    def instance_kind(self) -> str:
+        return "KIND_GPU" if self.target == "gpu" else "KIND_CPU"
+
+    def as_dict(self) -> dict:
+        return {**asdict(self), "network_file": self.network_file}
+
+
+def decide(*, target: str = "cpu", runtime: str = "auto", layout: str = "auto") -> ServingPlan:
+    """The serving plan for ``target`` and the ``--runtime`` / ``--layout`` flags (``auto``: the rule)."""
+    if target not in TARGETS:
+        raise UserInputError(f"--target must be one of {', '.join(TARGETS)}, not {target!r}")
+    if runtime != "auto" and runtime not in RUNTIMES:
+        raise UserInputError(f"--runtime must be auto or one of {', '.join(RUNTIMES)}, not {runtime!r}")
+    if layout != "auto" and layout not in LAYOUTS:
+        raise UserInputError(f"--layout must be auto or one of {', '.join(LAYOUTS)}, not {layout!r}")
+    if target == "cpu":
+        runtime = DEFAULT_CPU_RUNTIME if runtime == "auto" else runtime
+        if runtime == "tensorrt":
+            raise UserInputError("TensorRT runs on NVIDIA GPUs only: use --target gpu, or --runtime openvino")
+        return ServingPlan(target=target, layout="single" if layout == "auto" else layout, runtime=runtime)
+    runtime = DEFAULT_GPU_RUNTIME if runtime == "auto" else runtime
+    if runtime == "openvino":
+        raise UserInputError(
+            "--target gpu serves on NVIDIA GPUs through TensorRT: use --runtime tensorrt (an engine built "
+            "here) or --runtime onnxruntime (ONNX Runtime's TensorRT accelerator), or --target cpu"
+        )
+    if layout == "single":
+        raise UserInputError(
+            "the single layout runs the network on CPUs; --target gpu serves through --layout ensemble"
+        )
+    return ServingPlan(
+        target=target,
+        layout="ensemble",
+        runtime=runtime,
+        accelerator="tensorrt" if runtime == "onnxruntime" else None,
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class NetworkArtifact:
+    """What the engine stage hands to the writer: the files the runtime serves, and how they were made."""
+
+    plan: ServingPlan
+    files: tuple[Path, ...]  # the network file first (model.xml then model.bin; model.onnx; model.plan)
+    precision: str
+    details: dict | None = None  # engine facts for the build report (TensorRT profile and flags)
+
+    @property
+    def path(self) -> Path:
+        return self.files[0]

@@ -1,0 +1,159 @@
+"""Network ONNX -> served ONNX: uint8 pixels in, top-k classes out, the math inside the graph.
+
+The exported (and possibly quantized) network takes the float input its training used (``input``,
+NCHW or NHWC, normalised) and returns ``logits``. Serving wraps it, with ``onnx.compose``, between
+
+* a head that takes ``PIXELS`` (uint8, [batch, H, W, 3], RGB, the centre crop that
+  :func:`cvserve.builders.preprocessing.pixels` returns) and does the cast, the channel order, the
+  mean/std normalisation and the layout change, the same arithmetic as
+  :func:`cvserve.builders.preprocessing.normalize_batch`;
+* a tail that does softmax and top-k and returns ``CLASS_INDEX`` (int64, [batch, k]) and ``SCORE``
+  (float32, [batch, k], probabilities, best first).
+
+So only uint8 pixels travel between processes (a quarter of float32), no python model does the
+maths, and every runtime (ONNX Runtime, OpenVINO, TensorRT) runs the whole thing. Quantizers see the
+bare network: the wrap happens after quantization, and the head and tail stay in float.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from cvserve._extras import require
+from cvserve.builders.preprocessing import PreprocessSpec
+from cvserve.errors import BuildError
+
+PIXELS = "PIXELS"
+CLASS_INDEX = "CLASS_INDEX"
+SCORE = "SCORE"
+_PREFIX = "cvserve_"  # names of the head's and tail's own tensors, apart from the network's
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServedGraph:
+    """The served network file and its interface (without the batch dimension)."""
+
+    path: Path
+    pixels_shape: tuple[int, int, int]  # (H, W, 3)
+    top_k: int
+    num_classes: int
+
+
+def _opset(model) -> int:
+    for entry in model.opset_import:
+        if entry.domain in ("", "ai.onnx"):
+            return entry.version
+    raise BuildError("the network ONNX declares no default-domain opset")
+
+
+def _head(spec: PreprocessSpec, input_name: str, opset: int, ir_version: int):
+    from onnx import TensorProto, helper, numpy_helper
+
+    h, w = spec.input_size
+    mean = np.asarray(spec.mean, dtype=np.float32) * 255.0
+    inv_std = 1.0 / (np.asarray(spec.std, dtype=np.float32) * 255.0)
+    nodes = [helper.make_node("Cast", [PIXELS], [f"{_PREFIX}float"], to=TensorProto.FLOAT)]
+    last = f"{_PREFIX}float"
+    if spec.color == "BGR":  # the crop is RGB: reverse the channel axis
+        nodes.append(
+            helper.make_node(
+                "Slice",
+                [last, f"{_PREFIX}c_start", f"{_PREFIX}c_end", f"{_PREFIX}c_axis", f"{_PREFIX}c_step"],
+                [f"{_PREFIX}bgr"],
+            )
+        )
+        last = f"{_PREFIX}bgr"
+        mean, inv_std = mean[::-1].copy(), inv_std[::-1].copy()
+    nodes += [
+        helper.make_node("Sub", [last, f"{_PREFIX}mean"], [f"{_PREFIX}centred"]),
+        helper.make_node(
+            "Mul",
+            [f"{_PREFIX}centred", f"{_PREFIX}inv_std"],
+            [input_name if spec.layout == "NHWC" else f"{_PREFIX}nhwc"],
+        ),
+    ]
+    if spec.layout == "NCHW":
+        nodes.append(helper.make_node("Transpose", [f"{_PREFIX}nhwc"], [input_name], perm=[0, 3, 1, 2]))
+    initializers = [
+        numpy_helper.from_array(mean, f"{_PREFIX}mean"),
+        numpy_helper.from_array(inv_std, f"{_PREFIX}inv_std"),
+    ]
+    if spec.color == "BGR":
+        initializers += [
+            numpy_helper.from_array(np.array([-1], np.int64), f"{_PREFIX}c_start"),
+            numpy_helper.from_array(np.array([np.iinfo(np.int64).min], np.int64), f"{_PREFIX}c_end"),
+            numpy_helper.from_array(np.array([3], np.int64), f"{_PREFIX}c_axis"),
+            numpy_helper.from_array(np.array([-1], np.int64), f"{_PREFIX}c_step"),
+        ]
+    shape_out = ["batch", *spec.tensor_shape]
+    graph = helper.make_graph(
+        nodes,
+        "cvserve_head",
+        [helper.make_tensor_value_info(PIXELS, TensorProto.UINT8, ["batch", h, w, 3])],
+        [helper.make_tensor_value_info(input_name, TensorProto.FLOAT, shape_out)],
+        initializers,
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=ir_version)
+
+
+def _tail(output_name: str, num_classes: int, top_k: int, softmax: bool, opset: int, ir_version: int):
+    from onnx import TensorProto, helper, numpy_helper
+
+    probs = f"{_PREFIX}probabilities" if softmax else output_name
+    nodes = [helper.make_node("Softmax", [output_name], [probs], axis=1)] if softmax else []
+    nodes.append(
+        helper.make_node("TopK", [probs, f"{_PREFIX}k"], [SCORE, CLASS_INDEX], axis=1, largest=1, sorted=1)
+    )
+    graph = helper.make_graph(
+        nodes,
+        "cvserve_tail",
+        [helper.make_tensor_value_info(output_name, TensorProto.FLOAT, ["batch", num_classes])],
+        [
+            helper.make_tensor_value_info(CLASS_INDEX, TensorProto.INT64, ["batch", top_k]),
+            helper.make_tensor_value_info(SCORE, TensorProto.FLOAT, ["batch", top_k]),
+        ],
+        [numpy_helper.from_array(np.array([top_k], np.int64), f"{_PREFIX}k")],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=ir_version)
+
+
+def wrap(network: Path, out: Path, spec: PreprocessSpec, *, top_k: int, softmax: bool = True) -> ServedGraph:
+    """Write the served graph of ``network`` to ``out``: PIXELS -> network -> CLASS_INDEX, SCORE.
+
+    ``softmax=False`` for a network whose output already is probabilities. ``top_k`` is capped at the
+    number of classes.
+    """
+    onnx = require("onnx", purpose="to build models")
+    from onnx import compose
+
+    net = onnx.load(str(network))
+    if len(net.graph.input) != 1 or len(net.graph.output) != 1:
+        raise BuildError(
+            f"a classifier network has one input and one output, {network.name} has "
+            f"{len(net.graph.input)} and {len(net.graph.output)}"
+        )
+    input_name, output_name = net.graph.input[0].name, net.graph.output[0].name
+    dims = net.graph.output[0].type.tensor_type.shape.dim
+    num_classes = dims[1].dim_value if len(dims) == 2 else 0
+    if not num_classes:
+        raise BuildError(f"the network's output must be [batch, classes], {network.name} has another shape")
+    k = min(top_k, num_classes)
+    opset = max(_opset(net), 13)  # Softmax over one axis and TopK with k as an input
+    head = _head(spec, input_name, opset, net.ir_version)
+    tail = _tail(output_name, num_classes, k, softmax, opset, net.ir_version)
+    if _opset(net) < opset:
+        net = onnx.version_converter.convert_version(net, opset)
+    try:
+        served = compose.merge_models(head, net, io_map=[(input_name, input_name)])
+        served = compose.merge_models(served, tail, io_map=[(output_name, output_name)])
+        served.graph.name = "cvserve_served"
+        onnx.checker.check_model(served)
+    except Exception as exc:
+        raise BuildError(f"could not wrap {network.name} for serving: {type(exc).__name__}: {exc}") from None
+    out.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(served, str(out))
+    h, w = spec.input_size
+    return ServedGraph(path=out, pixels_shape=(h, w, 3), top_k=k, num_classes=num_classes)

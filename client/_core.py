@@ -1,0 +1,381 @@
+"""What :class:`Client` and :class:`AsyncClient` share: the constructor and every call, written once.
+
+Each public call is a plan (:mod:`cvserve.client._effects`): it checks and plans the request, yields
+the tritonclient calls it needs, retries them (:func:`cvserve.client._retry.retrying`), maps errors and
+parses the results. The two clients only run the plans with blocking or asyncio I/O.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import grpc
+import numpy as np
+from tritonclient.grpc import KeepAliveOptions
+from tritonclient.utils import InferenceServerException
+
+from cvserve.client._effects import Exclusive, Gather, Plan, Rpc, Sleep
+from cvserve.client._images import ImageLike, as_image_list, encode_images
+from cvserve.client._metadata import check_top_k, classifier_spec, model_info, pick_classifier
+from cvserve.client._options import (
+    DEFAULT_MAX_IMAGE_BYTES,
+    DEFAULT_MAX_REQUEST_BYTES,
+    DEFAULT_TIMEOUT_S,
+    Options,
+    make_options,
+)
+from cvserve.client._requests import (
+    collect_outputs,
+    image_request,
+    image_sizes,
+    parse_classifications,
+    plan_infer,
+    split_rows,
+    tensor_request,
+)
+from cvserve.client._retry import Deadline, RetryBudget, RetryPolicy, retrying
+from cvserve.client.errors import ClientError, DeadlineExceeded, ServerUnavailable, map_error
+from cvserve.client.metrics import ClientMetrics, track
+from cvserve.client.types import Classification, ModelInfo
+
+
+class ClientCore:
+    """The constructor and the calls of both clients; see :class:`cvserve.client.Client`."""
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        model: str | None = None,
+        timeout: float = DEFAULT_TIMEOUT_S,
+        retry: RetryPolicy | bool | None = True,
+        max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
+        max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
+        ssl: bool = False,
+        root_certificates: str | os.PathLike | None = None,
+        private_key: str | os.PathLike | None = None,
+        certificate_chain: str | os.PathLike | None = None,
+        token: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        compression: str | None = None,
+        keepalive: KeepAliveOptions | None = None,
+        metrics: ClientMetrics | bool | None = None,
+    ) -> None:
+        """Check the options and prepare the channel (opened on the first call).
+
+        Args:
+            url: ``host:port`` of Triton's gRPC endpoint (``grpc://`` or ``grpcs://`` prefixes accepted);
+                ``$CVSERVE_URL`` or ``localhost:8001`` when omitted.
+            model: the model used when a call names none; discovered from the server when it serves
+                exactly one classifier.
+            timeout: the default deadline of each call in seconds, retries and batch splitting included.
+            retry: ``True`` (the default :class:`RetryPolicy`), a :class:`RetryPolicy`, or ``False`` to
+                never retry (for models with side effects). Its retry budget is shared by all calls.
+            max_image_bytes: the largest encoded image sent (default 20 MiB); a larger one raises
+                :class:`InvalidInput` before anything is sent.
+            max_request_bytes: the largest payload of one request (default 64 MiB); a call is split
+                into requests under it, and a single image or row over it raises :class:`InvalidInput`.
+            ssl: use TLS (implied by any certificate argument); the system's roots unless given.
+            root_certificates: path of the PEM root certificates that signed the server's certificate.
+            private_key: path of the client's PEM private key (mutual TLS).
+            certificate_chain: path of the client's PEM certificate chain (mutual TLS).
+            token: sent as ``authorization: Bearer <token>`` metadata on every call.
+            headers: other gRPC metadata sent on every call (keys are lower-cased).
+            compression: ``"gzip"`` or ``"deflate"`` to compress requests.
+            keepalive: gRPC keepalive settings; pings every 60 s during calls by default.
+            metrics: ``True`` for Prometheus metrics on the default registry, or a :class:`ClientMetrics`.
+
+        Raises:
+            InvalidInput: an argument is wrong (bad URL, missing certificate file, unknown compression).
+        """
+        self._opts: Options = make_options(
+            url,
+            model=model,
+            timeout=timeout,
+            retry=retry,
+            max_image_bytes=max_image_bytes,
+            max_request_bytes=max_request_bytes,
+            ssl=ssl,
+            root_certificates=root_certificates,
+            private_key=private_key,
+            certificate_chain=certificate_chain,
+            token=token,
+            headers=headers,
+            compression=compression,
+            keepalive=keepalive,
+            metrics=metrics,
+        )
+        policy = self._opts.retry or RetryPolicy()  # per-call policies share this client's budget
+        self._budget = RetryBudget(policy.max_tokens, policy.token_ratio)
+        self._models: dict[tuple[str, str], ModelInfo] = {}  # (model, version) -> info
+        self._default_model: str | None = model
+        self._closed = False
+        self._setup()
+
+    def _setup(self) -> None:
+        """Prepare the client's I/O (its lock and tritonclient); each client defines it."""
+        raise NotImplementedError
+
+    @property
+    def url(self) -> str:
+        """The server's gRPC address, ``host:port``."""
+        return self._opts.url
+
+    @property
+    def model(self) -> str | None:
+        """The model used when a call names none (given, or discovered on first use)."""
+        return self._default_model
+
+    @property
+    def retry_budget(self) -> RetryBudget:
+        """The retry budget shared by this client's calls."""
+        return self._budget
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.url!r}, model={self._default_model!r})"
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ClientError(f"this {type(self).__name__} is closed: create a new one")
+
+    # -- health -------------------------------------------------------------------------------------
+    def _is_ready(
+        self, model: str | None = None, *, model_version: str | None = None, timeout: float = 5.0
+    ) -> Plan[bool]:
+        """Whether the server (and ``model``, when given) is ready; never raises for an unreachable server."""
+        self._check_open()
+        kw = {"headers": self._opts.headers or None, "client_timeout": timeout}
+        try:
+            ready = yield Rpc("is_server_ready", (), kw)
+            if ready and model is not None:
+                ready = yield Rpc("is_model_ready", (model, model_version or ""), kw)
+        except (InferenceServerException, grpc.RpcError):
+            return False
+        return bool(ready)
+
+    def _wait_until_ready(
+        self, timeout: float = 60.0, *, model: str | None = None, model_version: str | None = None
+    ) -> Plan[None]:
+        """Wait until the server (and ``model``, when given) is ready.
+
+        Raises:
+            ServerUnavailable: not ready within ``timeout`` seconds.
+        """
+        deadline, delay = Deadline(timeout), 0.05
+        while True:
+            left = max(min(deadline.remaining(), 1.0), 0.01)
+            if (yield from self._is_ready(model, model_version=model_version, timeout=left)):
+                return
+            if deadline.remaining() <= delay:
+                what = f"model '{model}' on " if model else ""
+                raise ServerUnavailable(
+                    f"{what}the Triton server at {self.url} was not ready after {timeout:g} s; "
+                    "check that it is running and the URL",
+                    model=model,
+                )
+            yield Sleep(delay)
+            delay = min(delay * 2, 0.5)
+
+    # -- metadata -----------------------------------------------------------------------------------
+    def _model_info(
+        self, model: str | None = None, *, model_version: str | None = None, timeout: float | None = None
+    ) -> Plan[ModelInfo]:
+        """What the server says about ``model`` (cached per client and (model, version) after the first call).
+
+        Args:
+            model: the model name; the client's default when omitted.
+            model_version: a version the server serves, e.g. ``"2"``; the server's choice when omitted.
+            timeout: the deadline of the call in seconds; the client's default when omitted.
+
+        Raises:
+            ModelNotFound: the server does not serve ``model`` (or not that version).
+        """
+        self._check_open()
+        deadline = self._deadline(timeout)
+        name = model or (yield from self._resolve_model(deadline))
+        return (yield from self._info(name, model_version, deadline))
+
+    def _info(self, model: str, version: str | None, deadline: Deadline) -> Plan[ModelInfo]:
+        key = (model, version or "")
+        info = self._models.get(key)
+        if info is None:
+            try:  # concurrent first calls fetch the metadata once
+                info = yield Exclusive(self._fetch_info(key, deadline), deadline.remaining())
+            except ClientError:
+                raise
+            except TimeoutError:  # the lock was not free in time
+                raise DeadlineExceeded(
+                    f"model '{model}': its metadata was not fetched within the deadline of "
+                    f"{deadline.timeout:g} s; allow a longer timeout=",
+                    code="DEADLINE_EXCEEDED",
+                    model=model,
+                ) from None
+        return info
+
+    def _fetch_info(self, key: tuple[str, str], deadline: Deadline) -> Plan[ModelInfo]:
+        info = self._models.get(key)  # another call may have fetched it while this one waited
+        if info is None:
+            model, version = key
+            metadata = yield from self._call("get_model_metadata", model, deadline, None, model, version)
+            config = yield from self._call("get_model_config", model, deadline, None, model, version)
+            info = self._models[key] = model_info(metadata, config.config, version)
+        return info
+
+    def _resolve_model(self, deadline: Deadline) -> Plan[str]:
+        if self._default_model is None:
+            index = yield from self._call("get_model_repository_index", None, deadline, None)
+            ready = sorted({m.name for m in index.models if m.state == "READY"})  # one per version
+            infos = []
+            for name in ready:
+                infos.append((yield from self._info(name, None, deadline)))
+            self._default_model = pick_classifier(infos, self.url)
+        return self._default_model
+
+    # -- inference ----------------------------------------------------------------------------------
+    def _classify(
+        self,
+        images: Sequence[ImageLike],
+        *,
+        top_k: int | None = None,
+        model: str | None = None,
+        model_version: str | None = None,
+        timeout: float | None = None,
+        retry: RetryPolicy | bool | None = None,
+    ) -> Plan[list[list[Classification]]]:
+        """Classify images; per image, its ``top_k`` classes, best first.
+
+        Args:
+            images: file paths, encoded bytes (JPEG/PNG), uint8 numpy arrays (H, W, 3) or (H, W), PIL
+                images, or a uint8 array (N, H, W, 3); any number, split into requests of at most the
+                model's max batch size and the client's ``max_request_bytes`` (sent concurrently by
+                :class:`AsyncClient`). An empty list returns ``[]`` without calling the server.
+            top_k: how many classes per image, at most what the model was built to return
+                (``cvserve build --top-k``, default 5); all of them when omitted.
+            model: the model name; the client's default when omitted.
+            model_version: the version to run, e.g. ``"2"`` (two versions may be served side by side);
+                the server's choice (the highest version) when omitted.
+            timeout: the deadline of the whole call in seconds; the client's default when omitted.
+            retry: override the client's retry setting for this call (``False``: no retries).
+
+        Returns:
+            One list of :class:`Classification` per image, in the order given.
+
+        Raises:
+            InvalidInput: an image is not an image or is over ``max_image_bytes``, ``top_k`` is too
+                large, or the model is no classifier.
+            ModelNotFound: the server does not serve ``model`` (or not that version).
+            DeadlineExceeded: no answer within ``timeout``.
+            ServerUnavailable: the server was unreachable or overloaded until the deadline.
+            ServerError: the server failed.
+        """
+        self._check_open()
+        blobs = encode_images(as_image_list(images), self._opts.max_image_bytes)
+        if not blobs:
+            return []
+        deadline = self._deadline(timeout)
+        name = model or (yield from self._resolve_model(deadline))
+        with track(self._opts.metrics, name, "classify"):
+            spec = classifier_spec((yield from self._info(name, model_version, deadline)))
+            top_k = check_top_k(spec, top_k, name)
+            sizes = image_sizes(blobs)
+            parts = split_rows(
+                sizes, spec.max_batch_size, self._opts.max_request_bytes, what="image", model=name
+            )
+
+            def part(rows: slice) -> Plan[list[list[Classification]]]:
+                inputs, outputs = image_request(spec, blobs[rows])
+                kw = {"outputs": outputs, "model_version": model_version or ""}
+                result = yield from self._call("infer", name, deadline, retry, name, inputs, **kw)
+                return parse_classifications(result, spec, top_k, len(blobs[rows]), name)
+
+            results = yield Gather(tuple(part(rows) for rows in parts))
+            return [item for result in results for item in result]
+
+    def _infer(
+        self,
+        model: str,
+        inputs: Mapping[str, np.ndarray],
+        outputs: list[str] | None = None,
+        *,
+        model_version: str | None = None,
+        timeout: float | None = None,
+        retry: RetryPolicy | bool | None = None,
+    ) -> Plan[dict[str, np.ndarray]]:
+        """Run any model on raw tensors, checked against the model's metadata before sending.
+
+        Args:
+            model: the model name.
+            inputs: input name -> numpy array, batch dimension first for a batching model; a batch larger
+                than the model's max batch size or ``max_request_bytes`` is split and the outputs
+                concatenated in order.
+            outputs: the output names to return; all of them when omitted.
+            model_version: the version to run; the server's choice when omitted.
+            timeout: the deadline of the whole call in seconds; the client's default when omitted.
+            retry: override the client's retry setting for this call (``False``: no retries).
+
+        Returns:
+            Output name -> numpy array (``BYTES`` outputs are object arrays of ``bytes``).
+
+        Raises:
+            InvalidInput: an input is unknown or missing, has the wrong data type or shape, or one row
+                is over ``max_request_bytes``.
+            ModelNotFound, DeadlineExceeded, ServerUnavailable, ServerError: as for ``classify``.
+        """
+        self._check_open()
+        deadline = self._deadline(timeout)
+        with track(self._opts.metrics, model, "infer"):
+            info = yield from self._info(model, model_version, deadline)
+            names, parts = plan_infer(info, inputs, outputs, self._opts.max_request_bytes)
+
+            def part(rows: slice | None) -> Plan[Any]:
+                tensors, wanted = tensor_request(inputs, names, rows)
+                kw = {"outputs": wanted, "model_version": model_version or ""}
+                return (yield from self._call("infer", model, deadline, retry, model, tensors, **kw))
+
+            results = yield Gather(tuple(part(rows) for rows in parts))
+            return collect_outputs(results, names)
+
+    # -- one RPC, retried ---------------------------------------------------------------------------
+    def _call(
+        self, method: str, model: str | None, deadline: Deadline, retry: Any, *args: Any, **kw: Any
+    ) -> Plan[Any]:
+        if method == "infer" and self._opts.compression:
+            kw["compression_algorithm"] = self._opts.compression
+        headers = self._opts.headers or None
+        return (
+            yield from retrying(
+                lambda remaining: Rpc(method, args, {**kw, "headers": headers, "client_timeout": remaining}),
+                deadline=deadline,
+                policy=self._policy(retry),
+                budget=self._budget,
+                map_error=self._mapper(model, deadline),
+                on_retry=self._on_retry(model),
+            )
+        )
+
+    def _deadline(self, timeout: float | None) -> Deadline:
+        return Deadline(self._opts.timeout if timeout is None else timeout)
+
+    def _policy(self, retry: RetryPolicy | bool | None) -> RetryPolicy | None:
+        if retry is None:
+            return self._opts.retry
+        if retry is True:
+            return self._opts.retry or RetryPolicy()
+        return retry or None
+
+    def _mapper(self, model: str | None, deadline: Deadline) -> Callable[..., ClientError]:
+        def mapper(exc: BaseException, attempts: int, note: str = "") -> ClientError:
+            return map_error(
+                exc, model=model, url=self.url, timeout=deadline.timeout, attempts=attempts, note=note
+            )
+
+        return mapper
+
+    def _on_retry(self, model: str | None) -> Callable[[BaseException], None] | None:
+        metrics = self._opts.metrics
+        return None if metrics is None else (lambda exc: metrics.retried(model, exc))
+
+
+__all__ = ["ClientCore"]

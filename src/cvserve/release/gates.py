@@ -1,0 +1,87 @@
+"""The go/no-go gates: regressions per slice, accuracy drop, p95 within the SLO, errors, cost per 1k."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from cvserve.release.compare import Comparison
+from cvserve.release.settings import ReleaseSettings
+
+_EPS = 1e-12  # a rate equal to its threshold passes, whatever the float rounding
+
+
+@dataclass(frozen=True, kw_only=True)
+class Gate:
+    """One gate: ``value <= threshold`` passes. ``value`` is ``None`` when it could not be measured."""
+
+    name: str
+    value: float | None
+    threshold: float
+    unit: str
+    passed: bool
+    detail: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self) | {"op": "<="}
+
+
+def _gate(name: str, value: float | None, threshold: float, unit: str, detail: str = "") -> Gate:
+    passed = value is not None and value <= threshold + _EPS
+    return Gate(name=name, value=value, threshold=threshold, unit=unit, passed=passed, detail=detail)
+
+
+def _cost_gate(s: ReleaseSettings, baseline: dict, candidate: dict) -> Gate:
+    base, cand = baseline.get("cost_per_1k_usd"), candidate.get("cost_per_1k_usd")
+    limit = 1.0 + s.max_cost_increase
+    if base is not None:
+        return _gate("cost_per_1k", cand, base * limit, "USD", f"baseline ${base:.6g} x {limit:g}")
+    # No price: at one price and replica count, cost per 1k is proportional to 1 / inferences per second.
+    b_ips, c_ips = baseline.get("inferences_per_s") or 0.0, candidate.get("inferences_per_s") or 0.0
+    ratio = b_ips / c_ips if b_ips > 0 and c_ips > 0 else None
+    return _gate(
+        "cost_per_1k",
+        ratio,
+        limit,
+        "x baseline",
+        "no price given: relative cost, baseline inferences/s over candidate's",
+    )
+
+
+def evaluate(s: ReleaseSettings, comparison: Comparison, baseline: dict, candidate: dict) -> list[Gate]:
+    """Every gate of the release, in report order.
+
+    Args:
+        s: the thresholds.
+        comparison: the golden-set comparison.
+        baseline: the baseline's load-test figures (:func:`cvserve.release.measure.summary`).
+        candidate: the candidate's.
+    """
+    gates = [
+        _gate(
+            f"regression_rate[{sl.slice}]",
+            sl.regression_rate,
+            s.max_regression_rate,
+            "fraction",
+            f"{sl.regressions} of {sl.cases} golden cases",
+        )
+        for sl in comparison.slices
+    ]
+    overall = comparison.overall
+    gates.append(
+        _gate(
+            "accuracy_drop_points",
+            100.0 * (overall.baseline_correct - overall.candidate_correct) / overall.cases,
+            s.max_accuracy_drop_points,
+            "points",
+            f"{overall.baseline_accuracy:.4f} -> {overall.candidate_accuracy:.4f}",
+        )
+    )
+    gates.append(_gate("p95_ms", candidate.get("p95_ms"), s.slo_p95_ms, "ms", "candidate, steady load"))
+    gates.append(_gate("error_rate", candidate.get("error_rate"), s.max_error_rate, "fraction", "candidate"))
+    gates.append(_cost_gate(s, baseline, candidate))
+    return gates
+
+
+def failed(gates: list[Gate]) -> list[str]:
+    return [g.name for g in gates if not g.passed]
