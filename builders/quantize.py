@@ -442,11 +442,8 @@ def run_quantization(*, onnx_fp32: Path, workdir: Path, settings, reference_mode
         progress=settings.progress,
     )
     result = run(qs, onnx_fp32, workdir, log)
-    report = {
-        "quantization": result.quantization,
-        "accuracy": result.accuracy,
-        "throughput": result.throughput,
-    }
+    # The pipeline's current call reads the quantization entry's fields from the top level.
+    report = {**(result.quantization or {}), "accuracy": result.accuracy, "throughput": result.throughput}
     network = result.network
     if runtime == "tensorrt":
         from cvserve.builders import onnx2trt
