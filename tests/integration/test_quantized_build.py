@@ -9,6 +9,7 @@ held-out sets are disjoint and the held-out set has ground truth.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -17,7 +18,7 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 
-from cvserve.builders import accuracy, datasets, quantize
+from cvserve.builders import accuracy, datasets, quantize, quantizers
 from cvserve.builders.profile import EngineProfile
 from cvserve.errors import BuildError, UserInputError
 from cvserve.server import ServerSettings, TritonServer
@@ -97,27 +98,40 @@ def test_digits_int8_report_entries(digits, tmp_path):
 
 def test_fallback_keeps_the_fewest_layers_that_pass_and_lists_them(digits, tmp_path):
     task, fp32 = digits
-    # Without labels, demanding a perfect top-5 overlap: all-INT8 misses it; up to 3 layers may go back.
-    gate = accuracy.GateSettings(max_accuracy_drop=0.0, min_top5_overlap=1.0)
-    logs: list[str] = []
+    # Without labels, 99.5 % of the confident answers: on the AVX2 machine these tests run on, all-INT8
+    # ort-minmax in OpenVINO keeps 0.961 of them, one layer in float 0.998.
+    gate = accuracy.GateSettings(max_accuracy_drop=0.005)
     settings = _settings(
         task, validation_labels=None, gate=gate, max_fallback_layers=3, quantizer="ort-minmax"
     )
-    try:
-        result = quantize.run(settings, fp32, tmp_path, log=logs.append)
-    except BuildError as exc:
-        message = str(exc)
-        assert "\n" not in message and "with 3 layer(s) kept in float (the limit)" in message
-        assert "accuracy gate failed" in message and "held-out images" in message
-        return
+    result = quantize.run(settings, fp32, tmp_path, log=lambda _m: None)
     q = result.quantization
+    assert result.accuracy["gate"]["decision"] == "passed"
+    assert result.accuracy["gate"]["rule"].startswith("agreement where FP32 is confident")
+    if q["fallback"] is None:  # a CPU whose integer kernels keep every answer needs no fallback
+        assert q["excluded_layers"] == []
+        return
     steps = q["fallback"]["steps"]
     assert [s["excluded"] for s in steps] == list(range(len(steps)))  # one more layer at each step
-    assert [s["decision"] for s in steps][-1] == "passed" and set(s["decision"] for s in steps[:-1]) == {
-        "failed"
-    }
-    assert len(q["excluded_layers"]) == len(steps) - 1 and set(q["excluded_layers"]) <= set(
-        q["fallback"]["ranking"]
+    assert steps[-1]["decision"] == "passed" and {s["decision"] for s in steps[:-1]} == {"failed"}
+    assert len(q["excluded_layers"]) == len(steps) - 1 >= 1
+    assert q["excluded_layers"] == list(q["fallback"]["ranking"])[: len(q["excluded_layers"])]  # best first
+    assert set(q["excluded_layers"]).isdisjoint(quantizers.quantized_layers(result.network))
+
+
+def test_fallback_stops_at_its_limit_with_one_line(digits, tmp_path):
+    task, fp32 = digits
+    gate = accuracy.GateSettings(max_accuracy_drop=0.0, min_top5_overlap=1.0)  # a perfect copy only
+    settings = _settings(
+        task, validation_labels=None, gate=gate, max_fallback_layers=2, quantizer="ort-minmax"
+    )
+    with pytest.raises(BuildError) as err:
+        quantize.run(settings, fp32, tmp_path, log=lambda _m: None)
+    message = str(err.value)
+    assert message.startswith("accuracy gate failed: ") and "\n" not in message
+    assert re.search(r" on \d+ held-out images ", message)  # metric, value, threshold and image count
+    assert message.endswith(
+        "with 2 layer(s) kept in float (the limit); nothing was written to the repository"
     )
 
 
