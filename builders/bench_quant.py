@@ -119,7 +119,7 @@ def bench_mobilenet(work: Path, args) -> dict:
         gate = r.accuracy["gate"]
         served.append({
             "runtime": rt, "quantizer": name, "decision": gate["decision"], "gate": gate,
-            "metrics": r.accuracy["metrics"], "excluded_layers": r.quantization["excluded_layers"],
+            "metrics": {k: v for k, v in r.accuracy.items() if k != "gate"}, "excluded_layers": r.quantization["excluded_layers"],
             "quantized_layers": r.quantization["quantized_layers"], "fallback": r.quantization["fallback"],
             "throughput": speed,
         })  # fmt: skip
@@ -159,7 +159,7 @@ def bench_tasks(work: Path, args) -> list[dict]:
                 out.mkdir()
                 row = {"task": task_name, "quantizer": name, "runtime": rt, "held_out": task.held_out}
                 try:
-                    m = quantize.run(settings, fp32, out, log=_quiet).accuracy["metrics"]
+                    m = quantize.run(settings, fp32, out, log=_quiet).accuracy
                     row.update(decision="passed", fp32=m["top1_accuracy_reference"], int8=m["top1_accuracy"])
                 except BuildError as exc:
                     row.update(decision="failed", error=str(exc))

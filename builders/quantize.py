@@ -95,7 +95,7 @@ class QuantizeResult:
     network: Path  # float NCHW input -> logits ONNX: Q/DQ INT8, FP16, or the FP32 one
     precision: str
     quantization: dict | None  # null for FP32
-    accuracy: dict | None  # null for FP32
+    accuracy: dict | None  # null for FP32; the metrics (accuracy.AccuracyResult), "gate", "measured_with"
     throughput: dict | None  # null for FP32 and GPU targets (measured on the GPU node)
 
 
@@ -379,7 +379,7 @@ def run(settings: QuantizeSettings, fp32_onnx: Path, workdir: Path, log: Log = p
         }
         if settings.target == "gpu":  # TensorRT converts the FP32 ONNX itself (its FP16 builder flag)
             network = fp32_onnx
-    measured = {"metrics": result.as_dict(), "gate": verdict.as_dict(), "measured_with": runtime}
+    measured = {**result.as_dict(), "gate": verdict.as_dict(), "measured_with": runtime}
     if settings.target == "gpu":
         measured["measured_with"] = f"{SIMULATED} (Q/DQ in float on the CPU; TensorRT rounds differently)"
         return QuantizeResult(

@@ -68,7 +68,7 @@ def _settings(task: datasets.LabelledTask, **kw) -> quantize.QuantizeSettings:
 def test_lfw_int8_keeps_99_percent_of_fp32_accuracy(lfw, tmp_path, runtime):
     task, fp32 = lfw
     result = quantize.run(_settings(task, runtime=runtime), fp32, tmp_path, log=lambda _m: None)
-    metrics, gate = result.accuracy["metrics"], result.accuracy["gate"]
+    metrics, gate = result.accuracy, result.accuracy["gate"]
     assert metrics["top1_accuracy_reference"] >= 0.9  # the fixture trained a real classifier
     assert gate["decision"] == "passed" and gate["metric"] == "top1_accuracy_ratio"
     assert metrics["top1_accuracy"] >= 0.99 * metrics["top1_accuracy_reference"]
@@ -89,7 +89,7 @@ def test_digits_int8_report_entries(digits, tmp_path):
     q = result.quantization
     assert q["method"] == "nncf" and q["library"].startswith("nncf ")  # the default for OpenVINO
     assert q["calibration"]["images"] == 200 and q["max_fallback_layers"] == 0  # 4 layers: no tenth to spare
-    metrics = result.accuracy["metrics"]
+    metrics = result.accuracy
     assert metrics["top1_accuracy"] >= 0.99 * metrics["top1_accuracy_reference"]
     assert "top1_accuracy_drop_points" in metrics and metrics["by_reference_confidence"]
     assert set(result.throughput) >= {"batch", "runtime", "img_s", "reference_fp32_img_s", "speedup", "cpu"}
@@ -216,7 +216,7 @@ def test_triton_serves_the_gated_network(built):
             got += client.infer(NAME, [inp]).as_numpy("CLASS_INDEX")[:, 0].tolist()
         client.close()
     served = float(np.mean(np.asarray(got) == truth))
-    assert abs(served - report["accuracy"]["metrics"]["top1_accuracy"]) <= 0.01
+    assert abs(served - report["accuracy"]["top1_accuracy"]) <= 0.01
 
 
 def test_refused_gate_fails_with_one_line_and_leaves_the_repository_unchanged(built, tmp_path):
