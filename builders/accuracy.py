@@ -18,7 +18,7 @@ agreement). ``D = 0.01`` allows INT8 90.0 % accuracy for FP32's 90.9 %, or 1 cha
 confident images.
 
 The agreement rule refuses to pass when fewer than ``min_confident_images`` confident images remain,
-by default ``ceil(1 / D)`` (100 for ``D = 0.01``): with fewer, one changed answer is already more than
+by default ``ceil(1 / D)`` (100 for ``D = 0.01``, and for ``D = 0``): with fewer, one changed answer is already more than
 the allowed drop, so the measured agreement moves in steps coarser than the threshold it is compared
 with, and a pass (0 changes in n images) bounds the true rate of changed answers only to about 3/n
 (rule of three, 95 % confidence), far above ``D``.
