@@ -24,11 +24,11 @@ def small(tmp_path_factory) -> dict:
 
     from cvserve.builders import torch2onnx
     from cvserve.builders.checkpoint import LoadedModel
-    from cvserve.builders.datasets import _net
+    from cvserve.builders.datasets import small_cnn
 
     torch.manual_seed(0)
     folder = tmp_path_factory.mktemp("small")
-    model = LoadedModel(module=_net(5).eval(), kind="state_dict", source=folder)
+    model = LoadedModel(module=small_cnn(5).eval(), kind="state_dict", source=folder)
     fp32 = torch2onnx.export(model, folder / "fp32.onnx", input_shape=SPEC.tensor_shape).path
     calib, valid = cal.sample_sets(16, 8)
     return {"fp32": fp32, "cal": calib.tensors(SPEC), "val": valid.tensors(SPEC), "dir": folder}
