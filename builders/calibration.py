@@ -20,9 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from cvserve.builders.preprocessing import PreprocessSpec, pixels, preprocess_batch
+from cvserve.defaults import IMAGE_SUFFIXES
 from cvserve.errors import NotFoundError, UserInputError
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm")
 
 # Photos that ship inside packages (package, file). Colour and grey, natural and man-made scenes.
 SOURCE_PHOTOS = (

@@ -8,7 +8,6 @@ import pytest
 from cvserve.builders import accuracy
 from cvserve.builders import calibration as cal
 from cvserve.builders.preprocessing import PreprocessSpec
-from cvserve.builders.report import render_markdown
 from cvserve.errors import UserInputError
 
 
@@ -18,7 +17,8 @@ def test_metrics_of_an_exact_copy_are_perfect():
     labels = logits.argmax(1)
     r = accuracy.compare(logits, logits.copy(), labels)
     assert (r.top1_agreement, r.top5_overlap, r.top1_accuracy, r.top1_accuracy_reference) == (1, 1, 1, 1)
-    assert accuracy.gate(r, 0.0).passed
+    assert accuracy.gate(r, accuracy.GateSettings(max_accuracy_drop=0.0)).passed
+    assert r.as_dict()["top1_accuracy_drop_points"] == 0
 
 
 def test_metrics_count_flips_and_top5_changes():
@@ -30,23 +30,59 @@ def test_metrics_count_flips_and_top5_changes():
     assert r.top1_agreement == pytest.approx(2 / 4)
     assert r.top5_overlap == pytest.approx((1 + 0.8 + 1 + 1) / 4)
     assert r.top1_accuracy == pytest.approx(1 / 4) and r.top1_accuracy_reference == pytest.approx(3 / 4)
+    assert r.as_dict()["top1_accuracy_drop_points"] == pytest.approx(50.0)
 
 
-def test_gate_says_which_metric_missed_by_how_much():
-    r = accuracy.AccuracyResult(
-        held_out_images=200, top1_agreement=0.97, top5_overlap=0.99, top1_accuracy=0.80,
-        top1_accuracy_reference=0.81,
+def _result(**kw) -> accuracy.AccuracyResult:
+    base = dict(
+        held_out_images=300, top1_agreement=0.9, top5_overlap=0.9, confidence=0.5, confident_images=150,
+        confident_top1_agreement=1.0,
     )  # fmt: skip
-    verdict = accuracy.gate(r, 0.01)
-    assert not verdict.passed and set(verdict.misses) == {"top1_agreement"}
-    assert verdict.misses["top1_agreement"] == pytest.approx(0.02)
-    message = verdict.message(r)
-    assert "top1_agreement dropped 0.0300 (allowed 0.0100, missed by 0.0200)" in message
-    assert "200 held-out images" in message
-    zero = accuracy.gate(r, 0.0)
-    assert set(zero.misses) == {"top1_agreement", "top5_overlap", "top1_accuracy"}
-    with pytest.raises(UserInputError):
-        accuracy.gate(r, -0.1)
+    return accuracy.AccuracyResult(**{**base, **kw})
+
+
+def test_with_labels_the_gate_is_the_share_of_fp32_accuracy_kept():
+    gate = accuracy.GateSettings()  # INT8 >= 99 % of FP32's accuracy
+    ok = accuracy.gate(_result(top1_accuracy=0.792, top1_accuracy_reference=0.80), gate)
+    assert ok.passed and ok.metric == "top1_accuracy_ratio" and ok.value == pytest.approx(0.99)
+    assert ok.rule == "labelled accuracy" and ok.images == 300
+    bad = accuracy.gate(_result(top1_accuracy=0.78, top1_accuracy_reference=0.80, top1_agreement=1.0), gate)
+    assert bad.decision == "failed" and bad.threshold == pytest.approx(0.99)
+    assert bad.message() == (
+        "accuracy gate failed: top1_accuracy_ratio 0.9750 < 0.9900 on 300 held-out images (labelled accuracy)"
+    )
+    # labels decide even when agreement and confident images would not pass
+    few = _result(top1_accuracy=0.8, top1_accuracy_reference=0.8, confident_images=3, top5_overlap=0.1)
+    assert accuracy.gate(few, gate).passed
+
+
+def test_without_labels_the_gate_is_confident_agreement_and_top5_overlap():
+    gate = accuracy.GateSettings()
+    assert gate.needed_confident_images == 100  # one change in 100 is the 1 % allowed
+    verdict = accuracy.gate(_result(top1_agreement=0.6), gate)  # unsure images do not decide
+    assert verdict.passed and verdict.metric == "confident_top1_agreement" and verdict.images == 150
+    assert [c["metric"] for c in verdict.checks] == ["confident_top1_agreement", "top5_overlap"]
+    failed = accuracy.gate(_result(confident_top1_agreement=0.98), gate)
+    assert failed.message() == (
+        "accuracy gate failed: confident_top1_agreement 0.9800 < 0.9900 on 150 held-out images "
+        "(agreement where FP32 is confident, p >= 0.5)"
+    )
+    top5 = accuracy.gate(_result(top5_overlap=0.5), gate)
+    assert top5.decision == "failed" and top5.metric == "top5_overlap" and top5.images == 300
+    assert accuracy.gate(_result(confident_top1_agreement=0.99), gate).passed  # 0.99 is not below 0.99
+
+
+def test_the_gate_refuses_to_pass_on_too_few_confident_images():
+    verdict = accuracy.gate(_result(confident_images=91), accuracy.GateSettings())
+    assert verdict.decision == "refused" and not verdict.passed
+    message = verdict.message()
+    assert "only 91 of the 300 held-out images" in message and "needs at least 100" in message
+    assert "\n" not in message
+    looser = accuracy.GateSettings(max_accuracy_drop=0.02)
+    assert looser.needed_confident_images == 50 and accuracy.gate(_result(confident_images=91), looser).passed
+    assert accuracy.GateSettings(min_confident_images=20).needed_confident_images == 20
+    with pytest.raises(UserInputError, match="--max-accuracy-drop must be in"):
+        accuracy.GateSettings(max_accuracy_drop=-0.1)
 
 
 def test_agreement_by_the_reference_confidence_locates_the_top1_changes():
@@ -61,24 +97,45 @@ def test_agreement_by_the_reference_confidence_locates_the_top1_changes():
     bands = {b["band"]: b for b in r.as_dict()["by_reference_confidence"]}
     assert [bands[k]["images"] for k in ("0.8-1.0", "0.5-0.8", "0.0-0.5")] == [2, 2, 2]
     assert bands["0.8-1.0"]["top1_agreement"] == 1.0 and bands["0.0-0.5"]["top1_changes"] == 2
-    assert r.low_confidence_changes() == (2, 2)
-    message = accuracy.gate(r, 0.01).message(r)
-    assert "2 of the 2 top-1 changes are on images where FP32's own top-1 probability is below 0.5" in message
+    assert (r.confident_images, r.confident_top1_agreement, r.top1_agreement) == (
+        4,
+        1.0,
+        pytest.approx(4 / 6),
+    )
+    assert accuracy.compare(ref, cand, confidence=0.9).confident_images == 2
     probs = accuracy.probabilities(ref)  # already-softmaxed outputs are taken as they are
     assert np.allclose(accuracy.probabilities(probs), probs)
 
 
-def test_fallback_steps_grow_to_the_limit_and_keep_one_layer_quantized(monkeypatch):
-    from cvserve.builders.quantize import _exclusion_steps
+def test_fallback_may_keep_a_tenth_of_the_layers_and_never_all(monkeypatch):
+    from cvserve.builders.profile import EngineProfile
+    from cvserve.builders.quantize import QuantizeSettings, fallback_limit
 
-    monkeypatch.delenv("CVSERVE_MAX_EXCLUDED_LAYERS", raising=False)
-    assert _exclusion_steps(64) == [1, 2, 3, 4, 6, 9, 14, 16]  # a quarter of the layers
-    assert _exclusion_steps(1) == []  # nothing to fall back to
-    monkeypatch.setenv("CVSERVE_MAX_EXCLUDED_LAYERS", "64")
-    assert _exclusion_steps(64)[-3:] == [32, 48, 63]  # never every layer
-    monkeypatch.setenv("CVSERVE_MAX_EXCLUDED_LAYERS", "half")
-    with pytest.raises(UserInputError, match="CVSERVE_MAX_EXCLUDED_LAYERS must be a whole number"):
-        _exclusion_steps(64)
+    settings = QuantizeSettings(
+        precision="int8", preprocess=PreprocessSpec(), profile=EngineProfile.for_batching(8)
+    )
+    assert fallback_limit(64, settings) == 6  # MobileNetV2: 6 of 64 (9.4 %)
+    assert fallback_limit(4, settings) == 0  # a 4-layer network has no tenth to spare
+    wide = QuantizeSettings(
+        precision="int8",
+        preprocess=PreprocessSpec(),
+        profile=EngineProfile.for_batching(8),
+        max_fallback_layers=9,
+    )
+    assert fallback_limit(4, wide) == 3 and fallback_limit(64, wide) == 9
+
+
+def test_quantizer_choice_follows_the_serving_runtime():
+    from cvserve.builders import quantizers
+
+    assert quantizers.resolve("auto", target="cpu", runtime="openvino") == "nncf"
+    assert quantizers.resolve("auto", target="cpu", runtime="onnxruntime") == "ort-minmax"
+    assert quantizers.resolve("auto", target="gpu", runtime="tensorrt") == "ort-minmax"
+    assert quantizers.resolve("ort-entropy", target="cpu", runtime="openvino") == "ort-entropy"
+    with pytest.raises(UserInputError, match="--quantizer must be one of"):
+        quantizers.resolve("magic", target="cpu", runtime="openvino")
+    with pytest.raises(UserInputError, match="--target gpu needs the symmetric"):
+        quantizers.resolve("nncf", target="gpu", runtime="tensorrt")
 
 
 def test_read_labels_takes_indices_or_class_names(tmp_path):
@@ -137,31 +194,3 @@ def test_batch_reader_follows_onnxruntime_protocol():
     first = reader.get_next()["input"]
     assert first[0, 0] == 12 and len(first) == 4
     assert len(reader.get_next()["input"]) == 1 and reader.get_next() is None
-
-
-def test_markdown_report_lists_metrics_and_kept_layers():
-    report = {
-        "name": "m", "version": 3, "precision": "int8", "target": "cpu", "sha256": "ab" * 32,
-        "size_bytes": 10, "calibration": {"method": "entropy", "samples": 200},
-        "accuracy": {"held_out_images": 200, "top1_agreement": 0.995, "top5_overlap": 0.97,
-                     "top1_accuracy": None, "top1_accuracy_reference": None,
-                     "gate": {"max_accuracy_drop": 0.01, "passed": True},
-                     "by_reference_confidence": [
-                         {"band": "0.8-1.0", "images": 150, "top1_agreement": 1.0, "top1_changes": 0},
-                         {"band": "0.0-0.5", "images": 50, "top1_agreement": 0.98, "top1_changes": 1}]},
-        "excluded_layers": ["conv_0"],
-        "fallback": {"sensitivity": {"conv_0": 0.02}, "steps": [
-            {"excluded": 0, "top1_agreement": 0.9, "top5_overlap": 0.9},
-            {"excluded": 1, "top1_agreement": 0.995, "top5_overlap": 0.97}]},
-        "throughput": {"batch": 8, "img_s": 800.0, "reference_fp32_img_s": 280.0, "speedup": 2.86},
-    }  # fmt: skip
-    md = render_markdown(report)
-    assert md.startswith("# m version 3")
-    for needle in (
-        "| top-1 agreement | 0.9950 |",
-        "`conv_0`",
-        "| 1 | 0.9950 | 0.9700 |",
-        "| speed-up | 2.86 |",
-        "| 0.0-0.5 | 50 | 0.9800 | 1 |",
-    ):
-        assert needle in md
