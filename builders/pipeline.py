@@ -33,6 +33,7 @@ from pathlib import Path
 from cvserve.builders import runtime as rt
 from cvserve.builders import triton_config as tc
 from cvserve.builders.preprocessing import PreprocessSpec, preprocess_files
+from cvserve.builders.quantizers import QUANTIZERS
 from cvserve.defaults import DEFAULT_REPOSITORY
 from cvserve.errors import NotFoundError, UserInputError
 from cvserve.settings import check, setting
@@ -64,22 +65,51 @@ class ExportSettings:
 
 @dataclass(kw_only=True)
 class QuantizationOptions:
-    """What ``--precision`` and the calibration/validation flags ask of the quantize stage."""
+    """What ``--precision``, ``--quantizer`` and the gate's flags ask of the quantize stage."""
 
     precision: str = setting("fp32", choices=PRECISIONS, help="the served network's precision")
+    quantizer: str = setting(
+        "auto",
+        choices=("auto", *QUANTIZERS),
+        help="the post-training quantization method (auto: nncf for OpenVINO, ort-minmax for ONNX "
+        "Runtime and TensorRT; docs/quantization.md)",
+    )
     calibration: Path | None = setting(
         None, metavar="DIR", help="folder of calibration images", default_help="augmented sample photos"
     )
     calibration_samples: int = setting(200, at_least=1, help="calibration images used")
-    calibration_method: str = setting(
-        "minmax", choices=("minmax", "entropy", "percentile"), help="ONNX Runtime's calibration method"
-    )
     validation: Path | None = setting(
         None, metavar="DIR", help="folder of held-out images for the accuracy gate",
         default_help="augmented sample photos",
     )  # fmt: skip
-    validation_labels: Path | None = setting(None, help="ground truth for --validation (optional)")
-    max_accuracy_drop: float = setting(0.01, at_least=0, help="largest drop the accuracy gate allows")
+    validation_labels: Path | None = setting(
+        None, help="ground truth for --validation: the gate is then on top-1 accuracy"
+    )
+    max_accuracy_drop: float = setting(
+        0.01,
+        at_least=0,
+        at_most=0.99,
+        help="the gate: with labels, INT8 keeps >= (1 - D) of FP32's top-1 accuracy; without, top-1 "
+        "agreement >= 1 - D on the images FP32 is confident about (docs/quantization.md)",
+    )
+    confidence: float = setting(
+        0.5,
+        at_least=0,
+        at_most=0.99,
+        help="FP32 top-1 probability from which a held-out image counts as confident",
+    )
+    min_top5_overlap: float = setting(
+        0.8,
+        at_least=0,
+        at_most=1,
+        help="the gate's floor on top-5 overlap with FP32 over all held-out images",
+    )
+    max_fallback_layers: int | None = setting(
+        None,
+        at_least=0,
+        help="layers the fallback may keep in float",
+        default_help="10%% of the quantized layers",
+    )
 
 
 @dataclass(kw_only=True)
@@ -347,37 +377,40 @@ def build(settings: BuildSettings, log: Callable[[str], None] = print) -> BuildR
 
 def _quantize(settings, plan: rt.ServingPlan, labels, fp32: Path, scratch: Path, log) -> tuple[Path, dict]:
     """The quantize stage: the INT8/FP16 core network and its report entries (accuracy gate included)."""
-    from types import SimpleNamespace
-
-    from cvserve.builders import quantize
+    from cvserve.builders import accuracy, quantize
 
     q = settings.quantization
-    b = settings.serving.batching
-    legacy = SimpleNamespace(  # TODO(quant): replaced by quantize.QuantizeSettings when it lands
-        precision=q.precision,
-        target=plan.target,
-        runtime="onnxruntime",  # never let the stage build an engine: the pipeline does, from the wrap
-        calibration=q.calibration,
-        calibration_samples=q.calibration_samples,
-        calibration_method=q.calibration_method,
-        validation=q.validation,
-        validation_labels=q.validation_labels,
-        max_accuracy_drop=q.max_accuracy_drop,
-        progress=settings.progress,
-        preprocess=settings.preprocess,
-        batching=SimpleNamespace(
-            max_batch_size=b.max_batch_size, preferred_batch_sizes=list(b.preferred_batch_sizes)
+    result = quantize.run(
+        quantize.QuantizeSettings(
+            precision=q.precision,
+            preprocess=settings.preprocess,
+            profile=settings.serving.batching.profile,
+            target=plan.target,
+            runtime=plan.runtime,
+            quantizer=q.quantizer,
+            calibration=q.calibration,
+            calibration_samples=q.calibration_samples,
+            validation=q.validation,
+            validation_labels=q.validation_labels,
+            gate=accuracy.GateSettings(
+                max_accuracy_drop=q.max_accuracy_drop,
+                confidence=q.confidence,
+                min_top5_overlap=q.min_top5_overlap,
+            ),
+            max_fallback_layers=q.max_fallback_layers,
+            class_names=tuple(labels) if settings.labels else None,
+            progress=settings.progress,
         ),
-        labels=settings.labels,
+        fp32,
+        scratch,
+        log,
     )
-    result = quantize.run_quantization(onnx_fp32=fp32, workdir=scratch, settings=legacy, log=log)
-    entries = dict(result.report)
-    quantization = {k: entries.pop(k) for k in ("calibration", "excluded_layers", "fallback") if k in entries}
-    quantization["method"] = q.calibration_method
-    return result.network_file, {
-        "quantization": quantization,
-        "accuracy": entries.get("accuracy"),
-        "throughput": entries.get("throughput"),
+    # FP16 on a GPU: TensorRT builds FP16 from the FP32 ONNX (quantize returns the converted one for the gate).
+    network = fp32 if plan.target == "gpu" and result.precision == "fp16" else result.network
+    return network, {
+        "quantization": result.quantization,
+        "accuracy": result.accuracy,
+        "throughput": result.throughput,
     }
 
 
