@@ -70,7 +70,7 @@ def test_schema2_report_lists_every_section():
         "| `/features/0/Conv` | 0.0213 |",
         "| top-1 agreement | 0.995 |",  # the one number format: 3 significant digits
         "Gate: **passed**",
-        "| thresholds | max_drop: 0.01 |",
+        "Thresholds: max_drop 0.01.",
         "| images/s | 812 |",
         "| speed-up | 2.9 |",
         "| CPU | AMD EPYC 7B13, 2 cores |",

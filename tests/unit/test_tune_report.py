@@ -25,7 +25,8 @@ SCHEMA = Path(__file__).resolve().parents[2] / "helm" / "cvserve" / "values.sche
 def pipeline(layout="ensemble"):
     shape = tc.PipelineShape(pixels_shape=(224, 224, 3), top_k=5, labels=[str(i) for i in range(10)])
     plan = rt.decide(target="cpu", runtime="onnxruntime", layout=layout)
-    cfgs = tc.pipeline_configs("net", plan, shape, tc.Batching(max_batch_size=32), tc.VersionPolicy())
+    batching = tc.Batching(max_batch_size=32, network_instances=1)  # the tuner's chosen step is 1 -> 2
+    cfgs = tc.pipeline_configs("net", plan, shape, batching, tc.VersionPolicy())
     return discover("net", {c.name: c for c in cfgs.values()}.__getitem__)
 
 
@@ -75,9 +76,9 @@ def test_helm_values_match_the_chart_schema():
     values, notes = report.helm_overrides(base, res.best.candidate)
     overrides = values["modelConfigOverrides"]
     policy = {  # the whole policy: the chart replaces dynamic_batching (REJECT is the proto default)
-        "default_timeout_microseconds": 500000,
+        "default_timeout_microseconds": 1000000,  # the build's default: 2 x the SLO, at least 1 s
         "allow_timeout_override": True,
-        "max_queue_size": 64,
+        "max_queue_size": 32,  # one max batch
     }
     assert overrides["net_network"] == {
         "max_batch_size": 16,
