@@ -455,6 +455,7 @@ def _write_models(staged, plan: rt.ServingPlan, spec: PreprocessSpec, artifact, 
         "classifier.py" if plan.layout == "single" else "preprocess.py",
         decoder / "model.py",
     )
+    _copy_resource("cvserve.model_repository", "decoding.py", decoder / "cvserve_decoding.py")
     _copy_resource("cvserve.builders", "preprocessing.py", decoder / "cvserve_preprocessing.py")
     _copy_resource("cvserve.builders", "runners.py", decoder / "cvserve_runners.py")
     spec.save(decoder)
