@@ -53,7 +53,7 @@ def _assert_one_line_error(proc: subprocess.CompletedProcess, needle: str) -> No
             ["--arch", ARCH, "--labels", "/nonexistent/labels.txt"],
             "--labels /nonexistent/labels.txt does not exist",
         ),
-        (["--arch", ARCH, "--input-size", "300"], "resize_shorter (256) is smaller"),
+        (["--arch", ARCH, "--input-size", "300"], "--resize (256) is smaller than the crop"),
         (
             ["--arch", ARCH, "--max-batch-size", "4", "--preferred-batch-sizes", "8"],
             "outside 1..max batch size 4",
