@@ -89,10 +89,12 @@ def server_view(scraper: Any, model: str, t0: float, lo: float, hi: float) -> di
 
     names = sorted(m for m in b[1] if m == model or m.startswith(model + "_"))
     models = window_figures(a[1], b[1], b[0] - a[0], names)
-    steps = {m: f for m, f in models.items() if m != model}
+    # An ensemble's work is in its steps; the single layout's model does the work itself.
+    steps = {m: f for m, f in models.items() if m != model} or {m: f for m, f in models.items() if m == model}
     queue = sum(f["avg_queue_ms"] or 0.0 for f in steps.values())
     compute = sum(f["avg_compute_ms"] or 0.0 for f in steps.values())
     ensemble = models.get(model, {})
+    network = models.get(f"{model}_network") or ensemble
     return {
         "scraped": True,
         "url": scraper.url,
@@ -103,7 +105,7 @@ def server_view(scraper: Any, model: str, t0: float, lo: float, hi: float) -> di
             "steps_avg_queue_ms": round(queue, 3),
             "steps_avg_compute_ms": round(compute, 3),
             "queue_plus_compute_ms": round(queue + compute, 3),
-            "network_avg_batch_size": models.get(f"{model}_network", {}).get("avg_batch_size"),
+            "network_avg_batch_size": network.get("avg_batch_size"),
         },
         "errors": scraper.errors[:5],
         "timeline": {m: scraper.timeline(m, t0) for m in names},

@@ -74,7 +74,9 @@ def gate_note(message: str) -> str:
     return f"INT8 gate failed ({message.split(' (')[0]}): built again with the gate relaxed, measured for speed only"
 
 
-def _build(repository: Path, model: str, precision: str, batching, max_drop: float | None) -> None:
+def _build(
+    repository: Path, model: str, precision: str, batching, max_drop: float | None, runtime: str = "auto"
+) -> None:
     from cvserve.builders.pipeline import BuildSettings, QuantizationOptions, ServingOptions, build
     from cvserve.builders.samples import demo_weights, imagenet_labels_path
 
@@ -89,16 +91,19 @@ def _build(repository: Path, model: str, precision: str, batching, max_drop: flo
         repository=repository,
         progress=False,
         quantization=q,
-        serving=ServingOptions(batching=batching),
+        serving=ServingOptions(batching=batching, runtime=runtime),
     )
     build(settings, log=lambda _m: None)
 
 
-def build_models(repository: Path, name: str, args: argparse.Namespace, log) -> dict[str, dict]:
+def build_models(
+    repository: Path, name: str, args: argparse.Namespace, log, runtime: str = "auto"
+) -> dict[str, dict]:
     """Precision -> the build to measure (built into ``repository`` unless it already holds it).
 
     An INT8 build that fails its accuracy gate is rebuilt with the gate relaxed, and marked: the bench
     measures its speed; whether it may be served is the gate's decision (see the build report).
+    ``runtime`` other than auto builds ``NAME_<precision>_<runtime>`` for the runtime comparison.
     """
     from cvserve.builders import triton_config as tc
     from cvserve.errors import BuildError
@@ -106,22 +111,23 @@ def build_models(repository: Path, name: str, args: argparse.Namespace, log) -> 
     batching = tc.Batching(queue_timeout_ms=args.queue_timeout_ms, max_queue_size=args.max_queue_size)
     builds = {}
     for precision in PRECISIONS:
-        model, note, gate_error = f"{name}_{precision}", None, None
+        suffix = "" if runtime == "auto" else f"_{runtime}"
+        model, note, gate_error = f"{name}_{precision}{suffix}", None, None
         found = _newest_report(repository, model)
         if found is None:
             log(f"building {model} ...")
             t = time.perf_counter()
             try:
-                _build(repository, model, precision, batching, args.int8_max_accuracy_drop)
+                _build(repository, model, precision, batching, args.int8_max_accuracy_drop, runtime)
             except BuildError as exc:
                 if precision == "fp32":
                     raise
                 note, gate_error = gate_note(str(exc)), str(exc)
                 log(f"  {gate_error.split('. ')[0]}")
                 log(
-                    f"  rebuilding {model} with the gate relaxed (max accuracy drop 1.0) to measure its speed ..."
+                    f"  rebuilding {model} with the gate relaxed (max accuracy drop 0.99) to measure its speed ..."
                 )
-                _build(repository, model, precision, batching, 1.0)
+                _build(repository, model, precision, batching, 0.99, runtime)
             log(f"  built in {time.perf_counter() - t:.0f} s")
             found = _newest_report(repository, model)
         else:
@@ -144,12 +150,12 @@ def build_models(repository: Path, name: str, args: argparse.Namespace, log) -> 
     return builds
 
 
-def networks_of(builds: dict[str, dict]) -> list[Network]:
+def networks_of(builds: dict[str, dict], suffix: str = "") -> list[Network]:
     from cvserve.builders.preprocessing import PreprocessSpec
 
     return [
         Network(
-            label=p,
+            label=p + suffix,
             path=Path(b["version_dir"]) / b["file"],
             runtime=b["runtime"],
             spec=PreprocessSpec.load(b["version_dir"]),
@@ -273,6 +279,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--int8-max-accuracy-drop", type=float, default=None, help="INT8 gate (default: cvserve build's)"
     )
+    p.add_argument(
+        "--compare-runtime",
+        default="onnxruntime",
+        help="also build and measure the stage costs in this CPU runtime ('' to skip)",
+    )
     p.add_argument("--output", type=Path, default=Path("reports/bench.json"), help="JSON; .md beside it")
     return p.parse_args(argv)
 
@@ -293,9 +304,16 @@ def main(argv: list[str] | None = None) -> int:
         repository = args.repository or Path(tmp) / "models"
         builds = build_models(repository, args.name, args, log)
         networks = networks_of(builds)
+        compared = {}
+        if args.compare_runtime:  # the same precisions in the other CPU runtime, for its stage costs only
+            compared = build_models(repository, args.name, args, log, runtime=args.compare_runtime)
         log(f"stage costs ({args.rounds} alternating rounds) ...")
         costs = bench_measure.stage_costs(
-            networks, images, cores=cores, rounds=args.rounds, seconds=args.stage_seconds
+            networks + networks_of(compared, f" ({args.compare_runtime})"),
+            images,
+            cores=cores,
+            rounds=args.rounds,
+            seconds=args.stage_seconds,
         )
         log(f"in-process loop ({args.loop_seconds:.0f} s per precision, alternating) ...")
         loop = bench_measure.loop(networks, images, cores=cores, rounds=4, seconds=args.loop_seconds)
@@ -321,6 +339,7 @@ def main(argv: list[str] | None = None) -> int:
         "versions": _versions(),
         "images": f"{len(images)} scikit-image sample photos as JPEG q90, one per request",
         "builds": builds,
+        "compared_builds": compared,
         "build_queue_policy": {
             "queue_timeout_ms": args.queue_timeout_ms,
             "max_queue_size": args.max_queue_size,

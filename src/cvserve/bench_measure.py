@@ -112,6 +112,7 @@ def stage_costs(
         decode, one = med["decode"]["cpu_ms"], med["network_1t"]["cpu_ms"]
         budget = med[f"network_{cores}t"]
         out[n.label] = {
+            "runtime": n.runtime,
             "decode_cpu_ms": decode,
             "decode_wall_ms": med["decode"]["wall_ms"],
             "network_1t_cpu_ms": one,
