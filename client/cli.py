@@ -1,12 +1,43 @@
-"""``cvserve predict NAME IMAGE...``: classify image files with a served model and print the top classes."""
+"""``cvserve predict NAME IMAGE...``: classify image files with a served model and print the top classes.
+
+Its flags are derived from :class:`PredictSettings` (:mod:`cvserve.settings`, standard library only, so
+the core install keeps ``cvserve predict``).
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from cvserve.settings import add_arguments, from_args, setting
+
+_TLS = "TLS (mutual TLS with a client key and certificate chain)"
+
+
+@dataclass(kw_only=True)
+class PredictSettings:
+    """What ``cvserve predict`` takes."""
+
+    model: str = setting(positional=True, metavar="NAME", help="the served model name, e.g. mobilenet_v2")
+    images: list[Path] = setting(positional=True, parser=Path, metavar="IMAGE", help="JPEG or PNG files")
+    url: str | None = setting(
+        None,
+        metavar="HOST:PORT",
+        help="gRPC address of the server",
+        default_help="$CVSERVE_URL or localhost:8001",
+    )
+    top_k: int | None = setting(
+        None, at_least=1, help="classes to print per image", default_help="all the model returns"
+    )
+    timeout: float = setting(30.0, above=0, help="deadline of the call in seconds")
+    json: bool = setting(False, help="print JSON instead of a table")
+    ssl: bool = setting(False, group=_TLS, help="use TLS (implied by a certificate flag)")
+    root_certificates: Path | None = setting(None, group=_TLS, help="PEM root certificates of the server")
+    private_key: Path | None = setting(None, group=_TLS, help="the client's PEM private key")
+    certificate_chain: Path | None = setting(None, group=_TLS, help="the client's PEM certificate chain")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -16,42 +47,40 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="classify images with a served model",
         description="Send image files to a cvserve (Triton) server and print each image's top classes.",
     )
-    p.add_argument("model", metavar="NAME", help="the served model name, e.g. mobilenet_v2")
-    p.add_argument("images", metavar="IMAGE", nargs="+", help="image files (JPEG, PNG...)")
-    p.add_argument(
-        "--url",
-        default=os.environ.get("CVSERVE_URL", "localhost:8001"),
-        help="gRPC address host:port of the server (default: $CVSERVE_URL or localhost:8001)",
+    add_arguments(
+        p, PredictSettings, argument_kwargs=lambda flag: {"nargs": "+"} if flag == "--images" else {}
     )
-    p.add_argument(
-        "--top-k", type=int, default=None, help="classes to print per image (default: all the model returns)"
-    )
-    p.add_argument(
-        "--timeout", type=float, default=30.0, help="deadline of the call in seconds (default: 30)"
-    )
-    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    """Classify ``args.images`` with ``args.model``; return the exit code (0)."""
+    """Classify the images with the model; return the exit code (0)."""
     from cvserve.client.sync import Client  # keeps `cvserve --help` from importing gRPC
 
-    with Client(args.url, model=args.model, timeout=args.timeout) as client:
-        results = client.classify(args.images, top_k=args.top_k)
-    if args.json:
+    s = from_args(PredictSettings, args)
+    with Client(
+        s.url,
+        model=s.model,
+        timeout=s.timeout,
+        ssl=s.ssl,
+        root_certificates=s.root_certificates,
+        private_key=s.private_key,
+        certificate_chain=s.certificate_chain,
+    ) as client:
+        results = client.classify([str(p) for p in s.images], top_k=s.top_k)
+    if s.json:
         payload = [
-            {"image": image, "classes": [asdict(c) for c in classes]}
-            for image, classes in zip(args.images, results, strict=True)
+            {"image": str(image), "classes": [asdict(c) for c in classes]}
+            for image, classes in zip(s.images, results, strict=True)
         ]
         json.dump(payload, sys.stdout, indent=2)
         sys.stdout.write("\n")
         return 0
-    for image, classes in zip(args.images, results, strict=True):
+    for image, classes in zip(s.images, results, strict=True):
         print(image)
         for rank, c in enumerate(classes, 1):
             print(f"  {rank:>2}. {c.score:6.2%}  {c.label} ({c.index})")
     return 0
 
 
-__all__ = ["register", "run"]
+__all__ = ["PredictSettings", "register", "run"]

@@ -8,6 +8,7 @@ import inspect
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -157,11 +158,13 @@ def test_predict_cli_is_registered():
     args = parser.parse_args(["predict", "mobilenet_v2", "a.jpg", "b.png", "--top-k", "3", "--json"])
     assert (args.model, args.images, args.top_k, args.json, args.func) == (
         "mobilenet_v2",
-        ["a.jpg", "b.png"],
+        [Path("a.jpg"), Path("b.png")],
         3,
         True,
         cli.run,
     )
+    settings = cli.from_args(cli.PredictSettings, args)  # flags derived from the settings dataclass
+    assert settings.images == [Path("a.jpg"), Path("b.png")] and settings.url is None
 
 
 def test_predict_cli_reports_client_errors_with_exit_1(capsys):
