@@ -228,7 +228,7 @@ def test_no_model_repository_fails_with_required_message() -> None:
         ({"tls": {"enabled": True}}, "tls.secretName is required when tls.enabled"),
         (
             {"tls": {"enabled": True, "secretName": "t", "mutual": True}},
-            "helmTest cannot pass tls.mutual",
+            "helmTest.clientTlsSecretName is required with tls.mutual",
         ),
         ({"helmTest": {"model": ""}}, "helmTest.model is required"),
         ({"autoscaling": {"enabled": True, "minReplicas": 5, "maxReplicas": 2}}, "must not exceed"),
@@ -1104,3 +1104,21 @@ def test_schema_covers_every_values_key() -> None:
         schema = chart.schema
     assert schema["properties"]["replicaCount"]["type"] == "integer"
     assert schema["additionalProperties"] is False
+
+
+def test_helm_test_passes_a_client_certificate_under_mutual_tls() -> None:
+    values = merge(
+        BASE,
+        {
+            "tls": {"enabled": True, "secretName": "server-tls", "mutual": True},
+            "helmTest": {"clientTlsSecretName": "client-tls"},
+        },
+    )
+    pod = next(o for o in objects(render(values)) if o["kind"] == "Pod" and "test" in o["metadata"]["name"])
+    command = pod["spec"]["containers"][0]["command"]
+    assert command[command.index("--url") + 1].startswith("grpcs://")
+    assert command[command.index("--private-key") + 1] == "/etc/cvserve/client-tls/tls.key"
+    assert command[command.index("--certificate-chain") + 1] == "/etc/cvserve/client-tls/tls.crt"
+    assert command[command.index("--root-certificates") + 1] == "/etc/cvserve/client-tls/ca.crt"
+    [secret] = [v for v in pod["spec"]["volumes"] if "secret" in v]
+    assert secret["secret"]["secretName"] == "client-tls"
