@@ -80,6 +80,12 @@ def test_report_renders_every_section():
     }  # fmt: skip
     md = render("bench_report.md.j2", r=result)
     assert "**perf_analyzer unavailable (offline)**" in md
-    assert "| fp32 | 3 | 12 / 12.5 |" in md and "| fp32 | 50 | 20 | 25 | 1000 |" in md
+    assert "| fp32 | - | 3 | 12 / 12.5 |" in md and "| fp32 | 50 | 20 | 25 | 1000 |" in md
+    # the runtime comparison: the other runtime's builds appear in the stage-cost table, not as served rows
+    compared = {**cost, "runtime": "onnxruntime"}
+    result["stage_costs"]["fp32 (onnxruntime)"] = compared
+    result["compared_builds"] = {"fp32": {"note": None}}
+    md = render("bench_report.md.j2", r=result)
+    assert "| fp32 (onnxruntime) | onnxruntime | 3 |" in md and "measured in the same rounds" in md
     assert "p50 <= loop p50 + 3 ms: **missed**" in md and "served/loop >= 1.2: met" in md
     assert "Where the time goes" in md and "fp32, client, c=16: Triton per request: queue 30.0 ms" in md
