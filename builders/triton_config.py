@@ -42,7 +42,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 from cvserve.builders.profile import EngineProfile
 from cvserve.builders.runtime import ServingPlan
 from cvserve.errors import UserInputError
-from cvserve.settings import setting
+from cvserve.settings import integers, setting
 
 IMAGE = "IMAGE"
 PIXELS = "PIXELS"
@@ -75,13 +75,6 @@ def layout_roles(layout: str) -> tuple[str, ...]:
     return ("classifier",) if layout == "single" else ("preprocess", "network", "classifier")
 
 
-def _ints(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        raise UserInputError(f"{text!r}: give comma-separated integers, e.g. 4,8") from None
-
-
 def check_name(name: str) -> str:
     if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_.-]{0,63}", name):
         raise UserInputError(f"--name {name!r}: use letters, digits, '_', '-', '.', starting with a letter")
@@ -94,7 +87,7 @@ class Batching:
 
     max_batch_size: int = setting(32, help="largest batch the server forms (the engine profile's max)")
     preferred_batch_sizes: Sequence[int] = setting(
-        (), parser=_ints, metavar="N,N", help="dynamic batching preferred sizes, e.g. 4,8"
+        (), parser=integers, metavar="N,N", help="dynamic batching preferred sizes, e.g. 4,8"
     )
     max_queue_delay_us: int = setting(
         0, help="how long the batcher waits to fill a batch (0: batch what is waiting)"

@@ -23,6 +23,7 @@ the table on stdout, ``reports/bench.json`` and ``reports/bench.md`` (``template
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import io
 import json
 import os
@@ -35,6 +36,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from cvserve.bench_measure import Network
+from cvserve.errors import UserInputError
+from cvserve.settings import add_arguments, from_args, integers, names, setting
 
 PRECISIONS = ("fp32", "int8")
 GENERATORS = ("perf_analyzer", "client")
@@ -260,32 +263,53 @@ def _versions() -> dict[str, str]:
     return out
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m cvserve.bench", description=__doc__.split("\n\n")[0])
-    p.add_argument("--name", default="mobilenet_v2", help="models NAME_fp32 and NAME_int8")
-    p.add_argument(
-        "--repository", type=Path, help="build into (or reuse the builds in) DIR; default: a temporary one"
+@dataclasses.dataclass(kw_only=True)
+class BenchSettings:
+    """``python -m cvserve.bench``'s settings (flags derived by :mod:`cvserve.settings`)."""
+
+    name: str = setting("mobilenet_v2", help="models NAME_fp32 and NAME_int8")
+    repository: Path | None = setting(
+        None, help="build into (or reuse the builds in) DIR", default_help="a temporary one", metavar="DIR"
     )
-    p.add_argument("--seconds", type=float, default=9.0, help="measured time of each served row")
-    p.add_argument("--loop-seconds", type=float, default=20.0, help="in-process loop time per precision")
-    p.add_argument("--stage-seconds", type=float, default=2.0, help="each stage-cost measurement")
-    p.add_argument("--rounds", type=int, default=3, help="alternating rounds of the stage costs")
-    p.add_argument("--concurrency", type=int, nargs="+", default=[1, 16, 64])
-    p.add_argument("--generators", nargs="+", choices=GENERATORS, default=list(GENERATORS))
+    seconds: float = setting(9.0, help="measured time of each served row", above=0)
+    loop_seconds: float = setting(20.0, help="in-process loop time per precision", above=0)
+    stage_seconds: float = setting(2.0, help="each stage-cost measurement", above=0)
+    rounds: int = setting(3, help="alternating rounds of the stage costs", at_least=1)
+    concurrency: tuple[int, ...] = setting((1, 16, 64), parser=integers, metavar="N,N", help="served rows")
+    generators: tuple[str, ...] = setting(
+        GENERATORS, parser=names, metavar="NAME,NAME", help=f"load generators ({', '.join(GENERATORS)})"
+    )
     # perf_analyzer 2.40 got "Request timeout expired" against the default 500 ms queue timeout even at
     # concurrency 1; a long timeout and a queue for 64 clients also keep c=64 a throughput measurement.
-    p.add_argument("--queue-timeout-ms", type=float, default=10_000.0, help="queue timeout of the builds")
-    p.add_argument("--max-queue-size", type=int, default=256, help="max queue size of the builds")
-    p.add_argument(
-        "--int8-max-accuracy-drop", type=float, default=None, help="INT8 gate (default: cvserve build's)"
+    queue_timeout_ms: float = setting(10_000.0, help="queue timeout of the builds", above=0)
+    max_queue_size: int = setting(256, help="max queue size of the builds", at_least=1)
+    int8_max_accuracy_drop: float | None = setting(
+        None, help="INT8 gate", default_help="cvserve build's", at_least=0
     )
-    p.add_argument(
-        "--compare-runtime",
-        default="onnxruntime",
+    compare_runtime: str = setting(
+        "onnxruntime",
+        metavar="RUNTIME",
         help="also build and measure the stage costs in this CPU runtime ('' to skip)",
     )
-    p.add_argument("--output", type=Path, default=Path("reports/bench.json"), help="JSON; .md beside it")
-    return p.parse_args(argv)
+    output: Path = setting(Path("reports/bench.json"), help="JSON; .md beside it")
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.generators) - set(GENERATORS))
+        if unknown or not self.generators:
+            raise UserInputError(
+                f"--generators {','.join(self.generators)}: choose from {','.join(GENERATORS)}"
+            )
+        if not self.concurrency or min(self.concurrency) < 1:
+            raise UserInputError("--concurrency: give positive whole numbers, e.g. 1,16,64")
+
+
+def parse_args(argv: list[str] | None) -> BenchSettings:
+    p = argparse.ArgumentParser(prog="python -m cvserve.bench", description=__doc__.split("\n\n")[0])
+    add_arguments(p, BenchSettings)
+    try:
+        return from_args(BenchSettings, p.parse_args(argv))
+    except UserInputError as exc:
+        p.error(str(exc))
 
 
 def main(argv: list[str] | None = None) -> int:

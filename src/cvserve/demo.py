@@ -21,11 +21,13 @@ is not the top-1 answer of the served model; a no-go release is a result, not a 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 from pathlib import Path
 
 from cvserve.defaults import DEFAULT_REPOSITORY
+from cvserve.settings import add_arguments, from_args, setting
 
 ARCH = "cvserve.builders.architectures:mobilenet_v2"
 
@@ -89,13 +91,20 @@ def _compare(report: dict) -> None:
     print(f"   quantizer {quant.get('method', '?')}, {len(kept)} layer(s) kept in higher precision")
 
 
+@dataclasses.dataclass(kw_only=True)
+class DemoSettings:
+    """``make demo``'s settings (flags derived by :mod:`cvserve.settings`)."""
+
+    repository: Path = setting(DEFAULT_REPOSITORY, help="the model repository the demo builds into")
+    name: str = setting("mobilenet_v2", help="the model NAME clients call")
+    top_k: int = setting(5, help="classes per image printed", at_least=1)
+    report_dir: Path = setting(Path("reports/demo-release"), help="the release's reports")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m cvserve.demo", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--repository", type=Path, default=DEFAULT_REPOSITORY)
-    parser.add_argument("--name", default="mobilenet_v2")
-    parser.add_argument("--top-k", type=int, default=5)
-    parser.add_argument("--report-dir", type=Path, default=Path("reports/demo-release"))
-    args = parser.parse_args(argv)
+    add_arguments(parser, DemoSettings)
+    args = from_args(DemoSettings, parser.parse_args(argv))
 
     from cvserve.errors import BuildError, CvserveError
     from cvserve.release.example import make_example_golden_set

@@ -116,6 +116,23 @@ def parse_duration(text: str | float) -> float:
     return seconds
 
 
+def integers(text: str) -> tuple[int, ...]:
+    """``"1,16,64"`` -> ``(1, 16, 64)``: a list setting's command-line text (empty parts ignored).
+
+    Raises:
+        UserInputError: a part is not a whole number.
+    """
+    try:
+        return tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise UserInputError(f"{text!r}: give comma-separated whole numbers, e.g. 4,8") from None
+
+
+def names(text: str) -> tuple[str, ...]:
+    """``"a, b"`` -> ``("a", "b")``: a list setting's command-line text (empty parts ignored)."""
+    return tuple(v.strip() for v in text.split(",") if v.strip())
+
+
 def format_duration(seconds: float) -> str:
     """``90`` -> ``"1m30s"``, ``3600`` -> ``"1h"``, ``0.5`` -> ``"0.5s"``: what :func:`parse_duration` reads."""
     if seconds != int(seconds):

@@ -7,6 +7,8 @@ import json
 import struct
 from pathlib import Path
 
+import pytest
+
 from cvserve import perf_analyzer
 from cvserve.bench import jpegs, judge
 from cvserve.reporting import render
@@ -89,3 +91,18 @@ def test_report_renders_every_section():
     assert "| fp32 (onnxruntime) | onnxruntime | 3 |" in md and "measured in the same rounds" in md
     assert "p50 <= loop p50 + 3 ms: **missed**" in md and "served/loop >= 1.2: met" in md
     assert "Where the time goes" in md and "fp32, client, c=16: Triton per request: queue 30.0 ms" in md
+
+
+def test_flags_come_from_the_settings_and_bad_ones_name_the_fix(capsys):
+    from cvserve.bench import BenchSettings, parse_args
+
+    s = parse_args(["--concurrency", "1,16", "--generators", "client", "--compare-runtime", ""])
+    assert s == BenchSettings(concurrency=(1, 16), generators=("client",), compare_runtime="")
+    for argv, fragment in (
+        (["--generators", "wrk"], "choose from perf_analyzer,client"),
+        (["--concurrency", "1,x"], "comma-separated whole numbers"),
+        (["--concurrency", "0"], "positive whole numbers"),
+    ):
+        with pytest.raises(SystemExit) as info:
+            parse_args(argv)
+        assert info.value.code == 2 and fragment in capsys.readouterr().err

@@ -421,10 +421,9 @@ def test_cli_status_text_healthy(
 
 
 def test_cli_needs_release_or_selector() -> None:
-    with pytest.raises(SystemExit):
-        parse(["k8s", "status"])
-    with pytest.raises(SystemExit):
-        parse(["k8s", "status", "--release", "a", "--selector", "b"])
+    for argv in (["k8s", "status"], ["k8s", "status", "--release", "a", "--selector", "b"]):
+        with pytest.raises(UserInputError, match="either --release NAME or --selector LABELS"):
+            cli.run(parse(argv))
     with pytest.raises(UserInputError, match="--selector is empty"):
         cli.selector_for(None, " ")
 

@@ -3,12 +3,47 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 
 from cvserve.errors import UserInputError
+from cvserve.settings import add_arguments, duration, from_args, setting
 
 CHART_NAME = "cvserve"
+
+
+@dataclasses.dataclass(kw_only=True)
+class StatusSettings:
+    """``cvserve k8s status``'s settings (flags derived by :mod:`cvserve.settings`)."""
+
+    release: str | None = setting(
+        None, short="-r", help="Helm release name (selects the chart's pods by its labels); or --selector"
+    )
+    selector: str | None = setting(
+        None, short="-l", help="label selector, e.g. app.kubernetes.io/instance=prod; or --release"
+    )
+    namespace: str | None = setting(
+        None, short="-n", help="namespace", default_help="the context's, else default"
+    )
+    kubeconfig: str | None = setting(None, help="kubeconfig file", default_help="$KUBECONFIG, ~/.kube/config")
+    context: str | None = setting(None, help="kubeconfig context")
+    api_key_header: str = setting(
+        "admin-key", help="header carrying the model-control key when the chart's restrictedApi is enabled"
+    )
+    api_key_env: str = setting(
+        "CVSERVE_RESTRICTED_API_KEY", help="environment variable holding that key (sent only when set)"
+    )
+    timeout_s: float = duration(10.0, help="per API request", above=0)
+    json: bool = setting(False, help="print the report as JSON")
+
+    def __post_init__(self) -> None:
+        if (self.release is None) == (self.selector is None):
+            raise UserInputError("give either --release NAME or --selector LABELS (one of them)")
+
+    @property
+    def label_selector(self) -> str:
+        return selector_for(self.release, self.selector)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -25,26 +60,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "and, for every Triton pod, the state of each model from its /v2/repository/index, queried through "
         "the API server's pod proxy. Exit status: 0 healthy, 2 not (yet) healthy, 1 error.",
     )
-    target = s.add_mutually_exclusive_group(required=True)
-    target.add_argument("--release", "-r", help="Helm release name (selects the chart's pods by its labels)")
-    target.add_argument("--selector", "-l", help="label selector, e.g. app.kubernetes.io/instance=prod")
-    s.add_argument("--namespace", "-n", default=None, help="namespace (default: the context's, else default)")
-    s.add_argument(
-        "--kubeconfig", default=None, help="kubeconfig file (default: $KUBECONFIG, ~/.kube/config)"
-    )
-    s.add_argument("--context", default=None, help="kubeconfig context")
-    s.add_argument(
-        "--api-key-header",
-        default="admin-key",
-        help="header carrying the model-control key when the chart's restrictedApi is enabled",
-    )
-    s.add_argument(
-        "--api-key-env",
-        default="CVSERVE_RESTRICTED_API_KEY",
-        help="environment variable holding that key (sent only when set)",
-    )
-    s.add_argument("--timeout", type=float, default=10.0, help="seconds per API request")
-    s.add_argument("--json", action="store_true", help="print the report as JSON")
+    add_arguments(s, StatusSettings)
     s.set_defaults(func=run)
 
 
@@ -75,18 +91,19 @@ def current_namespace(kubeconfig: str | None, context: str | None) -> str:
 def run(args: argparse.Namespace) -> int:
     from cvserve.k8s.status import collect, format_report, load_api_client
 
-    selector = selector_for(args.release, args.selector)
-    api_client = load_api_client(args.kubeconfig, args.context)
-    namespace = args.namespace or current_namespace(args.kubeconfig, args.context)
-    key = os.environ.get(args.api_key_env)
+    st = from_args(StatusSettings, args)
+    selector = st.label_selector
+    api_client = load_api_client(st.kubeconfig, st.context)
+    namespace = st.namespace or current_namespace(st.kubeconfig, st.context)
+    key = os.environ.get(st.api_key_env)
     report = collect(
         api_client,
         namespace,
         selector,
-        api_key=(args.api_key_header, key) if key else None,
-        timeout_s=args.timeout,
+        api_key=(st.api_key_header, key) if key else None,
+        timeout_s=st.timeout_s,
     )
-    if args.json:
+    if st.json:
         print(json.dumps(report.to_dict(), indent=2))
     else:
         print(format_report(report))
