@@ -21,6 +21,7 @@ Prints a Markdown table (the ``bench_quant.md.j2`` report template) and, with ``
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import tempfile
 import time
@@ -32,7 +33,8 @@ from cvserve.builders import accuracy, quantize, quantizers
 from cvserve.builders.preprocessing import PreprocessSpec
 from cvserve.builders.profile import EngineProfile
 from cvserve.builders.runners import RUNTIMES
-from cvserve.errors import BuildError
+from cvserve.errors import BuildError, UserInputError
+from cvserve.settings import add_arguments, from_args, names, setting
 
 BATCH = 8
 
@@ -168,42 +170,66 @@ def bench_tasks(work: Path, args) -> list[dict]:
     return rows
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument(
-        "--quantizers",
-        nargs="*",
-        default=list(quantizers.QUANTIZERS),
-        choices=quantizers.QUANTIZERS,
-        help="quantizers compared all-INT8 on MobileNetV2 and on the tasks",
+@dataclasses.dataclass(kw_only=True)
+class BenchQuantSettings:
+    """``python -m cvserve.builders.bench_quant``'s settings (flags derived by :mod:`cvserve.settings`)."""
+
+    quantizers: tuple[str, ...] = setting(
+        tuple(quantizers.QUANTIZERS),
+        parser=names,
+        metavar="NAME,NAME",
+        help=f"quantizers compared all-INT8 on MobileNetV2 and on the tasks ({','.join(quantizers.QUANTIZERS)})",
     )
-    p.add_argument(
-        "--served",
-        nargs="*",
-        metavar="RUNTIME:QUANTIZER",
-        help="builds run as served (gate + fallback); default: each runtime with its default quantizer",
+    served: tuple[str, ...] | None = setting(
+        None,
+        parser=names,
+        metavar="RUNTIME:QUANTIZER,...",
+        help="builds run as served (gate + fallback)",
+        default_help="each runtime with its default quantizer",
     )
-    p.add_argument("--runtimes", nargs="+", default=list(RUNTIMES), choices=RUNTIMES)
-    p.add_argument("--calibration-samples", type=int, default=200)
-    p.add_argument(
-        "--held-out",
-        type=int,
-        default=quantize.DEFAULT_HELD_OUT,
-        help="held-out photos (default as a build without --validation; 200 leave 91 confident images, "
+    runtimes: tuple[str, ...] = setting(
+        tuple(RUNTIMES), parser=names, metavar="RUNTIME,RUNTIME", help=f"runtimes ({','.join(RUNTIMES)})"
+    )
+    calibration_samples: int = setting(200, help="calibration photos", at_least=1)
+    held_out: int = setting(
+        quantize.DEFAULT_HELD_OUT,
+        at_least=1,
+        help="held-out photos (as a build without --validation; 200 leave 91 confident images, "
         "fewer than the gate needs at --max-accuracy-drop 0.01)",
     )
-    p.add_argument("--rounds", type=int, default=5, help="alternating FP32/INT8 throughput rounds")
-    p.add_argument("--seconds", type=float, default=2.0, help="per throughput round")
-    p.add_argument("--tasks", nargs="*", default=["digits", "lfw"])
-    p.add_argument("--skip-mobilenet", action="store_true")
-    p.add_argument("--json", type=Path, help="also write the raw figures here")
-    args = p.parse_args(argv)
+    rounds: int = setting(5, help="alternating FP32/INT8 throughput rounds", at_least=1)
+    seconds: float = setting(2.0, help="per throughput round", above=0)
+    tasks: tuple[str, ...] = setting(
+        ("digits", "lfw"), parser=names, metavar="TASK,TASK", help="labelled tasks ('' for none)"
+    )
+    skip_mobilenet: bool = setting(False, help="leave MobileNetV2 out")
+    json: Path | None = setting(None, help="also write the raw figures here")
+
+    def __post_init__(self) -> None:
+        for flag, given, known in (
+            ("--quantizers", self.quantizers, quantizers.QUANTIZERS),
+            ("--runtimes", self.runtimes, RUNTIMES),
+        ):
+            unknown = [v for v in given if v not in known]
+            if unknown or not given:
+                raise UserInputError(f"{flag} {','.join(given)}: choose from {','.join(known)}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m cvserve.builders.bench_quant", description=__doc__.split("\n\n")[0]
+    )
+    add_arguments(p, BenchQuantSettings)
+    try:
+        args = from_args(BenchQuantSettings, p.parse_args(argv))
+    except UserInputError as exc:
+        p.error(str(exc))
     from cvserve.reporting import machine, render
 
     out: dict = {
         "machine": machine(),
         "date": time.strftime("%Y-%m-%d"),
-        "args": {k: str(v) for k, v in vars(args).items()},
+        "args": {k: str(v) for k, v in dataclasses.asdict(args).items()},
     }
     with tempfile.TemporaryDirectory(prefix="cvserve-bench-quant-") as tmp:
         work = Path(tmp)

@@ -122,3 +122,13 @@ def test_cpu_target_ort_is_u8s8_with_per_channel_symmetric_weights(small, tmp_pa
         assert np.abs(weight.astype(int)).max() <= (64 if runtime == "onnxruntime" else 127)
         if runtime == "openvino":
             assert np.abs(weight.astype(int)).max() > 64
+
+
+def test_bench_quant_flags_come_from_its_settings(capsys):
+    from cvserve.builders import bench_quant
+
+    with pytest.raises(SystemExit) as info:
+        bench_quant.main(["--runtimes", "tvm"])
+    assert info.value.code == 2 and "choose from openvino,onnxruntime" in capsys.readouterr().err
+    s = bench_quant.BenchQuantSettings(quantizers=("nncf",), tasks=())
+    assert s.served is None and s.runtimes == ("openvino", "onnxruntime")
