@@ -147,10 +147,19 @@ class _OpenVino(Runner):
         import openvino as ov
 
         core = ov.Core()
+        # No CPU pinning: OpenVINO pins its threads to cores chosen inside each process, so the
+        # instances of a served model (one stub process each, 1 thread each on 2 cores) all landed on
+        # the same core: two processes ran at 1.00 core and 57-64 img/s together, unpinned at 1.99
+        # cores and 112-117 img/s (MobileNetV2 FP32, batch 8; docs/benchmarks.md).
         compiled = core.compile_model(
             core.read_model(path),
             "CPU",
-            {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1},
+            {
+                "INFERENCE_NUM_THREADS": threads,
+                "PERFORMANCE_HINT": "LATENCY",
+                "NUM_STREAMS": 1,
+                "ENABLE_CPU_PINNING": False,
+            },
         )
         self._request = compiled.create_infer_request()  # one request: run() is called from one thread
         self.input_name = compiled.inputs[0].get_any_name()
