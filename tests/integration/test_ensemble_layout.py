@@ -1,0 +1,116 @@
+"""The ensemble layout (the NGC production layout) on the real embedded Triton.
+
+``cvserve build --layout ensemble --runtime onnxruntime`` writes NAME (ensemble) -> NAME_preprocess (the
+python decoder) -> NAME_network (Triton's onnxruntime backend). The embedded server has only the python
+backend, so NAME_network's config is switched to a python model that runs the build's own model.onnx
+with real ONNX Runtime (``ensemble_repo/onnxruntime_network.py``); the ensemble, the decoder and every
+other config are the build's, unchanged. Clients call NAME with encoded images, as in the single layout.
+"""
+
+from __future__ import annotations
+
+import shutil
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+from tritonclient.utils import InferenceServerException
+
+from cvserve.client import Client
+
+NAME = "mobilenet_v2"
+STAND_IN = Path(__file__).parent / "ensemble_repo" / "onnxruntime_network.py"
+
+
+@pytest.fixture(scope="module")
+def ensemble_repository(tmp_path_factory) -> Path:
+    from cvserve.builders import triton_config as tc
+    from cvserve.builders.pipeline import BuildSettings, ServingOptions, build
+    from cvserve.builders.samples import demo_weights, imagenet_labels_path
+
+    repo = tmp_path_factory.mktemp("ensemble") / "models"
+    build(
+        BuildSettings(
+            checkpoint=demo_weights(),
+            arch="cvserve.builders.architectures:mobilenet_v2",
+            name=NAME,
+            labels=imagenet_labels_path(),
+            repository=repo,
+            serving=ServingOptions(layout="ensemble", runtime="onnxruntime"),
+            progress=False,
+        ),
+        log=lambda _m: None,
+    )
+    network = repo / f"{NAME}_network"
+    config = tc.parse((network / "config.pbtxt").read_text())
+    assert config.platform == "onnxruntime_onnx" and config.dynamic_batching.max_queue_delay_microseconds >= 0
+    config.ClearField("platform")
+    config.ClearField("default_model_filename")
+    config.backend = "python"
+    (network / "config.pbtxt").write_text(tc.to_text(config))
+    shutil.copy(STAND_IN, network / "1" / "model.py")
+    return repo
+
+
+@pytest.fixture(scope="module")
+def server(ensemble_repository: Path):
+    from cvserve.server import ServerSettings, TritonServer
+
+    with TritonServer(
+        ServerSettings(
+            repository=ensemble_repository, grpc_port=0, http_port=0, metrics_port=0, exit_timeout_s=10
+        )
+    ) as triton:
+        yield triton
+
+
+def test_the_build_wrote_the_three_models(ensemble_repository: Path):
+    assert sorted(p.name for p in ensemble_repository.iterdir()) == [
+        NAME,
+        f"{NAME}_network",
+        f"{NAME}_preprocess",
+    ]
+
+
+def test_clients_call_name_with_encoded_images_and_get_the_expected_labels(
+    server, sample_images, expected_labels
+):
+    names = sorted(expected_labels)
+    with Client(server.grpc_url, model=NAME) as client:
+        results = client.classify([sample_images[n] for n in names], top_k=3)
+    for name, top in zip(names, results, strict=True):
+        assert top[0].label == expected_labels[name], (name, top)
+        assert [c.score for c in top] == sorted((c.score for c in top), reverse=True)
+
+
+def test_a_bad_image_fails_only_its_own_request(server, sample_images):
+    good = sample_images["rocket"].read_bytes()
+    outcomes: dict[int, object] = {}
+    done = threading.Event()
+    lock = threading.Lock()
+    n = 12
+
+    def callback(i, result, error):
+        with lock:
+            outcomes[i] = error if error is not None else result
+            if len(outcomes) == n:
+                done.set()
+
+    with grpcclient.InferenceServerClient(server.grpc_url) as grpc:
+        for i in range(n):
+            data = b"definitely not an image" if i == 5 else good
+            inp = grpcclient.InferInput("IMAGE", [1, 1], "BYTES")
+            inp.set_data_from_numpy(np.array([[data]], dtype=np.object_))
+            grpc.async_infer(NAME, [inp], callback=lambda result, error, i=i: callback(i, result, error))
+        assert done.wait(60), "every request answered"
+        assert grpc.is_model_ready(NAME)
+    for i, outcome in outcomes.items():
+        if i == 5:
+            assert isinstance(outcome, InferenceServerException)
+            assert outcome.status() == "StatusCode.INVALID_ARGUMENT", outcome.message()
+            assert "not a JPEG or PNG image" in outcome.message()
+        else:
+            assert not isinstance(outcome, Exception), outcome
+            assert outcome.as_numpy("CLASS_INDEX").shape[-1] >= 1
