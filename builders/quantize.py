@@ -191,7 +191,19 @@ def load_data(settings: QuantizeSettings, log: Log) -> HeldOut:
             for w, given in (("calibration", settings.calibration), ("validation", settings.validation))
             if not given
         ]
-        log(f"[quantize] no --{'/--'.join(missing)} folder: using augmented sample photos")
+        found, known = cal.source_photos(), cal.SOURCE_PHOTOS
+        pip_name = {"skimage": "scikit-image", "sklearn": "scikit-learn"}
+        absent = sorted({pip_name.get(pkg, pkg) for pkg, file in known if Path(file).stem not in found})
+        log(
+            f"[quantize] no --{'/--'.join(missing)} folder: using augmented sample photos "
+            f"({len(found)} of {len(known)} bundled photos"
+            + (
+                f"; pip install {' '.join(absent)} for the rest: the held-out set, and so the gate, differ"
+                if absent
+                else ""
+            )
+            + ")"
+        )
     calib = (
         cal.load_folder(settings.calibration, settings.calibration_samples)
         if settings.calibration
