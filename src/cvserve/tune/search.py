@@ -102,14 +102,21 @@ class Tuner:
         self._cache: dict[Candidate, Trial] = {}
         self._run_walls: list[float] = []
         self._apply_walls: list[float] = []
+        self._reserving = False
 
     # -- budget --------------------------------------------------------------------------------
     def _run_estimate(self) -> float:
         w = self._run_walls
         return max(w[-5:]) if w else self.s.run_estimate_s
 
-    def _fits(self, runs: int, apply: bool = False) -> bool:
-        need = runs * self._run_estimate() + (max(self._apply_walls[-3:], default=5.0) if apply else 0.0)
+    def _fits(self, runs: int, apply: bool = False, *, reserve: bool = True) -> bool:
+        """Whether ``runs`` load runs (and an apply) fit in the budget. Exploration keeps a reserve for
+        re-measuring the start at the winner's load (:meth:`_recheck_start`): a winner that cannot be
+        checked is not credited, so the check must never be the thing the budget runs out on."""
+        apply_s = max(self._apply_walls[-3:], default=5.0)
+        need = runs * self._run_estimate() + (apply_s if apply else 0.0)
+        if reserve and self._reserving:
+            need += self.s.repeats * self._run_estimate() + apply_s
         return self.clock() + need <= self._deadline
 
     def _measure(self, candidate: Candidate, users: int) -> Measurement:
@@ -191,6 +198,7 @@ class Tuner:
             f"noise: throughput spread {num(noise * 100)}% over repeats; a win needs > {num(margin * 100)}%"
         )
         best, stopped_by = base, "converged"
+        self._reserving = True  # from here on, keep time to re-check the start (see _fits)
         changed = True
         while changed and stopped_by == "converged":
             changed = False
@@ -200,6 +208,7 @@ class Tuner:
                 if out_of_time:
                     stopped_by = "budget"
                     break
+        self._reserving = False
         if best is not base:
             base, best = self._recheck_start(base, best, margin)
         self.applier.apply(best.candidate)
@@ -224,12 +233,12 @@ class Tuner:
         users = best.summary.users if best.summary else None
         if users is None or base.summary is None or users == base.summary.users:
             return base, best
-        if not self._fits(self.s.repeats, apply=True):
-            self.log("  (no budget left to re-measure the start at the winner's load)")
-            return base, best
+        if not self._fits(self.s.repeats, apply=True, reserve=False):
+            self.log("  (no budget left to re-measure the start at the winner's load: the start is kept)")
+            return base, base
         self.applier.apply(base.candidate)
         runs = [self._measure(base.candidate, users)]
-        while len(runs) < self.s.repeats and self._fits(1):
+        while len(runs) < self.s.repeats and self._fits(1, reserve=False):
             runs.append(self._measure(base.candidate, users))
         summary = summarise(runs)
         recheck = Trial(
