@@ -85,7 +85,12 @@ def check_name(name: str) -> str:
 class Batching:
     """Dynamic batching, admission control, instances and threads; ops tune these (``cvserve tune``)."""
 
-    max_batch_size: int = setting(32, help="largest batch the server forms (the engine profile's max)")
+    # 16: under overload an admitted request waits for a running batch and its own, so the batch's run
+    # time bounds the admitted latency. On the 2-core CPU reference (one intra-op thread per instance) an
+    # FP32 MobileNetV2 batch of 32 takes ~0.7 s, more than the default 500 ms SLO: R2 admitted p95
+    # 1.66 s with 32, 0.90 s with 16 (within 2 x SLO), and an A/B at 8 users served the same
+    # throughput with either (docs/benchmarks.md). GPUs want larger batches: --max-batch-size.
+    max_batch_size: int = setting(16, help="largest batch the server forms (the engine profile's max)")
     preferred_batch_sizes: Sequence[int] = setting(
         (), parser=integers, metavar="N,N", help="dynamic batching preferred sizes, e.g. 4,8"
     )

@@ -125,7 +125,7 @@ def test_second_build_adds_version_2_and_rollback_pins_version_1(repo_copy, resn
     proc = cvserve("rollback", "mobilenet_v2", "1", "--repository", repo_copy)
     assert proc.returncode == 0, proc.stderr
     text = (repo_copy / "mobilenet_v2" / "config.pbtxt").read_text()
-    assert "specific" in text and "versions: 1" in text and "max_batch_size: 32" in text
+    assert "specific" in text and "versions: 1" in text and "max_batch_size: 16" in text
 
 
 def test_serve_reports_a_model_that_fails_to_load_with_tritons_reason(repo_copy):

@@ -26,8 +26,10 @@ SHAPE = tc.PipelineShape(pixels_shape=(224, 224, 3), top_k=5, labels=["a", "b", 
 
 
 def configs(layout="single", runtime="openvino", target="cpu", **batching) -> dict[str, mc.ModelConfig]:
-    """Model name -> config, as cvserve build writes them."""
+    """Model name -> config, as cvserve build writes them (max batch 32 unless given: the figures below
+    are written for it, whatever the build default)."""
     plan = rt.decide(target=target, runtime=runtime, layout=layout)
+    batching.setdefault("max_batch_size", 32)
     cfgs = tc.pipeline_configs("net", plan, SHAPE, tc.Batching(**batching), tc.VersionPolicy())
     return {cfg.name: cfg for cfg in cfgs.values()}
 
