@@ -148,6 +148,8 @@ def test_requests_were_batched_by_the_dynamic_batcher(grpc, sample_images):
 
 
 def test_a_request_with_many_images_in_one_call(grpc, sample_images):
-    data = [p.read_bytes() for p in sample_images.values()] * 3
+    max_batch = grpc.get_model_config(MODEL, as_json=True)["config"]["max_batch_size"]
+    photos = [p.read_bytes() for p in sample_images.values()]
+    data = (photos * max_batch)[:max_batch]  # one call as large as the model takes
     result = grpc.infer(MODEL, _request(data))
     assert result.as_numpy("CLASS_INDEX").shape == (len(data), 5)
