@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-DEMO_MODEL = "mobilenet_v2"
+from ._demo import build_demo
+
 LENIENT_QUEUE_TIMEOUT_MS = 60_000.0
 LENIENT_QUEUE_SIZE = 1024
 
@@ -32,7 +33,7 @@ def expected_labels() -> dict[str, str]:
 
 @pytest.fixture(scope="session")
 def demo_build(tmp_path_factory: pytest.TempPathFactory):
-    """The demo MobileNetV2 (torchvision's published ImageNet weights) built into a fresh repository.
+    """The demo MobileNetV2 built into a fresh repository.
 
     Built as ``make demo`` builds it, except for admission control: the defaults (one max batch of
     queue, 2 x the SLO) reject what a burst of test calls (200 at once in the client's tests) or a busy
@@ -40,26 +41,10 @@ def demo_build(tmp_path_factory: pytest.TempPathFactory):
     own (test_reliability.py, test_client_overload.py).
     """
     from cvserve.builders import triton_config as tc
-    from cvserve.builders.pipeline import BuildSettings, ServingOptions, build
-    from cvserve.builders.samples import demo_weights, imagenet_labels_path
+    from cvserve.builders.pipeline import ServingOptions
 
-    repo = tmp_path_factory.mktemp("repo") / "models"
-    return build(
-        BuildSettings(
-            checkpoint=demo_weights(),
-            arch="cvserve.builders.architectures:mobilenet_v2",
-            name=DEMO_MODEL,
-            labels=imagenet_labels_path(),
-            repository=repo,
-            serving=ServingOptions(
-                batching=tc.Batching(
-                    queue_timeout_ms=LENIENT_QUEUE_TIMEOUT_MS, max_queue_size=LENIENT_QUEUE_SIZE
-                )
-            ),
-            progress=False,
-        ),
-        log=lambda _m: None,
-    )
+    lenient = tc.Batching(queue_timeout_ms=LENIENT_QUEUE_TIMEOUT_MS, max_queue_size=LENIENT_QUEUE_SIZE)
+    return build_demo(tmp_path_factory.mktemp("repo") / "models", ServingOptions(batching=lenient))
 
 
 @pytest.fixture(scope="session")

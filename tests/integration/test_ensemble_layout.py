@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import shutil
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -20,29 +21,19 @@ from tritonclient.utils import InferenceServerException
 
 from cvserve.client import Client
 
-NAME = "mobilenet_v2"
+from ._demo import DEMO_MODEL as NAME
+from ._demo import build_demo
+
 STAND_IN = Path(__file__).parent / "ensemble_repo" / "onnxruntime_network.py"
 
 
 @pytest.fixture(scope="module")
 def ensemble_repository(tmp_path_factory) -> Path:
     from cvserve.builders import triton_config as tc
-    from cvserve.builders.pipeline import BuildSettings, ServingOptions, build
-    from cvserve.builders.samples import demo_weights, imagenet_labels_path
+    from cvserve.builders.pipeline import ServingOptions
 
     repo = tmp_path_factory.mktemp("ensemble") / "models"
-    build(
-        BuildSettings(
-            checkpoint=demo_weights(),
-            arch="cvserve.builders.architectures:mobilenet_v2",
-            name=NAME,
-            labels=imagenet_labels_path(),
-            repository=repo,
-            serving=ServingOptions(layout="ensemble", runtime="onnxruntime"),
-            progress=False,
-        ),
-        log=lambda _m: None,
-    )
+    build_demo(repo, ServingOptions(layout="ensemble", runtime="onnxruntime"))
     network = repo / f"{NAME}_network"
     config = tc.parse((network / "config.pbtxt").read_text())
     assert config.platform == "onnxruntime_onnx" and config.dynamic_batching.max_queue_delay_microseconds >= 0
@@ -114,3 +105,27 @@ def test_a_bad_image_fails_only_its_own_request(server, sample_images):
         else:
             assert not isinstance(outcome, Exception), outcome
             assert outcome.as_numpy("CLASS_INDEX").shape[-1] >= 1
+
+
+def test_malformed_framing_fails_only_its_own_request(server, ensemble_repository, sample_images):
+    """The ensemble's decoder has no dynamic batching, so a BYTES element whose length prefix runs past
+    its data (which fails a whole dynamic batch in Triton 2.51's python backend) fails alone here."""
+    from cvserve.builders import triton_config as tc
+    from cvserve.reliability import payloads as pl
+
+    decoder = tc.parse((ensemble_repository / f"{NAME}_preprocess" / "config.pbtxt").read_text())
+    assert not decoder.HasField("dynamic_batching")
+    target = pl.Target(NAME, server.grpc_url, "127.0.0.1", server.http_port)
+    good = sample_images["rocket"].read_bytes()
+    malformed = (len(good) + 100).to_bytes(4, "little") + good
+
+    def call(i: int) -> pl.Outcome:
+        return pl.grpc_raw(target, malformed) if i % 4 == 2 else pl.image_request(target, good)
+
+    with ThreadPoolExecutor(12) as pool:
+        outcomes = list(pool.map(call, range(24)))
+    for i, outcome in enumerate(outcomes):
+        if i % 4 == 2:
+            assert outcome.status == "INVALID_ARGUMENT" and "incomplete string data" in outcome.message
+        else:
+            assert outcome.ok, (i, outcome)

@@ -164,7 +164,9 @@ def test_malformed_framing_sent_alone_is_rejected_and_the_model_keeps_serving(to
 
 
 @pytest.mark.xfail(
-    strict=True,
+    # Not strict: whether the malformed request shares a dynamic batch with good ones depends on timing,
+    # so on a run where it happens to execute alone this passes.
+    strict=False,
     reason="Triton 2.51 (and core/python_backend main): core does not check that the last BYTES element "
     "is complete, and the python backend fails the whole batch when one request's element is not "
     "(python_be.cc GetInputTensor -> ValidateStringBuffer); see docs/security.md",

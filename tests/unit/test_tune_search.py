@@ -226,29 +226,8 @@ class UnluckyStart(Model):
         return m
 
 
-def test_a_winner_only_credited_with_more_load_is_checked_against_the_start_at_that_load():
-    clock = Clock()
-    space = build_space(START, batch_bound=32, max_instances=2, slo_p95_ms=30.0, cores=CORES)
-    t = Tuner(
-        space,
-        applier=Applier(clock),
-        measure=UnluckyStart(clock),
-        settings=SearchSettings(
-            slo_p95_ms=30.0, price_per_hour=3.6, budget_s=900.0, repeats=3, start_users=2
-        ),
-        clock=clock,
-        log=lambda _m: None,
-    )
-    result = t.run(START)
-    # Nothing is really better than the start: the re-measured start at the same load keeps it.
-    assert result.best.candidate == START
-    assert result.start.summary.users == result.best.summary.users
-
-
-@pytest.mark.parametrize("budget_s", [150.0, 250.0, 400.0, 900.0])
-def test_a_winner_at_another_load_is_never_credited_unchecked(budget_s):
-    """Whatever the budget, exploration leaves time to re-measure the start at the winner's load, or
-    the start is kept: a change the tuner writes was compared at the same number of users."""
+def unlucky_run(budget_s: float):
+    """A search from a start whose first run was unluckily slow (:class:`UnluckyStart`). -> (result, clock)"""
     clock = Clock()
     space = build_space(START, batch_bound=32, max_instances=2, slo_p95_ms=30.0, cores=CORES)
     t = Tuner(
@@ -261,6 +240,20 @@ def test_a_winner_at_another_load_is_never_credited_unchecked(budget_s):
         clock=clock,
         log=lambda _m: None,
     )
-    result = t.run(START)
+    return t.run(START), clock
+
+
+def test_a_winner_only_credited_with_more_load_is_checked_against_the_start_at_that_load():
+    result, _ = unlucky_run(900.0)
+    # Nothing is really better than the start: the re-measured start at the same load keeps it.
+    assert result.best.candidate == START
+    assert result.start.summary.users == result.best.summary.users
+
+
+@pytest.mark.parametrize("budget_s", [150.0, 250.0, 400.0, 900.0])
+def test_a_winner_at_another_load_is_never_credited_unchecked(budget_s):
+    """Whatever the budget, exploration leaves time to re-measure the start at the winner's load, or
+    the start is kept: a change the tuner writes was compared at the same number of users."""
+    result, clock = unlucky_run(budget_s)
     assert result.best.candidate == START or result.start.summary.users == result.best.summary.users
     assert clock() <= budget_s + 1e-6
