@@ -81,7 +81,7 @@ test-integration: $(STAMPS)/dev
 bench: $(STAMPS)/dev
 	$(PY) -m cvserve.bench
 
-# Hostile input, overload, rollout, kill -9 and SIGTERM against the embedded server (about 6 minutes;
+# Hostile input, overload, rollout, kill -9 and SIGTERM against the embedded server (about 3 minutes;
 # the Reliability section of docs/benchmarks.md). A script that measures, not a test.
 .PHONY: reliability
 reliability: $(STAMPS)/dev
