@@ -69,6 +69,7 @@ def test_garbage_file(tmp_path):
         load_model(path, ARCH)
 
 
+@pytest.mark.slow  # scripts and exports a model: about 4 s
 def test_torchscript_and_exported_program(tmp_path):
     net = torch.nn.Sequential(
         torch.nn.Conv2d(3, 4, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(4, 3)

@@ -60,6 +60,7 @@ def _settings(checkpoint, repo, **serving) -> BuildSettings:
     )
 
 
+@pytest.mark.slow  # three full builds (exports, verification): about 12 s together
 @pytest.mark.parametrize(
     ("file", "arch", "kind", "exporter"),
     [
