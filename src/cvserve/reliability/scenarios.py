@@ -280,6 +280,18 @@ def _judge_good(records: list[Record]) -> tuple[int, int]:
     return failed, wrong
 
 
+def _under_load(operate, workers: int, call, close, *, until, **loop) -> list[Record]:
+    """``workers`` callers loop on ``call`` until ``until()`` while ``operate`` runs in a thread (the
+    rollout, the kill, the signal); the thread is joined and the clients closed whatever happens."""
+    op = threading.Thread(target=operate)
+    op.start()
+    try:
+        return closed_loop(workers, call, until=until, **loop)
+    finally:
+        op.join()
+        close()
+
+
 def r3_rollout(server: ServeProcess, model: str, *, workers: int = 4) -> Result:
     """Version 2 rolled out and rolled back through explicit model control while clients call.
 
@@ -308,13 +320,9 @@ def r3_rollout(server: ServeProcess, model: str, *, workers: int = 4) -> Result:
         time.sleep(3)
         stop.set()
 
-    op = threading.Thread(target=operate)
-    op.start()
     try:
-        records = closed_loop(workers, call, until=stop.is_set)
+        records = _under_load(operate, workers, call, close, until=stop.is_set)
     finally:
-        op.join()
-        close()
         if v2.exists():
             shutil.rmtree(v2)
     failed, wrong = _judge_good(records)
@@ -364,13 +372,7 @@ def r4_kill(server: ServeProcess, model: str, *, workers: int = 4, deadline_s: f
         leftovers["old_shm_regions"] = sorted(regions_before & set(server.shm_regions()))
         stop.set()
 
-    op = threading.Thread(target=operate)
-    op.start()
-    try:
-        records = closed_loop(workers, call, until=stop.is_set)
-    finally:
-        op.join()
-        close()
+    records = _under_load(operate, workers, call, close, until=stop.is_set)
     failed, wrong = _judge_good(records)
     kill = marks.get("kill", 0.0)
     during = [r for r in records if r.start <= kill <= r.end or kill <= r.start <= marks.get("ready", kill)]
@@ -413,13 +415,7 @@ def r5_sigterm(server: ServeProcess, model: str, *, workers: int = 8) -> Result:
         status["exit"] = server.sigterm()
         marks["exited"] = time.monotonic()
 
-    op = threading.Thread(target=operate)
-    op.start()
-    try:
-        records = closed_loop(workers, call, until=lambda: "exited" in marks, pause_s=0.01)
-    finally:
-        op.join()
-        close()
+    records = _under_load(operate, workers, call, close, until=lambda: "exited" in marks, pause_s=0.01)
     from cvserve.server.process import group_members
 
     signal_at = marks["signal"]
