@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import io
 import json
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -27,6 +26,7 @@ from cvserve.client import (
     ModelNotFound,
 )
 from tests.integration import _client_fixtures as fx
+from tests.integration._stats import requests_served
 
 TOY = "toy_classifier"
 COLOURS, TOY_K, TOY_MAX_BATCH = fx.COLOURS, fx.TOY_K, fx.TOY_MAX_BATCH
@@ -146,28 +146,9 @@ def test_deadline_exceeded_is_raised_and_not_retried(client, colour_pngs):
     assert info.value.attempts == 1  # the request may have run: never retried
 
 
-def requests_served(server, model: str, *, at_least: int | None = None) -> int:
-    """How many inference requests ``model`` has answered, from Triton's own statistics.
-
-    Triton counts a request just after answering it, so this waits (up to 10 s) for ``at_least``, or,
-    without it, until the count has settled (the same twice, 0.1 s apart).
-    """
-    import tritonclient.grpc as triton
-
-    with triton.InferenceServerClient(server.grpc_url) as stats:
-        last = None
-        for _ in range(100):
-            count = stats.get_inference_statistics(model).model_stats[0].inference_stats.success.count
-            if (at_least is not None and count >= at_least) or (at_least is None and count == last):
-                break
-            last = count
-            time.sleep(0.1)
-    return count
-
-
 def test_oversized_images_are_refused_before_sending(toy_server, colour_pngs, tmp_path):
     big = png_of_size(5000)
-    before = requests_served(toy_server, TOY)
+    before = requests_served(toy_server.grpc_url, TOY)
     with Client(toy_server.grpc_url, model=TOY, max_image_bytes=4096) as c:
         with pytest.raises(
             InvalidInput, match=r"image 2 of 2 is \d+ bytes.*max_image_bytes \(4096 bytes"
@@ -180,18 +161,18 @@ def test_oversized_images_are_refused_before_sending(toy_server, colour_pngs, tm
             c.classify([path])
         assert c.classify([colour_pngs["red"]])[0][0].label == "red"
     assert (
-        requests_served(toy_server, TOY, at_least=before + 1) == before + 1
+        requests_served(toy_server.grpc_url, TOY, at_least=before + 1) == before + 1
     )  # only the small image reached the server
 
 
 def test_requests_are_split_under_the_request_byte_limit(toy_server, colour_pngs):
     images = [colour_pngs[n] for n in ("red", "green", "blue", "red", "green")]
     per_image = max(len(i) for i in images) + 4
-    before = requests_served(toy_server, TOY)
+    before = requests_served(toy_server.grpc_url, TOY)
     with Client(toy_server.grpc_url, model=TOY, max_request_bytes=2 * per_image) as c:
         results = c.classify(images, top_k=1)  # 5 images, 2 per request: 3 requests
         assert [r[0].label for r in results] == ["red", "green", "blue", "red", "green"]
-        assert requests_served(toy_server, TOY, at_least=before + 3) == before + 3
+        assert requests_served(toy_server.grpc_url, TOY, at_least=before + 3) == before + 3
         with pytest.raises(InvalidInput, match="max_request_bytes"):
             c.classify([png_of_size(3 * per_image)])
     with pytest.raises(InvalidInput, match="max_request_bytes must be a positive number"):
@@ -200,11 +181,13 @@ def test_requests_are_split_under_the_request_byte_limit(toy_server, colour_pngs
 
 def test_infer_is_split_under_the_request_byte_limit(toy_server):
     a = np.arange(20 * 4, dtype=np.float32).reshape(20, 4)  # a row of both inputs is 32 bytes
-    before = requests_served(toy_server, "add_sub")
+    before = requests_served(toy_server.grpc_url, "add_sub")
     with Client(toy_server.grpc_url, max_request_bytes=100) as c:
         out = c.infer("add_sub", {"INPUT0": a, "INPUT1": a})
     np.testing.assert_array_equal(out["OUTPUT0"], 2 * a)
-    assert requests_served(toy_server, "add_sub", at_least=before + 7) == before + 7  # 3 rows a request
+    assert (
+        requests_served(toy_server.grpc_url, "add_sub", at_least=before + 7) == before + 7
+    )  # 3 rows a request
 
 
 def png_of_size(at_least: int) -> bytes:

@@ -12,6 +12,8 @@ import tritonclient.grpc as grpcclient
 from PIL import Image
 from tritonclient.utils import InferenceServerException
 
+from tests.integration._stats import settled_stats
+
 MODEL = "mobilenet_v2"
 
 
@@ -131,16 +133,17 @@ def test_a_bad_image_fails_only_its_own_request(grpc, triton, labels, sample_ima
     assert grpc.is_server_ready() and grpc.is_model_ready(MODEL)
 
 
-def test_requests_were_batched_by_the_dynamic_batcher(grpc, sample_images):
+def test_requests_were_batched_by_the_dynamic_batcher(grpc, triton, sample_images):
     """Concurrent requests end up in fewer executions than requests."""
-    before = grpc.get_inference_statistics(MODEL, as_json=True)["model_stats"][0]
+    before = settled_stats(triton.grpc_url, MODEL)
+    start = int(before["inference_stats"]["success"]["count"])
     data = sample_images["coffee"].read_bytes()
     done = threading.Semaphore(0)
     for _ in range(16):
         grpc.async_infer(MODEL, _request([data]), callback=lambda result, error: done.release())
     for _ in range(16):
         assert done.acquire(timeout=60)
-    after = grpc.get_inference_statistics(MODEL, as_json=True)["model_stats"][0]
+    after = settled_stats(triton.grpc_url, MODEL, at_least=start + 16)
     inferences = int(after["inference_count"]) - int(before.get("inference_count", 0))
     executions = int(after["execution_count"]) - int(before.get("execution_count", 0))
     assert inferences == 16
