@@ -179,7 +179,9 @@ class BuildSettings:
     def __post_init__(self) -> None:
         tc.check_name(self.name)
         check(self)
-        self.serving.plan()  # a bad --target/--runtime/--layout combination fails before any work
+        # A bad --target/--runtime/--layout combination, or batching flags the layout would ignore,
+        # fail before any work.
+        tc.check_layout_batching(self.serving.plan(), self.serving.batching)
         q = self.quantization
         for label, path in (
             ("checkpoint", self.checkpoint),

@@ -23,10 +23,12 @@ two instances by default (``network_instances``): one of them is nearly always w
 thread budget gives each half the cores.
 
 Malformed BYTES framing (a last element whose length prefix runs past its data) passes Triton core's
-check and makes the python backend fail the whole batch it lands in (docs/security.md). The
-ensemble's python decoder therefore does not batch: each request is decoded alone, fails alone, and
-only uint8 pixels reach the batching network. The single layout's model must batch to be fast, so
-there a hostile caller can fail the requests batched with theirs until core checks the last element.
+check and makes the python backend fail the whole batch of requests it lands in (docs/security.md). So
+no python model that reads ``IMAGE`` runs two requests in one execution: the ensemble's decoder has no
+dynamic batcher, and the single layout's model keeps one for admission control but executes one request
+at a time (:data:`ONE_REQUEST_PER_EXECUTION`; a request of n images is still a batch of n). Each bad
+request then fails alone. On the 2-core CPU reference this was also faster than batching requests
+(docs/benchmarks.md, "One request per execution"); ``--batch-requests`` turns request batching back on.
 """
 
 from __future__ import annotations
@@ -63,6 +65,10 @@ DECODE_THREADS_PARAMETER = "decode_threads"  # of the python models that decode
 # still on core main): a derived queue timeout stays a full re-check above it (module docstring).
 BATCHER_RECHECK_MS = 500.0
 MIN_DERIVED_QUEUE_TIMEOUT_MS = 2 * BATCHER_RECHECK_MS
+# A dynamic batcher whose only preferred batch size is 1, with no queue delay, gives every execution
+# exactly one request: a batch grows past its largest preferred size only by its first request (core's
+# dynamic_batch_scheduler.cc, 2.51 and main). Its queue policy still applies.
+ONE_REQUEST_PER_EXECUTION = (1,)
 
 
 def model_names(name: str) -> dict[str, str]:
@@ -92,10 +98,22 @@ class Batching:
     # throughput with either (docs/benchmarks.md). GPUs want larger batches: --max-batch-size.
     max_batch_size: int = setting(16, help="largest batch the server forms (the engine profile's max)")
     preferred_batch_sizes: Sequence[int] = setting(
-        (), parser=integers, metavar="N,N", help="dynamic batching preferred sizes, e.g. 4,8"
+        (),
+        parser=integers,
+        metavar="N,N",
+        help="dynamic batching preferred sizes, e.g. 4,8 (single layout: with --batch-requests)",
     )
     max_queue_delay_us: int = setting(
-        0, help="how long the batcher waits to fill a batch (0: batch what is waiting)"
+        0,
+        help="how long the batcher waits to fill a batch (0: batch what is waiting; single layout: with "
+        "--batch-requests)",
+    )
+    # Off: the single layout's model executes one request at a time, so a request with malformed
+    # framing fails alone (module docstring), and on the 2-core reference it served more, not less.
+    batch_requests: bool = setting(
+        False,
+        help="single layout: let one execution run several requests (off: each runs alone, and a "
+        "malformed one fails only itself; docs/serving.md)",
     )
     # Requests waiting per model before new ones are rejected at once; 0: one max batch. An admitted
     # request then waits for at most the batch running and one batch ahead of it (R2 in
@@ -225,6 +243,26 @@ def _dynamic_batching(b: Batching, preferred: Sequence[int] = ()) -> mc.ModelDyn
     )
 
 
+def check_layout_batching(plan: ServingPlan, b: Batching) -> None:
+    """Refuse batching flags the plan's layout would ignore, naming the fix."""
+    if plan.layout != "single" or b.batch_requests:
+        return
+    flags = [
+        flag
+        for flag, value in (
+            ("--preferred-batch-sizes", b.preferred_batch_sizes),
+            ("--max-queue-delay-us", b.max_queue_delay_us),
+        )
+        if value
+    ]
+    if flags:
+        raise UserInputError(
+            f"{' and '.join(flags)} shape batches of several requests, and the single layout executes "
+            "one request at a time (so a malformed request fails alone): add --batch-requests, or "
+            "serve --layout ensemble"
+        )
+
+
 def _instances(count: int, kind: str) -> list[mc.ModelInstanceGroup]:
     return [mc.ModelInstanceGroup(count=count, kind=mc.ModelInstanceGroup.Kind.Value(kind))]
 
@@ -239,7 +277,12 @@ def _python_params(shape: PipelineShape, b: Batching) -> dict[str, object]:
 def single_config(
     name: str, plan: ServingPlan, shape: PipelineShape, b: Batching, policy: VersionPolicy
 ) -> mc.ModelConfig:
-    """NAME as one python-backend model: decode on a thread pool, run the network in-process."""
+    """NAME as one python-backend model: decode on a thread pool, run the network in-process.
+
+    One request per execution unless ``--batch-requests`` (module docstring).
+    """
+    check_layout_batching(plan, b)
+    preferred = b.preferred_batch_sizes if b.batch_requests else ONE_REQUEST_PER_EXECUTION
     cfg = mc.ModelConfig(
         name=name,
         backend="python",
@@ -247,7 +290,7 @@ def single_config(
         version_policy=policy.proto(),
         input=[mc.ModelInput(name=IMAGE, data_type=mc.TYPE_STRING, dims=[1])],
         output=_outputs(shape),
-        dynamic_batching=_dynamic_batching(b, b.preferred_batch_sizes),
+        dynamic_batching=_dynamic_batching(b, preferred),
         instance_group=_instances(b.network_instances, plan.instance_kind),
     )
     _params(

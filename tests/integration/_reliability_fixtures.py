@@ -1,10 +1,12 @@
-"""Fixtures for the reliability and serving tests: small real python-backend models batched the way
-cvserve builds them (dynamic batching with the default queue policy of
-:class:`cvserve.builders.triton_config.Batching`), in both layouts:
+"""Fixtures for the reliability and serving tests: small real python-backend models scheduled the way
+cvserve builds them (the default queue policy of :class:`cvserve.builders.triton_config.Batching`), in
+both layouts:
 
-* ``toy_single``: one python model that decodes and classifies (the ``single`` layout in small);
-* ``toy_ensemble``: an ensemble ``toy_ensemble_preprocess`` (python) -> ``toy_ensemble_network``
-  (python), the ``ensemble`` layout with python models (the embedded server has no other backend).
+* ``toy_single``: one python model that decodes and classifies (the ``single`` layout in small): a
+  dynamic batcher for admission control that executes one request at a time;
+* ``toy_ensemble``: an ensemble ``toy_ensemble_preprocess`` (python, no batcher: each request decoded
+  alone) -> ``toy_ensemble_network`` (python, batching pixels), the ``ensemble`` layout with python
+  models (the embedded server has no other backend).
 
 Both follow the classifier contract (``IMAGE`` BYTES [1] -> ``CLASS_INDEX``, ``SCORE`` [3]): a red
 picture is class 0. The models' code is in ``reliability_repo/``; configs come from Triton's protobuf.
@@ -19,7 +21,7 @@ from pathlib import Path
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from cvserve.builders.triton_config import Batching
+from cvserve.builders.triton_config import ONE_REQUEST_PER_EXECUTION, Batching
 
 HERE = Path(__file__).parent / "reliability_repo"
 MAX_BATCH = 8
@@ -31,7 +33,18 @@ def _io(name: str, dtype: int, dims: list[int]) -> dict:
     return {"name": name, "data_type": dtype, "dims": dims}
 
 
-def _batched(name: str, inputs, outputs, delay_s: float, instances: int = 1) -> mc.ModelConfig:
+def _batched(
+    name: str,
+    inputs,
+    outputs,
+    delay_s: float,
+    *,
+    one_request: bool = False,
+    batcher: bool = True,
+    instances: int = 1,
+) -> mc.ModelConfig:
+    """A python model's config; ``one_request``: executions of one request (the single layout),
+    ``batcher``: False for no dynamic batcher at all (the ensemble's decoder)."""
     b = Batching(max_batch_size=MAX_BATCH)
     config = mc.ModelConfig(
         name=name,
@@ -41,14 +54,17 @@ def _batched(name: str, inputs, outputs, delay_s: float, instances: int = 1) -> 
         output=[mc.ModelOutput(**o) for o in outputs],
         instance_group=[mc.ModelInstanceGroup(count=instances, kind=mc.ModelInstanceGroup.KIND_CPU)],
         dynamic_batching=mc.ModelDynamicBatching(
+            preferred_batch_size=list(ONE_REQUEST_PER_EXECUTION) if one_request else [],
             default_queue_policy=mc.ModelQueuePolicy(
                 timeout_action=mc.ModelQueuePolicy.REJECT,
                 default_timeout_microseconds=b.queue_timeout_us,
                 allow_timeout_override=True,
                 max_queue_size=b.queue_size,
-            )
+            ),
         ),
     )
+    if not batcher:
+        config.ClearField("dynamic_batching")
     if delay_s:
         config.parameters["delay_s"].string_value = str(delay_s)
     return config
@@ -68,10 +84,15 @@ def write_repository(repo: Path, *, delay_s: float = 0.0, ensemble: bool = True)
     pixels = _io("PIXELS", mc.TYPE_UINT8, [8, 8, 3])
     outputs = [_io("CLASS_INDEX", mc.TYPE_INT64, [K]), _io("SCORE", mc.TYPE_FP32, [K])]
     repo.mkdir(parents=True, exist_ok=True)
-    _write(repo, _batched("toy_single", [image], outputs, delay_s), "toy_single.py")
+    # Two instances, as builds give the model that runs the network (builders/triton_config.py: with a
+    # queue policy, an instance that is handing back its last execution misses a new request's wake-up,
+    # which then waits for the batcher's 500 ms re-check unless another instance is waiting).
+    single = _batched("toy_single", [image], outputs, delay_s, one_request=True, instances=2)
+    _write(repo, single, "toy_single.py")
     if not ensemble:
         return repo
-    _write(repo, _batched("toy_ensemble_preprocess", [image], [pixels], delay_s), "toy_preprocess.py")
+    preprocess = _batched("toy_ensemble_preprocess", [image], [pixels], delay_s, batcher=False)
+    _write(repo, preprocess, "toy_preprocess.py")
     _write(repo, _batched("toy_ensemble_network", [pixels], outputs, delay_s), "toy_network.py")
     step = mc.ModelEnsembling.Step
     ensemble_config = mc.ModelConfig(

@@ -133,8 +133,9 @@ def test_a_bad_image_fails_only_its_own_request(grpc, triton, labels, sample_ima
     assert grpc.is_server_ready() and grpc.is_model_ready(MODEL)
 
 
-def test_requests_were_batched_by_the_dynamic_batcher(grpc, triton, sample_images):
-    """Concurrent requests end up in fewer executions than requests."""
+def test_each_request_executes_alone_and_its_images_as_one_batch(grpc, triton, sample_images):
+    """16 concurrent one-image requests: 16 executions (none joins another, so a request with malformed
+    framing fails alone, docs/security.md); one request of 4 images: one execution of batch 4."""
     before = settled_stats(triton.grpc_url, MODEL)
     start = int(before["inference_stats"]["success"]["count"])
     data = sample_images["coffee"].read_bytes()
@@ -143,11 +144,11 @@ def test_requests_were_batched_by_the_dynamic_batcher(grpc, triton, sample_image
         grpc.async_infer(MODEL, _request([data]), callback=lambda result, error: done.release())
     for _ in range(16):
         assert done.acquire(timeout=60)
-    after = settled_stats(triton.grpc_url, MODEL, at_least=start + 16)
+    grpc.infer(MODEL, _request([data] * 4))
+    after = settled_stats(triton.grpc_url, MODEL, at_least=start + 17)
     inferences = int(after["inference_count"]) - int(before.get("inference_count", 0))
     executions = int(after["execution_count"]) - int(before.get("execution_count", 0))
-    assert inferences == 16
-    assert executions < inferences
+    assert (inferences, executions) == (16 + 4, 16 + 1)
 
 
 def test_a_request_with_many_images_in_one_call(grpc, sample_images):

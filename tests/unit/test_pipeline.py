@@ -11,6 +11,7 @@ import torch
 from cvserve.builders import triton_config as tc
 from cvserve.builders.pipeline import BuildSettings, ServingOptions, build, sha256
 from cvserve.builders.preprocessing import PreprocessSpec
+from cvserve.errors import UserInputError
 
 SPEC = PreprocessSpec(input_size=(64, 64), resize_shorter=72)
 
@@ -157,3 +158,13 @@ def test_gpu_target_fails_before_building_without_tensorrt(checkpoints, tmp_path
     with pytest.raises(MissingDependencyError, match=r"cvserve\[tensorrt\]"):
         build(_settings(checkpoints / "tiny.pt", repo, target="gpu"), log=lambda _m: None)
     assert not repo.exists() or not any(repo.iterdir())
+
+
+def test_request_batching_flags_on_the_single_layout_fail_before_any_work(checkpoints, tmp_path):
+    batching = tc.Batching(max_batch_size=8, preferred_batch_sizes=(4, 8))
+    with pytest.raises(UserInputError, match=r"--preferred-batch-sizes .*add --batch-requests"):
+        _settings(checkpoints / "tiny.pt", tmp_path / "repo", batching=batching)
+    batching.batch_requests = True  # or the ensemble layout, where only pixels are batched
+    assert _settings(checkpoints / "tiny.pt", tmp_path / "repo", batching=batching)
+    assert _settings(checkpoints / "tiny.pt", tmp_path / "repo", layout="ensemble", runtime="onnxruntime",
+                     batching=tc.Batching(max_batch_size=8, preferred_batch_sizes=(4, 8)))  # fmt: skip

@@ -87,9 +87,34 @@ def test_onnxruntime_on_gpu_uses_the_tensorrt_accelerator_with_the_engine_profil
     assert cfg.instance_group[0].kind == mc.ModelInstanceGroup.KIND_GPU
 
 
+def test_the_single_layout_executes_one_request_at_a_time_by_default():
+    """Malformed framing fails the batch of requests it lands in (docs/security.md): so none is formed."""
+    batcher = _configs(max_batch_size=16)["classifier"].dynamic_batching
+    assert list(batcher.preferred_batch_size) == list(tc.ONE_REQUEST_PER_EXECUTION) == [1]
+    assert batcher.max_queue_delay_microseconds == 0
+    assert batcher.default_queue_policy.max_queue_size == 16  # admission control stays
+    ensemble = _configs(layout="ensemble", runtime="openvino", preferred_batch_sizes=[4, 8])
+    assert not ensemble["preprocess"].HasField("dynamic_batching")  # the decoder runs requests alone
+    assert list(ensemble["network"].dynamic_batching.preferred_batch_size) == [4, 8]  # pixels batch
+
+
+@pytest.mark.parametrize(
+    ("flags", "named"),
+    [
+        ({"preferred_batch_sizes": [4, 8]}, "--preferred-batch-sizes shape"),
+        ({"max_queue_delay_us": 500}, "--max-queue-delay-us shape"),
+        ({"preferred_batch_sizes": [4], "max_queue_delay_us": 500}, "--preferred-batch-sizes and --max"),
+    ],
+)
+def test_request_batching_flags_on_the_single_layout_need_batch_requests(flags, named):
+    with pytest.raises(UserInputError, match=f"{named}.*add --batch-requests, or serve --layout ensemble"):
+        _configs(**flags)
+
+
 def test_dynamic_batching_instances_and_threads():
     cfg = _configs(
         max_batch_size=16,
+        batch_requests=True,
         preferred_batch_sizes=[4, 8],
         max_queue_delay_us=500,
         network_instances=2,

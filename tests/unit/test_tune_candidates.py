@@ -80,6 +80,7 @@ def test_single_layout_round_trips_through_its_config():
     start = candidate_from(p)
     assert start == Candidate(
         max_batch_size=32,
+        preferred_batch_sizes=tc.ONE_REQUEST_PER_EXECUTION,
         network_instances=2,
         network_threads=0,
         decode_threads=0,
@@ -151,6 +152,17 @@ def test_space_respects_the_batch_bound_and_the_slo():
     assert space.values["max_queue_size"] == [0, 4, 8, 16, 32]
     assert "preprocess_instances" not in space.values and "decode_threads" not in space.values
     assert not space.valid(start)  # 32 > the profile's 16
+
+
+def test_a_model_that_executes_one_request_at_a_time_keeps_doing_so():
+    """The single layout's default (malformed framing fails alone): tuning never joins requests."""
+    start = candidate_from(pipeline(max_batch_size=16))
+    space = build_space(start, batch_bound=16, max_instances=2, slo_p95_ms=100, cores=2)
+    assert space.values["preferred_batch_sizes"] == [(1,)] and space.values["max_queue_delay_us"] == [0]
+    assert space.values["max_batch_size"] == [1, 2, 4, 8, 16]  # images a request may carry
+    batched = candidate_from(pipeline(max_batch_size=16, batch_requests=True))
+    assert len(build_space(batched, batch_bound=16, max_instances=2, slo_p95_ms=100, cores=2).values[
+        "preferred_batch_sizes"]) > 1  # fmt: skip
 
 
 def test_thread_budget_bounds_instances_times_threads():
@@ -233,7 +245,7 @@ def test_override_json_round_trips():
 
 
 def test_the_preferred_size_triton_fills_in_is_no_preference():
-    p = pipeline()
+    p = pipeline(batch_requests=True)
     p.configs["classifier"].dynamic_batching.preferred_batch_size.append(
         32
     )  # what the server reports for "none"

@@ -8,6 +8,12 @@ does (``helm/cvserve/files/triton_probe.py``; a unit test checks that both send 
 request is the cvserve contract: input ``IMAGE`` (BYTES, shape [1, 1]) over HTTP with the binary-data
 extension; the answer must carry probabilities in ``SCORE``.
 
+A check sends :data:`SHOTS` canaries one after another and stops at the first failure: a model runs in
+several instances (two by default), each its own stub process, and a request goes to whichever instance
+is free, so one canary can miss the instance whose stub died; the next ones reach it (the instances
+take turns when idle). Without this, a dead stub among two instances failed every other canary and
+the "failures in a row" count never grew.
+
 Verdicts: ``ok``; ``shed`` (HTTP 503: the queue policy turned it away, so the server is alive and busy:
 restarting it would only move the load); ``fail`` (an error, a wrong answer, or no answer in time).
 Standard library only.
@@ -29,6 +35,7 @@ from pathlib import Path
 INPUT = "IMAGE"
 OUTPUT = "SCORE"
 SIDE = 32  # big enough for every decoder and resizer, small enough to cost nothing
+SHOTS = 4  # canaries per check (module docstring); the Helm probe sends as many
 
 
 def canary_png(side: int = SIDE) -> bytes:
@@ -101,9 +108,24 @@ def _scores_problem(response: dict) -> str:
 
 
 def check(
-    http_url: str, model: str, *, timeout: float = 10.0, headers: dict[str, str] | None = None
+    http_url: str,
+    model: str,
+    *,
+    timeout: float = 10.0,
+    headers: dict[str, str] | None = None,
+    shots: int = SHOTS,
 ) -> Verdict:
-    """Send one canary to ``model`` at ``http_url`` (``http://host:port``) and judge the answer."""
+    """Send up to ``shots`` canaries to ``model`` at ``http_url`` (``http://host:port``), one after
+    another; the first one that fails is the verdict, else the last one's."""
+    verdict = Verdict(model, "fail", "no canary sent")
+    for _ in range(max(1, shots)):
+        verdict = _one(http_url, model, timeout=timeout, headers=headers)
+        if not verdict.alive:
+            break
+    return verdict
+
+
+def _one(http_url: str, model: str, *, timeout: float, headers: dict[str, str] | None) -> Verdict:
     body, header_len = infer_body(canary_png())
     request = urllib.request.Request(
         f"{http_url}/v2/models/{urllib.parse.quote(model, safe='')}/infer",

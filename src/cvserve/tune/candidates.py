@@ -14,6 +14,9 @@ The bounds every candidate keeps (:meth:`SearchSpace.valid`):
   network may have been exported for a fixed batch range. No max batch size goes above the smaller of
   the starting ``max_batch_size`` and the engine profile's max batch in the build report
   (:func:`profile_batch_bound`), and no preferred size above the candidate's max batch size;
+* one request per execution: a single-layout model that executes one request at a time
+  (:data:`cvserve.builders.triton_config.ONE_REQUEST_PER_EXECUTION`, so that malformed framing fails
+  alone) keeps doing so: its preferred batch sizes and queue delay are not searched;
 * the thread budget: instances x intra-op threads of the network never exceed the cores
   (:func:`cvserve.builders.runners.thread_budget`). A step in the instance count that would break it
   lowers the threads per instance to fit (:meth:`SearchSpace.fit`).
@@ -28,6 +31,7 @@ from pathlib import Path
 from tritonclient.grpc import model_config_pb2 as mc
 
 from cvserve.builders.profile import EngineProfile
+from cvserve.builders.triton_config import ONE_REQUEST_PER_EXECUTION
 from cvserve.errors import UserInputError
 from cvserve.tune.models import DECODE_THREADS_PARAMETER, Pipeline
 
@@ -216,6 +220,9 @@ def build_space(
             {round(f * slo_p95_ms * 1000) for f in QUEUE_TIMEOUT_SLO_FRACTIONS} | {start.queue_timeout_us}
         ),
     }
+    if start.preferred_batch_sizes == ONE_REQUEST_PER_EXECUTION:  # the batcher never joins requests
+        values["preferred_batch_sizes"] = [start.preferred_batch_sizes]
+        values["max_queue_delay_us"] = [start.max_queue_delay_us]
     threads = [0, *range(1, (cores or 1) + 1)]
     if cores is not None:
         values["network_threads"] = sorted({*threads, start.network_threads})
