@@ -19,6 +19,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 
 from cvserve.builders import accuracy, datasets, quantize, quantizers
+from cvserve.builders import triton_config as tc
 from cvserve.builders.profile import EngineProfile
 from cvserve.errors import BuildError, UserInputError
 from cvserve.server import ServerSettings, TritonServer
@@ -176,7 +177,9 @@ def _cli(task: datasets.LabelledTask, repo: Path, *extra: str) -> subprocess.Com
     args += ["--input-size", "8", "--resize", "0", "--mean", "0.5,0.5,0.5", "--std", "0.5,0.5,0.5"]
     args += ["--precision", "int8", "--calibration", str(task.calibration), "--calibration-samples", "100"]
     # ONNX Runtime serves, as the pipeline's current call gates in ONNX Runtime
-    args += ["--runtime", "onnxruntime", "--max-batch-size", "8", "--preferred-batch-sizes", "4,8"]
+    # --batch-requests: this build's single-layout model lets one execution take several requests
+    args += ["--runtime", "onnxruntime", "--max-batch-size", "8", "--batch-requests"]
+    args += ["--preferred-batch-sizes", "4,8"]
     return subprocess.run([*args, "--no-progress", *extra], capture_output=True, text=True, timeout=600)
 
 
@@ -190,7 +193,9 @@ def built(digits, tmp_path_factory):
 
 
 def test_cli_writes_the_report(built):
-    _, _, report = built
+    _, repo, report = built
+    batcher = tc.parse((repo / NAME / "config.pbtxt").read_text()).dynamic_batching
+    assert list(batcher.preferred_batch_size) == [4, 8]  # with --batch-requests, as asked
     assert report["network"]["precision"] == "int8"
     assert report["quantization"]["calibration"]["images"] == 100
     assert report["accuracy"]["gate"]["decision"] == "passed"

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from cvserve.settings import add_arguments, duration, from_args, setting
 
-SCENARIOS = ("R1", "R1b", "R2", "R3", "R4", "R5")
+SCENARIOS = ("R1", "R2", "R3", "R4", "R5")
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -88,20 +88,16 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     runs = {
         "R1": lambda: sc.r1_hostile(server, s.model, bad_requests=s.bad_requests),
-        # The same without the framing that poisons a batch: what the rest of the defences do alone.
-        "R1B": lambda: sc.r1_hostile(
-            server, s.model, bad_requests=s.bad_requests, exclude=sc.POISON_KINDS, name="R1b"
-        ),
         "R2": lambda: sc.r2_overload(server, s.model, slo_ms=slo_ms, overload_s=s.overload_s),
         "R3": lambda: sc.r3_rollout(server, s.model),
         "R4": lambda: sc.r4_kill(server, s.model),
         "R5": lambda: sc.r5_sigterm(server, s.model),
     }
     try:
-        # R3 first: R1's malformed framing leaves the model unable to unload (docs/security.md), which
-        # would stall the rollout's unload of the old version. R1b before R1, so that its RSS growth is
-        # its own. R4 restarts the server, so R5 starts clean.
-        for name in ("R3", "R1B", "R1", "R2", "R4", "R5"):
+        # R3 after R1: a rollout still unloads the old version after R1's malformed framing (a model
+        # that had executed it with other requests could not unload: docs/security.md). R4 restarts
+        # the server, so R5 starts clean.
+        for name in ("R1", "R2", "R3", "R4", "R5"):
             if name in wanted:
                 print(f"{name} ...", file=sys.stderr)
                 results.append(runs[name]())

@@ -51,7 +51,8 @@ def _alive(server: ServeProcess, target: pl.Target) -> bool:
 
 
 # -- R1 -------------------------------------------------------------------------------------------
-# Malformed BYTES framing that passes Triton's checks and fails the whole batch it lands in.
+# Malformed BYTES framing that passes Triton's checks and fails every request a python model executes
+# with it (built models execute one request at a time, so it should fail alone: docs/security.md).
 POISON_KINDS = ("framing-prefix-beyond-data", "http-framing-prefix-beyond-data")
 
 
