@@ -157,3 +157,21 @@ def test_a_request_with_many_images_in_one_call(grpc, sample_images):
     data = (photos * max_batch)[:max_batch]  # one call as large as the model takes
     result = grpc.infer(MODEL, _request(data))
     assert result.as_numpy("CLASS_INDEX").shape == (len(data), 5)
+
+
+def test_the_server_returns_large_request_buffers_to_the_system(triton):
+    """tritonserver and its stubs run with glibc's fixed mmap threshold (20 MiB requests otherwise stay
+    in the heap: docs/benchmarks.md, "Reliability")."""
+    import os
+    from pathlib import Path
+
+    from cvserve.server.process import MALLOC_ENV
+
+    pid = triton.pid
+    env = dict(
+        item.split("=", 1)
+        for item in Path(f"/proc/{pid}/environ").read_bytes().decode().split("\0")
+        if "=" in item
+    )
+    for key, value in MALLOC_ENV.items():
+        assert env[key] == os.environ.get(key, str(value))

@@ -33,6 +33,10 @@ from cvserve.settings import setting
 CONTROL_MODES = ("none", "explicit", "poll")
 SHM_DIR = Path("/dev/shm")
 CPUS_ENV = "CVSERVE_CPUS"  # read by the served models (cvserve.builders.runners.available_cpus)
+# glibc's malloc, for tritonserver and its stubs (TritonServer.environment): allocations above the mmap
+# threshold are mmap()ed and returned when freed; the heap is trimmed above the trim threshold (twice the
+# mmap threshold, glibc's own rule when it moves the threshold itself).
+MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": 4 << 20, "MALLOC_TRIM_THRESHOLD_": 8 << 20}
 
 
 @dataclass(kw_only=True)
@@ -209,6 +213,13 @@ class TritonServer:
 
     def environment(self) -> dict[str, str]:
         env = self._runtime.environment()
+        # glibc keeps freed large buffers in the heap once it has raised its mmap threshold, so every
+        # 20 MiB request (the largest image the models accept, or a hostile one) left tritonserver
+        # bigger: R1 (make reliability) grew by 141 MB. A fixed 4 MiB threshold returns such buffers
+        # when freed: +48-52 MB. Ordinary requests (150 KB photos, batch tensors up to 2.4 MB) stay
+        # below it. The caller's own settings win. docs/benchmarks.md, "Reliability".
+        for key, value in MALLOC_ENV.items():
+            env.setdefault(key, str(value))
         if self.settings.cpus:
             env[CPUS_ENV] = str(self.settings.cpus)
         return env
