@@ -10,8 +10,7 @@ def settled_stats(url: str, model: str, *, at_least: int | None = None, timeout:
 
     Triton records a request's statistics just after answering it, so a client can hold every response
     while the last batch is still uncounted (CI once read 7 of 16). This waits (up to ``timeout``) until
-    ``at_least`` requests have succeeded, or, without it, until the counts are the same twice, 0.1 s
-    apart.
+    the counts are the same twice, 0.1 s apart, and at least ``at_least`` requests have succeeded.
     """
     import tritonclient.grpc as triton
 
@@ -25,7 +24,9 @@ def settled_stats(url: str, model: str, *, at_least: int | None = None, timeout:
         while True:
             stats = client.get_inference_statistics(model, as_json=True)["model_stats"][0]
             now = counts(stats)
-            if (at_least is not None and now[0] >= at_least) or (at_least is None and now == last):
+            # Settled: the same twice (a request's counts and its execution's are reported separately),
+            # and, with at_least, enough requests counted.
+            if now == last and (at_least is None or now[0] >= at_least):
                 return stats
             if time.monotonic() > deadline:
                 return stats
