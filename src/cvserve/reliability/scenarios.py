@@ -62,19 +62,18 @@ def r1_hostile(
     *,
     bad_requests: int = 2000,
     workers: int = 8,
-    exclude: tuple[str, ...] = (),
-    name: str = "R1",
 ) -> Result:
-    """Bad requests of every kind (but ``exclude``) mixed with good ones (1 in 3) at ``workers`` concurrency.
+    """Bad requests of every kind mixed with good ones (1 in 3) at ``workers`` concurrency.
 
     Clean: the kind's expected status (INVALID_ARGUMENT / HTTP 400, NOT_FOUND for an unknown model)
     with a message naming the problem and no process internals; "accept" kinds (odd modes) must be
     classified. Unexpected: anything else, and a good request that failed or got a wrong class.
     "poisoned": requests that failed with another request's malformed-framing error (Triton's python
-    backend fails the whole batch, see docs/security.md).
+    backend fails every request executed with it, see docs/security.md; 0 when built models run one
+    request per execution).
     """
     target = _target(server, model)
-    kinds = [k for k in pl.kinds() if k.name not in exclude]
+    kinds = pl.kinds()
     heavy = {"oversize-image"}  # 20 MiB each: a few are enough
     closed_loop(workers, _jpeg_call(target), duration_s=5)  # warm-up: RSS before is after the first batches
     rss_before = server.rss_mb()
@@ -124,7 +123,7 @@ def r1_hostile(
         r for r in records if r.tag not in POISON_KINDS and "incomplete string data" in r.outcome.message
     ]
     title = "hostile and malformed requests mixed with good ones"
-    result = Result(name, title + (f", without {', '.join(exclude)}" if exclude else ""))
+    result = Result("R1", title)
     result.requests = len(records)
     result.clean_errors = sum(c["clean"] for n, c in per_kind.items() if not by_name[n].accept)
     result.unexpected = sum(c["unclean"] for c in per_kind.values()) + good["failed"] + good["wrong"]

@@ -108,17 +108,11 @@ def _scores_problem(response: dict) -> str:
 
 
 def check(
-    http_url: str,
-    model: str,
-    *,
-    timeout: float = 10.0,
-    headers: dict[str, str] | None = None,
-    shots: int = SHOTS,
+    http_url: str, model: str, *, timeout: float = 10.0, headers: dict[str, str] | None = None
 ) -> Verdict:
-    """Send up to ``shots`` canaries to ``model`` at ``http_url`` (``http://host:port``), one after
+    """Send up to :data:`SHOTS` canaries to ``model`` at ``http_url`` (``http://host:port``), one after
     another; the first one that fails is the verdict, else the last one's."""
-    verdict = Verdict(model, "fail", "no canary sent")
-    for _ in range(max(1, shots)):
+    for _ in range(SHOTS):
         verdict = _one(http_url, model, timeout=timeout, headers=headers)
         if not verdict.alive:
             break
