@@ -4,14 +4,15 @@
     export (torch2onnx.py)   -> ExportResult       the network ONNX: float input -> logits
     cleanup (onnx_cleanup.py)-> CleanupResult
     verify (verify.py)       -> VerifyResult        ONNX Runtime vs PyTorch on real photos
-    quantize (quantize.py)   -> QuantizeResult      INT8/FP16 core network, accuracy gate (precision != fp32)
+    quantize (quantize.py)   -> QuantizeResult      INT8/FP16/BF16 network behind the accuracy gate (not fp32)
     wrap (served_graph.py)   -> ServedGraph         uint8 pixels in, top-k out, the math in the graph
     engine (onnx2openvino.py / onnx2trt.py) -> NetworkArtifact   what the runtime serves
     check (verify.py)        -> served result equals the float reference on the same photos
     write (repository.py)    -> version N of every model of the layout, atomically
 
 Where and how the network is served (layout, runtime, device) is decided once, by
-:func:`cvserve.builders.runtime.decide`, before any stage runs; the engine profile (min/opt/max batch)
+:func:`cvserve.builders.runtime.decide`, before any stage runs; the precision it computes in (and
+whether this CPU can) once, by :func:`cvserve.builders.precision.decide`; the engine profile (min/opt/max batch)
 once, by :class:`cvserve.builders.profile.EngineProfile`. Every stage writes into a scratch directory;
 the repository is touched only by the final atomic commit, so a failure anywhere leaves it
 byte-identical.
@@ -30,6 +31,8 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+from cvserve import hardware
+from cvserve.builders import precision as prec
 from cvserve.builders import runtime as rt
 from cvserve.builders import triton_config as tc
 from cvserve.builders.preprocessing import PreprocessSpec, preprocess_files
@@ -38,8 +41,7 @@ from cvserve.defaults import DEFAULT_REPOSITORY
 from cvserve.errors import NotFoundError, UserInputError
 from cvserve.settings import check, setting
 
-PRECISIONS = ("fp32", "fp16", "int8")
-REPORT_SCHEMA = 2
+REPORT_SCHEMA = 3  # 3: network.float_parts, network.layer_precisions and hardware
 
 
 def _version_policy(text: str) -> str:
@@ -67,7 +69,18 @@ class ExportSettings:
 class QuantizationOptions:
     """What ``--precision``, ``--quantizer`` and the gate's flags ask of the quantize stage."""
 
-    precision: str = setting("fp32", choices=PRECISIONS, help="the served network's precision")
+    precision: str = setting(
+        "fp32",
+        choices=prec.PRECISIONS,
+        help="the served network's precision (bf16: OpenVINO on a CPU with AVX512-BF16 or AMX; "
+        "docs/hardware.md)",
+    )
+    float_parts: str | None = setting(
+        None,
+        choices=("f32", "bf16"),
+        help="what the runtime computes float layers in; int8 may take bf16 (gated like the rest)",
+        default_help="bf16 for --precision bf16, else f32",
+    )
     quantizer: str = setting(
         "auto",
         choices=("auto", *QUANTIZERS),
@@ -142,6 +155,9 @@ class ServingOptions:
     def plan(self) -> rt.ServingPlan:
         return rt.decide(target=self.target, runtime=self.runtime, layout=self.layout)
 
+    def network_precision(self, quantization: QuantizationOptions) -> prec.NetworkPrecision:
+        return prec.decide(quantization.precision, self.plan(), float_parts=quantization.float_parts)
+
     @property
     def policy(self) -> tc.VersionPolicy:
         return tc.VersionPolicy.parse(self.version_policy)
@@ -182,6 +198,7 @@ class BuildSettings:
         # A bad --target/--runtime/--layout combination, or batching flags the layout would ignore,
         # fail before any work.
         tc.check_layout_batching(self.serving.plan(), self.serving.batching)
+        self.serving.network_precision(self.quantization)  # bf16 on a CPU without it: exit 2, no work
         q = self.quantization
         for label, path in (
             ("checkpoint", self.checkpoint),
@@ -267,7 +284,10 @@ def build(settings: BuildSettings, log: Callable[[str], None] = print) -> BuildR
         require("tensorrt", extra="tensorrt", purpose="to build TensorRT engines (--runtime tensorrt)")
     batching = settings.serving.batching
     profile = batching.profile
-    precision = settings.quantization.precision
+    numerics = settings.serving.network_precision(settings.quantization)
+    precision = numerics.precision
+    log(f"[plan] {plan.layout} layout, {plan.runtime}, {precision} (float layers in {numerics.float_parts}) "
+        f"on {hardware.summary()}")  # fmt: skip
     clock = _Clock(log)
     spec = settings.preprocess
     started = time.perf_counter()
@@ -301,16 +321,23 @@ def build(settings: BuildSettings, log: Callable[[str], None] = print) -> BuildR
                 f"{checked.top1_equal}/{checked.images}"
             )
         network, quant_report = cleaned.path, {}
-        if precision != "fp32":
+        if numerics.gated:
             with clock.stage("quantize"):
-                network, quant_report = _quantize(settings, plan, labels, cleaned.path, scratch, log)
+                network, quant_report = _quantize(
+                    settings, plan, numerics, labels, cleaned.path, scratch, log
+                )
         with clock.stage("wrap"):
             served = served_graph.wrap(network, scratch / "served.onnx", spec, top_k=settings.serving.top_k)
         with clock.stage("engine"):
             artifact = _engine(plan, precision, profile, served, spec, scratch, log)
         with clock.stage("check"):
             served_check = verify.served(
-                artifact.path, plan.runtime, cleaned.path, [p.read_bytes() for p in images], spec
+                artifact.path,
+                plan.runtime,
+                cleaned.path,
+                [p.read_bytes() for p in images],
+                spec,
+                precision=numerics.float_parts,
             )
             if served_check is not None:
                 log(f"[check] served {plan.runtime} network vs the float reference: {served_check.summary()}")
@@ -321,6 +348,7 @@ def build(settings: BuildSettings, log: Callable[[str], None] = print) -> BuildR
             top_k=served.top_k,
             labels=labels,
             precision=precision,
+            float_parts=numerics.float_parts,
             execution_env=settings.serving.execution_env,
         )
         configs = tc.pipeline_configs(settings.name, plan, shape, batching, settings.serving.policy)
@@ -333,9 +361,13 @@ def build(settings: BuildSettings, log: Callable[[str], None] = print) -> BuildR
                 "sha256": sha256(Path(settings.checkpoint)),
                 "kind": model.kind,
             },
+            "hardware": {**hardware.cpu().as_dict(), "summary": hardware.summary()},
             "network": {
                 **plan.as_dict(),
                 "precision": precision,
+                # read back from the compiled network by the check stage (the decision where it cannot run)
+                "float_parts": served_check.precision if served_check else numerics.float_parts,
+                "layer_precisions": served_check.layer_precisions if served_check else None,
                 "file": artifact.path.name,
                 "sha256": sha256(artifact.path),
                 "size_bytes": sum(p.stat().st_size for p in artifact.files),
@@ -366,7 +398,7 @@ def build(settings: BuildSettings, log: Callable[[str], None] = print) -> BuildR
             _write_report(staged.version_dir("classifier"), report)
     log(
         f"built {settings.name} version {report['version']} ({plan.layout} layout, {plan.runtime}, "
-        f"{precision}) into {settings.repository} in {time.perf_counter() - started:.1f} s"
+        f"{precision}, float layers in {report['network']['float_parts']}) into {settings.repository} in {time.perf_counter() - started:.1f} s"
     )
     return BuildResult(
         name=settings.name,
@@ -377,14 +409,17 @@ def build(settings: BuildSettings, log: Callable[[str], None] = print) -> BuildR
     )
 
 
-def _quantize(settings, plan: rt.ServingPlan, labels, fp32: Path, scratch: Path, log) -> tuple[Path, dict]:
-    """The quantize stage: the INT8/FP16 core network and its report entries (accuracy gate included)."""
+def _quantize(
+    settings, plan: rt.ServingPlan, numerics: prec.NetworkPrecision, labels, fp32: Path, scratch: Path, log
+) -> tuple[Path, dict]:
+    """The quantize stage: the INT8/FP16/BF16 network and its report entries (accuracy gate included)."""
     from cvserve.builders import accuracy, quantize
 
     q = settings.quantization
     result = quantize.run(
         quantize.QuantizeSettings(
             precision=q.precision,
+            float_parts=numerics.float_parts,
             preprocess=settings.preprocess,
             profile=settings.serving.batching.profile,
             target=plan.target,
@@ -460,6 +495,7 @@ def _write_models(staged, plan: rt.ServingPlan, spec: PreprocessSpec, artifact, 
     _copy_resource("cvserve.model_repository", "decoding.py", decoder / "cvserve_decoding.py")
     _copy_resource("cvserve.builders", "preprocessing.py", decoder / "cvserve_preprocessing.py")
     _copy_resource("cvserve.builders", "runners.py", decoder / "cvserve_runners.py")
+    _copy_resource("cvserve", "hardware.py", decoder / "cvserve_hardware.py")
     spec.save(decoder)
     network_dir = staged.version_dir("classifier" if plan.layout == "single" else "network")
     for f in artifact.files:

@@ -1,4 +1,4 @@
-"""The quantization stage: FP32 core ONNX -> INT8 (or FP16) core ONNX that passed the accuracy gate.
+"""The quantization stage: FP32 core ONNX -> INT8 (or FP16, or BF16) network that passed the accuracy gate.
 
 The pipeline calls :func:`run` with a :class:`QuantizeSettings` after the FP32 ONNX is verified against
 PyTorch, and wraps the in-graph pre/post-processing around the returned network afterwards. This
@@ -12,6 +12,11 @@ of how much restoring each one's float weights alone helps, up to ``max_fallback
 layers by default); the first set that passes is the smallest prefix of that ranking that does. If none
 does, :class:`~cvserve.errors.BuildError` names the metric, its value, the threshold and the number of
 images, and the repository is left untouched.
+
+Every network is measured in the float precision it will be served in (``float_parts``,
+:mod:`cvserve.builders.precision`), the FP32 reference always in f32. BF16 is the FP32 network computed
+in bf16 by OpenVINO: gated by the same rules, with no per-layer fallback, because OpenVINO's CPU
+plugin applies bf16 to every float layer; an INT8 network with bf16 float parts falls back to bf16.
 """
 
 from __future__ import annotations
@@ -24,15 +29,16 @@ from pathlib import Path
 
 import numpy as np
 
+from cvserve import hardware
 from cvserve._extras import require
 from cvserve.builders import accuracy, quantizers
 from cvserve.builders import calibration as cal
+from cvserve.builders.precision import FLOAT_PARTS, PRECISIONS
 from cvserve.builders.preprocessing import PreprocessSpec
 from cvserve.builders.profile import EngineProfile
 from cvserve.builders.runners import RUNTIMES, open_runner, run_batched
 from cvserve.errors import BuildError, UserInputError
 
-PRECISIONS = ("fp32", "fp16", "int8")
 TARGETS = ("cpu", "gpu")
 SERVING_RUNTIMES = {"cpu": RUNTIMES, "gpu": ("tensorrt", "onnxruntime")}
 DEFAULT_HELD_OUT = 300  # augmented sample photos without --validation: ~130 confident for MobileNetV2
@@ -47,7 +53,8 @@ Log = Callable[[str], None]
 class QuantizeSettings:
     """What the quantization stage needs, nothing else. Keyword-only."""
 
-    precision: str  # fp32, fp16 or int8
+    precision: str  # fp32, fp16, bf16 or int8
+    float_parts: str = "f32"  # what the serving runtime computes float layers in (precision.decide)
     preprocess: PreprocessSpec  # the served preprocessing: calibration and held-out images go through it
     profile: EngineProfile  # throughput is measured at profile.opt_batch
     target: str = "cpu"  # cpu or gpu
@@ -68,6 +75,11 @@ class QuantizeSettings:
         if self.precision not in PRECISIONS:
             raise UserInputError(
                 f"--precision must be one of {', '.join(PRECISIONS)}, not {self.precision!r}"
+            )
+        if self.float_parts not in FLOAT_PARTS[self.precision]:
+            raise UserInputError(
+                f"--precision {self.precision} computes float layers in {FLOAT_PARTS[self.precision][0]}, "
+                f"not {self.float_parts}"
             )
         if self.target not in TARGETS:
             raise UserInputError(f"--target must be one of {', '.join(TARGETS)}, not {self.target!r}")
@@ -128,10 +140,12 @@ class _Simulated:
         return dict(zip(self.output_names, self._session.run(None, {self.input_name: batch}), strict=True))
 
 
-def outputs(model: Path, tensors: np.ndarray, runtime: str, batch_size: int = 8) -> np.ndarray:
+def outputs(
+    model: Path, tensors: np.ndarray, runtime: str, batch_size: int = 8, precision: str = "f32"
+) -> np.ndarray:
     """The first output (logits) of ``model`` on ``tensors`` in ``runtime`` (cvserve.builders.runners, or
-    :data:`SIMULATED`)."""
-    runner = _Simulated(model) if runtime == SIMULATED else open_runner(model, runtime)
+    :data:`SIMULATED`), its float layers in ``precision``."""
+    runner = _Simulated(model) if runtime == SIMULATED else open_runner(model, runtime, precision=precision)
     return run_batched(runner, tensors, batch_size)[runner.output_names[0]].astype(np.float32)
 
 
@@ -150,11 +164,16 @@ def compare_throughput(
     batch: np.ndarray,
     runtime: str,
     *,
+    precision: str = "f32",
     rounds: int = THROUGHPUT_ROUNDS,
     seconds: float = THROUGHPUT_SECONDS,
 ) -> dict:
-    """Images/s of FP32 and the candidate at ``len(batch)``, alternated ``rounds`` times; medians."""
-    runners = {"fp32": open_runner(fp32, runtime), "candidate": open_runner(candidate, runtime)}
+    """Images/s of FP32 (in f32) and the candidate (float layers in ``precision``) at ``len(batch)``,
+    alternated ``rounds`` times; medians."""
+    runners = {
+        "fp32": open_runner(fp32, runtime),
+        "candidate": open_runner(candidate, runtime, precision=precision),
+    }
     runs: dict[str, list[float]] = {k: [] for k in runners}
     for _ in range(rounds):
         for key, runner in runners.items():
@@ -163,11 +182,10 @@ def compare_throughput(
     # Each round's pair ran back to back: the median of the per-round ratios resists a shared machine's
     # load changes better than the ratio of the medians.
     ratios = [c / f for f, c in zip(runs["fp32"], runs["candidate"], strict=True)]
-    from cvserve.reporting import machine
-
     return {
         "batch": len(batch),
         "runtime": runtime,
+        "float_parts": precision,
         "img_s": round(got, 1),
         "reference_fp32_img_s": round(ref, 1),
         "speedup": round(got / ref, 3),
@@ -176,7 +194,7 @@ def compare_throughput(
             "fp32": [round(x, 1) for x in runs["fp32"]],
             "candidate": [round(x, 1) for x in runs["candidate"]],
         },
-        "cpu": machine(),
+        "cpu": hardware.summary(),
     }
 
 
@@ -250,6 +268,7 @@ def rank_layers(
     tensors: np.ndarray,
     runtime: str,
     workdir: Path,
+    precision: str = "f32",
 ) -> dict[str, float]:
     """Layer -> how much restoring its float weights alone reduces the logits' error (MSE / FP32 variance).
 
@@ -260,7 +279,7 @@ def rank_layers(
     scale = float(ref.var()) or 1.0
 
     def error(model: Path) -> float:
-        return float(np.mean((outputs(model, tensors, runtime) - ref) ** 2) / scale)
+        return float(np.mean((outputs(model, tensors, runtime, precision=precision) - ref) ** 2) / scale)
 
     base = error(full)
     one = workdir / "one_layer_float.onnx"
@@ -292,12 +311,15 @@ def int8(
     )
 
     def check(model: Path) -> tuple[accuracy.AccuracyResult, accuracy.GateResult]:
-        got = outputs(model, data.validation, runtime, settings.profile.opt_batch)
+        got = outputs(model, data.validation, runtime, settings.profile.opt_batch, settings.float_parts)
         result = accuracy.compare(reference, got, data.labels, confidence=settings.gate.confidence)
         return result, accuracy.gate(result, settings.gate)
 
     result, verdict = check(out)
-    log(f"[quantize] all layers INT8 ({runtime}): {result.summary()}: {verdict.decision}")
+    log(
+        f"[quantize] all layers INT8 ({runtime}, float layers {settings.float_parts}): {result.summary()}: "
+        f"{verdict.decision}"
+    )
     layers = quantizers.quantized_layers(out)
     limit = fallback_limit(len(layers), settings)
     steps = [_step([], result, verdict)]
@@ -305,7 +327,9 @@ def int8(
     ranking: dict[str, float] = {}
     if verdict.decision == "failed" and limit:
         log(f"[quantize] {verdict.message()}; ranking {len(layers)} layers (up to {limit} may stay in float)")
-        ranking = rank_layers(q, out, layers, data.calibration[:SENSITIVITY_IMAGES], runtime, workdir)
+        ranking = rank_layers(
+            q, out, layers, data.calibration[:SENSITIVITY_IMAGES], runtime, workdir, settings.float_parts
+        )
         order = sorted(layers, key=lambda n: -ranking[n])
         for k in range(1, limit + 1):
             excluded = order[:k]
@@ -349,6 +373,22 @@ def fp16(fp32: Path, out: Path) -> Path:
     return out
 
 
+def _whole_network(settings: QuantizeSettings, fp32: Path, workdir: Path, log: Log) -> tuple[Path, dict]:
+    """FP16 or BF16: every float layer converted, no per-layer fallback; (network, quantization entry)."""
+    if settings.precision == "bf16":  # the FP32 network, computed in bf16 by OpenVINO (runners)
+        ov = require("openvino")
+        return fp32, {
+            "method": "bf16",
+            "library": f"openvino {ov.__version__} (INFERENCE_PRECISION_HINT bf16)",
+            "fallback": None,
+            "note": "no per-layer fallback: OpenVINO's CPU plugin computes every float layer in bf16",
+        }
+    if settings.target == "cpu":
+        log("[quantize] warning: FP16 brings no speed-up on x86 CPUs; it is built because it was asked for")
+    network = fp16(fp32, workdir / "model.fp16.onnx")
+    return network, {"method": "fp16", "library": "onnxruntime float16 converter"}
+
+
 # -- the stage --------------------------------------------------------------------------------------------
 def run(settings: QuantizeSettings, fp32_onnx: Path, workdir: Path, log: Log = print) -> QuantizeResult:
     """Turn the verified FP32 core ONNX into what ``settings.precision`` / ``settings.target`` serve.
@@ -372,23 +412,14 @@ def run(settings: QuantizeSettings, fp32_onnx: Path, workdir: Path, log: Log = p
     if settings.precision == "int8":
         network, entry, result, verdict = int8(fp32_onnx, settings, data, reference, workdir, log)
     else:
-        if settings.target == "cpu":
-            log(
-                "[quantize] warning: FP16 brings no speed-up on x86 CPUs; it is built because it was asked for"
-            )
-        network = fp16(fp32_onnx, workdir / "model.fp16.onnx")
-        got = outputs(network, data.validation, runtime, settings.profile.opt_batch)
+        network, entry = _whole_network(settings, fp32_onnx, workdir, log)
+        got = outputs(network, data.validation, runtime, settings.profile.opt_batch, settings.float_parts)
         result = accuracy.compare(reference, got, data.labels, confidence=settings.gate.confidence)
         verdict = accuracy.gate(result, settings.gate)
-        log(f"[quantize] FP16 ({runtime}): {result.summary()}: {verdict.decision}")
+        log(f"[quantize] {settings.precision.upper()} ({runtime}): {result.summary()}: {verdict.decision}")
         if not verdict.passed:
             raise BuildError(f"{verdict.message()}; nothing was written to the repository")
-        entry = {
-            "method": "fp16",
-            "library": "onnxruntime float16 converter",
-            **data.report,
-            "excluded_layers": [],
-        }
+        entry = {**entry, **data.report, "excluded_layers": []}
         if settings.target == "gpu":  # TensorRT converts the FP32 ONNX itself (its FP16 builder flag)
             network = fp32_onnx
     measured = {**result.as_dict(), "gate": verdict.as_dict(), "measured_with": runtime}
@@ -404,7 +435,7 @@ def run(settings: QuantizeSettings, fp32_onnx: Path, workdir: Path, log: Log = p
     batch = np.ascontiguousarray(
         np.resize(data.validation, (settings.profile.opt_batch, *data.validation.shape[1:]))
     )
-    speed = compare_throughput(fp32_onnx, network, batch, runtime)
+    speed = compare_throughput(fp32_onnx, network, batch, runtime, precision=settings.float_parts)
     log(
         f"[quantize] {runtime} at batch {speed['batch']}: {speed['img_s']:.0f} img/s vs FP32 "
         f"{speed['reference_fp32_img_s']:.0f} img/s ({speed['speedup']:.2f}x, medians of {THROUGHPUT_ROUNDS})"

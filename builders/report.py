@@ -1,4 +1,4 @@
-"""build_report.md: the build report (build_report.json, schema 2) rendered for people.
+"""build_report.md: the build report (build_report.json, schema 2 or 3) rendered for people.
 
 The Markdown is ``templates/build_report.md.j2``, rendered by :mod:`cvserve.reporting` (one number
 format). Every section may be missing or null (an FP32 build has no quantization or accuracy gate; a
@@ -12,7 +12,6 @@ from typing import Any
 
 from cvserve.reporting import render
 
-SCHEMA = 2
 SECTIONS = (
     "checkpoint",
     "network",
@@ -23,6 +22,7 @@ SECTIONS = (
     "throughput",
     "verification",
     "timings_s",
+    "hardware",  # schema 3
 )
 
 

@@ -1,9 +1,15 @@
-"""How a network runs on the CPU, decided once: ONNX Runtime or OpenVINO, and how many threads.
+"""How a network runs on the CPU, decided once: ONNX Runtime or OpenVINO, how many threads, which precision.
 
 The builder imports this module to verify, calibrate and measure networks, and ``cvserve build``
 copies it next to the served python-backend model (as ``cvserve_runners.py``), so a network is run the
-same way when it is measured and when it is served. It depends on numpy and the runtime package only,
-never on cvserve, because it runs inside Triton's python backend.
+same way when it is measured and when it is served. It depends on numpy, the runtime package and
+:mod:`cvserve.hardware` only (copied beside it as ``cvserve_hardware.py``), because it runs inside
+Triton's python backend.
+
+The precision: every network is opened with its float precision stated (:data:`FLOAT_PRECISIONS`,
+f32 unless the build chose bf16) and the compiled network's precision is read back and checked,
+because OpenVINO's CPU plugin otherwise runs "FP32" networks in bf16 on CPUs with native bf16
+(docs/hardware.md). A bf16 network is refused on a CPU without bf16 units rather than emulated.
 
 The thread budget: the intra-op threads of all instances of a model never exceed the cores the
 server may use (:func:`available_cpus`: the CPU affinity, capped by a cgroup CPU quota, overridden by
@@ -14,53 +20,27 @@ that an image decoder needs.
 
 from __future__ import annotations
 
-import math
 import os
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
+try:  # beside the served model (Triton's python backend): the copy the build made
+    import cvserve_hardware as hardware
+except ImportError:
+    from cvserve import hardware
+
 RUNTIMES = ("openvino", "onnxruntime")
-CPUS_ENV = "CVSERVE_CPUS"
+# The precision a runtime computes a network's float layers in: always stated, never the runtime's
+# per-CPU default (OpenVINO picks bf16 on CPUs with native bf16). INT8 layers stay INT8 either way.
+FLOAT_PRECISIONS = ("f32", "bf16")
+DEFAULT_FLOAT_PRECISION = "f32"
+available_cpus = hardware.available_cpus
 
 
 # -- the thread budget --------------------------------------------------------------------------------
-def _cgroup_quota() -> float | None:
-    """CPUs allowed by a cgroup v2 ``cpu.max`` (or v1 ``cfs_quota_us``) quota, if one is set."""
-    try:
-        quota, period = open("/sys/fs/cgroup/cpu.max").read().split()[:2]
-        if quota != "max":
-            return int(quota) / int(period)
-    except (OSError, ValueError):
-        pass
-    try:
-        quota = int(open("/sys/fs/cgroup/cpu/cpu.cfs_quota_us").read())
-        period = int(open("/sys/fs/cgroup/cpu/cpu.cfs_period_us").read())
-        if quota > 0:
-            return quota / period
-    except (OSError, ValueError):
-        pass
-    return None
-
-
-def available_cpus() -> int:
-    """Cores this process may use: ``$CVSERVE_CPUS``, else the affinity mask capped by a cgroup quota."""
-    override = os.environ.get(CPUS_ENV, "").strip()
-    if override:
-        if not override.isdigit() or int(override) < 1:
-            raise ValueError(f"{CPUS_ENV} must be a whole number of cores >= 1, not {override!r}")
-        return int(override)
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        cores = os.cpu_count() or 1
-    quota = _cgroup_quota()
-    if quota is not None:
-        cores = min(cores, max(1, math.floor(quota)))
-    return max(1, cores)
-
-
 @dataclass(frozen=True, kw_only=True)
 class ThreadBudget:
     """Threads of one model: ``instances x intra_op`` is at most ``cores`` unless overridden."""
@@ -108,18 +88,28 @@ def thread_budget(
 
 # -- running a network ----------------------------------------------------------------------------------
 class Runner:
-    """A network opened by one runtime: ``run(batch)`` returns its outputs by name."""
+    """A network opened by one runtime: ``run(batch)`` returns its outputs by name.
+
+    ``precision`` is the float precision the compiled network computes in, read back from the runtime
+    (never assumed); ``layer_precisions`` counts its compute layers (convolutions, matrix products) by
+    the precision they run in, e.g. ``{"i8": 52, "f32": 13}`` for an INT8 network with float layers.
+    """
 
     runtime: str
     input_name: str
     output_names: tuple[str, ...]
+    precision: str
 
     def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
+    def layer_precisions(self) -> dict[str, int]:
         raise NotImplementedError
 
 
 class _OnnxRuntime(Runner):
     runtime = "onnxruntime"
+    precision = "f32"  # its x86 CPU kernels are f32 (or integer for Q/DQ): no per-CPU float default
 
     def __init__(self, path: str, threads: int, gpu_device: int | None) -> None:
         import onnxruntime as ort
@@ -135,23 +125,42 @@ class _OnnxRuntime(Runner):
         self._session = ort.InferenceSession(path, options, providers=providers)
         self.input_name = self._session.get_inputs()[0].name
         self.output_names = tuple(o.name for o in self._session.get_outputs())
+        self._path = path
 
     def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         return dict(zip(self.output_names, self._session.run(None, {self.input_name: batch}), strict=True))
+
+    def layer_precisions(self) -> dict[str, int]:
+        import onnx
+
+        graph = onnx.load(self._path, load_external_data=False).graph
+        quantized = {n.output[0] for n in graph.node if n.op_type == "DequantizeLinear"}
+        count: Counter = Counter()
+        for node in graph.node:
+            if node.op_type in _ONNX_COMPUTE_OPS:
+                count["i8" if node.input and node.input[0] in quantized else "f32"] += 1
+        return dict(count)
+
+
+_ONNX_COMPUTE_OPS = {"Conv", "ConvTranspose", "Gemm", "MatMul"}
+_OPENVINO_COMPUTE_LAYERS = {"Convolution", "Deconvolution", "FullyConnected", "MatMul", "GroupConvolution"}
 
 
 class _OpenVino(Runner):
     runtime = "openvino"
 
-    def __init__(self, path: str, threads: int) -> None:
+    def __init__(self, path: str, threads: int, precision: str) -> None:
         import openvino as ov
 
+        if precision == "bf16":  # never emulated: refused on a CPU without bf16 units
+            hardware.require_native_bf16("this bf16 network")
         core = ov.Core()
         # No CPU pinning: OpenVINO pins its threads to cores chosen inside each process, so the
         # instances of a served model (one stub process each, 1 thread each on 2 cores) all landed on
         # the same core: two processes ran at 1.00 core and 57-64 img/s together, unpinned at 1.99
         # cores and 112-117 img/s (MobileNetV2 FP32, batch 8; docs/benchmarks.md).
-        compiled = core.compile_model(
+        # INFERENCE_PRECISION_HINT always: OpenVINO's default is bf16 on CPUs with native bf16.
+        self._compiled = core.compile_model(
             core.read_model(path),
             "CPU",
             {
@@ -159,31 +168,55 @@ class _OpenVino(Runner):
                 "PERFORMANCE_HINT": "LATENCY",
                 "NUM_STREAMS": 1,
                 "ENABLE_CPU_PINNING": False,
+                "INFERENCE_PRECISION_HINT": precision,
             },
         )
-        self._request = compiled.create_infer_request()  # one request: run() is called from one thread
-        self.input_name = compiled.inputs[0].get_any_name()
-        self._outputs = [(o.get_any_name(), o) for o in compiled.outputs]
+        self.precision = self._compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
+        if self.precision != precision:
+            raise RuntimeError(f"OpenVINO compiled the network in {self.precision}, not {precision}")
+        self._request = self._compiled.create_infer_request()  # one request: run() is called from one thread
+        self.input_name = self._compiled.inputs[0].get_any_name()
+        self._outputs = [(o.get_any_name(), o) for o in self._compiled.outputs]
         self.output_names = tuple(name for name, _ in self._outputs)
 
     def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         result = self._request.infer({0: batch})
         return {name: np.array(result[port]) for name, port in self._outputs}
 
+    def layer_precisions(self) -> dict[str, int]:
+        count: Counter = Counter()
+        for op in self._compiled.get_runtime_model().get_ops():
+            info = op.get_rt_info()
+            if "layerType" in info and info["layerType"].astype(str) in _OPENVINO_COMPUTE_LAYERS:
+                count[info["runtimePrecision"].astype(str)] += 1
+        return dict(count)
+
 
 def open_runner(
-    path: str | os.PathLike, runtime: str, *, threads: int = 0, gpu_device: int | None = None
+    path: str | os.PathLike,
+    runtime: str,
+    *,
+    threads: int = 0,
+    precision: str = DEFAULT_FLOAT_PRECISION,
+    gpu_device: int | None = None,
 ) -> Runner:
     """Open the network file ``path`` (ONNX, or OpenVINO IR ``.xml``) with ``runtime``.
 
-    ``threads`` 0 uses :func:`available_cpus`. Raises ``ValueError`` for an unknown runtime and
-    ``ImportError`` when the runtime's package is not installed.
+    ``threads`` 0 uses :func:`available_cpus`. ``precision`` is what the float layers compute in
+    (:data:`FLOAT_PRECISIONS`); the runtime is always told, and the compiled network is checked.
+    Raises ``ValueError`` for an unknown runtime or a precision it cannot run,
+    :class:`hardware.MissingFeatureError` for bf16 on a CPU without it, and ``ImportError`` when the
+    runtime's package is not installed.
     """
     threads = threads or available_cpus()
+    if precision not in FLOAT_PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(FLOAT_PRECISIONS)}, not {precision!r}")
     if runtime == "onnxruntime":
+        if precision != "f32":
+            raise ValueError("ONNX Runtime runs float layers in f32 on CPUs: bf16 needs --runtime openvino")
         return _OnnxRuntime(os.fspath(path), threads, gpu_device)
     if runtime == "openvino":
-        return _OpenVino(os.fspath(path), threads)
+        return _OpenVino(os.fspath(path), threads, precision)
     raise ValueError(f"runtime must be one of {', '.join(RUNTIMES)}, not {runtime!r}")
 
 

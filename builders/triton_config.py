@@ -61,6 +61,10 @@ THREADS_PARAMETER = {
     "onnxruntime": "intra_op_thread_count",
 }
 DECODE_THREADS_PARAMETER = "decode_threads"  # of the python models that decode
+# The float precision the network computes in (cvserve.builders.precision), per backend: cvserve's
+# python model takes f32 or bf16; Triton's openvino backend only takes HINT_BF16 (it cannot pin f32).
+PRECISION_PARAMETER = "inference_precision"
+OPENVINO_BF16_PARAMETER = "HINT_BF16"
 # Triton's dynamic batcher re-checks a queue it was not woken for every 500 ms (hard-coded in 2.51 and
 # still on core main): a derived queue timeout stays a full re-check above it (module docstring).
 BATCHER_RECHECK_MS = 500.0
@@ -214,6 +218,7 @@ class PipelineShape:
     top_k: int
     labels: Sequence[str]
     precision: str = "fp32"  # of the network: the TensorRT accelerator's precision mode follows it
+    float_parts: str = "f32"  # what the runtime computes float layers in (cvserve.builders.precision)
     execution_env: str | None = None  # EXECUTION_ENV_PATH of the python models (NGC container)
 
 
@@ -299,6 +304,7 @@ def single_config(
             LABELS_PARAMETER: json.dumps(list(shape.labels), ensure_ascii=False),
             "runtime": plan.runtime,
             "network_file": plan.network_file,
+            PRECISION_PARAMETER: shape.float_parts,
             THREADS_PARAMETER["python"]: b.network_threads,
             **_python_params(shape, b),
         },
@@ -344,6 +350,8 @@ def network_config(
     if plan.runtime == "openvino":  # Triton's openvino backend (NGC), IR files
         cfg.backend = "openvino"
         params: dict[str, object] = {"PERFORMANCE_HINT": "LATENCY"}
+        if shape.float_parts == "bf16":
+            params[OPENVINO_BF16_PARAMETER] = "YES"
         if b.network_threads:
             params[THREADS_PARAMETER["openvino"]] = b.network_threads
         _params(cfg, params)

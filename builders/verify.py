@@ -72,6 +72,8 @@ class ServedCheck:
     """The served network (uint8 pixels in, top-k out, in its runtime) against the float reference."""
 
     runtime: str
+    precision: str  # the float precision read back from the compiled network
+    layer_precisions: dict[str, int]  # compute layers by the precision they run in
     images: int
     top1_equal: int
     topk_equal: int  # images whose whole top-k list is the reference's
@@ -95,7 +97,7 @@ class ServedCheck:
         """
         if self.top1_equal != self.images or self.max_score_diff > self.tolerance:
             raise BuildError(
-                f"the served {self.runtime} network disagrees with the float reference on {self.images} real "
+                f"the served {self.runtime} network ({self.precision}) disagrees with the float reference on {self.images} real "
                 f"images: {self.summary()} (tolerance {self.tolerance:.1e})"
             )
 
@@ -125,8 +127,11 @@ def served(
     images: list[bytes],
     spec,
     tolerance: float = 1e-4,
+    *,
+    precision: str = "f32",
 ) -> ServedCheck | None:
-    """Run the served network file in its runtime on real images and compare with the float reference.
+    """Run the served network file in its runtime and ``precision`` (its float layers') on real images
+    and compare with the float reference.
 
     ``None`` for a runtime that cannot run here (a TensorRT engine needs its GPU).
     """
@@ -137,13 +142,16 @@ def served(
         return None
     batch = np.stack([crop(data, spec) for data in images])
     try:
-        out = open_runner(served_file, runtime).run(batch)
+        runner = open_runner(served_file, runtime, precision=precision)
     except ImportError as exc:
         raise BuildError(f"{runtime} is needed to check the served network: {exc}") from None
+    out = runner.run(batch)
     index, score = out["CLASS_INDEX"], out["SCORE"]
     ref_index, ref_score = reference_topk(reference_network, batch, spec, index.shape[1])
     return ServedCheck(
         runtime=runtime,
+        precision=runner.precision,
+        layer_precisions=runner.layer_precisions(),
         images=len(batch),
         top1_equal=int(np.sum(index[:, 0] == ref_index[:, 0])),
         topk_equal=int(np.sum(np.all(index == ref_index, axis=1))),

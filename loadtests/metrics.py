@@ -48,6 +48,28 @@ def parse(text: str) -> Snapshot:
     return {m: dict(v) for m, v in out.items()}
 
 
+NETWORK_INFO = "cvserve_network_info"  # exported by cvserve's python model (model_repository/classifier.py)
+
+
+def network_info(url: str, model: str, timeout: float = 2.0) -> list[dict[str, str]] | None:
+    """The served networks of ``model`` (its versions): runtime and float precision, read back in the
+    server; ``None`` when the endpoint cannot be read or the model does not export them."""
+    parser = require("prometheus_client.parser", purpose="to read Triton's metrics")
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r:
+            text = r.read().decode("utf-8", "replace")
+    except (OSError, urllib.error.URLError):
+        return None
+    found = [
+        {k: sample.labels[k] for k in ("model", "version", "runtime", "precision") if k in sample.labels}
+        for family in parser.text_string_to_metric_families(text)
+        if family.name == NETWORK_INFO
+        for sample in family.samples
+        if sample.labels.get("model") == model
+    ]
+    return sorted(found, key=lambda d: d.get("version", "")) or None
+
+
 def scrape(url: str, timeout: float = 2.0) -> Snapshot:
     with urllib.request.urlopen(url, timeout=timeout) as r:
         return parse(r.read().decode("utf-8", "replace"))

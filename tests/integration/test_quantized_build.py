@@ -18,10 +18,12 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 
+from cvserve import hardware
 from cvserve.builders import accuracy, datasets, quantize, quantizers
 from cvserve.builders import triton_config as tc
 from cvserve.builders.profile import EngineProfile
 from cvserve.errors import BuildError, UserInputError
+from cvserve.loadtests.metrics import network_info
 from cvserve.server import ServerSettings, TritonServer
 from tests.helpers import tree_digest
 
@@ -236,3 +238,64 @@ def test_refused_gate_fails_with_one_line_and_leaves_the_repository_unchanged(bu
     error = proc.stderr.strip().splitlines()[-1]
     assert "accuracy gate refused: only" in error and "of the 20 held-out images" in error
     assert tree_digest(repo) == before
+
+
+# -- bf16: an explicit, gated precision on CPUs with native bf16 (docs/hardware.md) ------------------------
+NATIVE_BF16 = hardware.cpu().native_bf16
+needs_bf16 = pytest.mark.skipif(not NATIVE_BF16, reason="this CPU has no native bf16 (AVX512-BF16 or AMX)")
+
+
+@needs_bf16
+@pytest.mark.parametrize(("precision", "quantizer"), [("bf16", "auto"), ("int8", "nncf")])
+def test_bf16_float_layers_are_gated_and_measured_like_int8(digits, tmp_path, precision, quantizer):
+    task, fp32 = digits
+    settings = _settings(task, precision=precision, float_parts="bf16", quantizer=quantizer)
+    result = quantize.run(settings, fp32, tmp_path, log=lambda _m: None)
+    gate, metrics = result.accuracy["gate"], result.accuracy
+    assert gate["decision"] == "passed" and gate["metric"] == "top1_accuracy_ratio"
+    assert metrics["top1_accuracy"] >= 0.99 * metrics["top1_accuracy_reference"]
+    assert result.throughput["float_parts"] == "bf16" and result.throughput["speedup"] > 0
+    if precision == "bf16":
+        assert result.network == fp32 and result.quantization["method"] == "bf16"
+
+
+def _bf16_cli(task: datasets.LabelledTask, repo: Path) -> subprocess.CompletedProcess:
+    args = [sys.executable, "-m", "cvserve", "build", str(task.checkpoint), "--name", NAME, "-r", str(repo)]
+    args += ["--input-size", "8", "--resize", "0", "--mean", "0.5,0.5,0.5", "--std", "0.5,0.5,0.5"]
+    args += [
+        "--precision",
+        "bf16",
+        "--validation",
+        str(task.validation),
+        "--calibration",
+        str(task.calibration),
+    ]
+    args += ["--validation-labels", str(task.labels), "--no-progress"]
+    return subprocess.run(args, capture_output=True, text=True, timeout=600)
+
+
+@needs_bf16
+def test_bf16_build_is_served_in_bf16_and_says_so(digits, tmp_path):
+    task, _ = digits
+    repo = tmp_path / "repo"
+    proc = _bf16_cli(task, repo)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads((repo / NAME / "1" / "build_report.json").read_text())
+    assert report["network"]["precision"] == "bf16" and report["network"]["float_parts"] == "bf16"
+    assert set(report["network"]["layer_precisions"]) == {"bf16"}
+    assert report["accuracy"]["gate"]["decision"] == "passed" and report["throughput"]["speedup"] > 0
+    assert report["hardware"]["native_bf16"] is True
+    settings = ServerSettings(repository=repo, grpc_port=0, http_port=0, metrics_port=0, exit_timeout_s=5)
+    with TritonServer(settings) as server:
+        info = network_info(server.metrics_url, NAME)
+    assert info == [{"model": NAME, "version": "1", "runtime": "openvino", "precision": "bf16"}]
+
+
+@pytest.mark.skipif(NATIVE_BF16, reason="this CPU has native bf16: the build is allowed here")
+def test_bf16_build_is_refused_in_one_line_where_the_cpu_lacks_it(digits, tmp_path):
+    task, _ = digits
+    repo = tmp_path / "repo"
+    proc = _bf16_cli(task, repo)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "native bf16 (AVX512-BF16 or AMX)" in proc.stderr.strip().splitlines()[-1]
+    assert not repo.exists() or not any(repo.iterdir())

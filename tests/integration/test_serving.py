@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import threading
+import urllib.request
 
 import numpy as np
 import pytest
@@ -74,6 +76,23 @@ def test_served_result_equals_the_reference_float_pipeline(grpc, demo_repository
     ref_index, ref_score = softmax_topk(torch_outputs(model, normalize_batch(batch, spec)), 5)
     np.testing.assert_array_equal(result.as_numpy("CLASS_INDEX")[:, 0], ref_index[:, 0])
     np.testing.assert_allclose(result.as_numpy("SCORE"), ref_score, atol=1e-4)
+
+
+def test_the_served_network_computes_in_the_precision_the_build_pinned(triton, demo_repository):
+    """FP32 on every CPU: the served model reads the precision back from its compiled network and
+    exports it. On a CPU with native bf16, OpenVINO's default would have been bf16."""
+    from cvserve.loadtests.metrics import network_info
+
+    report = json.loads((demo_repository / MODEL / "1" / "build_report.json").read_text())
+    assert network_info(triton.metrics_url, MODEL) == [
+        {"model": MODEL, "version": "1", "runtime": "openvino", "precision": "f32"}
+    ]
+    metrics = urllib.request.urlopen(triton.metrics_url, timeout=5).read().decode()
+    layers = {
+        m.group(1): int(float(m.group(2)))
+        for m in re.finditer(r'cvserve_network_layers\{[^}]*precision="(\w+)"[^}]*\} (\S+)', metrics)
+    }
+    assert layers == report["network"]["layer_precisions"] and set(layers) == {"f32"}
 
 
 def test_jpeg_and_png_of_the_same_photo_agree(grpc, labels, sample_images):

@@ -76,10 +76,13 @@ def test_every_input_kind_builds_a_verified_single_layout(checkpoints, tmp_path,
     settings.arch, settings.labels = arch, checkpoints / "labels.txt"
     result = build(settings, log=lambda _m: None)
     report = result.report
-    assert report["schema"] == 2 and report["version"] == 1
+    assert report["schema"] == 3 and report["version"] == 1
     assert (report["checkpoint"]["kind"], report["network"]["exporter"]) == (kind, exporter)
     assert report["checkpoint"]["sha256"] == sha256(checkpoints / file)
     assert report["network"]["layout"] == "single" and report["network"]["runtime"] == "openvino"
+    # FP32 on every CPU: read back from the compiled network, every compute layer in f32
+    assert report["network"]["float_parts"] == "f32" and set(report["network"]["layer_precisions"]) == {"f32"}
+    assert report["hardware"]["model"] and "native_bf16" in report["hardware"]
     assert report["verification"]["ok"] and report["network"]["num_classes"] == 4
     served = report["verification"]["served"]  # the served graph in OpenVINO against the float reference
     assert served["top1_equal"] == served["images"] and served["max_score_diff"] <= served["tolerance"]
@@ -87,7 +90,8 @@ def test_every_input_kind_builds_a_verified_single_layout(checkpoints, tmp_path,
     assert report["quantization"] is None and report["accuracy"] is None
     v = repo / "tiny" / "1"
     names = {p.name for p in v.iterdir()}
-    assert {"model.py", "model.xml", "model.bin", "cvserve_preprocessing.py", "cvserve_runners.py"} <= names
+    assert {"model.py", "model.xml", "model.bin", "cvserve_preprocessing.py", "cvserve_runners.py",
+            "cvserve_hardware.py"} <= names  # fmt: skip
     assert PreprocessSpec.load(v) == SPEC
     assert [p.name for p in repo.iterdir()] == ["tiny"]  # one model: no ensemble, no postprocess
     saved = json.loads((v / "build_report.json").read_text())
@@ -100,6 +104,7 @@ def test_every_input_kind_builds_a_verified_single_layout(checkpoints, tmp_path,
     cfg = tc.parse((repo / "tiny" / "config.pbtxt").read_text())
     assert [list(o.dims) for o in cfg.output] == [[3], [3]]
     assert json.loads(cfg.parameters["labels"].string_value) == ["ant", "bee", "cat", "dog"]
+    assert cfg.parameters[tc.PRECISION_PARAMETER].string_value == "f32"
 
 
 def test_served_graph_runs_pixels_to_top_k_like_the_float_reference(checkpoints, tmp_path):
@@ -119,7 +124,9 @@ def test_served_graph_runs_pixels_to_top_k_like_the_float_reference(checkpoints,
     batch = np.stack([pixels(p.read_bytes(), spec) for p in sample_images().values()])
     ref_index, ref_score = verify.reference_topk(net.path, batch, spec, 4)
     for runtime in ("onnxruntime", "openvino"):
-        out = open_runner(graph.path, runtime).run(batch)
+        runner = open_runner(graph.path, runtime)
+        assert runner.precision == "f32"  # pinned, whatever the CPU's default
+        out = runner.run(batch)
         assert out["CLASS_INDEX"].dtype == np.int64 and out["SCORE"].dtype == np.float32
         np.testing.assert_array_equal(out["CLASS_INDEX"][:, 0], ref_index[:, 0])
         np.testing.assert_allclose(out["SCORE"], ref_score, atol=1e-5)

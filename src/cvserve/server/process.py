@@ -25,6 +25,7 @@ from pathlib import Path
 
 from cvserve.defaults import DEFAULT_REPOSITORY
 from cvserve.errors import NotFoundError, TimeLimitError, TritonError, UserInputError
+from cvserve.hardware import CPUS_ENV  # read by the served models (cvserve.hardware.available_cpus)
 from cvserve.server.restricted import MODES as RESTRICT_MODES
 from cvserve.server.restricted import RestrictedApi, restricted_api
 from cvserve.server.runtime import ensure_runtime
@@ -32,7 +33,6 @@ from cvserve.settings import setting
 
 CONTROL_MODES = ("none", "explicit", "poll")
 SHM_DIR = Path("/dev/shm")
-CPUS_ENV = "CVSERVE_CPUS"  # read by the served models (cvserve.builders.runners.available_cpus)
 # glibc's malloc, for tritonserver and its stubs (TritonServer.environment): allocations above the mmap
 # threshold are mmap()ed and returned when freed; the heap is trimmed above the trim threshold (twice the
 # mmap threshold, glibc's own rule when it moves the threshold itself).
