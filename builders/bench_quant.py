@@ -224,10 +224,11 @@ def main(argv: list[str] | None = None) -> int:
         args = from_args(BenchQuantSettings, p.parse_args(argv))
     except UserInputError as exc:
         p.error(str(exc))
-    from cvserve.reporting import machine, render
+    from cvserve import hardware
+    from cvserve.reporting import render
 
     out: dict = {
-        "machine": machine(),
+        "machine": hardware.summary(),
         "date": time.strftime("%Y-%m-%d"),
         "args": {k: str(v) for k, v in dataclasses.asdict(args).items()},
     }

@@ -233,6 +233,9 @@ def build_report(
     if server.get("scraped") is False and st.get("metrics_url"):
         warnings.append(f"Triton metrics not scraped: {server['reason']}")
     failed = [name for name, gate in g.items() if not gate["passed"]]
+    from cvserve import hardware
+    from cvserve.loadtests.metrics import network_info
+
     return {
         "name": st.get("name") or st["model"],
         "model": st["model"],
@@ -266,6 +269,9 @@ def build_report(
         "failed_gates": failed,
         **section,
         "server": server,
+        # the load generator's machine (the server's too when both run here, as in cvserve release)
+        "machine": hardware.summary(),
+        "network": network_info(st["metrics_url"], st["model"]) if st.get("metrics_url") else None,
         "generator": generator,
         "locust": locust_totals(report_dir),
         "warnings": warnings,

@@ -314,9 +314,9 @@ def parse_args(argv: list[str] | None) -> BenchSettings:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from cvserve import bench_measure, perf_analyzer
+    from cvserve import bench_measure, hardware, perf_analyzer
     from cvserve.builders.runners import available_cpus
-    from cvserve.reporting import machine, render
+    from cvserve.reporting import render
     from cvserve.server import ServerSettings, TritonServer
 
     def log(message: str) -> None:
@@ -356,7 +356,8 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "date": datetime.now(timezone.utc).replace(microsecond=0).isoformat(),
         "command": "python -m cvserve.bench" + "".join(f" {shlex.quote(a)}" for a in (argv or sys.argv[1:])),
-        "machine": machine(),
+        "machine": hardware.summary(),
+        "hardware": hardware.cpu().as_dict(),
         "cores": cores,
         "load_average_before": [round(x, 2) for x in load_before],
         "load_average_after": [round(x, 2) for x in os.getloadavg()],

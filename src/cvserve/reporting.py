@@ -9,9 +9,6 @@ reports; they are imported when a report is rendered.
 from __future__ import annotations
 
 import math
-import os
-import platform
-from pathlib import Path
 from typing import Any
 
 from cvserve._extras import require
@@ -63,16 +60,3 @@ def yaml_dump(data: Any) -> str:
     """YAML for humans and Helm (``yaml.safe_dump``, keys in the order given)."""
     yaml = require("yaml", purpose="to write YAML reports")
     return yaml.safe_dump(data, sort_keys=False, default_flow_style=False)
-
-
-def machine() -> str:
-    """This machine in one line: CPU model, cores, Python (for every measured figure)."""
-    model = platform.processor() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{model}, {os.cpu_count()} cores, Python {platform.python_version()}"

@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from cvserve import hardware
 from cvserve.errors import CvserveError, MissingDependencyError, UserInputError
 from cvserve.release import measure, promote
 from cvserve.release import report as reports
@@ -24,7 +25,6 @@ from cvserve.release.golden import GoldenSet, load_golden_set, resolve_labels
 from cvserve.release.settings import ReleaseSettings
 from cvserve.release.shadow import serve_shadows
 from cvserve.release.versions import ModelVersion, load_version, model_config, served_by_config
-from cvserve.reporting import machine
 
 Log = Callable[[str], None]
 
@@ -229,7 +229,8 @@ def _report(
         "decision": "no-go" if failing else "go",
         "failed_gates": failing,
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "machine": machine(),
+        "machine": hardware.summary(),
+        "hardware": hardware.cpu().as_dict(),
         "server": {"url": url, "embedded": embedded, "shadows": judged.shadows},
         "golden": {
             "path": str(golden.root),

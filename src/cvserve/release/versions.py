@@ -148,14 +148,21 @@ def _pick(report: dict, *paths: str) -> Any:
     return UNKNOWN
 
 
+def _layers(counts: Any) -> str:
+    """``{"i8": 52, "f32": 13}`` -> ``"i8 52, f32 13"``."""
+    if not isinstance(counts, dict):
+        return str(counts)
+    return ", ".join(f"{precision} {n}" for precision, n in sorted(counts.items(), key=lambda kv: -kv[1]))
+
+
 def build_facts(report: dict | None) -> dict[str, Any]:
-    """What a release and a model card need from a build report: schema 2 keys, schema 1 as fallback.
+    """What a release and a model card need from a build report: schema 2-3 keys, schema 1 as fallback.
 
     Every missing fact is ``"unknown"``; ``accuracy``, ``quantization`` and ``throughput`` are ``None``
     when the build did not produce them (FP32 builds have no accuracy gate).
     """
     r = report or {}
-    quantization = r.get("quantization") if r.get("schema") == 2 else r.get("calibration")
+    quantization = r.get("quantization") if (r.get("schema") or 1) >= 2 else r.get("calibration")
     precision = _pick(r, "network.precision", "precision")
     if quantization:
         method = _pick(quantization, "method", "calibration_method")
@@ -171,6 +178,9 @@ def build_facts(report: dict | None) -> dict[str, Any]:
         "layout": _pick(r, "network.layout"),
         "runtime": _pick(r, "network.runtime", "runtime"),
         "precision": precision,
+        "float_parts": _pick(r, "network.float_parts"),  # schema 3: read back from the compiled network
+        "layer_precisions": _layers(_pick(r, "network.layer_precisions")),
+        "built_on": _pick(r, "hardware.summary"),
         "target": _pick(r, "network.target", "target"),
         "network_file": _pick(r, "network.file"),
         "network_sha256": _pick(r, "network.sha256", "sha256"),

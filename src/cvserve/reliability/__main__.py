@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     add_arguments(parser, ReliabilitySettings)
     s = from_args(ReliabilitySettings, parser.parse_args(argv))
     wanted = [x.strip().upper() for x in s.only.split(",") if x.strip()]
-    from cvserve import reporting
+    from cvserve import hardware, reporting
     from cvserve.reliability import scenarios as sc
     from cvserve.server.runtime import ensure_runtime
     from cvserve.server.serve_process import ServeProcess
@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
         server.kill()
     context = {
         "command": "python -m cvserve.reliability" + (" " + shlex.join(argv) if argv else ""),
-        "machine": reporting.machine(),
+        "machine": hardware.summary(),
         "date": datetime.date.today().isoformat(),
         "model": s.model,
         "layout": layout,

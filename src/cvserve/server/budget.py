@@ -1,11 +1,12 @@
-"""The thread budget of each served model, as ``cvserve serve`` prints it at start.
+"""The thread budget (and network precision) of each served model, as ``cvserve serve`` prints it at start.
 
 A python-backend model built by cvserve reads its instance count and its ``intra_op_threads`` /
 ``decode_threads`` parameters from its config and splits the cores it may use between its instances
 (:func:`cvserve.builders.runners.thread_budget`, the one place that decides it). This module reads the
 same config files and calls the same function, with the cores the server will have (``--cpus``, or this
 process's CPU affinity and cgroup quota), so the operator sees the split, and an oversubscription,
-before any request arrives.
+before any request arrives. The network's runtime and float precision (the ``runtime`` and
+``inference_precision`` parameters the build wrote) are printed with it.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 THREAD_PARAMETERS = ("intra_op_threads", "decode_threads")
+NETWORK_PARAMETERS = ("runtime", "inference_precision")
 
 
 @dataclass(frozen=True)
@@ -23,8 +25,12 @@ class ModelThreads:
     oversubscribed: bool = False
 
 
+def _parameter(cfg, key: str) -> str:
+    return cfg.parameters[key].string_value if key in cfg.parameters else ""
+
+
 def _int_parameter(cfg, key: str) -> int:
-    value = cfg.parameters[key].string_value if key in cfg.parameters else ""
+    value = _parameter(cfg, key)
     return int(value) if value.strip().isdigit() else 0
 
 
@@ -59,7 +65,11 @@ def model_threads(
             intra_op=_int_parameter(cfg, "intra_op_threads"),
             decode=_int_parameter(cfg, "decode_threads"),
         )
+        runtime, precision = (_parameter(cfg, key) for key in NETWORK_PARAMETERS)
+        network = f"{runtime} in {precision or 'f32'}; " if runtime else ""
         found.append(
-            ModelThreads(cfg.name or config_path.parent.name, budget.describe(), budget.oversubscribed)
+            ModelThreads(
+                cfg.name or config_path.parent.name, network + budget.describe(), budget.oversubscribed
+            )
         )
     return found

@@ -47,6 +47,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def serve(s: ServeSettings) -> int:
+    from cvserve import hardware
     from cvserve.server.budget import model_threads
     from cvserve.server.process import check_repository
     from cvserve.server.restricted import is_loopback
@@ -69,6 +70,7 @@ def serve(s: ServeSettings) -> int:
     print(f"  metrics     {server.metrics_url}")
     print(f"  supervisor  {supervisor.metrics_url}")
     print(f"  log         {server.log_path}")
+    print(f"  hardware    {hardware.summary()}")
     for t in model_threads(Path(s.server.repository), cpus=s.server.cpus, names=loaded):
         print(f"  threads     {t.model}: {t.text}")
     models = supervisor.canary_models()

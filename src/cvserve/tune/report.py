@@ -115,9 +115,20 @@ def helm_overrides(base: Pipeline, chosen: Candidate) -> tuple[dict, list[str]]:
 
 def build_report(result: SearchResult, *, settings: dict, base: Pipeline) -> dict:
     price = settings["price_per_hour"]
+    from cvserve import hardware
+
     helm, notes = helm_overrides(base, result.best.candidate)
+    network = base.configs[base.network_role]
+    params = {k: v.string_value for k, v in network.parameters.items()}
     return {
         "settings": settings,
+        # where the trials ran (the server's machine when tuned on localhost) and what ran there
+        "machine": hardware.summary(),
+        "network": {
+            "model": network.name,
+            "runtime": params.get("runtime") or network.backend or network.platform,
+            "precision": params.get("inference_precision", "-"),
+        },
         "noise_relative_spread": result.noise,
         "win_margin": result.margin,
         "stopped_by": result.stopped_by,
