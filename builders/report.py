@@ -17,6 +17,7 @@ SECTIONS = (
     "checkpoint",
     "network",
     "engine_profile",
+    "admission",
     "preprocess",
     "quantization",
     "accuracy",

@@ -1,0 +1,122 @@
+"""The default queue bound of a built model: sized from the latency objective, not from the batch.
+
+The rule, kept here only (Little's law, ``L = lambda x W``): a model may hold as many requests waiting as
+it finishes within the SLO's queueing share,
+
+    max_queue_size = max(max_batch_size, floor(requests_per_s x QUEUEING_SHARE x slo_p95_ms / 1000))
+
+where ``requests_per_s`` is the served network's measured throughput in images per second, one image
+per request (what a request of several images costs is bounded by the queue timeout instead). Half the
+SLO (:data:`QUEUEING_SHARE`) is for waiting in the queue; the other half is for running the request and
+for the batch ahead of it. The floor of one max batch keeps the old default where nothing is measured
+(a TensorRT engine or a GPU target, which this machine cannot time) or the network is slow. The queue
+timeout (``Batching.queue_timeout_us``, 2 x the SLO) stays the hard stop for requests that wait longer
+than the rule predicts.
+
+The throughput: the served network file in its runtime, on this machine, at the engine profile's opt
+batch, on the intra-op threads one instance gets (:func:`cvserve.builders.runners.thread_budget`),
+for :data:`MEASURE_S` seconds after one warm-up run; times the instances, which run side by side on
+their share of the cores. The result is resolved at build time into an absolute number, written into
+the config and the build report (``admission``), so nobody re-derives it; ``--max-queue-size N``
+overrides it, and ``cvserve tune`` searches it from there.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from cvserve.builders.triton_config import Batching
+
+QUEUEING_SHARE = 0.5  # of the SLO: what an admitted request may spend queued
+MEASURE_S = 1.0  # how long the build times the served network (one short run, no alternation)
+
+
+def queue_bound(requests_per_s: float | None, *, slo_p95_ms: float, max_batch_size: int) -> int:
+    """The default ``max_queue_size``: requests finished within the SLO's queueing share, at least one
+    max batch (``requests_per_s`` ``None``: not measured, one max batch)."""
+    if requests_per_s is None:
+        return max_batch_size
+    return max(max_batch_size, math.floor(requests_per_s * QUEUEING_SHARE * slo_p95_ms / 1000))
+
+
+def resolve(b: Batching, requests_per_s: float | None) -> Batching:
+    """``b`` with an absolute ``max_queue_size``: the one given, else :func:`queue_bound`'s."""
+    if b.max_queue_size is not None:
+        return b
+    bound = queue_bound(requests_per_s, slo_p95_ms=b.slo_p95_ms, max_batch_size=b.max_batch_size)
+    return dataclasses.replace(b, max_queue_size=bound)
+
+
+def measure(
+    network: Path, runtime: str, pixels: np.ndarray, *, batch: int, instances: int, seconds: float = MEASURE_S
+) -> dict:
+    """Images/s of the served ``network`` at ``batch`` on one instance's threads, and times ``instances``."""
+    from cvserve.builders.quantize import images_per_s
+    from cvserve.builders.runners import open_runner, thread_budget
+    from cvserve.reporting import machine
+
+    budget = thread_budget(instances)
+    runner = open_runner(network, runtime, threads=budget.intra_op)
+    rows = np.resize(pixels, (batch, *pixels.shape[1:]))  # the photos repeated up to the batch
+    per_instance = images_per_s(runner, rows, seconds)
+    return {
+        "runtime": runtime,
+        "batch": batch,
+        "threads_per_instance": budget.intra_op,
+        "instances": instances,
+        "cores": budget.cores,
+        "seconds": seconds,
+        "img_s_per_instance": round(per_instance, 1),
+        "img_s": round(per_instance * instances, 1),
+        "cpu": machine(),
+    }
+
+
+def admission(b: Batching, plan, network: Path, images: Sequence[Path], spec, log) -> tuple[Batching, dict]:
+    """The build's stage: resolve ``b``'s queue bound, measuring ``network`` when the rule needs it.
+
+    Returns ``b`` with an absolute ``max_queue_size`` and the build report's ``admission`` entry (the
+    bound, where it came from, the rule's inputs).
+    """
+    from cvserve.builders.runners import RUNTIMES
+
+    entry: dict = {"slo_p95_ms": b.slo_p95_ms, "queue_timeout_ms": b.queue_timeout_us / 1000}
+    if b.max_queue_size is not None:
+        return b, {**entry, "max_queue_size": b.max_queue_size, "source": "--max-queue-size"}
+    throughput, source = None, "one max batch: a GPU network is not timed on the build machine"
+    if plan.target == "cpu" and plan.runtime in RUNTIMES:
+        throughput = measure(
+            network,
+            plan.runtime,
+            sample_pixels(images, spec),
+            batch=b.profile.opt_batch,
+            instances=b.network_instances,
+        )
+        source = "derived from the SLO and the measured throughput"
+    resolved = resolve(b, throughput["img_s"] if throughput else None)
+    log(
+        f"[admission] max_queue_size {resolved.max_queue_size} ({source}"
+        + (f": {throughput['img_s']:g} img/s at batch {throughput['batch']}" if throughput else "")
+        + f", SLO {b.slo_p95_ms:g} ms x {QUEUEING_SHARE:g}, at least one max batch of {b.max_batch_size})"
+    )
+    return resolved, {
+        **entry,
+        "max_queue_size": resolved.max_queue_size,
+        "source": source,
+        "rule": "max(max batch, floor(img/s x queueing share x SLO)), one image per request",
+        "queueing_share": QUEUEING_SHARE,
+        "max_batch_size": b.max_batch_size,
+        "throughput": throughput,
+    }
+
+
+def sample_pixels(images: Sequence[Path], spec) -> np.ndarray:
+    """The build's sample photos as the served network's uint8 input."""
+    from cvserve.builders.preprocessing import pixels
+
+    return np.stack([pixels(Path(p).read_bytes(), spec) for p in images])
