@@ -8,6 +8,7 @@
     wrap (served_graph.py)   -> ServedGraph         uint8 pixels in, top-k out, the math in the graph
     engine (onnx2openvino.py / onnx2trt.py) -> NetworkArtifact   what the runtime serves
     check (verify.py)        -> served result equals the float reference on the same photos
+    admission (admission.py) -> the queue bound, from the SLO and the served network's throughput
     write (repository.py)    -> version N of every model of the layout, atomically
 
 Where and how the network is served (layout, runtime, device) is decided once, by
@@ -33,6 +34,7 @@ from pathlib import Path
 
 from cvserve import hardware
 from cvserve.builders import precision as prec
+from cvserve.builders import admission as _admission
 from cvserve.builders import runtime as rt
 from cvserve.builders import triton_config as tc
 from cvserve.builders.preprocessing import PreprocessSpec, preprocess_files
@@ -343,6 +345,10 @@ def build(settings: BuildSettings, log: Callable[[str], None] = print) -> BuildR
                 log(f"[check] served {plan.runtime} network vs the float reference: {served_check.summary()}")
                 if precision == "fp32":
                     served_check.require_equal()
+        with clock.stage("admission"):  # the queue bound, from the SLO and the measured throughput
+            batching, admission = _admission.admission(
+                batching, plan, artifact.path, images, spec, log, precision=numerics.float_parts
+            )
         shape = tc.PipelineShape(
             pixels_shape=served.pixels_shape,
             top_k=served.top_k,
@@ -390,6 +396,7 @@ def build(settings: BuildSettings, log: Callable[[str], None] = print) -> BuildR
                 "served": served_check.as_dict() if served_check is not None else None,
             },
             "engine": artifact.details,
+            "admission": admission,
         }
         with clock.stage("write"), repository.staged_build(settings.repository, settings.name) as staged:
             report["version"] = staged.version

@@ -16,6 +16,7 @@ SECTIONS = (
     "checkpoint",
     "network",
     "engine_profile",
+    "admission",
     "preprocess",
     "quantization",
     "accuracy",

@@ -11,7 +11,8 @@ SCORE (FP32, [k]), with the class names in NAME's ``labels`` parameter (a JSON a
 
 Admission control: the model that first queues a request rejects it, as a retryable UNAVAILABLE,
 when its queue holds ``max_queue_size`` requests or when it has waited ``queue_timeout_ms``, so an
-overload turns into fast rejections instead of unbounded latency. What Triton 2.51 does with it, as
+overload turns into fast rejections instead of unbounded latency. The default queue bound follows from
+the SLO and the measured throughput (:mod:`cvserve.builders.admission`), resolved by the build. What Triton 2.51 does with it, as
 measured (docs/serving.md, "Admission control"): a full queue rejects at once (a few ms); a timed-out
 request is rejected when the batcher next looks at its queue, i.e. at its next batch or at its 500 ms
 re-check while the instance is busy. Any queue policy turns off the batcher's payload prefetching, and
@@ -119,11 +120,14 @@ class Batching:
         help="single layout: let one execution run several requests (off: each runs alone, and a "
         "malformed one fails only itself; docs/serving.md)",
     )
-    # Requests waiting per model before new ones are rejected at once; 0: one max batch. An admitted
-    # request then waits for at most the batch running and one batch ahead of it (R2 in
-    # docs/benchmarks.md: 2 x max batch admitted 1.7x the saturated p95, one max batch 1.2x).
-    max_queue_size: int = setting(
-        0, help="requests waiting before new ones are rejected as UNAVAILABLE (0: one max batch)"
+    # Requests waiting per model before new ones are rejected at once. None: derived by the build from
+    # the SLO and the served network's measured throughput (cvserve.builders.admission, the one place of
+    # that rule) and written as a number; 0: unbounded, as in Triton's config and cvserve tune.
+    max_queue_size: int | None = setting(
+        None,
+        help="requests waiting before new ones are rejected as UNAVAILABLE (0: unbounded)",
+        default_help="what the build's measured throughput finishes within half of --slo-p95-ms, at "
+        "least one max batch",
     )
     # A request waiting longer is rejected; 0: 2 x the SLO (the latency an admitted request may reach
     # under overload), and never below MIN_DERIVED_QUEUE_TIMEOUT_MS.
@@ -150,7 +154,7 @@ class Batching:
             )
         for flag, value in (
             ("--max-queue-delay-us", self.max_queue_delay_us),
-            ("--max-queue-size", self.max_queue_size),
+            ("--max-queue-size", self.max_queue_size or 0),
             ("--queue-timeout-ms", self.queue_timeout_ms),
             ("--network-threads", self.network_threads),
             ("--decode-threads", self.decode_threads),
@@ -169,7 +173,12 @@ class Batching:
 
     @property
     def queue_size(self) -> int:
-        return self.max_queue_size or self.max_batch_size
+        """The absolute ``max_queue_size`` a config gets; a build resolves the default first."""
+        if self.max_queue_size is None:
+            raise ValueError(
+                "max_queue_size is derived at build time: resolve it first (cvserve.builders.admission)"
+            )
+        return self.max_queue_size
 
     @property
     def queue_timeout_us(self) -> int:

@@ -26,6 +26,7 @@ from cvserve.client._options import (
     Options,
     make_options,
 )
+from cvserve.client._pacing import default_max_in_flight, paced
 from cvserve.client._requests import (
     collect_outputs,
     image_request,
@@ -62,6 +63,7 @@ class ClientCore:
         compression: str | None = None,
         keepalive: KeepAliveOptions | None = None,
         metrics: ClientMetrics | bool | None = None,
+        max_in_flight: int | None = None,
     ) -> None:
         """Check the options and prepare the channel (opened on the first call).
 
@@ -86,6 +88,10 @@ class ClientCore:
             compression: ``"gzip"`` or ``"deflate"`` to compress requests.
             keepalive: gRPC keepalive settings; pings every 60 s during calls by default.
             metrics: ``True`` for Prometheus metrics on the default registry, or a :class:`ClientMetrics`.
+            max_in_flight: the most requests this client has out to one model (and version) at once;
+                more wait in the client, within their deadline, for one to finish. By default the
+                model's queue bound as the server reports it (at least one per instance; no bound for
+                an unbounded queue), so a burst is paced to what the server admits (docs/client.md).
 
         Raises:
             InvalidInput: an argument is wrong (bad URL, missing certificate file, unknown compression).
@@ -106,6 +112,7 @@ class ClientCore:
             compression=compression,
             keepalive=keepalive,
             metrics=metrics,
+            max_in_flight=max_in_flight,
         )
         policy = self._opts.retry or RetryPolicy()  # per-call policies share this client's budget
         self._budget = RetryBudget(policy.max_tokens, policy.token_ratio)
@@ -219,8 +226,15 @@ class ClientCore:
         if info is None:
             model, version = key
             metadata = yield from self._call("get_model_metadata", model, deadline, None, model, version)
-            config = yield from self._call("get_model_config", model, deadline, None, model, version)
-            info = self._models[key] = model_info(metadata, config.config, version)
+            config = (yield from self._call("get_model_config", model, deadline, None, model, version)).config
+            steps = []  # an ensemble's requests are admitted by its steps' queues
+            for step in getattr(getattr(config, "ensemble_scheduling", None), "step", ()):
+                at = str(step.model_version) if step.model_version > 0 else ""
+                name = step.model_name
+                steps.append(
+                    (yield from self._call("get_model_config", name, deadline, None, name, at)).config
+                )
+            info = self._models[key] = model_info(metadata, config, version, steps)
         return info
 
     def _resolve_model(self, deadline: Deadline) -> Plan[str]:
@@ -277,7 +291,8 @@ class ClientCore:
         deadline = self._deadline(timeout)
         name = model or (yield from self._resolve_model(deadline))
         with track(self._opts.metrics, name, "classify"):
-            spec = classifier_spec((yield from self._info(name, model_version, deadline)))
+            info = yield from self._info(name, model_version, deadline)
+            spec = classifier_spec(info)
             top_k = check_top_k(spec, top_k, name)
             sizes = image_sizes(blobs)
             parts = split_rows(
@@ -287,7 +302,8 @@ class ClientCore:
             def part(rows: slice) -> Plan[list[list[Classification]]]:
                 inputs, outputs = image_request(spec, blobs[rows])
                 kw = {"outputs": outputs, "model_version": model_version or ""}
-                result = yield from self._call("infer", name, deadline, retry, name, inputs, **kw)
+                call = self._call("infer", name, deadline, retry, name, inputs, **kw)
+                result = yield from self._paced(info, deadline, call)
                 return parse_classifications(result, spec, top_k, len(blobs[rows]), name)
 
             results = yield Gather(tuple(part(rows) for rows in parts))
@@ -332,7 +348,8 @@ class ClientCore:
             def part(rows: slice | None) -> Plan[Any]:
                 tensors, wanted = tensor_request(inputs, names, rows)
                 kw = {"outputs": wanted, "model_version": model_version or ""}
-                return (yield from self._call("infer", model, deadline, retry, model, tensors, **kw))
+                call = self._call("infer", model, deadline, retry, model, tensors, **kw)
+                return (yield from self._paced(info, deadline, call))
 
             results = yield Gather(tuple(part(rows) for rows in parts))
             return collect_outputs(results, names)
@@ -353,6 +370,18 @@ class ClientCore:
                 map_error=self._mapper(model, deadline),
                 on_retry=self._on_retry(model),
             )
+        )
+
+    def _paced(self, info: ModelInfo, deadline: Deadline, call: Plan[Any]) -> Plan[Any]:
+        """``call`` (one request) run within this client's bound on requests in flight to the model."""
+        limit = self._opts.max_in_flight or default_max_in_flight(info.max_queue_size, info.instances)
+        return paced(
+            call,
+            model=info.name,
+            key=(info.name, info.version),
+            limit=limit,
+            deadline=deadline,
+            metrics=self._opts.metrics,
         )
 
     def _deadline(self, timeout: float | None) -> Deadline:

@@ -7,7 +7,9 @@ back (or has the error thrown in at the ``yield``):
 * :class:`Sleep` - a backoff;
 * :class:`Gather` - several sub-plans (the parts of a split batch): the asyncio client runs them
   concurrently, the blocking client one after the other;
-* :class:`Exclusive` - a sub-plan run under the client's lock (metadata fetched once per model).
+* :class:`Exclusive` - a sub-plan run under the client's lock (metadata fetched once per model);
+* :class:`Paced` - a sub-plan (one request, retried) run holding one of a bounded number of slots, so a
+  client keeps at most that many requests of a model in flight (:mod:`cvserve.client._pacing`).
 
 Request planning, retries, result parsing and error mapping live in the plans
 (:class:`cvserve.client._core.ClientCore`); :class:`~cvserve.client.Client` and
@@ -59,7 +61,18 @@ class Exclusive:
     timeout: float
 
 
-Effect: TypeAlias = Rpc | Sleep | Gather | Exclusive
+@dataclass(frozen=True, slots=True)
+class Paced:
+    """Run the sub-plan holding one of ``limit`` slots of ``key`` (per client); ``TimeoutError`` if no
+    slot is free within ``timeout`` s. The first sub-plan of a key sets its limit."""
+
+    plan: Plan[Any]
+    key: Any
+    limit: int
+    timeout: float
+
+
+Effect: TypeAlias = Rpc | Sleep | Gather | Exclusive | Paced
 Plan: TypeAlias = Generator[Effect, Any, R]
 
 
@@ -88,6 +101,9 @@ def run(plan: Plan[R], perform: Callable[[Effect], Any]) -> R:
             step.value = perform(effect)
         except Exception as exc:  # handed to the plan, which maps or retries it
             step.error = exc
+        except BaseException:  # interrupted: the plan's finally blocks (slots, gauges) run now
+            plan.close()
+            raise
     return step.result  # type: ignore[return-value]
 
 
@@ -99,6 +115,9 @@ async def arun(plan: Plan[R], perform: Callable[[Effect], Awaitable[Any]]) -> R:
             step.value = await perform(effect)
         except Exception as exc:  # handed to the plan, which maps or retries it
             step.error = exc
+        except BaseException:  # cancelled: the plan's finally blocks (slots, gauges) run now
+            plan.close()
+            raise
     return step.result  # type: ignore[return-value]
 
 
@@ -137,4 +156,16 @@ def _public(method: Any, plan: Callable[..., Any]) -> Any:
     return method
 
 
-__all__ = ["Effect", "Exclusive", "Gather", "Plan", "Rpc", "Sleep", "arun", "asynchronous", "blocking", "run"]
+__all__ = [
+    "Effect",
+    "Exclusive",
+    "Gather",
+    "Paced",
+    "Plan",
+    "Rpc",
+    "Sleep",
+    "arun",
+    "asynchronous",
+    "blocking",
+    "run",
+]

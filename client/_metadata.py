@@ -14,12 +14,13 @@ parameter.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 from tritonclient.utils import np_to_triton_dtype
 
+from cvserve.client._pacing import default_max_in_flight
 from cvserve.client.errors import InvalidInput, ServerError
 from cvserve.client.types import ModelInfo, TensorSpec
 
@@ -29,10 +30,13 @@ LABEL = "LABEL"  # the BYTES output of models built before contract v2
 LABELS_PARAMETER = "labels"
 
 
-def model_info(metadata: object, config: object | None, version: str = "") -> ModelInfo:
+def model_info(
+    metadata: object, config: object | None, version: str = "", steps: Sequence[object] = ()
+) -> ModelInfo:
     """Build :class:`ModelInfo` from tritonclient's ``ModelMetadataResponse`` and ``ModelConfig``.
 
-    ``version`` is the version asked for (``""``: the server's choice, reported as the highest one).
+    ``version`` is the version asked for (``""``: the server's choice, reported as the highest one);
+    ``steps`` the configs of an ensemble's steps, whose queues admit its requests.
     """
     optional = {i.name for i in getattr(config, "input", ()) if getattr(i, "optional", False)}
 
@@ -53,7 +57,23 @@ def model_info(metadata: object, config: object | None, version: str = "") -> Mo
         inputs=specs(metadata.inputs, optional),  # type: ignore[attr-defined]
         outputs=specs(metadata.outputs, set()),  # type: ignore[attr-defined]
         labels=_labels(metadata.name, config),  # type: ignore[attr-defined]
+        **_admission(config, steps),
     )
+
+
+def _admission(config: object | None, steps: Sequence[object]) -> dict[str, int]:
+    """The queue bound and instances the server admits requests with: the model's own or, for an
+    ensemble, those of the step that admits the fewest (the bound of an unbounded queue is 0)."""
+
+    def of(cfg: object | None) -> tuple[int, int]:
+        policy = getattr(getattr(cfg, "dynamic_batching", None), "default_queue_policy", None)
+        groups = getattr(cfg, "instance_group", ())
+        return int(getattr(policy, "max_queue_size", 0) or 0), sum(g.count or 1 for g in groups) or 1
+
+    found = [of(c) for c in (steps or (config,))]
+    bounded = [qi for qi in found if qi[0] > 0]
+    queue, instances = min(bounded, key=lambda qi: default_max_in_flight(*qi) or 0) if bounded else found[0]
+    return {"max_queue_size": queue, "instances": instances}
 
 
 def _labels(model: str, config: object | None) -> tuple[str, ...]:

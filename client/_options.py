@@ -10,6 +10,7 @@ from typing import Any
 
 from tritonclient.grpc import MAX_GRPC_MESSAGE_SIZE, KeepAliveOptions
 
+from cvserve.client._pacing import check_max_in_flight
 from cvserve.client._retry import Deadline, RetryPolicy
 from cvserve.client.errors import InvalidInput
 from cvserve.client.metrics import ClientMetrics
@@ -39,6 +40,7 @@ class Options:
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
     metrics: ClientMetrics | None = None
     model: str | None = None
+    max_in_flight: int | None = None  # None: from the model's queue bound (cvserve.client._pacing)
 
 
 def make_options(
@@ -58,6 +60,7 @@ def make_options(
     compression: str | None,
     keepalive: KeepAliveOptions | None,
     metrics: ClientMetrics | bool | None,
+    max_in_flight: int | None = None,
 ) -> Options:
     """Check and normalise the arguments both clients take (see :class:`cvserve.client.Client`)."""
     url = url or os.environ.get("CVSERVE_URL") or DEFAULT_URL
@@ -108,6 +111,7 @@ def make_options(
         max_request_bytes=max_request_bytes,
         metrics=metrics or None,
         model=model,
+        max_in_flight=check_max_in_flight(max_in_flight),
         **certs,
     )
 

@@ -8,8 +8,9 @@ from typing import Any
 import tritonclient.grpc.aio as triton_aio
 
 from cvserve.client._core import ClientCore
-from cvserve.client._effects import Effect, Exclusive, Gather, Plan, Rpc, Sleep, arun, asynchronous
+from cvserve.client._effects import Effect, Exclusive, Gather, Paced, Plan, Rpc, Sleep, arun, asynchronous
 from cvserve.client._options import triton_kwargs
+from cvserve.client._pacing import AsyncSlots
 
 # asyncio.wait_for with no time left cancels even a free lock's acquire; give it a moment.
 _MIN_LOCK_WAIT_S = 0.001
@@ -49,9 +50,10 @@ class AsyncClient(ClientCore):
 
     # -- I/O: the only part that is not shared --------------------------------------------------------
     def _setup(self) -> None:
-        # Both belong to the event loop of the first call, so they are made there.
+        # They belong to the event loop of the first call, so they are made there.
         self._triton: triton_aio.InferenceServerClient | None = None
         self._lock: asyncio.Lock | None = None
+        self._slots: dict[Any, AsyncSlots] = {}  # Paced key -> its slots
 
     async def _run(self, plan: Plan[Any]) -> Any:
         return await arun(plan, self._perform)
@@ -66,6 +68,14 @@ class AsyncClient(ClientCore):
             return await asyncio.sleep(effect.seconds)
         if isinstance(effect, Gather):
             return await _gather_all([self._run(plan) for plan in effect.plans])
+        if isinstance(effect, Paced):
+            slots = self._slots.setdefault(effect.key, AsyncSlots(effect.limit))
+            if not await slots.acquire(effect.timeout):
+                raise TimeoutError
+            try:
+                return await self._run(effect.plan)
+            finally:
+                slots.release()
         assert isinstance(effect, Exclusive)
         await asyncio.wait_for(self._lock.acquire(), max(effect.timeout, _MIN_LOCK_WAIT_S))
         try:

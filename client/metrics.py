@@ -12,6 +12,11 @@ Series (``namespace`` defaults to ``cvserve_client``):
 * ``cvserve_client_errors_total{model, method, code}`` - calls that raised, by gRPC status name
   (``UNAVAILABLE``, ``DEADLINE_EXCEEDED``...) or ``CLIENT`` for errors found before sending.
 * ``cvserve_client_retries_total{model, code}`` - retried attempts, by the status that caused them.
+* ``cvserve_client_in_flight{model}`` - requests this process's clients have out to the model now
+  (each holds one of the client's ``max_in_flight`` slots, through its retries).
+* ``cvserve_client_local_wait_seconds{model}`` - histogram of how long requests waited in the client
+  for a slot before being sent (flow control; see docs/client.md), those that waited past their
+  deadline included.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from typing import Any
 from cvserve.client.errors import ClientError, MissingDependency, status_name
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+WAIT_BUCKETS = (0.0005, 0.001, 0.005, *LATENCY_BUCKETS[1:])  # most waits are none at all
 
 
 def _prometheus() -> Any:
@@ -64,6 +70,14 @@ class ClientMetrics:
         self.retries = prom.Counter(
             "retries", "Attempts retried, by the status that caused them.", ["model", "code"], **kw
         )
+        self.in_flight = prom.Gauge("in_flight", "Requests out to the model now.", ["model"], **kw)
+        self.local_wait = prom.Histogram(
+            "local_wait_seconds",
+            "Time requests waited in the client for one of its max_in_flight slots.",
+            ["model"],
+            buckets=WAIT_BUCKETS,
+            **kw,
+        )
 
     @classmethod
     def default(cls) -> ClientMetrics:
@@ -89,6 +103,21 @@ class ClientMetrics:
         """Count one retry caused by ``exc``."""
         self.retries.labels(model or "", status_name(exc) or "UNKNOWN").inc()
 
+    def waited(self, model: str, seconds: float) -> None:
+        """Record a request's wait for a slot."""
+        self.local_wait.labels(model).observe(seconds)
+
+    @contextmanager
+    def holding(self, model: str, *, waited: float) -> Iterator[None]:
+        """A request holds a slot for the block, after waiting ``waited`` seconds for it."""
+        self.waited(model, waited)
+        gauge = self.in_flight.labels(model)
+        gauge.inc()
+        try:
+            yield
+        finally:
+            gauge.dec()
+
 
 @contextmanager
 def track(metrics: ClientMetrics | None, model: str | None, method: str) -> Iterator[None]:
@@ -100,4 +129,4 @@ def track(metrics: ClientMetrics | None, model: str | None, method: str) -> Iter
             yield
 
 
-__all__ = ["LATENCY_BUCKETS", "ClientMetrics", "track"]
+__all__ = ["LATENCY_BUCKETS", "WAIT_BUCKETS", "ClientMetrics", "track"]

@@ -9,8 +9,9 @@ from typing import Any
 import tritonclient.grpc as triton
 
 from cvserve.client._core import ClientCore
-from cvserve.client._effects import Effect, Exclusive, Gather, Plan, Rpc, Sleep, blocking, run
+from cvserve.client._effects import Effect, Exclusive, Gather, Paced, Plan, Rpc, Sleep, blocking, run
 from cvserve.client._options import triton_kwargs
+from cvserve.client._pacing import ThreadSlots
 
 
 class Client(ClientCore):
@@ -45,6 +46,7 @@ class Client(ClientCore):
     # -- I/O: the only part that is not shared --------------------------------------------------------
     def _setup(self) -> None:
         self._lock = threading.RLock()
+        self._slots: dict[Any, ThreadSlots] = {}  # Paced key -> its slots, shared by the threads
         self._triton = triton.InferenceServerClient(**triton_kwargs(self._opts))
 
     def _run(self, plan: Plan[Any]) -> Any:
@@ -57,6 +59,15 @@ class Client(ClientCore):
             return time.sleep(effect.seconds)
         if isinstance(effect, Gather):  # one request after the other
             return [self._run(plan) for plan in effect.plans]
+        if isinstance(effect, Paced):
+            with self._lock:
+                slots = self._slots.setdefault(effect.key, ThreadSlots(effect.limit))
+            if not slots.acquire(effect.timeout):
+                raise TimeoutError
+            try:
+                return self._run(effect.plan)
+            finally:
+                slots.release()
         assert isinstance(effect, Exclusive)
         if not self._lock.acquire(timeout=max(effect.timeout, 0.0)):
             raise TimeoutError

@@ -51,6 +51,10 @@ class ModelInfo:
         outputs: the output tensors, in the server's order.
         labels: the class names of a classifier, index -> name, from the ``labels`` parameter of the
             model's configuration; empty when it has none (class ``i`` is then named ``str(i)``).
+        max_queue_size: the requests the server queues for the model before rejecting more (its
+            ``dynamic_batching.default_queue_policy.max_queue_size``); 0 when unbounded. For an
+            ensemble, that of the step that admits the fewest requests.
+        instances: the model's instances (summed over its instance groups), or those of that step.
     """
 
     name: str
@@ -60,6 +64,8 @@ class ModelInfo:
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
     labels: tuple[str, ...] = ()
+    max_queue_size: int = 0
+    instances: int = 1
 
     def input(self, name: str) -> TensorSpec:
         """The input tensor called ``name``; ``KeyError`` if there is none."""

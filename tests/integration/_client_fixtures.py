@@ -132,6 +132,32 @@ def write_overload_repository(repo: Path) -> Path:
     return repo
 
 
+PACED = "paced_classifier"
+
+
+def write_paced_repository(repo: Path, release_file: Path) -> Path:
+    """Models for flow control: ``paced_classifier``, the toy classifier with the config a build writes
+    (the single layout's: one request per execution, two instances, and the default queue bound, which
+    for a model whose throughput is not measured is one max batch, 4), and ``gate``, which holds every
+    request until ``release_file`` exists."""
+    from cvserve.builders import runtime as rt
+    from cvserve.builders import triton_config as tc
+    from cvserve.builders.admission import resolve
+
+    repo.mkdir(parents=True, exist_ok=True)
+    shape = tc.PipelineShape(pixels_shape=(8, 8, 3), top_k=TOY_K, labels=list(COLOURS))
+    batching = resolve(tc.Batching(max_batch_size=TOY_MAX_BATCH), None)
+    plan = rt.decide(target="cpu", runtime="openvino", layout="single")
+    config = tc.single_config(PACED, plan, shape, batching, tc.VersionPolicy())
+    _write_model(repo, PACED, "toy_classifier.py", config)
+    gate = _busy_config("gate", max_queue_size=0)
+    gate.ClearField("dynamic_batching")
+    del gate.parameters["delay_s"]
+    gate.parameters["release_file"].string_value = str(release_file)
+    _write_model(repo, "gate", "gate.py", gate)
+    return repo
+
+
 def png(rgb: tuple[int, int, int], size: int = 8) -> bytes:
     """A small solid-colour PNG."""
     from PIL import Image
@@ -160,11 +186,13 @@ def colour_pngs() -> dict[str, bytes]:
 __all__ = [
     "BUSY_DELAY_S",
     "COLOURS",
+    "PACED",
     "TOY_K",
     "TOY_MAX_BATCH",
     "colour_pngs",
     "png",
     "toy_server",
     "write_overload_repository",
+    "write_paced_repository",
     "write_repository",
 ]

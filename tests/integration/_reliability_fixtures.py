@@ -21,6 +21,7 @@ from pathlib import Path
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
+from cvserve.builders.admission import resolve
 from cvserve.builders.triton_config import ONE_REQUEST_PER_EXECUTION, Batching
 
 HERE = Path(__file__).parent / "reliability_repo"
@@ -45,7 +46,8 @@ def _batched(
 ) -> mc.ModelConfig:
     """A python model's config; ``one_request``: executions of one request (the single layout),
     ``batcher``: False for no dynamic batcher at all (the ensemble's decoder)."""
-    b = Batching(max_batch_size=MAX_BATCH)
+    # The build's default admission; a toy's throughput is not measured, so the rule's floor: one max batch.
+    b = resolve(Batching(max_batch_size=MAX_BATCH), None)
     config = mc.ModelConfig(
         name=name,
         backend="python",

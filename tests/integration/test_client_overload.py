@@ -3,7 +3,8 @@
 ``queue_full`` (one instance, 0.3 s a request, ``max_queue_size: 1``) and ``queue_timeout`` (50 ms queue
 timeout, REJECT) turn requests away with the statuses Triton 2.51 really returns; the tests check how
 the client maps them, that it retries only within ``max_attempts`` and its retry budget, and that
-nothing a caller gets back is wrong.
+nothing a caller gets back is wrong. A client paced to the queue bound (the default) sends no more than
+it admits, so these clients let every caller's request out; with pacing, see test_client_pacing.py.
 """
 
 from __future__ import annotations
@@ -19,6 +20,9 @@ from cvserve.client import AsyncClient, Client, ClientError, ClientMetrics, Retr
 from tests.integration import _client_fixtures as fx
 
 CALLERS = 8  # concurrent callers against a capacity of one running and at most one queued request
+# The client would pace its callers to the queue bound (max_in_flight, tests/integration/
+# test_client_pacing.py); these tests let every caller's request out, to meet the server's admission.
+UNPACED = CALLERS
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +61,7 @@ def split(outcomes: list) -> tuple[list[int], list[ClientError]]:
     [("queue_full", "Exceeds maximum queue size"), ("queue_timeout", "Request timeout expired")],
 )
 def test_queue_policy_rejections_are_server_unavailable(busy_server, model, message):
-    with Client(busy_server.grpc_url, timeout=30, retry=False) as client:
+    with Client(busy_server.grpc_url, timeout=30, retry=False, max_in_flight=UNPACED) as client:
         client.model_info(model)
         ok, errors = split(flood(client, model, CALLERS))
     assert ok, "the server ran nothing"
@@ -75,7 +79,11 @@ def test_retries_stay_within_max_attempts_and_the_retry_budget(busy_server):
     registry = CollectorRegistry()
     policy = RetryPolicy(max_attempts=3, initial_backoff_s=0.01, max_backoff_s=0.05)
     with Client(
-        busy_server.grpc_url, timeout=30, retry=policy, metrics=ClientMetrics(registry=registry)
+        busy_server.grpc_url,
+        timeout=30,
+        retry=policy,
+        metrics=ClientMetrics(registry=registry),
+        max_in_flight=UNPACED,
     ) as c:
         ok, errors = split(flood(c, "queue_full", 4 * CALLERS))
         tokens = c.retry_budget.tokens
@@ -112,7 +120,7 @@ def test_a_request_rejected_from_the_queue_is_retried_and_answered(busy_server):
 
 def test_async_client_under_overload(busy_server):
     async def main() -> list[object]:
-        async with AsyncClient(busy_server.grpc_url, timeout=30, retry=False) as ac:
+        async with AsyncClient(busy_server.grpc_url, timeout=30, retry=False, max_in_flight=UNPACED) as ac:
             await ac.model_info("queue_full")
 
             async def one(i: int) -> object:
@@ -126,3 +134,21 @@ def test_async_client_under_overload(busy_server):
     ok, errors = split(asyncio.run(main()))
     assert ok and errors
     assert all(isinstance(e, ServerUnavailable) and "Exceeds maximum queue size" in str(e) for e in errors)
+
+
+def test_by_default_the_client_sends_no_more_than_the_queue_admits(busy_server):
+    """The same callers with the default pacing (queue bound 1, one instance: one request out at a
+    time): every call is answered, none is turned away."""
+    from prometheus_client import CollectorRegistry
+
+    registry = CollectorRegistry()
+    with Client(busy_server.grpc_url, timeout=60, metrics=ClientMetrics(registry=registry)) as client:
+        assert client.model_info("queue_full").max_queue_size == 1
+        ok, errors = split(flood(client, "queue_full", CALLERS))
+    assert not errors and ok == list(range(CALLERS))
+    assert (
+        registry.get_sample_value(
+            "cvserve_client_retries_total", {"model": "queue_full", "code": "UNAVAILABLE"}
+        )
+        is None
+    )

@@ -118,3 +118,18 @@ def test_schema1_report_is_read_as_schema2():
     md = render_markdown(old)
     assert "| checkpoint | w.pth |" in md and "| precision_mode | INT8 |" in md
     assert "None: every quantizable layer runs in the reduced precision." in md
+
+
+def test_the_admission_section_shows_the_queue_bound_and_how_it_was_derived():
+    admission = {
+        "max_queue_size": 65,
+        "source": "derived from the SLO and the measured throughput",
+        "slo_p95_ms": 500.0,
+        "queueing_share": 0.5,
+        "queue_timeout_ms": 1000.0,
+        "throughput": {"img_s": 260.0, "batch": 8, "instances": 2, "threads_per_instance": 1, "cpu": "x"},
+    }
+    md = render_markdown({**SCHEMA2, "admission": admission})
+    assert "## Admission control" in md and "| max queue size (requests) | 65 |" in md
+    assert "| instances x threads | 2 x 1 |" in md and "| measured images/s (all instances) | 260 |" in md
+    assert "## Admission control" not in render_markdown(SCHEMA2)  # older reports have none

@@ -40,7 +40,7 @@ def test_precision_flags(precision, fp16, int8):
 
 
 def test_every_batch_the_dynamic_batcher_can_form_is_inside_the_profile():
-    batching = tc.Batching(max_batch_size=16, preferred_batch_sizes=(4, 8, 16))
+    batching = tc.Batching(max_batch_size=16, preferred_batch_sizes=(4, 8, 16), max_queue_size=16)
     spec = _spec(profile=batching.profile)
     shape = tc.PipelineShape(pixels_shape=PIXELS, top_k=5, labels=[str(i) for i in range(10)])
     cfg = tc.network_config("m", rt.decide(target="gpu"), shape, batching, tc.VersionPolicy())

@@ -96,7 +96,7 @@ def test_every_input_kind_builds_a_verified_single_layout(checkpoints, tmp_path,
     assert [p.name for p in repo.iterdir()] == ["tiny"]  # one model: no ensemble, no postprocess
     saved = json.loads((v / "build_report.json").read_text())
     assert saved["network"]["sha256"] == report["network"]["sha256"]
-    assert {"load", "export", "cleanup", "verify", "wrap", "engine", "check", "total"} <= set(
+    assert {"load", "export", "cleanup", "verify", "wrap", "engine", "check", "admission", "total"} <= set(
         saved["timings_s"]
     )
     assert "write" in result.timings_s  # the report is written inside that stage
@@ -105,6 +105,11 @@ def test_every_input_kind_builds_a_verified_single_layout(checkpoints, tmp_path,
     assert [list(o.dims) for o in cfg.output] == [[3], [3]]
     assert json.loads(cfg.parameters["labels"].string_value) == ["ant", "bee", "cat", "dog"]
     assert cfg.parameters[tc.PRECISION_PARAMETER].string_value == "f32"
+    # The queue bound is resolved to a number from the measured throughput, in the config and the report.
+    admission = saved["admission"]
+    assert admission["throughput"]["img_s"] > 0 and admission["throughput"]["batch"] == 1  # one request each
+    bound = cfg.dynamic_batching.default_queue_policy.max_queue_size
+    assert bound == admission["max_queue_size"] == saved["batching"]["max_queue_size"] >= 8
 
 
 def test_served_graph_runs_pixels_to_top_k_like_the_float_reference(checkpoints, tmp_path):
@@ -150,7 +155,12 @@ def test_ensemble_layout_with_native_onnxruntime(checkpoints, tmp_path):
     ensemble = tc.parse((repo / "tiny" / "config.pbtxt").read_text())
     # no labels given: the class indices are the labels
     assert json.loads(ensemble.parameters["labels"].string_value) == ["0", "1", "2", "3"]
-    assert (repo / "tiny" / "1" / "build_report.json").exists()
+    report = json.loads((repo / "tiny" / "1" / "build_report.json").read_text())
+    # The network's queue bound: derived from its measured throughput, written as a number everywhere.
+    admission = report["admission"]
+    assert admission["throughput"]["runtime"] == "onnxruntime" and admission["throughput"]["img_s"] > 0
+    bound = net.dynamic_batching.default_queue_policy.max_queue_size
+    assert bound == admission["max_queue_size"] == report["batching"]["max_queue_size"] >= 8
 
 
 def test_gpu_target_fails_before_building_without_tensorrt(checkpoints, tmp_path):

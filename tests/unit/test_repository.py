@@ -9,6 +9,7 @@ import pytest
 from cvserve.builders import repository as rp
 from cvserve.builders import runtime as rt
 from cvserve.builders import triton_config as tc
+from cvserve.builders.admission import resolve
 from cvserve.errors import NotFoundError
 from tests.helpers import tree_digest
 
@@ -18,7 +19,7 @@ ENSEMBLE = rt.decide(layout="ensemble")
 
 def _build(repo: Path, name: str = "m", max_batch_size: int = 8, fail: bool = False) -> int:
     configs = tc.pipeline_configs(
-        name, ENSEMBLE, SHAPE, tc.Batching(max_batch_size=max_batch_size), tc.VersionPolicy()
+        name, ENSEMBLE, SHAPE, resolve(tc.Batching(max_batch_size=max_batch_size), None), tc.VersionPolicy()
     )
     with rp.staged_build(repo, name) as staged:
         for role, cfg in configs.items():

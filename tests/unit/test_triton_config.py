@@ -9,6 +9,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 from cvserve.builders import runtime as rt
 from cvserve.builders import triton_config as tc
+from cvserve.builders.admission import resolve
 from cvserve.builders.profile import EngineProfile
 from cvserve.errors import UserInputError
 
@@ -18,7 +19,8 @@ SHAPE = tc.PipelineShape(pixels_shape=(224, 224, 3), top_k=5, labels=LABELS)
 
 def _configs(target="cpu", runtime="auto", layout="auto", **batching):
     plan = rt.decide(target=target, runtime=runtime, layout=layout)
-    return tc.pipeline_configs("resnet", plan, SHAPE, tc.Batching(**batching), tc.VersionPolicy())
+    b = resolve(tc.Batching(**batching), None)  # no throughput measured: the rule's floor
+    return tc.pipeline_configs("resnet", plan, SHAPE, b, tc.VersionPolicy())
 
 
 def test_single_layout_is_one_python_model_with_the_v2_contract():
@@ -132,7 +134,7 @@ def test_dynamic_batching_instances_and_threads():
 def test_admission_control_rejects_instead_of_queueing_without_bound():
     policy = _configs(max_batch_size=16)["classifier"].dynamic_batching.default_queue_policy
     assert policy.timeout_action == mc.ModelQueuePolicy.REJECT
-    assert policy.max_queue_size == 16  # one max batch by default
+    assert policy.max_queue_size == 16  # throughput not measured: one max batch, the rule's floor
     assert policy.default_timeout_microseconds == round(2 * tc.DEFAULT_SLO_P95_MS * 1000)  # 2 x the SLO
     explicit = _configs(max_queue_size=5, queue_timeout_ms=40)["classifier"].dynamic_batching
     assert (

@@ -9,6 +9,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 from cvserve.builders import runtime as rt
 from cvserve.builders import triton_config as tc
+from cvserve.builders.admission import resolve
 from cvserve.builders.profile import EngineProfile
 from cvserve.errors import UserInputError
 from cvserve.tune.apply import config_from_json, config_to_json
@@ -30,7 +31,7 @@ def configs(layout="single", runtime="openvino", target="cpu", **batching) -> di
     are written for it, whatever the build default)."""
     plan = rt.decide(target=target, runtime=runtime, layout=layout)
     batching.setdefault("max_batch_size", 32)
-    cfgs = tc.pipeline_configs("net", plan, SHAPE, tc.Batching(**batching), tc.VersionPolicy())
+    cfgs = tc.pipeline_configs("net", plan, SHAPE, resolve(tc.Batching(**batching), None), tc.VersionPolicy())
     return {cfg.name: cfg for cfg in cfgs.values()}
 
 

@@ -10,6 +10,7 @@ import yaml
 
 from cvserve.builders import runtime as rt
 from cvserve.builders import triton_config as tc
+from cvserve.builders.admission import resolve
 from cvserve.cli import build_parser
 from cvserve.settings import from_args
 from cvserve.tune import report
@@ -25,7 +26,7 @@ SCHEMA = Path(__file__).resolve().parents[2] / "helm" / "cvserve" / "values.sche
 def pipeline(layout="ensemble"):
     shape = tc.PipelineShape(pixels_shape=(224, 224, 3), top_k=5, labels=[str(i) for i in range(10)])
     plan = rt.decide(target="cpu", runtime="onnxruntime", layout=layout)
-    batching = tc.Batching(max_batch_size=32, network_instances=1)  # the tuner's chosen step is 1 -> 2
+    batching = resolve(tc.Batching(max_batch_size=32, network_instances=1), None)  # tuner's step: 1 -> 2
     cfgs = tc.pipeline_configs("net", plan, shape, batching, tc.VersionPolicy())
     return discover("net", {c.name: c for c in cfgs.values()}.__getitem__)
 

@@ -13,7 +13,8 @@ from pathlib import Path
 
 from cvserve.settings import add_arguments, duration, from_args, setting
 
-SCENARIOS = ("R1", "R2", "R3", "R4", "R5")
+SCENARIOS = ("R1", "R2", "R3", "R4", "R5", "R6", "R7")
+ORDER = ("R1", "R2", "R6", "R7", "R3", "R4", "R5")
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -27,6 +28,10 @@ class ReliabilitySettings:
     only: str = setting(",".join(SCENARIOS), help="scenarios to run, comma-separated (R5 stops the server)")
     bad_requests: int = setting(2000, help="R1: bad requests to send", at_least=1)
     overload_s: float = duration(20.0, help="R2: how long the overload lasts")
+    goodput_s: float = duration(20.0, help="R6: how long each caller's overload lasts")
+    goodput_rounds: int = setting(1, help="R6: rounds of the two callers, alternating", at_least=1)
+    burst_processes: int = setting(8, help="R7: client processes bursting together", at_least=1)
+    burst_calls: int = setting(64, help="R7: calls each process sends at once", at_least=1)
     output: Path = setting(Path("reports/reliability"), help="writes OUTPUT.md and OUTPUT.json")
 
 
@@ -70,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     s = from_args(ReliabilitySettings, parser.parse_args(argv))
     wanted = [x.strip().upper() for x in s.only.split(",") if x.strip()]
     from cvserve import hardware, reporting
+    from cvserve.reliability import goodput as gp
     from cvserve.reliability import scenarios as sc
     from cvserve.server.runtime import ensure_runtime
     from cvserve.server.serve_process import ServeProcess
@@ -92,12 +98,16 @@ def main(argv: list[str] | None = None) -> int:
         "R3": lambda: sc.r3_rollout(server, s.model),
         "R4": lambda: sc.r4_kill(server, s.model),
         "R5": lambda: sc.r5_sigterm(server, s.model),
+        "R6": lambda: gp.r6_goodput(
+            server, s.model, slo_ms=slo_ms, duration_s=s.goodput_s, rounds=s.goodput_rounds
+        ),
+        "R7": lambda: gp.r7_bursts(server, s.model, processes=s.burst_processes, calls=s.burst_calls),
     }
     try:
         # R3 after R1: a rollout still unloads the old version after R1's malformed framing (a model
         # that had executed it with other requests could not unload: docs/security.md). R4 restarts
-        # the server, so R5 starts clean.
-        for name in ("R1", "R2", "R3", "R4", "R5"):
+        # the server, so R5 starts clean; R6 and R7 overload it before.
+        for name in ORDER:
             if name in wanted:
                 print(f"{name} ...", file=sys.stderr)
                 results.append(runs[name]())

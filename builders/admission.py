@@ -1,0 +1,149 @@
+"""The default queue bound of a built model: sized from the latency objective, not from the batch.
+
+The rule, kept here only (Little's law, ``L = lambda x W``): a model may hold as many requests waiting as
+it finishes within the SLO's queueing share,
+
+    max_queue_size = max(max_batch_size, floor(requests_per_s x QUEUEING_SHARE x slo_p95_ms / 1000))
+
+where ``requests_per_s`` is the served network's measured throughput in images per second, one image
+per request (what a request of several images costs is bounded by the queue timeout instead). Half the
+SLO (:data:`QUEUEING_SHARE`) is for waiting in the queue; the other half is for running the request and
+for the batch ahead of it. The floor of one max batch keeps the old default where nothing is measured
+(a TensorRT engine or a GPU target, which this machine cannot time) or the network is slow. The queue
+timeout (``Batching.queue_timeout_us``, 2 x the SLO) stays the hard stop for requests that wait longer
+than the rule predicts.
+
+The throughput: the build's sample photos decoded and run through the served network file in its
+runtime and float precision, on this machine, on the intra-op threads one instance gets
+(:func:`cvserve.builders.runners.thread_budget`), for :data:`MEASURE_S` seconds after one warm-up run;
+times the instances, which run side by side on their share of the cores. A model that executes one
+request at a time (the single layout without ``--batch-requests``) is timed at batch 1, as it serves;
+batching layouts at the engine profile's opt batch. The result is resolved at build time into an absolute number, written into
+the config and the build report (``admission``), so nobody re-derives it; ``--max-queue-size N``
+overrides it, and ``cvserve tune`` searches it from there.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from cvserve.builders.triton_config import Batching
+
+QUEUEING_SHARE = 0.5  # of the SLO: what an admitted request may spend queued
+MEASURE_S = 1.0  # how long the build times the served network (one short run, no alternation)
+
+
+def queue_bound(requests_per_s: float | None, *, slo_p95_ms: float, max_batch_size: int) -> int:
+    """The default ``max_queue_size``: requests finished within the SLO's queueing share, at least one
+    max batch (``requests_per_s`` ``None``: not measured, one max batch)."""
+    if requests_per_s is None:
+        return max_batch_size
+    return max(max_batch_size, math.floor(requests_per_s * QUEUEING_SHARE * slo_p95_ms / 1000))
+
+
+def resolve(b: Batching, requests_per_s: float | None) -> Batching:
+    """``b`` with an absolute ``max_queue_size``: the one given, else :func:`queue_bound`'s."""
+    if b.max_queue_size is not None:
+        return b
+    bound = queue_bound(requests_per_s, slo_p95_ms=b.slo_p95_ms, max_batch_size=b.max_batch_size)
+    return dataclasses.replace(b, max_queue_size=bound)
+
+
+def measure(
+    network: Path,
+    runtime: str,
+    images: Sequence[bytes],
+    spec,
+    *,
+    batch: int,
+    instances: int,
+    precision: str = "f32",
+    seconds: float = MEASURE_S,
+) -> dict:
+    """Images/s one instance serves: decode ``batch`` images, run ``network`` on them (in its
+    runtime and float ``precision``, on one instance's threads), repeat; and that times ``instances``.
+
+    Decoding is timed with the network because the python model does both on the same threads; a model
+    that executes one request at a time is measured at batch 1, as it runs.
+    """
+    import time
+
+    from cvserve import hardware
+    from cvserve.builders.preprocessing import pixels
+    from cvserve.builders.runners import open_runner, thread_budget
+
+    budget = thread_budget(instances)
+    runner = open_runner(network, runtime, threads=budget.intra_op, precision=precision)
+    chunks = [list(images[i : i + batch]) or list(images[:1]) for i in range(0, len(images), batch)]
+    chunks = [(c * batch)[:batch] for c in chunks]  # every chunk a full batch of the real photos
+
+    def one(chunk: list[bytes]) -> None:
+        runner.run(np.stack([pixels(data, spec) for data in chunk]))
+
+    one(chunks[0])  # warm-up
+    done, start = 0, time.perf_counter()
+    while (elapsed := time.perf_counter() - start) < seconds or done < 3 * batch:
+        one(chunks[(done // batch) % len(chunks)])
+        done += batch
+    per_instance = done / elapsed
+    return {
+        "runtime": runtime,
+        "float_parts": runner.precision,
+        "batch": batch,
+        "decode_included": True,
+        "threads_per_instance": budget.intra_op,
+        "instances": instances,
+        "cores": budget.cores,
+        "seconds": round(elapsed, 2),
+        "img_s_per_instance": round(per_instance, 1),
+        "img_s": round(per_instance * instances, 1),
+        "cpu": hardware.summary(),
+    }
+
+
+def admission(
+    b: Batching, plan, network: Path, images: Sequence[Path], spec, log, *, precision: str = "f32"
+) -> tuple[Batching, dict]:
+    """The build's stage: resolve ``b``'s queue bound, measuring ``network`` when the rule needs it.
+
+    Returns ``b`` with an absolute ``max_queue_size`` and the build report's ``admission`` entry (the
+    bound, where it came from, the rule's inputs).
+    """
+    from cvserve.builders.runners import RUNTIMES
+
+    entry: dict = {"slo_p95_ms": b.slo_p95_ms, "queue_timeout_ms": b.queue_timeout_us / 1000}
+    if b.max_queue_size is not None:
+        return b, {**entry, "max_queue_size": b.max_queue_size, "source": "--max-queue-size"}
+    throughput, source = None, "one max batch: a GPU network is not timed on the build machine"
+    if plan.target == "cpu" and plan.runtime in RUNTIMES:
+        one_request = plan.layout == "single" and not b.batch_requests
+        throughput = measure(
+            network,
+            plan.runtime,
+            [Path(p).read_bytes() for p in images],
+            spec,
+            batch=1 if one_request else b.profile.opt_batch,
+            instances=b.network_instances,
+            precision=precision,
+        )
+        source = "derived from the SLO and the measured throughput"
+    resolved = resolve(b, throughput["img_s"] if throughput else None)
+    log(
+        f"[admission] max_queue_size {resolved.max_queue_size} ({source}"
+        + (f": {throughput['img_s']:g} img/s at batch {throughput['batch']}" if throughput else "")
+        + f", SLO {b.slo_p95_ms:g} ms x {QUEUEING_SHARE:g}, at least one max batch of {b.max_batch_size})"
+    )
+    return resolved, {
+        **entry,
+        "max_queue_size": resolved.max_queue_size,
+        "source": source,
+        "rule": "max(max batch, floor(img/s x queueing share x SLO)), one image per request",
+        "queueing_share": QUEUEING_SHARE,
+        "max_batch_size": b.max_batch_size,
+        "throughput": throughput,
+    }

@@ -1,0 +1,223 @@
+"""R6 and R7 (issue 22): what callers get from an overloaded server through cvserve's client.
+
+* R6, goodput under overload: the unloaded throughput (the best closed-loop rate of 1-8 callers), then
+  ``factor`` times it offered open-loop for ``duration_s`` through one :class:`AsyncClient` with its
+  defaults (pacing to the queue bound, retries with backoff and a retry budget), and the same offered
+  through a caller that sends every rejected request again at once (no pacing, no backoff, no budget).
+  Goodput: correct answers delivered per second during the overload window. Target: cvserve's client
+  keeps >= 90% of the unloaded throughput.
+* R7, bursts from several processes: ``processes`` client processes, released together, each send
+  ``calls`` classify calls at once (past what the server admits). Every call must succeed with the right
+  class or fail with a typed :class:`~cvserve.client.ClientError`, within its deadline, after no more
+  attempts than the retry policy allows.
+
+Both share the machine with the server: the load generator's CPU is reported.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import statistics
+import time
+from collections import Counter
+
+from cvserve.reliability import payloads as pl
+from cvserve.reliability.load import closed_loop, percentile, summary
+from cvserve.reliability.scenarios import Result, _alive, _jpeg_call, _target
+from cvserve.server.serve_process import ServeProcess
+
+UNPACED = 10**9  # max_in_flight of the resend-at-once caller: no bound
+DEADLINE_SLACK_S = 0.05  # scheduling on a busy machine: an answer this late still counts as in time
+
+
+def _alive_within(server: ServeProcess, model: str, seconds: float = 10.0) -> bool:
+    """Whether the server answers a good request correctly once it has worked off what the overload
+    left queued (requests whose callers gave up are still run): polled for up to ``seconds``."""
+    give_up = time.monotonic() + seconds
+    while not (alive := _alive(server, _target(server, model))) and time.monotonic() < give_up:
+        time.sleep(0.1)
+    return alive
+
+
+def _unloaded_rps(server: ServeProcess, model: str, seconds: float) -> float:
+    call = _jpeg_call(_target(server, model))
+    closed_loop(2, call, duration_s=min(3.0, seconds))  # warm-up
+    return max(summary(closed_loop(c, call, duration_s=seconds))["throughput_rps"] for c in (1, 2, 4, 8))
+
+
+async def _call_once(client, image: bytes, cls: int, deadline_s: float, resend: bool) -> tuple[str, float]:
+    """One caller's call: the outcome (``ok``, ``wrong`` or the error's type) and when it ended."""
+    from cvserve.client import ClientError, ServerUnavailable
+
+    end_by = time.monotonic() + deadline_s
+    while True:
+        try:
+            top = (await client.classify([image], top_k=1, timeout=max(end_by - time.monotonic(), 1e-3)))[0][
+                0
+            ]
+        except ServerUnavailable:
+            if resend and time.monotonic() < end_by:
+                continue  # the naive caller: send it again at once
+            return "ServerUnavailable", time.monotonic()
+        except ClientError as exc:
+            return type(exc).__name__, time.monotonic()
+        return ("ok" if top.index == cls else "wrong"), time.monotonic()
+
+
+async def _offer(
+    url: str, model: str, rate: float, duration_s: float, deadline_s: float, resend: bool
+) -> dict:
+    """``rate`` calls/s for ``duration_s``, whatever the answers; counts and goodput of the window."""
+    from cvserve.client import AsyncClient
+
+    images = [(d, c) for d, c in pl.good_images()[::2]]
+    options = {"retry": False, "max_in_flight": UNPACED} if resend else {}
+    async with AsyncClient(url, model=model, **options) as client:
+        await client.model_info()
+        cpu, begin = time.process_time(), time.monotonic()
+        tasks = []
+        for i in range(int(rate * duration_s)):
+            await asyncio.sleep(max(0.0, begin + i / rate - time.monotonic()))
+            data, cls = images[i % len(images)]
+            tasks.append(asyncio.ensure_future(_call_once(client, data, cls, deadline_s, resend)))
+        outcomes = await asyncio.gather(*tasks)
+        cores = (time.process_time() - cpu) / (time.monotonic() - begin)
+    in_window = [o for o, end in outcomes if o == "ok" and end <= begin + duration_s]
+    return {
+        "offered": len(outcomes),
+        "outcomes": dict(Counter(o for o, _ in outcomes)),
+        "answered_in_window": len(in_window),
+        "goodput_rps": len(in_window) / duration_s,
+        "generator_cores": round(cores, 2),
+    }
+
+
+def r6_goodput(
+    server: ServeProcess,
+    model: str,
+    *,
+    slo_ms: float,
+    duration_s: float = 20.0,
+    factor: float = 4.0,
+    unloaded_s: float = 5.0,
+    rounds: int = 1,
+) -> Result:
+    """Goodput under ``factor`` x overload: cvserve's client against a resend-at-once caller, alternating
+    which goes first each round (medians over ``rounds``); calls have a deadline of 2 x the SLO."""
+    unloaded = _unloaded_rps(server, model, unloaded_s)
+    rate, deadline_s = factor * unloaded, 2 * slo_ms / 1000
+    runs: dict[str, list[dict]] = {"cvserve_client": [], "resend_at_once": []}
+    for r in range(rounds):
+        order = ("cvserve_client", "resend_at_once") if r % 2 == 0 else ("resend_at_once", "cvserve_client")
+        for name in order:
+            run = asyncio.run(
+                _offer(server.grpc_url, model, rate, duration_s, deadline_s, resend=name == "resend_at_once")
+            )
+            runs[name].append(run)
+    result = Result("R6", f"goodput at {factor:g}x the unloaded throughput for {duration_s:g} s, two callers")
+    result.requests = sum(run["offered"] for rs in runs.values() for run in rs)
+    result.unexpected = sum(run["outcomes"].get("wrong", 0) for rs in runs.values() for run in rs)
+    result.alive_after = _alive_within(server, model)
+    result.details = {
+        "unloaded_rps": round(unloaded, 1),
+        "offered_rps": round(rate, 1),
+        "deadline_s": deadline_s,
+    }
+    for name, rs in runs.items():
+        goodput = statistics.median(run["goodput_rps"] for run in rs)
+        result.details[f"{name}_goodput_rps"] = round(goodput, 1)
+        result.details[f"{name}_goodput_of_unloaded"] = round(goodput / unloaded, 3) if unloaded else None
+        result.details[f"{name}_runs"] = rs
+    result.notes.append(
+        f"target: cvserve_client_goodput_of_unloaded >= 0.9 "
+        f"({'met' if (result.details['cvserve_client_goodput_of_unloaded'] or 0) >= 0.9 else 'missed'})"
+    )
+    return result
+
+
+def _burst_process(url: str, model: str, calls: int, deadline_s: float, barrier, results) -> None:
+    """One client process of R7: ready, wait for the others, then ``calls`` calls at once."""
+    from cvserve.client import AsyncClient, ClientError, ClientMetrics
+
+    async def main() -> list[tuple]:
+        from prometheus_client import CollectorRegistry
+
+        registry = CollectorRegistry()
+        images = [(d, c) for d, c in pl.good_images()[::2]]
+        async with AsyncClient(url, model=model, metrics=ClientMetrics(registry=registry)) as client:
+            await client.model_info()
+            await asyncio.get_running_loop().run_in_executor(None, barrier.wait)
+
+            async def one(i: int) -> tuple:
+                data, cls = images[i % len(images)]
+                start = time.monotonic()
+                try:
+                    top = (await client.classify([data], top_k=1, timeout=deadline_s))[0][0]
+                    outcome, attempts = ("ok" if top.index == cls else "wrong"), None
+                except ClientError as exc:
+                    outcome, attempts = type(exc).__name__, exc.attempts
+                except Exception as exc:  # an untyped error is what R7 looks for
+                    outcome, attempts = f"untyped {type(exc).__name__}", None
+                return outcome, attempts, time.monotonic() - start
+
+            done = await asyncio.gather(*(one(i) for i in range(calls)))
+        retries = sum(
+            s.value for m in registry.collect() for s in m.samples if s.name.endswith("retries_total")
+        )
+        return [(*d, retries) for d in done]
+
+    results.put(asyncio.run(main()))
+
+
+def r7_bursts(
+    server: ServeProcess, model: str, *, processes: int = 8, calls: int = 64, deadline_s: float = 5.0
+) -> Result:
+    """``processes`` client processes burst ``calls`` calls each at the same moment (see the module)."""
+    from cvserve.client import RetryPolicy
+
+    policy = RetryPolicy()
+    ctx = multiprocessing.get_context("spawn")
+    barrier, results = ctx.Barrier(processes), ctx.Queue()
+    workers = [
+        ctx.Process(target=_burst_process, args=(server.grpc_url, model, calls, deadline_s, barrier, results))
+        for _ in range(processes)
+    ]
+    for w in workers:
+        w.start()
+    per_process = [results.get(timeout=120 + deadline_s) for _ in workers]
+    for w in workers:
+        w.join(30)
+    records = [r for p in per_process for r in p]
+    outcomes = Counter(o for o, _, _, _ in records)
+    late = [e for _, _, e, _ in records if e > deadline_s + DEADLINE_SLACK_S]
+    over = [a for o, a, _, _ in records if a is not None and a > policy.max_attempts]
+    result = Result("R7", f"{processes} client processes bursting {calls} calls each at once")
+    result.requests = len(records)
+    result.clean_errors = sum(
+        n for o, n in outcomes.items() if o not in ("ok", "wrong") and "untyped" not in o
+    )
+    result.unexpected = outcomes.get("wrong", 0) + sum(n for o, n in outcomes.items() if "untyped" in o)
+    result.unexpected += len(late) + len(over)
+    result.alive_after = _alive_within(server, model)
+    elapsed = [e for _, _, e, _ in records]
+    result.details = {
+        "outcomes": dict(outcomes),
+        "deadline_s": deadline_s,
+        "past_deadline": len(late),
+        "max_elapsed_s": round(max(elapsed, default=float("nan")), 3),
+        "elapsed_p95_s": round(percentile(elapsed, 95), 3),
+        "attempts_of_failed_calls": dict(Counter(a for _, a, _, _ in records if a is not None)),
+        "over_max_attempts": len(over),
+        "retries_per_process": [p[0][3] if p else 0 for p in per_process],
+        # A success does not say how many attempts it took: no process may have retried more than
+        # max_attempts - 1 times per call.
+        "retries_within_policy": all(
+            (p[0][3] if p else 0) <= len(p) * (policy.max_attempts - 1) for p in per_process
+        ),
+        "max_attempts": policy.max_attempts,
+    }
+    return result
+
+
+__all__ = ["r6_goodput", "r7_bursts"]

@@ -1,0 +1,187 @@
+"""Flow control without a server: the default bound, the slots of both clients, the paced plan.
+
+The plans run under the same drivers the clients use (``run``/``arun``); states are reached by waiting
+on what the slots report (who holds one, who is queued), never on time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import pytest
+from tritonclient.grpc import model_config_pb2 as mc
+from tritonclient.grpc import service_pb2 as pb
+
+from cvserve.client import Client, ClientMetrics, DeadlineExceeded, InvalidInput
+from cvserve.client._effects import Paced, Rpc, arun, run
+from cvserve.client._metadata import model_info
+from cvserve.client._pacing import AsyncSlots, ThreadSlots, default_max_in_flight, paced
+from cvserve.client._retry import Deadline
+
+WAIT_S = 10.0  # upper bound of waits on observable state (never reached when things work)
+
+
+def wait_until(condition, what: str) -> None:
+    done = threading.Event()
+    for _ in range(int(WAIT_S / 0.001)):
+        if condition():
+            return
+        done.wait(0.001)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_the_default_bound_is_the_queue_bound_at_least_one_per_instance():
+    assert default_max_in_flight(65, 2) == 65  # a client alone never overfills the queue
+    assert default_max_in_flight(1, 2) == 2  # every instance may still have a request
+    assert default_max_in_flight(0, 2) is None  # an unbounded queue rejects nothing: no bound
+
+
+@pytest.mark.parametrize("bad", [0, -1, 2.5, True, "8"])
+def test_max_in_flight_is_checked(bad):
+    with pytest.raises(InvalidInput, match="max_in_flight"):
+        Client("localhost:1", max_in_flight=bad)
+
+
+def _config(name: str, queue: int = 0, instances: int = 1, **kw) -> mc.ModelConfig:
+    cfg = mc.ModelConfig(name=name, max_batch_size=8, **kw)
+    cfg.instance_group.add(count=instances)
+    if queue:
+        cfg.dynamic_batching.default_queue_policy.max_queue_size = queue
+    return cfg
+
+
+def test_the_server_config_gives_the_queue_bound_and_instances_also_through_an_ensemble():
+    meta = pb.ModelMetadataResponse(name="m", versions=["1"], platform="python")
+    info = model_info(meta, _config("m", queue=40, instances=2))
+    assert (info.max_queue_size, info.instances) == (40, 2)
+    assert model_info(meta, _config("m")).max_queue_size == 0  # no queue policy: unbounded
+    # An ensemble admits what its steps' queues do: the step that admits the fewest decides.
+    steps = [_config("pre", instances=2), _config("net", queue=24, instances=2), _config("post", queue=64)]
+    ensemble = model_info(pb.ModelMetadataResponse(name="e", platform="ensemble"), _config("e"), "", steps)
+    assert (ensemble.max_queue_size, ensemble.instances) == (24, 2)
+
+
+def test_thread_slots_bound_the_holders_and_serve_waiters_in_order():
+    slots = ThreadSlots(2)
+    assert slots.acquire(0) and slots.acquire(0) and not slots.acquire(0)  # full: no slot at once
+    order: list[str] = []
+
+    def waiter(name: str) -> None:
+        assert slots.acquire(WAIT_S)
+        order.append(name)
+
+    first = threading.Thread(target=waiter, args=("first",))
+    first.start()
+    wait_until(lambda: len(slots._queue) == 1, "the first waiter")
+    second = threading.Thread(target=waiter, args=("second",))
+    second.start()
+    wait_until(lambda: len(slots._queue) == 2, "the second waiter")
+    slots.release()
+    first.join(WAIT_S)
+    assert order == ["first"] and slots.in_flight == 2  # the slot went to the first in line
+    slots.release()
+    second.join(WAIT_S)
+    assert order == ["first", "second"]
+    slots.release(), slots.release()
+    assert slots.in_flight == 0 and not slots._queue
+
+
+def test_async_slots_hand_on_in_order_and_a_cancelled_waiter_leaks_nothing():
+    async def main() -> None:
+        slots = AsyncSlots(1)
+        assert await slots.acquire(0)
+        assert not await slots.acquire(0)  # full, and no time to wait
+        first = asyncio.ensure_future(slots.acquire(WAIT_S))
+        second = asyncio.ensure_future(slots.acquire(WAIT_S))
+        while len(slots._waiters) < 2:
+            await asyncio.sleep(0)
+        first.cancel()  # a caller gives up (its call was cancelled)
+        await asyncio.gather(first, return_exceptions=True)
+        slots.release()  # the slot goes to the next one still waiting
+        assert await second and slots.in_flight == 1
+        slots.release()
+        assert slots.in_flight == 0 and not slots._waiters
+
+    asyncio.run(main())
+
+
+def test_a_slot_handed_to_a_waiter_that_is_cancelled_at_that_moment_is_given_back():
+    async def main() -> None:
+        slots = AsyncSlots(1)
+        assert await slots.acquire(0)
+        waiter = asyncio.ensure_future(slots.acquire(WAIT_S))
+        while not slots._waiters:
+            await asyncio.sleep(0)
+        slots.release()  # handed over...
+        waiter.cancel()  # ...and cancelled before the waiter ran
+        await asyncio.gather(waiter, return_exceptions=True)
+        assert slots.in_flight == 0 and await slots.acquire(0)
+
+    asyncio.run(main())
+
+
+def _metrics():
+    from prometheus_client import CollectorRegistry
+
+    registry = CollectorRegistry()
+    return ClientMetrics(registry=registry), registry
+
+
+def _one_request() -> object:
+    return (yield Rpc("infer"))
+
+
+def test_a_request_that_gets_no_slot_before_its_deadline_fails_naming_the_local_wait():
+    metrics, registry = _metrics()
+    slots = ThreadSlots(1)
+    assert slots.acquire(0)  # another request holds the only slot
+    sent: list[object] = []
+
+    def perform(effect):
+        assert isinstance(effect, Paced) and effect.limit == 1
+        if not slots.acquire(effect.timeout):
+            raise TimeoutError
+        sent.append(effect)
+
+    plan = paced(_one_request(), model="m", key="m", limit=1, deadline=Deadline(0.05), metrics=metrics)
+    with pytest.raises(DeadlineExceeded, match=r"waited .* s in this client .* max_in_flight") as caught:
+        run(plan, perform)
+    assert caught.value.attempts == 0 and caught.value.model == "m" and not sent
+    assert registry.get_sample_value("cvserve_client_local_wait_seconds_count", {"model": "m"}) == 1
+    assert registry.get_sample_value("cvserve_client_in_flight", {"model": "m"}) is None  # never held
+
+
+def test_a_paced_request_is_counted_in_flight_until_it_ends_even_when_cancelled():
+    metrics, registry = _metrics()
+    gauge = {"model": "m"}
+
+    async def main() -> None:
+        slots, started, never = AsyncSlots(4), asyncio.Event(), asyncio.Event()
+
+        async def perform(effect):
+            if isinstance(effect, Paced):
+                assert await slots.acquire(effect.timeout)
+                try:
+                    return await arun(effect.plan, perform)
+                finally:
+                    slots.release()
+            started.set()
+            await never.wait()  # an answer that never comes
+
+        plan = paced(_one_request(), model="m", key="m", limit=4, deadline=Deadline(30), metrics=metrics)
+        task = asyncio.ensure_future(arun(plan, perform))
+        await started.wait()
+        assert registry.get_sample_value("cvserve_client_in_flight", gauge) == 1 and slots.in_flight == 1
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        assert registry.get_sample_value("cvserve_client_in_flight", gauge) == 0 and slots.in_flight == 0
+
+    asyncio.run(main())
+
+
+def test_no_bound_runs_the_request_as_it_is():
+    plan = paced(_one_request(), model="m", key="m", limit=None, deadline=Deadline(1), metrics=None)
+    assert run(plan, lambda effect: "answer" if isinstance(effect, Rpc) else pytest.fail(str(effect))) == (
+        "answer"
+    )
