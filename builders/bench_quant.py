@@ -10,7 +10,9 @@
    agreement with FP32 overall and on images where FP32's top-1 probability is >= 0.5, top-5 overlap,
    and images/s at batch 8 of FP32 and INT8 in that runtime (alternating runs in this process, medians).
    Then the build as it is served, :func:`cvserve.builders.quantize.run` with the default quantizer for
-   each runtime: the gate, the fallback, the layers kept in float.
+   each runtime: the gate, the fallback, the layers kept in float. Then the precisions on this CPU in
+   OpenVINO (``--precisions``): INT8 with f32 float layers, BF16, INT8 with bf16 float layers, each
+   gated and timed against FP32 in f32 (the bf16 rows where the CPU has native bf16).
 2. The labelled tasks (:mod:`cvserve.builders.datasets`: scikit-learn digits, scikit-image lfw_subset),
    each quantizer and runtime through :func:`cvserve.builders.quantize.run`: FP32 and INT8 top-1
    accuracy on the held-out images and the gate's decision.
@@ -29,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cvserve import hardware
 from cvserve.builders import accuracy, quantize, quantizers
 from cvserve.builders.preprocessing import PreprocessSpec
 from cvserve.builders.profile import EngineProfile
@@ -93,46 +96,71 @@ def bench_mobilenet(work: Path, args) -> dict:
             pairs.append({"quantizer": name, "runtime": rt, "quantize_s": round(built_s, 1),
                           **_metrics(result), "throughput": speed})  # fmt: skip
             print(json.dumps(pairs[-1]), flush=True)
+
+    def as_served(runtime: str, quantizer: str, precision: str = "int8", float_parts: str = "f32") -> dict:
+        return _as_served(fp32, work, spec, cal_dir, val_dir, batch, args,
+                          runtime=runtime, quantizer=quantizer, precision=precision, float_parts=float_parts)  # fmt: skip
+
     served = []
     for pair in args.served or [f"{rt}:{quantizers.AUTO}" for rt in args.runtimes]:
         rt, _, wanted = pair.partition(":")
-        settings = quantize.QuantizeSettings(
-            precision="int8",
-            preprocess=spec,
-            profile=EngineProfile.for_batching(32, (BATCH,)),
-            runtime=rt,
-            calibration=cal_dir,
-            calibration_samples=args.calibration_samples,
-            validation=val_dir,
-            quantizer=wanted or quantizers.AUTO,
-            progress=False,
-        )
-        name = quantizers.resolve(settings.quantizer, target="cpu", runtime=rt)
-        out = work / f"served_{rt}_{name}"
-        out.mkdir()
-        try:
-            r = quantize.run(settings, fp32, out, log=print)
-        except BuildError as exc:
-            served.append({"runtime": rt, "quantizer": name, "decision": "failed", "error": str(exc)})
+        served.append(as_served(rt, wanted or quantizers.AUTO))
+    precisions = []
+    for pair in args.precisions:
+        precision, _, parts = pair.partition(":")
+        if parts == "bf16" and not hardware.cpu().native_bf16:
+            precisions.append({"precision": precision, "float_parts": parts, "decision": "not run",
+                               "error": "this CPU has no native bf16 (AVX512-BF16 or AMX)"})  # fmt: skip
             continue
-        speed = quantize.compare_throughput(
-            fp32, r.network, batch, rt, rounds=args.rounds, seconds=args.seconds
-        )
-        gate = r.accuracy["gate"]
-        served.append({
-            "runtime": rt, "quantizer": name, "decision": gate["decision"], "gate": gate,
-            "metrics": {k: v for k, v in r.accuracy.items() if k != "gate"}, "excluded_layers": r.quantization["excluded_layers"],
-            "quantized_layers": r.quantization["quantized_layers"], "fallback": r.quantization["fallback"],
-            "throughput": speed,
-        })  # fmt: skip
-        print(json.dumps(served[-1]), flush=True)
+        precisions.append(as_served("openvino", quantizers.AUTO, precision, parts))
     return {
         "held_out": len(val_set),
         "calibration": len(cal_set),
         "confident_images": int((accuracy.probabilities(reference[args.runtimes[0]]).max(1) >= 0.5).sum()),
         "pairs": pairs,
         "served": served,
+        "precisions": precisions,
     }
+
+
+def _as_served(
+    fp32, work, spec, cal_dir, val_dir, batch, args, *, runtime, quantizer, precision, float_parts
+):
+    """One build's quantize stage as served (gate, fallback) and its speed against FP32 in f32."""
+    settings = quantize.QuantizeSettings(
+        precision=precision,
+        float_parts=float_parts,
+        preprocess=spec,
+        profile=EngineProfile.for_batching(32, (BATCH,)),
+        runtime=runtime,
+        calibration=cal_dir,
+        calibration_samples=args.calibration_samples,
+        validation=val_dir,
+        quantizer=quantizer,
+        progress=False,
+    )
+    name = (
+        quantizers.resolve(settings.quantizer, target="cpu", runtime=runtime) if precision == "int8" else "-"
+    )
+    row = {"runtime": runtime, "quantizer": name, "precision": precision, "float_parts": float_parts}
+    out = Path(tempfile.mkdtemp(prefix=f"served_{runtime}_{name}_{precision}_{float_parts}_", dir=work))
+    try:
+        r = quantize.run(settings, fp32, out, log=print)
+    except BuildError as exc:
+        return {**row, "decision": "failed", "error": str(exc)}
+    speed = quantize.compare_throughput(
+        fp32, r.network, batch, runtime, precision=float_parts, rounds=args.rounds, seconds=args.seconds
+    )
+    gate = r.accuracy["gate"]
+    result = {
+        **row, "decision": gate["decision"], "gate": gate,
+        "metrics": {k: v for k, v in r.accuracy.items() if k != "gate"},
+        "excluded_layers": r.quantization.get("excluded_layers", []),
+        "quantized_layers": r.quantization.get("quantized_layers", 0), "fallback": r.quantization.get("fallback"),
+        "throughput": speed,
+    }  # fmt: skip
+    print(json.dumps(result), flush=True)
+    return result
 
 
 def bench_tasks(work: Path, args) -> list[dict]:
@@ -202,6 +230,12 @@ class BenchQuantSettings:
     tasks: tuple[str, ...] = setting(
         ("digits", "lfw"), parser=names, metavar="TASK,TASK", help="labelled tasks ('' for none)"
     )
+    precisions: tuple[str, ...] = setting(
+        ("int8:f32", "bf16:bf16", "int8:bf16"),
+        parser=names,
+        metavar="PRECISION:FLOAT_PARTS,...",
+        help="MobileNetV2 builds in OpenVINO compared with FP32 in f32 (bf16 rows need a CPU with native bf16)",
+    )
     skip_mobilenet: bool = setting(False, help="leave MobileNetV2 out")
     json: Path | None = setting(None, help="also write the raw figures here")
 
@@ -224,7 +258,6 @@ def main(argv: list[str] | None = None) -> int:
         args = from_args(BenchQuantSettings, p.parse_args(argv))
     except UserInputError as exc:
         p.error(str(exc))
-    from cvserve import hardware
     from cvserve.reporting import render
 
     out: dict = {
