@@ -26,7 +26,7 @@ from cvserve.client._options import (
     Options,
     make_options,
 )
-from cvserve.client._pacing import default_max_in_flight, paced
+from cvserve.client._pacing import Latency, default_max_in_flight, paced
 from cvserve.client._requests import (
     collect_outputs,
     image_request,
@@ -116,6 +116,7 @@ class ClientCore:
         )
         policy = self._opts.retry or RetryPolicy()  # per-call policies share this client's budget
         self._budget = RetryBudget(policy.max_tokens, policy.token_ratio)
+        self._latency: dict[tuple[str, str], Latency] = {}  # per model and version: what a sent request takes
         self._models: dict[tuple[str, str], ModelInfo] = {}  # (model, version) -> info
         self._default_model: str | None = model
         self._closed = False
@@ -361,9 +362,16 @@ class ClientCore:
         if method == "infer" and self._opts.compression:
             kw["compression_algorithm"] = self._opts.compression
         headers = self._opts.headers or None
+
+        def rpc(remaining: float) -> Rpc:
+            sent = {**kw, "headers": headers, "client_timeout": remaining}
+            if method == "infer":  # the server drops a request still queued when its caller gave up
+                sent["timeout"] = max(1, int(remaining * 1e6))  # microseconds (queue policy override)
+            return Rpc(method, args, sent)
+
         return (
             yield from retrying(
-                lambda remaining: Rpc(method, args, {**kw, "headers": headers, "client_timeout": remaining}),
+                rpc,
                 deadline=deadline,
                 policy=self._policy(retry),
                 budget=self._budget,
@@ -382,6 +390,7 @@ class ClientCore:
             limit=limit,
             deadline=deadline,
             metrics=self._opts.metrics,
+            latency=self._latency.setdefault((info.name, info.version), Latency()),
         )
 
     def _deadline(self, timeout: float | None) -> Deadline:

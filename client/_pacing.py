@@ -9,6 +9,13 @@ process, within the call's deadline, for one to finish. The default limit is the
 overfills it, whatever its instances are doing. The parts of a split call are paced one by one, like
 separate requests.
 
+A request whose slot comes free too late to finish is not sent: when its remaining deadline is
+shorter than what this client's recent requests to the model took once sent (:class:`Latency`, a
+moving average), it fails at once with :class:`DeadlineExceeded`. Under a sustained overload the
+local queue would otherwise hand every slot to a call that has nearly used its deadline up waiting,
+and the server would spend its capacity on requests whose callers give up before the answer:
+goodput would collapse although the server never saw more than its queue bound.
+
 The wait is an effect, :class:`~cvserve.client._effects.Paced`: the plan says which slots and for how
 long; the blocking client waits on :class:`ThreadSlots` (shared by threads), the asyncio client on
 :class:`AsyncSlots`. A request holds its slot through its retries and their backoff, so rejections by
@@ -21,12 +28,32 @@ import asyncio
 import collections
 import threading
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from cvserve.client._effects import Paced, Plan
 from cvserve.client._retry import Deadline
 from cvserve.client.errors import ClientError, DeadlineExceeded, InvalidInput
 from cvserve.client.metrics import ClientMetrics
+
+LATENCY_WEIGHT = 0.2  # of the newest observation in the moving average of sent requests' latency
+
+
+@dataclass
+class Latency:
+    """A moving average of how long this client's requests to one model took once sent (seconds)."""
+
+    seconds: float | None = None
+
+    def observe(self, seconds: float) -> None:
+        if self.seconds is None:
+            self.seconds = seconds
+        else:
+            self.seconds += LATENCY_WEIGHT * (seconds - self.seconds)
+
+    def too_late(self, remaining: float) -> bool:
+        """Whether a request with ``remaining`` seconds left would likely not finish in time."""
+        return self.seconds is not None and remaining < self.seconds
 
 
 def default_max_in_flight(max_queue_size: int, instances: int) -> int | None:
@@ -52,17 +79,20 @@ def paced(
     limit: int | None,
     deadline: Deadline,
     metrics: ClientMetrics | None,
+    latency: Latency | None = None,
 ) -> Plan[Any]:
     """Run ``plan`` (one request, retried) holding one of ``limit`` slots of ``key``; no bound: as is.
 
     Raises:
-        DeadlineExceeded: no slot came free before the deadline (the message names the local wait).
+        DeadlineExceeded: no slot came free before the deadline, or it came too late for the request
+            to finish (``latency``); the message names the local wait.
     """
     if limit is None:
         return (yield from plan)
     asked = time.monotonic()
+    held = _holding(plan, model, asked, metrics, latency or Latency(), deadline, limit)
     try:
-        return (yield Paced(_holding(plan, model, asked, metrics), key, limit, deadline.remaining()))
+        return (yield Paced(held, key, limit, deadline.remaining()))
     except ClientError:
         raise
     except TimeoutError:  # no slot in time: the request was never sent
@@ -79,11 +109,35 @@ def paced(
         ) from None
 
 
-def _holding(plan: Plan[Any], model: str, asked: float, metrics: ClientMetrics | None) -> Plan[Any]:
+def _holding(
+    plan: Plan[Any],
+    model: str,
+    asked: float,
+    metrics: ClientMetrics | None,
+    latency: Latency,
+    deadline: Deadline,
+    limit: int,
+) -> Plan[Any]:
+    waited = time.monotonic() - asked
+    if latency.too_late(deadline.remaining()):
+        if metrics is not None:
+            metrics.waited(model, waited)
+        raise DeadlineExceeded(
+            f"model '{model}': the call waited {waited:.3g} s in this client for one of its {limit} "
+            f"requests in flight to finish (max_in_flight), and the {deadline.remaining():.3g} s left of "
+            f"its {deadline.timeout:g} s deadline are less than this model's requests take now "
+            f"({latency.seconds:.3g} s): not sent; allow a longer timeout= or send fewer calls at once",
+            code="DEADLINE_EXCEEDED",
+            model=model,
+        )
+    sent = time.monotonic()
     if metrics is None:
-        return (yield from plan)
-    with metrics.holding(model, waited=time.monotonic() - asked):
-        return (yield from plan)
+        result = yield from plan
+    else:
+        with metrics.holding(model, waited=waited):
+            result = yield from plan
+    latency.observe(time.monotonic() - sent)
+    return result
 
 
 class ThreadSlots:
@@ -160,4 +214,4 @@ class AsyncSlots:
         self.in_flight -= 1
 
 
-__all__ = ["AsyncSlots", "ThreadSlots", "check_max_in_flight", "default_max_in_flight", "paced"]
+__all__ = ["AsyncSlots", "Latency", "ThreadSlots", "check_max_in_flight", "default_max_in_flight", "paced"]

@@ -16,7 +16,14 @@ from tritonclient.grpc import service_pb2 as pb
 from cvserve.client import Client, ClientMetrics, DeadlineExceeded, InvalidInput
 from cvserve.client._effects import Paced, Rpc, arun, run
 from cvserve.client._metadata import model_info
-from cvserve.client._pacing import AsyncSlots, ThreadSlots, default_max_in_flight, paced
+from cvserve.client._pacing import (
+    LATENCY_WEIGHT,
+    AsyncSlots,
+    Latency,
+    ThreadSlots,
+    default_max_in_flight,
+    paced,
+)
 from cvserve.client._retry import Deadline
 
 WAIT_S = 10.0  # upper bound of waits on observable state (never reached when things work)
@@ -185,3 +192,36 @@ def test_no_bound_runs_the_request_as_it_is():
     assert run(plan, lambda effect: "answer" if isinstance(effect, Rpc) else pytest.fail(str(effect))) == (
         "answer"
     )
+
+
+def test_latency_is_a_moving_average_of_what_sent_requests_took():
+    latency = Latency()
+    assert not latency.too_late(0.0)  # nothing measured yet: send
+    latency.observe(0.2)
+    latency.observe(0.4)
+    assert latency.seconds == pytest.approx(0.2 + LATENCY_WEIGHT * 0.2)
+    assert latency.too_late(0.1) and not latency.too_late(1.0)
+
+
+def test_a_slot_that_comes_too_late_to_finish_is_not_used_to_send():
+    """Under overload the oldest caller gets the next slot with little deadline left: it fails locally
+    instead of spending the server's capacity on an answer nobody waits for."""
+    metrics, registry = _metrics()
+    sent: list[object] = []
+
+    def perform(effect):
+        if isinstance(effect, Paced):
+            return run(effect.plan, perform)
+        sent.append(effect)
+        return "answer"
+
+    slow = Latency(seconds=5.0)  # this model's requests take 5 s now; the call has 1 s
+    plan = paced(_one_request(), model="m", key="m", limit=2, deadline=Deadline(1), metrics=metrics,
+                 latency=slow)  # fmt: skip
+    with pytest.raises(DeadlineExceeded, match=r"less than this model's requests take now .*not sent") as err:
+        run(plan, perform)
+    assert err.value.attempts == 0 and not sent
+    fast = Latency(seconds=0.01)
+    plan = paced(_one_request(), model="m", key="m", limit=2, deadline=Deadline(1), metrics=metrics,
+                 latency=fast)  # fmt: skip
+    assert run(plan, perform) == "answer" and len(sent) == 1 and fast.seconds is not None
