@@ -26,7 +26,7 @@ from cvserve.client._options import (
     Options,
     make_options,
 )
-from cvserve.client._pacing import Latency, default_max_in_flight, paced
+from cvserve.client._pacing import Flow, default_max_in_flight, paced
 from cvserve.client._requests import (
     collect_outputs,
     image_request,
@@ -116,7 +116,7 @@ class ClientCore:
         )
         policy = self._opts.retry or RetryPolicy()  # per-call policies share this client's budget
         self._budget = RetryBudget(policy.max_tokens, policy.token_ratio)
-        self._latency: dict[tuple[str, str], Latency] = {}  # per model and version: what a sent request takes
+        self._flows: dict[tuple[str, str], Flow] = {}  # per model and version: window and latency
         self._models: dict[tuple[str, str], ModelInfo] = {}  # (model, version) -> info
         self._default_model: str | None = model
         self._closed = False
@@ -303,8 +303,9 @@ class ClientCore:
             def part(rows: slice) -> Plan[list[list[Classification]]]:
                 inputs, outputs = image_request(spec, blobs[rows])
                 kw = {"outputs": outputs, "model_version": model_version or ""}
-                call = self._call("infer", name, deadline, retry, name, inputs, **kw)
-                result = yield from self._paced(info, deadline, call)
+                flow = self._flow(info)
+                call = self._call("infer", name, deadline, retry, name, inputs, flow=flow, **kw)
+                result = yield from self._paced(info, deadline, call, flow)
                 return parse_classifications(result, spec, top_k, len(blobs[rows]), name)
 
             results = yield Gather(tuple(part(rows) for rows in parts))
@@ -349,15 +350,23 @@ class ClientCore:
             def part(rows: slice | None) -> Plan[Any]:
                 tensors, wanted = tensor_request(inputs, names, rows)
                 kw = {"outputs": wanted, "model_version": model_version or ""}
-                call = self._call("infer", model, deadline, retry, model, tensors, **kw)
-                return (yield from self._paced(info, deadline, call))
+                flow = self._flow(info)
+                call = self._call("infer", model, deadline, retry, model, tensors, flow=flow, **kw)
+                return (yield from self._paced(info, deadline, call, flow))
 
             results = yield Gather(tuple(part(rows) for rows in parts))
             return collect_outputs(results, names)
 
     # -- one RPC, retried ---------------------------------------------------------------------------
     def _call(
-        self, method: str, model: str | None, deadline: Deadline, retry: Any, *args: Any, **kw: Any
+        self,
+        method: str,
+        model: str | None,
+        deadline: Deadline,
+        retry: Any,
+        *args: Any,
+        flow: Flow | None = None,
+        **kw: Any,
     ) -> Plan[Any]:
         if method == "infer" and self._opts.compression:
             kw["compression_algorithm"] = self._opts.compression
@@ -376,21 +385,30 @@ class ClientCore:
                 policy=self._policy(retry),
                 budget=self._budget,
                 map_error=self._mapper(model, deadline),
-                on_retry=self._on_retry(model),
+                on_retry=self._on_retry(model, flow),
             )
         )
 
-    def _paced(self, info: ModelInfo, deadline: Deadline, call: Plan[Any]) -> Plan[Any]:
-        """``call`` (one request) run within this client's bound on requests in flight to the model."""
+    def _flow(self, info: ModelInfo) -> Flow | None:
+        """The pacing state of ``info``'s model: ``None`` when requests to it are not bounded."""
         limit = self._opts.max_in_flight or default_max_in_flight(info.max_queue_size, info.instances)
+        if limit is None:
+            return None
+        key = (info.name, info.version)
+        flow = self._flows.get(key)
+        if flow is None or flow.window.ceiling != limit:
+            flow = self._flows[key] = Flow.of(limit)
+        return flow
+
+    def _paced(self, info: ModelInfo, deadline: Deadline, call: Plan[Any], flow: Flow | None) -> Plan[Any]:
+        """``call`` (one request) run within this client's window of requests in flight to the model."""
         return paced(
             call,
             model=info.name,
             key=(info.name, info.version),
-            limit=limit,
+            flow=flow,
             deadline=deadline,
             metrics=self._opts.metrics,
-            latency=self._latency.setdefault((info.name, info.version), Latency()),
         )
 
     def _deadline(self, timeout: float | None) -> Deadline:
@@ -411,9 +429,19 @@ class ClientCore:
 
         return mapper
 
-    def _on_retry(self, model: str | None) -> Callable[[BaseException], None] | None:
+    def _on_retry(
+        self, model: str | None, flow: Flow | None = None
+    ) -> Callable[[BaseException], None] | None:
         metrics = self._opts.metrics
-        return None if metrics is None else (lambda exc: metrics.retried(model, exc))
+        if flow is None:
+            return None if metrics is None else (lambda exc: metrics.retried(model, exc))
+
+        def retried(exc: BaseException) -> None:
+            flow.observe(exc)  # a rejection for overload shrinks the window before the retry waits
+            if metrics is not None:
+                metrics.retried(model, exc)
+
+        return retried
 
 
 __all__ = ["ClientCore"]

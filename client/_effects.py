@@ -63,12 +63,13 @@ class Exclusive:
 
 @dataclass(frozen=True, slots=True)
 class Paced:
-    """Run the sub-plan holding one of ``limit`` slots of ``key`` (per client); ``TimeoutError`` if no
-    slot is free within ``timeout`` s. The first sub-plan of a key sets its limit."""
+    """Run the sub-plan holding one of the slots of ``key`` (per client), as many as ``limit`` allows
+    (an int, or a :class:`~cvserve.client._pacing.Window` that adapts); ``TimeoutError`` if no slot is
+    free within ``timeout`` s. The first sub-plan of a key sets its limit."""
 
     plan: Plan[Any]
     key: Any
-    limit: int
+    limit: Any
     timeout: float
 
 

@@ -9,6 +9,12 @@ process, within the call's deadline, for one to finish. The default limit is the
 overfills it, whatever its instances are doing. The parts of a split call are paced one by one, like
 separate requests.
 
+The bound adapts (:class:`Window`, additive increase and multiplicative decrease, as TCP's congestion
+window): it starts at the ceiling and is halved, at most once per request latency, when the server turns
+a request away for overload (its queue was full because other clients filled it too), then grows back
+by about one request per round of successes. Several clients sharing one model so settle on sharing its
+queue instead of spending their retry budgets on rejections.
+
 A request whose slot comes free too late to finish is not sent: when its remaining deadline is
 shorter than what this client's recent requests to the model took once sent (:class:`Latency`, a
 moving average), it fails at once with :class:`DeadlineExceeded`. Under a sustained overload the
@@ -26,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import math
 import threading
 import time
 from dataclasses import dataclass
@@ -33,7 +40,7 @@ from typing import Any
 
 from cvserve.client._effects import Paced, Plan
 from cvserve.client._retry import Deadline
-from cvserve.client.errors import ClientError, DeadlineExceeded, InvalidInput
+from cvserve.client.errors import ClientError, DeadlineExceeded, InvalidInput, ServerUnavailable
 from cvserve.client.metrics import ClientMetrics
 
 LATENCY_WEIGHT = 0.2  # of the newest observation in the moving average of sent requests' latency
@@ -56,6 +63,52 @@ class Latency:
         return self.seconds is not None and remaining < self.seconds
 
 
+class Window:
+    """How many requests a client keeps in flight to one model: ``ceiling`` (``max_in_flight``, or the
+    model's queue bound) while the server admits them; halved on overload, grown back on success."""
+
+    def __init__(self, ceiling: int) -> None:
+        self.ceiling = ceiling
+        self._limit = float(ceiling)
+        self._shrunk_at = -math.inf
+
+    @property
+    def limit(self) -> int:
+        return max(1, int(self._limit))
+
+    def succeeded(self) -> None:
+        self._limit = min(float(self.ceiling), self._limit + 1.0 / self._limit)
+
+    def overloaded(self, hold_s: float) -> None:
+        """Halve the window, unless it was halved less than ``hold_s`` ago (the same burst of rejections)."""
+        now = time.monotonic()
+        if now - self._shrunk_at >= hold_s:
+            self._limit = max(1.0, self._limit / 2)
+            self._shrunk_at = now
+
+
+@dataclass
+class Flow:
+    """One client's pacing state for one model (and version): its window and its latency."""
+
+    window: Window
+    latency: Latency
+
+    @classmethod
+    def of(cls, ceiling: int) -> Flow:
+        return cls(window=Window(ceiling), latency=Latency())
+
+    def observe(self, exc: BaseException) -> None:
+        """A failed attempt: the server turned it away for overload (retryable with backoff)."""
+        from cvserve.client.errors import RetryKind, retry_kind
+
+        if isinstance(exc, ServerUnavailable) or retry_kind(exc) is RetryKind.BACKOFF:
+            self.window.overloaded(self.latency.seconds or MIN_HOLD_S)
+
+
+MIN_HOLD_S = 0.05  # the window is halved at most this often before any latency is known
+
+
 def default_max_in_flight(max_queue_size: int, instances: int) -> int | None:
     """The default bound on a client's requests in flight to a model: its queue bound, and at least one
     request per instance; ``None`` (no bound) when the model's queue is unbounded (``0``)."""
@@ -76,23 +129,24 @@ def paced(
     *,
     model: str,
     key: Any,
-    limit: int | None,
+    flow: Flow | None,
     deadline: Deadline,
     metrics: ClientMetrics | None,
-    latency: Latency | None = None,
 ) -> Plan[Any]:
-    """Run ``plan`` (one request, retried) holding one of ``limit`` slots of ``key``; no bound: as is.
+    """Run ``plan`` (one request, retried) holding a slot of ``key`` within ``flow``'s window; no flow
+    (no bound): as is.
 
     Raises:
         DeadlineExceeded: no slot came free before the deadline, or it came too late for the request
-            to finish (``latency``); the message names the local wait.
+            to finish (the flow's latency); the message names the local wait.
     """
-    if limit is None:
+    if flow is None:
         return (yield from plan)
+    limit = flow.window.ceiling
     asked = time.monotonic()
-    held = _holding(plan, model, asked, metrics, latency or Latency(), deadline, limit)
+    held = _holding(plan, model, asked, metrics, flow, deadline, limit)
     try:
-        return (yield Paced(held, key, limit, deadline.remaining()))
+        return (yield Paced(held, key, flow.window, deadline.remaining()))
     except ClientError:
         raise
     except TimeoutError:  # no slot in time: the request was never sent
@@ -114,10 +168,11 @@ def _holding(
     model: str,
     asked: float,
     metrics: ClientMetrics | None,
-    latency: Latency,
+    flow: Flow,
     deadline: Deadline,
     limit: int,
 ) -> Plan[Any]:
+    latency = flow.latency
     waited = time.monotonic() - asked
     if latency.too_late(deadline.remaining()):
         if metrics is not None:
@@ -131,20 +186,29 @@ def _holding(
             model=model,
         )
     sent = time.monotonic()
-    if metrics is None:
-        result = yield from plan
-    else:
-        with metrics.holding(model, waited=waited):
+    try:
+        if metrics is None:
             result = yield from plan
+        else:
+            with metrics.holding(model, waited=waited):
+                result = yield from plan
+    except ServerUnavailable as exc:  # turned away for good: the window shrinks (retries were observed)
+        flow.observe(exc)
+        raise
     latency.observe(time.monotonic() - sent)
+    flow.window.succeeded()
     return result
 
 
-class ThreadSlots:
-    """``limit`` slots shared by threads, handed out first come, first served."""
+def _window(limit: Window | int) -> Window:
+    return limit if isinstance(limit, Window) else Window(limit)
 
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
+
+class ThreadSlots:
+    """Slots shared by threads, as many as the window allows, handed out first come, first served."""
+
+    def __init__(self, limit: Window | int) -> None:
+        self.window = _window(limit)
         self.in_flight = 0
         self._cond = threading.Condition()
         self._queue: collections.deque[object] = collections.deque()
@@ -156,7 +220,7 @@ class ThreadSlots:
             self._queue.append(me)
             try:
                 got = self._cond.wait_for(
-                    lambda: self.in_flight < self.limit and self._queue[0] is me, max(timeout, 0.0)
+                    lambda: self.in_flight < self.window.limit and self._queue[0] is me, max(timeout, 0.0)
                 )
             finally:
                 self._queue.remove(me)
@@ -172,16 +236,16 @@ class ThreadSlots:
 
 
 class AsyncSlots:
-    """``limit`` slots of one event loop, handed out first come, first served."""
+    """Slots of one event loop, as many as the window allows, handed out first come, first served."""
 
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
+    def __init__(self, limit: Window | int) -> None:
+        self.window = _window(limit)
         self.in_flight = 0
         self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
 
     async def acquire(self, timeout: float) -> bool:
         """Take a slot, waiting up to ``timeout`` seconds; whether one was taken."""
-        if self.in_flight < self.limit and not self._waiters:
+        if self.in_flight < self.window.limit and not self._waiters:
             self.in_flight += 1
             return True
         granted: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -195,7 +259,7 @@ class AsyncSlots:
         return self._withdraw(granted)
 
     def _withdraw(self, granted: asyncio.Future[None]) -> bool:
-        """Stop waiting; whether the slot had been handed over (``release`` passes it on unchanged)."""
+        """Stop waiting; whether the slot had been handed over (counted in ``in_flight`` already)."""
         if granted.done() and not granted.cancelled():
             return True
         granted.cancel()
@@ -206,12 +270,21 @@ class AsyncSlots:
         return False
 
     def release(self) -> None:
-        while self._waiters:  # hand the slot to the first waiter still waiting
+        self.in_flight -= 1
+        while self._waiters and self.in_flight < self.window.limit:  # the first waiters still waiting
             waiter = self._waiters.popleft()
             if not waiter.done():
+                self.in_flight += 1
                 waiter.set_result(None)
-                return
-        self.in_flight -= 1
 
 
-__all__ = ["AsyncSlots", "Latency", "ThreadSlots", "check_max_in_flight", "default_max_in_flight", "paced"]
+__all__ = [
+    "AsyncSlots",
+    "Flow",
+    "Latency",
+    "ThreadSlots",
+    "Window",
+    "check_max_in_flight",
+    "default_max_in_flight",
+    "paced",
+]

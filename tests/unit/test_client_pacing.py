@@ -19,8 +19,10 @@ from cvserve.client._metadata import model_info
 from cvserve.client._pacing import (
     LATENCY_WEIGHT,
     AsyncSlots,
+    Flow,
     Latency,
     ThreadSlots,
+    Window,
     default_max_in_flight,
     paced,
 )
@@ -146,12 +148,14 @@ def test_a_request_that_gets_no_slot_before_its_deadline_fails_naming_the_local_
     sent: list[object] = []
 
     def perform(effect):
-        assert isinstance(effect, Paced) and effect.limit == 1
+        assert isinstance(effect, Paced) and effect.limit.limit == 1
         if not slots.acquire(effect.timeout):
             raise TimeoutError
         sent.append(effect)
 
-    plan = paced(_one_request(), model="m", key="m", limit=1, deadline=Deadline(0.05), metrics=metrics)
+    plan = paced(
+        _one_request(), model="m", key="m", flow=Flow.of(1), deadline=Deadline(0.05), metrics=metrics
+    )
     with pytest.raises(DeadlineExceeded, match=r"waited .* s in this client .* max_in_flight") as caught:
         run(plan, perform)
     assert caught.value.attempts == 0 and caught.value.model == "m" and not sent
@@ -176,7 +180,9 @@ def test_a_paced_request_is_counted_in_flight_until_it_ends_even_when_cancelled(
             started.set()
             await never.wait()  # an answer that never comes
 
-        plan = paced(_one_request(), model="m", key="m", limit=4, deadline=Deadline(30), metrics=metrics)
+        plan = paced(
+            _one_request(), model="m", key="m", flow=Flow.of(4), deadline=Deadline(30), metrics=metrics
+        )
         task = asyncio.ensure_future(arun(plan, perform))
         await started.wait()
         assert registry.get_sample_value("cvserve_client_in_flight", gauge) == 1 and slots.in_flight == 1
@@ -188,7 +194,7 @@ def test_a_paced_request_is_counted_in_flight_until_it_ends_even_when_cancelled(
 
 
 def test_no_bound_runs_the_request_as_it_is():
-    plan = paced(_one_request(), model="m", key="m", limit=None, deadline=Deadline(1), metrics=None)
+    plan = paced(_one_request(), model="m", key="m", flow=None, deadline=Deadline(1), metrics=None)
     assert run(plan, lambda effect: "answer" if isinstance(effect, Rpc) else pytest.fail(str(effect))) == (
         "answer"
     )
@@ -206,7 +212,7 @@ def test_latency_is_a_moving_average_of_what_sent_requests_took():
 def test_a_slot_that_comes_too_late_to_finish_is_not_used_to_send():
     """Under overload the oldest caller gets the next slot with little deadline left: it fails locally
     instead of spending the server's capacity on an answer nobody waits for."""
-    metrics, registry = _metrics()
+    metrics, _ = _metrics()
     sent: list[object] = []
 
     def perform(effect):
@@ -215,13 +221,56 @@ def test_a_slot_that_comes_too_late_to_finish_is_not_used_to_send():
         sent.append(effect)
         return "answer"
 
-    slow = Latency(seconds=5.0)  # this model's requests take 5 s now; the call has 1 s
-    plan = paced(_one_request(), model="m", key="m", limit=2, deadline=Deadline(1), metrics=metrics,
-                 latency=slow)  # fmt: skip
+    slow = Flow(window=Window(2), latency=Latency(seconds=5.0))  # requests take 5 s now; the call has 1 s
+    plan = paced(_one_request(), model="m", key="m", flow=slow, deadline=Deadline(1), metrics=metrics)
     with pytest.raises(DeadlineExceeded, match=r"less than this model's requests take now .*not sent") as err:
         run(plan, perform)
     assert err.value.attempts == 0 and not sent
-    fast = Latency(seconds=0.01)
-    plan = paced(_one_request(), model="m", key="m", limit=2, deadline=Deadline(1), metrics=metrics,
-                 latency=fast)  # fmt: skip
-    assert run(plan, perform) == "answer" and len(sent) == 1 and fast.seconds is not None
+    fast = Flow(window=Window(2), latency=Latency(seconds=0.01))
+    plan = paced(_one_request(), model="m", key="m", flow=fast, deadline=Deadline(1), metrics=metrics)
+    assert run(plan, perform) == "answer" and len(sent) == 1 and fast.latency.seconds is not None
+
+
+def test_the_window_halves_on_overload_once_per_latency_and_grows_back_on_success():
+    window = Window(16)
+    window.overloaded(hold_s=60)
+    window.overloaded(hold_s=60)  # the same burst of rejections: halved once
+    assert window.limit == 8
+    for _ in range(9):  # about one more request per round of successes (1/8 each)
+        window.succeeded()
+    assert window.limit == 9
+    for _ in range(1000):
+        window.succeeded()
+    assert window.limit == 16  # never above the ceiling
+    tiny = Window(1)
+    tiny.overloaded(hold_s=0)
+    assert tiny.limit == 1  # never below one request
+
+
+def test_slots_follow_a_window_that_shrinks_and_grows():
+    window = Window(4)
+    slots = ThreadSlots(window)
+    assert all(slots.acquire(0) for _ in range(4)) and not slots.acquire(0)
+    window.overloaded(hold_s=0)  # 2 now: two releases before anyone may send again
+    slots.release()
+    assert not slots.acquire(0)
+    slots.release()
+    slots.release()
+    assert slots.acquire(0)
+
+
+def test_async_slots_hand_on_only_what_the_window_allows():
+    async def main() -> None:
+        window = Window(2)
+        slots = AsyncSlots(window)
+        assert await slots.acquire(1) and await slots.acquire(1)
+        waiter = asyncio.ensure_future(slots.acquire(30))
+        await asyncio.sleep(0)  # let it queue (it is observable in slots._waiters)
+        assert len(slots._waiters) == 1
+        window.overloaded(hold_s=0)  # 1 now
+        slots.release()  # 1 in flight: the window is full, the waiter keeps waiting
+        assert not waiter.done() and slots.in_flight == 1
+        slots.release()
+        assert await waiter and slots.in_flight == 1
+
+    asyncio.run(main())
