@@ -397,7 +397,7 @@ class ClientCore:
         key = (info.name, info.version)
         flow = self._flows.get(key)
         if flow is None or flow.window.ceiling != limit:
-            flow = self._flows[key] = Flow.of(limit)
+            flow = self._flows[key] = Flow.of(limit, info.instances)
         return flow
 
     def _paced(self, info: ModelInfo, deadline: Deadline, call: Plan[Any], flow: Flow | None) -> Plan[Any]:

@@ -9,11 +9,12 @@ process, within the call's deadline, for one to finish. The default limit is the
 overfills it, whatever its instances are doing. The parts of a split call are paced one by one, like
 separate requests.
 
-The bound adapts (:class:`Window`, additive increase and multiplicative decrease, as TCP's congestion
-window): it starts at the ceiling and is halved, at most once per request latency, when the server turns
-a request away for overload (its queue was full because other clients filled it too), then grows back
-by about one request per round of successes. Several clients sharing one model so settle on sharing its
-queue instead of spending their retry budgets on rejections.
+The bound adapts (:class:`Window`, as TCP's congestion window): it starts small (one request per
+instance, at least two) and grows by one per success, doubling per round trip, up to the ceiling, until
+the server first turns a request away because the model's queue is full (other clients filled it too);
+from then on it is halved, at most once per request latency, on each such rejection and grows back by
+about one request per round of successes. Several clients bursting at one model so share its queue
+instead of each sending a queue's worth at once and spending their retry budgets on the rejections.
 
 A request whose slot comes free too late to finish is not sent: when its remaining deadline is
 shorter than what this client's recent requests to the model took once sent (:class:`Latency`, a
@@ -40,7 +41,7 @@ from typing import Any
 
 from cvserve.client._effects import Paced, Plan
 from cvserve.client._retry import Deadline
-from cvserve.client.errors import ClientError, DeadlineExceeded, InvalidInput, ServerUnavailable
+from cvserve.client.errors import ClientError, DeadlineExceeded, InvalidInput, ServerUnavailable, queue_full
 from cvserve.client.metrics import ClientMetrics
 
 LATENCY_WEIGHT = 0.2  # of the newest observation in the moving average of sent requests' latency
@@ -64,12 +65,14 @@ class Latency:
 
 
 class Window:
-    """How many requests a client keeps in flight to one model: ``ceiling`` (``max_in_flight``, or the
-    model's queue bound) while the server admits them; halved on overload, grown back on success."""
+    """How many requests a client keeps in flight to one model, at most ``ceiling`` (``max_in_flight``,
+    or the model's queue bound): from ``start``, one more per success until the first queue-full
+    rejection (slow start), then halved on each and grown back by one per round of successes."""
 
-    def __init__(self, ceiling: int) -> None:
+    def __init__(self, ceiling: int, start: int | None = None) -> None:
         self.ceiling = ceiling
-        self._limit = float(ceiling)
+        self._limit = float(min(ceiling, start or ceiling))
+        self._slow_start = True
         self._shrunk_at = -math.inf
 
     @property
@@ -77,11 +80,13 @@ class Window:
         return max(1, int(self._limit))
 
     def succeeded(self) -> None:
-        self._limit = min(float(self.ceiling), self._limit + 1.0 / self._limit)
+        step = 1.0 if self._slow_start else 1.0 / self._limit
+        self._limit = min(float(self.ceiling), self._limit + step)
 
     def overloaded(self, hold_s: float) -> None:
         """Halve the window, unless it was halved less than ``hold_s`` ago (the same burst of rejections)."""
         now = time.monotonic()
+        self._slow_start = False
         if now - self._shrunk_at >= hold_s:
             self._limit = max(1.0, self._limit / 2)
             self._shrunk_at = now
@@ -95,14 +100,12 @@ class Flow:
     latency: Latency
 
     @classmethod
-    def of(cls, ceiling: int) -> Flow:
-        return cls(window=Window(ceiling), latency=Latency())
+    def of(cls, ceiling: int, instances: int = 1) -> Flow:
+        return cls(window=Window(ceiling, start=max(2, instances)), latency=Latency())
 
     def observe(self, exc: BaseException) -> None:
-        """A failed attempt: the server turned it away for overload (retryable with backoff)."""
-        from cvserve.client.errors import RetryKind, retry_kind
-
-        if isinstance(exc, ServerUnavailable) or retry_kind(exc) is RetryKind.BACKOFF:
+        """A failed attempt: the window shrinks if the server turned it away because its queue was full."""
+        if queue_full(exc):
             self.window.overloaded(self.latency.seconds or MIN_HOLD_S)
 
 
@@ -146,7 +149,9 @@ def paced(
     asked = time.monotonic()
     held = _holding(plan, model, asked, metrics, flow, deadline, limit)
     try:
-        return (yield Paced(held, key, flow.window, deadline.remaining()))
+        # wait only while an answer can still come in time: the head of the line is never a call that
+        # would be dropped when its slot comes (under overload the line would otherwise be all of them)
+        return (yield Paced(held, key, flow.window, deadline.remaining() - (flow.latency.seconds or 0.0)))
     except ClientError:
         raise
     except TimeoutError:  # no slot in time: the request was never sent
@@ -156,8 +161,8 @@ def paced(
         raise DeadlineExceeded(
             f"model '{model}': the call waited {waited:.3g} s in this client for one of its {limit} "
             f"requests in flight to finish (max_in_flight) and its deadline of {deadline.timeout:g} s "
-            "passed before it was sent; allow a longer timeout=, send fewer calls at once, or raise "
-            "max_in_flight= if the server admits more",
+            "would pass before an answer came, so it was not sent; allow a longer timeout=, send fewer "
+            "calls at once, or raise max_in_flight= if the server admits more",
             code="DEADLINE_EXCEEDED",
             model=model,
         ) from None

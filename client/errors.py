@@ -146,6 +146,14 @@ def _message(exc: BaseException) -> str:
     return (msg() if callable(msg) else msg) or str(exc)
 
 
+def queue_full(exc: BaseException) -> bool:
+    """Whether the server turned a request away because the model's queue was full (a raw error, or
+    the :class:`ServerUnavailable` it was mapped to): the signal that clients together send too much."""
+    if isinstance(exc, ClientError):
+        return isinstance(exc, ServerUnavailable) and _QUEUE_FULL in str(exc)
+    return status_name(exc) == "UNAVAILABLE" and _QUEUE_FULL in _message(exc)
+
+
 def retry_kind(exc: BaseException) -> RetryKind:
     """Whether and how a raw tritonclient/gRPC error may be retried (see the module docstring)."""
     if isinstance(exc, ClientError):

@@ -274,3 +274,32 @@ def test_async_slots_hand_on_only_what_the_window_allows():
         assert await waiter and slots.in_flight == 1
 
     asyncio.run(main())
+
+
+def test_the_window_starts_small_and_doubles_per_round_until_the_queue_is_first_full():
+    window = Window(32, start=2)
+    assert window.limit == 2
+    for _ in range(2):  # one round of two successes
+        window.succeeded()
+    assert window.limit == 4
+    for _ in range(100):
+        window.succeeded()
+    assert window.limit == 32  # the ceiling
+    window.overloaded(hold_s=0)  # the queue was full: additive growth from now on
+    assert window.limit == 16
+    window.succeeded()
+    assert window.limit == 16
+
+
+def test_only_a_full_queue_shrinks_the_window():
+    from tritonclient.utils import InferenceServerException
+
+    flow = Flow.of(16, instances=2)
+    assert flow.window.limit == 2
+    expired = InferenceServerException("Request timeout expired", status="StatusCode.UNAVAILABLE")
+    full = InferenceServerException("Exceeds maximum queue size", status="StatusCode.UNAVAILABLE")
+    flow.window._limit = 8.0
+    flow.observe(expired)  # the server dropped a request whose caller gave up: not a sign of overload
+    assert flow.window.limit == 8
+    flow.observe(full)
+    assert flow.window.limit == 4
