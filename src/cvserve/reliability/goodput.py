@@ -9,7 +9,8 @@
 * R7, bursts from several processes: ``processes`` client processes, released together, each send
   ``calls`` classify calls at once (past what the server admits). Every call must succeed with the right
   class or fail with a typed :class:`~cvserve.client.ClientError`, within its deadline, after no more
-  attempts than the retry policy allows.
+  attempts than the retry policy allows; goodput (answers per second from the burst's start to its last
+  answer) is compared with the unloaded throughput measured just before (target >= 90%).
 
 Both share the machine with the server: the load generator's CPU is reported.
 """
@@ -177,6 +178,7 @@ def r7_bursts(
     from cvserve.client import RetryPolicy
 
     policy = RetryPolicy()
+    unloaded = _unloaded_rps(server, model, 3.0)
     ctx = multiprocessing.get_context("spawn")
     barrier, results = ctx.Barrier(processes), ctx.Queue()
     workers = [
@@ -201,7 +203,12 @@ def r7_bursts(
     result.unexpected += len(late) + len(over)
     result.alive_after = _alive_within(server, model)
     elapsed = [e for _, _, e, _ in records]
+    answered = [e for o, _, e, _ in records if o == "ok"]
+    goodput = len(answered) / max(answered) if answered else 0.0
     result.details = {
+        "unloaded_rps": round(unloaded, 1),
+        "goodput_rps": round(goodput, 1),
+        "goodput_of_unloaded": round(goodput / unloaded, 3) if unloaded else None,
         "outcomes": dict(outcomes),
         "deadline_s": deadline_s,
         "past_deadline": len(late),
@@ -217,6 +224,8 @@ def r7_bursts(
         ),
         "max_attempts": policy.max_attempts,
     }
+    met = (result.details["goodput_of_unloaded"] or 0) >= 0.9
+    result.notes.append(f"target: goodput_of_unloaded >= 0.9 ({'met' if met else 'missed'})")
     return result
 
 
