@@ -28,11 +28,14 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.timeout(UNIT_TIMEOUT_S))
 
 
-def pytest_report_header(config: pytest.Config) -> list[str]:
-    """The CPU's numerics features at the top of every run, so a CI log says what it covered: tests of
-    bf16 run only where the CPU has it, and the f32 pinning is what the other CPUs check."""
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """The CPU's numerics features at the top of every run (also under ``-q``, as ``make test`` runs), so
+    a CI log says what it covered: tests of bf16 run only where the CPU has it, and the f32 pinning is
+    what the other CPUs check."""
     from cvserve import hardware
 
     cpu = hardware.cpu()
     bf16 = "bf16 tests run" if cpu.native_bf16 else "no native bf16: bf16 tests skip, refusals run"
-    return [f"cvserve hardware: {cpu.summary()} ({bf16})"]
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        reporter.write_line(f"cvserve hardware: {cpu.summary()} ({bf16})")
