@@ -1,4 +1,5 @@
-"""The versions a release compares, as the model repository holds them: config, labels, build facts.
+"""The versions a release compares, as the model repository holds them: config, labels, build facts,
+the reference statistics of the held-out images (``reference_stats.json``, cvserve.monitor).
 
 Read from disk only, so that a release can check everything before it touches the server. The release
 works on the ``single`` serving layout (one model NAME); the ``ensemble`` layout is refused in one line.
@@ -19,6 +20,7 @@ from cvserve.errors import NotFoundError, UserInputError
 
 CONFIG = "config.pbtxt"
 BUILD_REPORT = "build_report.json"
+REFERENCE = "reference_stats.json"  # cvserve.monitor.reference.REFERENCE_FILE
 UNKNOWN = "unknown"
 
 
@@ -31,6 +33,8 @@ class ModelVersion:
             (``NAME/V/config.pbtxt.build``), else the model's current ``config.pbtxt``.
         labels: class names from the config's ``labels`` parameter (``None``: class ``i`` is ``str(i)``).
         build: facts from ``NAME/V/build_report.json`` (see :func:`build_facts`).
+        reference: ``NAME/V/reference_stats.json`` as written (``None``: built before references);
+            :class:`cvserve.monitor.reference.Reference` parses it.
     """
 
     name: str
@@ -39,6 +43,7 @@ class ModelVersion:
     config: mc.ModelConfig
     labels: list[str] | None
     build: dict[str, Any] = field(default_factory=dict)
+    reference: dict[str, Any] | None = None
 
 
 def model_config(repository: Path, name: str) -> mc.ModelConfig:
@@ -109,6 +114,7 @@ def load_version(repository: Path, name: str, version: int) -> ModelVersion:
         config=config,
         labels=labels_of(config),
         build=build_facts(_read_json(directory / BUILD_REPORT)),
+        reference=_read_json(directory / REFERENCE),
     )
 
 
