@@ -91,7 +91,7 @@ def test_every_input_kind_builds_a_verified_single_layout(checkpoints, tmp_path,
     v = repo / "tiny" / "1"
     names = {p.name for p in v.iterdir()}
     assert {"model.py", "model.xml", "model.bin", "cvserve_preprocessing.py", "cvserve_runners.py",
-            "cvserve_hardware.py"} <= names  # fmt: skip
+            "cvserve_hardware.py", "cvserve_signals.py", "reference_stats.json"} <= names  # fmt: skip
     assert PreprocessSpec.load(v) == SPEC
     assert [p.name for p in repo.iterdir()] == ["tiny"]  # one model: no ensemble, no postprocess
     saved = json.loads((v / "build_report.json").read_text())
