@@ -274,3 +274,71 @@ def test_cli_prints_one_line_and_exits_2(capsys):
     code = main(["monitor", "m", "--prometheus", f"http://127.0.0.1:{_closed_port()}"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and err[0].startswith("cvserve monitor: error: Prometheus at")
+
+
+class _PrometheusClientApi:
+    """Triton's custom-metrics API over prometheus_client counters, exposed over HTTP like Triton's port."""
+
+    def __init__(self, registry):
+        import prometheus_client as pc
+
+        self.pc, self.registry = pc, registry
+
+    def family(self, name, description, counter):
+        api = self
+
+        class Family:
+            def __init__(self):
+                self.counter = None
+
+            def Metric(self, labels):
+                if self.counter is None:
+                    self.counter = api.pc.Counter(name, description, sorted(labels), registry=api.registry)
+                child = self.counter.labels(**labels)
+
+                class Metric:
+                    def increment(self, value):
+                        child.inc(value)
+
+                return Metric()
+
+        return Family()
+
+
+def test_exported_counts_read_back_from_a_metrics_port_and_subtract_to_a_window():
+    pc = pytest.importorskip("prometheus_client")
+    from cvserve.monitor.scrape import read_counts
+
+    registry = pc.CollectorRegistry()
+    counts = sg.Counts(num_classes=10, feature_dims=4)
+    export = sg.SignalExport(_PrometheusClientApi(registry), "m", "2", counts)
+    server, _ = pc.start_http_server(0, addr="127.0.0.1", registry=registry)
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/metrics"
+        crops = np.zeros((3, 16, 16, 3), np.uint8)
+        counts.add(
+            sg.observe(crops, [(50, 40)] * 3, _outputs(3, np.array([1, 2, 3]), np.array([0.2, 0.6, 0.9])), 10)
+        )
+        export.flush()
+        before = read_counts(url, "m", "2", num_classes=10, feature_dims=4)
+        assert before.images == 3 and before.classes[1:4].tolist() == [1, 1, 1]
+        counts.add(
+            sg.observe(
+                np.full((2, 16, 16, 3), 250, np.uint8),
+                [(64, 64)] * 2,
+                _outputs(2, np.array([9, 9]), np.array([0.95, 0.95])),
+                10,
+            )
+        )
+        counts.reject("corrupt")
+        export.flush()
+        window = read_counts(url, "m", "2", num_classes=10, feature_dims=4).since(before)
+        assert window.images == 2 and window.classes[9] == 2 and window.classes.sum() == 2
+        assert window.rejections == {"corrupt": 1} and window.inputs["brightness"][-1] == 2
+        np.testing.assert_allclose(
+            window.feature_moments()[0], _outputs(2, np.zeros(2), np.zeros(2))["FEATURES"].mean(0), atol=1e-6
+        )
+        assert read_counts(url, "other", "2", num_classes=10, feature_dims=4).images == 0
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -27,12 +27,14 @@ import numpy as np
 # -- metric names (Triton's metrics port; labels model, version and the ones named) -------------------
 IMAGES = "cvserve_images_total"  # images answered
 CLASSES = "cvserve_top1_class_total"  # {bucket}: top-1 class bucket
-CONFIDENCE = "cvserve_top1_confidence_total"  # {bin}: top-1 confidence bin
-CONFIDENCE_SUM = "cvserve_top1_confidence_sum"  # sum of top-1 confidences (mean = sum / images)
+CONFIDENCE = "cvserve_top1_confidence_bin_total"  # {bin}: top-1 confidence bin
+CONFIDENCE_SUM = "cvserve_top1_confidence_sum_total"  # sum of top-1 confidences (mean = sum / images)
 INPUTS = "cvserve_input_total"  # {stat, bucket}: input statistics
 REJECTIONS = "cvserve_rejections_total"  # {reason}: requests refused before the network
-FEATURE_SUM = "cvserve_feature_sum"  # {dim, sign}: sum of the positive parts / of minus the negative parts
-FEATURE_SQUARES = "cvserve_feature_squares_sum"  # {dim}: sum of squares
+FEATURE_SUM = (
+    "cvserve_feature_sum_total"  # {dim, sign}: sum of the positive parts / of minus the negative parts
+)
+FEATURE_SQUARES = "cvserve_feature_squares_total"  # {dim}: sum of squares
 # Counters only go up: a signed sum is kept as two counters, sign="pos" (sum of max(x, 0)) and
 # sign="neg" (sum of max(-x, 0)), so that rate() and increase() are valid on both.
 SIGNS = ("pos", "neg")
@@ -173,6 +175,20 @@ class Counts:
             self.feature_pos += np.maximum(f, 0).sum(axis=0)
             self.feature_neg += np.maximum(-f, 0).sum(axis=0)
             self.feature_squares += (f * f).sum(axis=0)
+
+    def since(self, earlier: Counts) -> Counts:
+        """What was counted after ``earlier`` (a snapshot of the same running counts): a window."""
+        out = Counts(
+            num_classes=self.num_classes, feature_dims=self.feature_dims, images=self.images - earlier.images
+        )
+        out.classes, out.confidence = self.classes - earlier.classes, self.confidence - earlier.confidence
+        out.confidence_sum = self.confidence_sum - earlier.confidence_sum
+        out.inputs = {s: self.inputs[s] - earlier.inputs[s] for s in self.inputs}
+        out.rejections = {r: n - earlier.rejections.get(r, 0) for r, n in self.rejections.items()}
+        out.feature_pos = self.feature_pos - earlier.feature_pos
+        out.feature_neg = self.feature_neg - earlier.feature_neg
+        out.feature_squares = self.feature_squares - earlier.feature_squares
+        return out
 
     def reject(self, reason: str) -> None:
         self.rejections[reason] = self.rejections.get(reason, 0) + 1
