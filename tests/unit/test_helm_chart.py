@@ -813,7 +813,11 @@ def test_alerts(rendered: dict) -> None:
     )
     assert drift["annotations"]["runbook_url"] == "https://docs.example.com/cvserve/runbooks/model-drift.md"
     low = alerts["CvserveConfidenceLow"]
-    assert "cvserve_top1_confidence_sum_total" in low["expr"] and "[30m]" in low["expr"] and "< 0.4" in low["expr"]
+    assert (
+        "cvserve_top1_confidence_sum_total" in low["expr"]
+        and "[30m]" in low["expr"]
+        and "< 0.4" in low["expr"]
+    )
     assert low["annotations"]["runbook_url"].endswith("/confidence-low.md")
     for alert in (drift, low):  # every runbook the chart links to exists in docs/runbooks
         assert (ROOT / "docs" / "runbooks" / alert["annotations"]["runbook_url"].rsplit("/", 1)[1]).is_file()
