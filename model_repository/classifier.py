@@ -24,7 +24,8 @@ network actually runs in is read back and exported as Prometheus metrics on Trit
 What the model sees and answers (``cvserve_signals``: classes, confidence, input statistics, the
 feature summary, rejections by reason) is counted per batch in the process and added to Triton's
 metrics at most every ``monitor_flush_s`` seconds (config parameter; 1 s by default): a metric update
-is a message to the Triton process, too dear to send per image (docs/monitoring.md).
+is a message to the Triton process, too dear to send per image (docs/monitoring.md). The config
+parameter ``monitor_signals: off`` turns the counting off (the A/B of python -m cvserve.monitor.bench_cost).
 """
 
 import json
@@ -49,16 +50,16 @@ class TritonPythonModel(DecodingModel):
             precision=self.params.get("inference_precision", "f32"),  # builds before it: f32
         )
         h, w = self.spec.input_size
-        warm = self.runner.run(
-            np.zeros((1, h, w, 3), dtype=np.uint8)
-        )  # first call allocates: not on a request
+        # The first call allocates: not on a request. Its outputs tell whether the graph has FEATURES.
+        warm = self.runner.run(np.zeros((1, h, w, 3), dtype=np.uint8))
         self.metrics = _precision_metrics(args["model_name"], args["model_version"], self.runner)
         self.num_classes = len(json.loads(self.params.get("labels", "[]"))) or 1
         dims = warm["FEATURES"].shape[-1] if "FEATURES" in warm else 0  # graphs built before it: none
         self.signals = Counts(num_classes=self.num_classes, feature_dims=dims)
-        self.export = SignalExport(
-            _TritonMetrics(), args["model_name"], str(args["model_version"]), self.signals
-        )
+        self.export = None  # monitor_signals: off (the A/B of python -m cvserve.monitor.bench_cost)
+        if self.params.get("monitor_signals", "on") != "off":
+            version = str(args["model_version"])
+            self.export = SignalExport(_TritonMetrics(), args["model_name"], version, self.signals)
         self.flush_s = float(self.params.get("monitor_flush_s") or FLUSH_S)
         self.flushed = time.monotonic()
         pb_utils.Logger.log_info(
@@ -76,17 +77,20 @@ class TritonPythonModel(DecodingModel):
             except Exception as exc:  # reported on each request; the model keeps serving
                 error = pb_utils.TritonError(f"the network failed: {type(exc).__name__}")
                 return [pb_utils.InferenceResponse(output_tensors=[], error=error) for _ in requests]
-            self.signals.add(observe(batch, sizes, outputs, self.num_classes))
-        for outcome in outcomes:
-            if isinstance(outcome, str):
-                self.signals.reject(getattr(outcome, "reason", "corrupt"))
-        if time.monotonic() - self.flushed >= self.flush_s:
-            self.export.flush()
-            self.flushed = time.monotonic()
+            if self.export is not None:
+                self.signals.add(observe(batch, sizes, outputs, self.num_classes))
+        if self.export is not None:
+            for outcome in outcomes:
+                if isinstance(outcome, str):
+                    self.signals.reject(getattr(outcome, "reason", "corrupt"))
+            if time.monotonic() - self.flushed >= self.flush_s:
+                self.export.flush()
+                self.flushed = time.monotonic()
         return self.respond(outcomes, outputs)
 
     def finalize(self):
-        self.export.flush()
+        if self.export is not None:
+            self.export.flush()
         super().finalize()
 
 
