@@ -107,14 +107,15 @@ def load_version(repository: Path, name: str, version: int) -> ModelVersion:
         )
     snapshot = directory / SNAPSHOT
     config = _parse(snapshot) if snapshot.is_file() else current
+    reference = _read_json(directory / REFERENCE)
     return ModelVersion(
         name=name,
         version=version,
         directory=directory,
         config=config,
         labels=labels_of(config),
-        build=build_facts(_read_json(directory / BUILD_REPORT)),
-        reference=_read_json(directory / REFERENCE),
+        build={**build_facts(_read_json(directory / BUILD_REPORT)), "reference": reference_facts(reference)},
+        reference=reference,
     )
 
 
@@ -161,6 +162,27 @@ def _layers(counts: Any) -> str:
     return ", ".join(f"{precision} {n}" for precision, n in sorted(counts.items(), key=lambda kv: -kv[1]))
 
 
+def reference_facts(reference: dict | None) -> dict[str, Any] | None:
+    """What a model card shows of a reference: where it came from, confidence, and each signal's
+    non-empty bins as ``"lower edge: images"``; ``None`` for a version built without one."""
+    if not isinstance(reference, dict) or "histograms" not in reference:
+        return None
+    bins, histograms = reference.get("bins", {}), reference["histograms"]
+    signals = {}
+    for name, counts in histograms.items():
+        labels = bins.get(name) or [str(i) for i in range(len(counts))]
+        signals[name] = ", ".join(f"{label}: {n}" for label, n in zip(labels, counts, strict=False) if n)
+    return {
+        "source": reference.get("source", UNKNOWN),
+        "images": reference.get("images", UNKNOWN),
+        "mean_confidence": reference.get("mean_confidence"),
+        "low_confidence_share": reference.get("low_confidence_share"),
+        "low_confidence_below": reference.get("low_confidence_below"),
+        "feature_dims": reference.get("feature_dims", 0),
+        "signals": signals,
+    }
+
+
 def build_facts(report: dict | None) -> dict[str, Any]:
     """What a release and a model card need from a build report: schema 2-3 keys, schema 1 as fallback.
 
@@ -198,4 +220,5 @@ def build_facts(report: dict | None) -> dict[str, Any]:
         "quantization": quantization or None,
         "accuracy": r.get("accuracy") or None,
         "throughput": r.get("throughput") or None,
+        "reference": None,  # reference_stats.json, not the build report: load_version fills it in
     }
