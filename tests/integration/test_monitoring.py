@@ -223,9 +223,14 @@ def test_a_darkened_stream_fires_the_drift_alert_and_the_unshifted_one_does_not(
     published = {"n": 0.0}
 
     def run_monitor(window: str):
-        version, report = check(
-            MonitorSettings(name=DEMO_MODEL, prometheus=prom.url, repository=demo_repository, window=window)
+        settings = MonitorSettings(
+            name=DEMO_MODEL,
+            prometheus=prom.url,
+            url=server.grpc_url,
+            repository=demo_repository,
+            window=window,
         )
+        version, report = check(settings)
         gauges.publish(DEMO_MODEL, version, report)
         published["n"] = report.images
 
@@ -245,3 +250,18 @@ def test_a_darkened_stream_fires_the_drift_alert_and_the_unshifted_one_does_not(
     assert "brightness" in {s.signal for s in shifted.signals if s.drifted}
     firing = prom.query(drift_rule["expr"])
     assert "brightness" in {r["metric"]["signal"] for r in firing}
+
+
+def test_an_unknown_model_or_a_bad_reference_is_one_exit_2_line(prom, loaded, repo_copy, capsys):
+    from cvserve.cli import main
+
+    assert main(["monitor", "not_served", "--prometheus", prom.url, "--window", loaded]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "has no signals of model not_served" in err[0]
+
+    for reference in repo_copy.glob(f"{DEMO_MODEL}/*/reference_stats.json"):
+        reference.write_text('{"schema": 1, "images": "many"}')
+    args = ["monitor", DEMO_MODEL, "--prometheus", prom.url, "-r", str(repo_copy), "--window", loaded]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is not a cvserve reference" in err[0] and "rebuild the version" in err[0]

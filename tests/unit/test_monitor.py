@@ -342,3 +342,27 @@ def test_exported_counts_read_back_from_a_metrics_port_and_subtract_to_a_window(
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_pooled_features_are_found_behind_a_matmul_and_bias_add(tmp_path):
+    from onnx import TensorProto, helper, numpy_helper
+
+    from cvserve.builders.served_graph import _pooled_features
+
+    graph = helper.make_graph(
+        [
+            helper.make_node("Flatten", ["input"], ["pooled"]),
+            helper.make_node("MatMul", ["pooled", "w"], ["mm"]),
+            helper.make_node("Add", ["mm", "b"], ["logits"]),
+        ],
+        "linear",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 7, 1, 1])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 3])],
+        [
+            numpy_helper.from_array(np.ones((7, 3), np.float32), "w"),
+            numpy_helper.from_array(np.zeros(3, np.float32), "b"),
+        ],
+    )
+    assert _pooled_features(graph) == ("pooled", 7)
+    graph.node[1].op_type = "Conv"  # not a final Gemm/MatMul: no feature summary
+    assert _pooled_features(graph) is None

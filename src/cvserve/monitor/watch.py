@@ -71,7 +71,7 @@ def _served_versions(url: str, name: str) -> list[str]:
         return [str(v) for v in metadata.get("versions", [])]
     except InferenceServerException as exc:
         raise UserInputError(
-            f"Triton at {url} does not serve model {name}: {exc.message()}", exit_code=2
+            f"Triton at {url} did not confirm that it serves model {name}: {exc.message()}", exit_code=2
         ) from None
 
 
