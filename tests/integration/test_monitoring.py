@@ -3,7 +3,7 @@ scrapes it and ``cvserve monitor``'s gauges, and every dashboard and alert expre
 
 The server here is this module's own (fresh counters, Triton's latency summaries on, as the chart runs
 it), on the session's demo build. Prometheus gets the labels the chart's ServiceMonitor would add
-(namespace, service), so the chart's expressions run exactly as rendered. Every wait is on state that
+(namespace, service, pod), so the chart's expressions run exactly as rendered. Every wait is on state that
 Prometheus reports (query results), never a fixed sleep.
 """
 
@@ -90,7 +90,7 @@ def gauges():
 def prom(server, gauges, tmp_path_factory) -> Prometheus:
     metrics = server.metrics_url.removeprefix("http://").removesuffix("/metrics")
     targets = {
-        "triton": (metrics, {"namespace": NAMESPACE, "service": SERVICE}),
+        "triton": (metrics, {"namespace": NAMESPACE, "service": SERVICE, "pod": f"{SERVICE}-0"}),
         MONITOR_JOB: (f"127.0.0.1:{gauges.port}", {"namespace": NAMESPACE}),
     }
     with prometheus(targets, tmp_path_factory.mktemp("prometheus")) as url:
@@ -218,6 +218,13 @@ def test_every_alert_expression_fires_at_a_sensitive_threshold(server, prom, pho
                 continue  # kube-state-metrics is not here; drift has its own test below
             if name == "CvserveModelNotLoaded" and f'model="{DEMO_MODEL}"' in expr:
                 assert prom.query(expr) == [], "the demo model is loaded: its absent() must select nothing"
+                continue
+            if name == "CvserveErrorRateHigh":
+                # Triton counts a request the python model answers with an error (a refused image) as a
+                # success: no failure happens here, so the ratio must select the model, at 0.
+                ratio = expr.rsplit(">", 1)[0]
+                (series,) = wait_for(lambda e=ratio: fires(e), 60, f"{name}'s ratio: {ratio}")
+                assert series["metric"] == {"model": DEMO_MODEL} and float(series["value"][1]) == 0.0
                 continue
             wait_for(lambda e=expr: fires(e), 60, f"{name} to fire: {expr}")
 
