@@ -9,7 +9,7 @@ copy whose config says ``monitor_signals: off`` (``NAME_signals_off``); the serv
 file, so its FEATURES MatMul (1280 x 16 multiply-adds per image, against MobileNetV2's ~300 M) is in
 both and the difference is the counting and the metric updates. Rounds alternate A/B (the order
 flips every round), each a closed-loop load of ``--seconds`` through :class:`cvserve.client.Client`
-at ``--concurrency``; the script prints each run, then the medians and their ratio, the server's CPU
+at ``--concurrency``, after an unmeasured ``--warmup`` of each; the script prints each run, then the medians and their ratio, the server's CPU
 per image (``/proc``: wall time on a shared machine also counts other people's work) and the load
 generator's own CPU.
 """
@@ -56,6 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--concurrency", type=int, default=16)
     p.add_argument("--seconds", type=float, default=20.0, help="per run")
     p.add_argument("--rounds", type=int, default=5, help="A/B pairs")
+    p.add_argument("--warmup", type=float, default=10.0, help="unmeasured load per variant first (s)")
     a = p.parse_args(argv)
 
     images = jpegs()
@@ -75,6 +76,8 @@ def main(argv: list[str] | None = None) -> int:
         with TritonServer(settings) as server:
             watch = ServerWatch(server.grpc_url, server.pid)
             try:
+                for model in variants.values():  # first calls, caches, thread pools: not measured
+                    client_load(server.grpc_url, model, images, a.concurrency, a.warmup)
                 for r in range(a.rounds):
                     for variant in ("off", "on") if r % 2 == 0 else ("on", "off"):
                         model = variants[variant]
