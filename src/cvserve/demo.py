@@ -106,7 +106,8 @@ def _monitor(server, repository: Path, name: str, images: int = 64) -> None:
         # The served model adds its counts to Triton's metrics once a second, on a request.
         while (window := counts().since(before)).images < len(batch) and time.monotonic() < deadline:
             client.classify([batch[0]])
-    print("   " + table(name, version, "batch", drift.compare(window, reference)).replace("\n", "\n   "))
+    text = table(name, version, "one batch of darkened photos", drift.compare(window, reference))
+    print("   " + text.rstrip().replace("\n", "\n   "))
 
 
 def _compare(report: dict) -> None:

@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
 
     s = from_args(MonitorSettings, args)
     version, report = check(s)
-    print(table(s.name, version, s.window, report), end="")
+    print(table(s.name, version, f"the last {s.window}", report), end="")
     if s.serve_metrics is None:
         return EXIT_DRIFT if report.drifted else EXIT_OK
     gauges = DriftGauges(s.serve_metrics)

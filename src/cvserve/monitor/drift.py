@@ -39,7 +39,7 @@ class SignalDrift:
     """One signal's comparison: its statistic, p-value and whether it is flagged."""
 
     signal: str
-    statistic: str  # "psi" or "max |z|"
+    statistic: str  # "psi" or "max abs z"
     value: float
     js_distance: float | None
     p_value: float
@@ -121,7 +121,7 @@ def _features(live: Counts, ref: Counts, alpha: float) -> SignalDrift | None:
     p_value = min(1.0, p_one * live.feature_dims) if n >= MIN_IMAGES else 1.0
     return SignalDrift(
         signal=FEATURES,
-        statistic="max |z|",
+        statistic="max abs z",
         value=z,
         js_distance=None,
         p_value=p_value,
