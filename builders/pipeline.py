@@ -153,6 +153,14 @@ class ServingOptions:
     execution_env: str | None = setting(
         None, metavar="PATH", help="EXECUTION_ENV_PATH for the python models (a packed env, NGC)"
     )
+    monitor_features: bool = setting(
+        True,
+        help="add the FEATURES output (a fixed random projection of the pooled features) that the "
+        "single layout's model counts for drift monitoring (docs/monitoring.md)",
+    )
+    reference_images: int = setting(
+        200, at_least=1, help="held-out images the version's reference statistics are counted on"
+    )
 
     def plan(self) -> rt.ServingPlan:
         return rt.decide(target=self.target, runtime=self.runtime, layout=self.layout)
@@ -329,7 +337,15 @@ def build(settings: BuildSettings, log: Callable[[str], None] = print) -> BuildR
                     settings, plan, numerics, labels, cleaned.path, scratch, log
                 )
         with clock.stage("wrap"):
-            served = served_graph.wrap(network, scratch / "served.onnx", spec, top_k=settings.serving.top_k)
+            # Only the single layout's python model runs the network and counts what it answers.
+            features = served_graph.DEFAULT_FEATURE_DIMS if settings.serving.monitor_features else 0
+            served = served_graph.wrap(
+                network,
+                scratch / "served.onnx",
+                spec,
+                top_k=settings.serving.top_k,
+                features=features if plan.layout == "single" else 0,
+            )
         with clock.stage("engine"):
             artifact = _engine(plan, precision, profile, served, spec, scratch, log)
         with clock.stage("check"):
@@ -349,7 +365,10 @@ def build(settings: BuildSettings, log: Callable[[str], None] = print) -> BuildR
             batching, admission = _admission.admission(
                 batching, plan, artifact.path, images, spec, log, precision=numerics.float_parts
             )
+        with clock.stage("reference"):  # the signals of held-out images, what drift is measured against
+            reference = _reference(settings, plan, served, artifact, spec, images, numerics.float_parts, log)
         shape = tc.PipelineShape(
+            feature_dims=served.feature_dims,
             pixels_shape=served.pixels_shape,
             top_k=served.top_k,
             labels=labels,
@@ -381,6 +400,7 @@ def build(settings: BuildSettings, log: Callable[[str], None] = print) -> BuildR
                 "opset": exported.opset,
                 "num_classes": served.num_classes,
                 "top_k": served.top_k,
+                "feature_dims": served.feature_dims,
             },
             "engine_profile": profile.to_report(),
             "preprocess": json.loads(spec.to_json()),
@@ -403,6 +423,7 @@ def build(settings: BuildSettings, log: Callable[[str], None] = print) -> BuildR
             _write_models(staged, plan, spec, artifact, configs)
             report["timings_s"] = {**clock.timings, "total": round(time.perf_counter() - started, 3)}
             _write_report(staged.version_dir("classifier"), report)
+            reference.save(staged.version_dir("classifier"))
     log(
         f"built {settings.name} version {report['version']} ({plan.layout} layout, {plan.runtime}, "
         f"{precision}, float layers in {report['network']['float_parts']}) into {settings.repository} in {time.perf_counter() - started:.1f} s"
@@ -458,6 +479,33 @@ def _quantize(
     }
 
 
+def _reference(settings, plan, served, artifact, spec, images, precision: str, log):
+    """The reference stage: the served network (its ONNX where the runtime does not run here) over
+    held-out images, counted as the served model counts (cvserve.monitor.reference)."""
+    from cvserve.builders.runners import RUNTIMES
+    from cvserve.monitor import reference as ref
+
+    data, source = ref.held_out_images(
+        settings.quantization.validation, images, settings.serving.reference_images
+    )
+    network, runtime = artifact.path, plan.runtime
+    if runtime not in RUNTIMES:  # TensorRT engines: the served graph they were built from
+        network, runtime, precision = served.path, "onnxruntime", "f32"
+    result = ref.build_reference(
+        network,
+        runtime,
+        data,
+        source,
+        spec,
+        num_classes=served.num_classes,
+        feature_dims=served.feature_dims,
+        precision=precision,
+    )
+    c = result.counts
+    log(f"[reference] {c.images} images from {source}: mean top-1 confidence {c.mean_confidence:.3f}")
+    return result
+
+
 def _engine(
     plan: rt.ServingPlan, precision: str, profile, served, spec, scratch: Path, log
 ) -> rt.NetworkArtifact:
@@ -503,6 +551,7 @@ def _write_models(staged, plan: rt.ServingPlan, spec: PreprocessSpec, artifact, 
     _copy_resource("cvserve.builders", "preprocessing.py", decoder / "cvserve_preprocessing.py")
     _copy_resource("cvserve.builders", "runners.py", decoder / "cvserve_runners.py")
     _copy_resource("cvserve", "hardware.py", decoder / "cvserve_hardware.py")
+    _copy_resource("cvserve.monitor", "signals.py", decoder / "cvserve_signals.py")
     spec.save(decoder)
     network_dir = staged.version_dir("classifier" if plan.layout == "single" else "network")
     for f in artifact.files:

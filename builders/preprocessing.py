@@ -38,7 +38,26 @@ DEFAULT_FORMATS = ("JPEG", "PNG")
 
 
 class ImageDecodeError(ValueError):
-    """The bytes are not a decodable image (empty, truncated, corrupt or another format)."""
+    """The bytes are not a decodable image (empty, truncated, corrupt or another format).
+
+    ``reason`` is one word for counting rejections (``empty``, ``bytes``, ``format``, ``pixels``,
+    ``corrupt``); the message is for people.
+    """
+
+    def __init__(self, message: str, reason: str = "corrupt") -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class Rejection(str):
+    """The message that fails one request (a ``str``), with the reason it is counted under."""
+
+    reason: str
+
+    def __new__(cls, message: str, reason: str) -> Rejection:
+        self = super().__new__(cls, message)
+        self.reason = reason
+        return self
 
 
 # Command-line descriptions of the spec's fields for cvserve's settings helper (cvserve.settings),
@@ -181,34 +200,44 @@ def decode(data: bytes, spec: PreprocessSpec):
     ``spec.formats``, a declared size above ``spec.max_image_pixels`` (checked from the header, before
     decoding) and corrupt or truncated data.
     """
+    return decode_sized(data, spec)[0]
+
+
+def decode_sized(data: bytes, spec: PreprocessSpec):
+    """:func:`decode`, and the image's (width, height) as its header declares it (before DCT scaling)."""
     Image = _pil()
     if not data:
-        raise ImageDecodeError("empty image (0 bytes)")
+        raise ImageDecodeError("empty image (0 bytes)", "empty")
     if len(data) > spec.max_image_bytes:
         raise ImageDecodeError(
-            f"image of {len(data)} bytes is larger than the limit of {spec.max_image_bytes} bytes"
+            f"image of {len(data)} bytes is larger than the limit of {spec.max_image_bytes} bytes", "bytes"
         )
     allowed = " or ".join(spec.formats)
     try:
         img = Image.open(io.BytesIO(data), formats=list(spec.formats))
     except Image.DecompressionBombError:  # Pillow's own hard limit, far above ours
-        raise ImageDecodeError(f"image is larger than the limit of {spec.max_image_pixels} pixels") from None
+        raise ImageDecodeError(
+            f"image is larger than the limit of {spec.max_image_pixels} pixels", "pixels"
+        ) from None
     except Exception:  # UnidentifiedImageError, or a header so broken that the plugin fails
-        raise ImageDecodeError(f"not a {allowed} image ({len(data)} bytes)") from None
+        raise ImageDecodeError(f"not a {allowed} image ({len(data)} bytes)", "format") from None
     width, height = img.size
     if width < 1 or height < 1 or width * height > spec.max_image_pixels:
         raise ImageDecodeError(
             f"image of {width}x{height} pixels is larger than the limit of {spec.max_image_pixels} pixels"
             if width * height > spec.max_image_pixels
-            else f"image of {width}x{height} pixels has no pixels"
+            else f"image of {width}x{height} pixels has no pixels",
+            "pixels",
         )
     try:
         if spec.fast_jpeg_decode and img.format == "JPEG":
             img.draft("RGB", _resized_size(img.size, spec))  # DCT scaling: never smaller than needed
         img.load()
-        return img.convert("RGB") if img.mode != "RGB" else img
+        return (img.convert("RGB") if img.mode != "RGB" else img), (width, height)
     except Exception:  # Pillow raises many types (OSError, SyntaxError, ValueError...) with internals
-        raise ImageDecodeError(f"truncated or corrupt {img.format} data ({len(data)} bytes)") from None
+        raise ImageDecodeError(
+            f"truncated or corrupt {img.format} data ({len(data)} bytes)", "corrupt"
+        ) from None
 
 
 def _resized_size(size: tuple[int, int], spec: PreprocessSpec) -> tuple[int, int]:
@@ -255,37 +284,44 @@ def pixels(data: bytes, spec: PreprocessSpec) -> np.ndarray:
 
 
 def decode_requests(
-    requests: Sequence[Sequence[bytes]], spec: PreprocessSpec, map_fn: Callable = map
-) -> tuple[np.ndarray | None, list[int | str]]:
+    requests: Sequence[Sequence[bytes]],
+    spec: PreprocessSpec,
+    map_fn: Callable = map,
+    sizes: list[tuple[int, int]] | None = None,
+) -> tuple[np.ndarray | None, list[int | Rejection]]:
     """Encoded images of several requests -> one uint8 batch of crops, and each request's outcome.
 
-    The outcome of a request is its number of rows in the batch, or the message that fails it (and
-    only it) when one of its images cannot be decoded. ``map_fn`` decodes the images, e.g. a thread
-    pool's ``map``: Pillow releases the GIL while it decodes and resizes.
+    The outcome of a request is its number of rows in the batch, or the :class:`Rejection` (a message
+    with a reason) that fails it, and only it, when one of its images cannot be decoded. ``map_fn``
+    decodes the images, e.g. a thread pool's ``map``: Pillow releases the GIL while it decodes and
+    resizes. ``sizes``, when given, receives the (width, height) of each row of the batch.
     """
     jobs = [(r, i, data) for r, images in enumerate(requests) for i, data in enumerate(images)]
 
-    def one(job: tuple[int, int, bytes]) -> np.ndarray | str:
+    def one(job: tuple[int, int, bytes]) -> tuple[np.ndarray, tuple[int, int]] | Rejection:
         r, i, data = job
         try:
-            return pixels(data, spec)
+            img, size = decode_sized(data, spec)
+            return resize_crop(img, spec), size
         except ImageDecodeError as exc:
-            return f"image {i + 1} of {len(requests[r])} in the request: {exc}"
+            return Rejection(f"image {i + 1} of {len(requests[r])} in the request: {exc}", exc.reason)
 
     crops = list(map_fn(one, jobs))
     good: list[np.ndarray] = []
-    outcomes: list[int | str] = []
+    outcomes: list[int | Rejection] = []
     start = 0
     for images in requests:
         mine, start = crops[start : start + len(images)], start + len(images)
         error = next((c for c in mine if isinstance(c, str)), None)
         if not images:
-            outcomes.append("the request has no images")
+            outcomes.append(Rejection("the request has no images", "no_images"))
         elif error is not None:
             outcomes.append(error)
         else:
             outcomes.append(len(mine))
-            good.extend(mine)  # type: ignore[arg-type]
+            good.extend(crop for crop, _ in mine)  # type: ignore[misc]
+            if sizes is not None:
+                sizes.extend(size for _, size in mine)  # type: ignore[misc]
     return (np.stack(good) if good else None), outcomes
 
 
@@ -296,7 +332,7 @@ def preprocess_batch(images: Sequence[bytes], spec: PreprocessSpec) -> np.ndarra
         try:
             crops.append(pixels(data, spec))
         except ImageDecodeError as exc:
-            raise ImageDecodeError(f"image {i + 1} of {len(images)}: {exc}") from None
+            raise ImageDecodeError(f"image {i + 1} of {len(images)}: {exc}", exc.reason) from None
     if not crops:
         return np.zeros((0, *spec.tensor_shape), dtype=np.float32)
     return normalize_batch(np.stack(crops), spec)

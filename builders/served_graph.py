@@ -10,6 +10,12 @@ NCHW or NHWC, normalised) and returns ``logits``. Serving wraps it, with ``onnx.
 * a tail that does softmax and top-k and returns ``CLASS_INDEX`` (int64, [batch, k]) and ``SCORE``
   (float32, [batch, k], probabilities, best first).
 
+and, unless ``features=0``, a third output ``FEATURES`` (float32, [batch, d]): the pooled penultimate
+features (the input of the network's final Gemm/MatMul) times a fixed, seeded random projection, the
+compact summary the served model counts for drift monitoring (docs/monitoring.md). It reads a tensor
+the network computes anyway, so CLASS_INDEX and SCORE are unchanged, and clients that ask for their
+outputs by name never receive it.
+
 So only uint8 pixels travel between processes (a quarter of float32), no python model does the
 maths, and every runtime (ONNX Runtime, OpenVINO, TensorRT) runs the whole thing. Quantizers see the
 bare network: the wrap happens after quantization, and the head and tail stay in float.
@@ -29,6 +35,9 @@ from cvserve.errors import BuildError
 PIXELS = "PIXELS"
 CLASS_INDEX = "CLASS_INDEX"
 SCORE = "SCORE"
+FEATURES = "FEATURES"
+DEFAULT_FEATURE_DIMS = 16
+FEATURE_SEED = 20  # the projection is the same for every build: references of two versions compare
 _PREFIX = "cvserve_"  # names of the head's and tail's own tensors, apart from the network's
 
 
@@ -40,6 +49,7 @@ class ServedGraph:
     pixels_shape: tuple[int, int, int]  # (H, W, 3)
     top_k: int
     num_classes: int
+    feature_dims: int = 0  # width of the FEATURES output; 0: the graph has none
 
 
 def _opset(model) -> int:
@@ -120,11 +130,59 @@ def _tail(output_name: str, num_classes: int, top_k: int, softmax: bool, opset: 
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=ir_version)
 
 
-def wrap(network: Path, out: Path, spec: PreprocessSpec, *, top_k: int, softmax: bool = True) -> ServedGraph:
-    """Write the served graph of ``network`` to ``out``: PIXELS -> network -> CLASS_INDEX, SCORE.
+def projection(width: int, dims: int) -> np.ndarray:
+    """The fixed random projection of ``width`` pooled features onto ``dims`` (Gaussian, unit variance
+    per output for unit-variance inputs)."""
+    rng = np.random.default_rng(FEATURE_SEED)
+    return (rng.standard_normal((width, dims)) / np.sqrt(width)).astype(np.float32)
+
+
+def _pooled_features(graph) -> tuple[str, int] | None:
+    """(name, width) of the input of the final Gemm/MatMul (through a bias Add), or ``None``."""
+    producers = {o: n for n in graph.node for o in n.output}
+    shapes = {i.name: tuple(i.dims) for i in graph.initializer}
+    node = producers.get(graph.output[0].name)
+    if node is not None and node.op_type == "Add":  # MatMul + Add, as some exporters write a Linear
+        node = next((producers[i] for i in node.input if i in producers), None)
+    if node is None or node.op_type not in ("Gemm", "MatMul"):
+        return None
+    weight = node.input[1]
+    while weight not in shapes and weight in producers:  # a quantized weight: DequantizeLinear, Transpose
+        weight = producers[weight].input[0]
+    if weight not in shapes or len(shapes[weight]) != 2:
+        return None
+    trans_b = any(a.name == "transB" and a.i for a in node.attribute)
+    return node.input[0], int(shapes[weight][1 if trans_b else 0])
+
+
+def _add_features(net, dims: int) -> int:
+    """Add the FEATURES output to the network graph; its width, or 0 where the graph has no pooled features."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    found = _pooled_features(net.graph)
+    if found is None:
+        return 0
+    name, width = found
+    net.graph.initializer.append(numpy_helper.from_array(projection(width, dims), f"{_PREFIX}projection"))
+    net.graph.node.append(helper.make_node("MatMul", [name, f"{_PREFIX}projection"], [FEATURES]))
+    net.graph.output.append(helper.make_tensor_value_info(FEATURES, TensorProto.FLOAT, ["batch", dims]))
+    return dims
+
+
+def wrap(
+    network: Path,
+    out: Path,
+    spec: PreprocessSpec,
+    *,
+    top_k: int,
+    softmax: bool = True,
+    features: int = DEFAULT_FEATURE_DIMS,
+) -> ServedGraph:
+    """Write the served graph of ``network`` to ``out``: PIXELS -> network -> CLASS_INDEX, SCORE (, FEATURES).
 
     ``softmax=False`` for a network whose output already is probabilities. ``top_k`` is capped at the
-    number of classes.
+    number of classes. ``features`` is the width of the FEATURES output (0: none); a network whose
+    output is not a Gemm/MatMul of pooled features gets none either (``ServedGraph.feature_dims``).
     """
     onnx = require("onnx", purpose="to build models")
     from onnx import compose
@@ -146,6 +204,7 @@ def wrap(network: Path, out: Path, spec: PreprocessSpec, *, top_k: int, softmax:
     tail = _tail(output_name, num_classes, k, softmax, opset, net.ir_version)
     if _opset(net) < opset:
         net = onnx.version_converter.convert_version(net, opset)
+    feature_dims = _add_features(net, features) if features else 0
     try:
         served = compose.merge_models(head, net, io_map=[(input_name, input_name)])
         served = compose.merge_models(served, tail, io_map=[(output_name, output_name)])
@@ -156,4 +215,6 @@ def wrap(network: Path, out: Path, spec: PreprocessSpec, *, top_k: int, softmax:
     out.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(served, str(out))
     h, w = spec.input_size
-    return ServedGraph(path=out, pixels_shape=(h, w, 3), top_k=k, num_classes=num_classes)
+    return ServedGraph(
+        path=out, pixels_shape=(h, w, 3), top_k=k, num_classes=num_classes, feature_dims=feature_dims
+    )

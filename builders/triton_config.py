@@ -51,6 +51,7 @@ IMAGE = "IMAGE"
 PIXELS = "PIXELS"
 CLASS_INDEX = "CLASS_INDEX"
 SCORE = "SCORE"
+FEATURES = "FEATURES"  # optional: the feature summary the served model counts (docs/monitoring.md)
 LABELS_PARAMETER = "labels"
 ROLES = ("classifier", "preprocess", "network")  # classifier: NAME (the single model or the ensemble)
 DEFAULT_SLO_P95_MS = 500.0  # the latency objective queue timeouts derive from (cvserve loadtest's default)
@@ -229,6 +230,7 @@ class PipelineShape:
     precision: str = "fp32"  # of the network: the TensorRT accelerator's precision mode follows it
     float_parts: str = "f32"  # what the runtime computes float layers in (cvserve.builders.precision)
     execution_env: str | None = None  # EXECUTION_ENV_PATH of the python models (NGC container)
+    feature_dims: int = 0  # width of the served graph's FEATURES output; 0: it has none
 
 
 def _params(cfg: mc.ModelConfig, params: dict[str, object]) -> None:
@@ -236,11 +238,14 @@ def _params(cfg: mc.ModelConfig, params: dict[str, object]) -> None:
         cfg.parameters[key].string_value = str(value)
 
 
-def _outputs(shape: PipelineShape) -> list[mc.ModelOutput]:
-    return [
+def _outputs(shape: PipelineShape, features: bool = False) -> list[mc.ModelOutput]:
+    outputs = [
         mc.ModelOutput(name=CLASS_INDEX, data_type=mc.TYPE_INT64, dims=[shape.top_k]),
         mc.ModelOutput(name=SCORE, data_type=mc.TYPE_FP32, dims=[shape.top_k]),
     ]
+    if features and shape.feature_dims:  # clients ask for outputs by name: they never receive it
+        outputs.append(mc.ModelOutput(name=FEATURES, data_type=mc.TYPE_FP32, dims=[shape.feature_dims]))
+    return outputs
 
 
 def _dynamic_batching(b: Batching, preferred: Sequence[int] = ()) -> mc.ModelDynamicBatching:
@@ -303,7 +308,7 @@ def single_config(
         max_batch_size=b.max_batch_size,
         version_policy=policy.proto(),
         input=[mc.ModelInput(name=IMAGE, data_type=mc.TYPE_STRING, dims=[1])],
-        output=_outputs(shape),
+        output=_outputs(shape, features=True),
         dynamic_batching=_dynamic_batching(b, preferred),
         instance_group=_instances(b.network_instances, plan.instance_kind),
     )

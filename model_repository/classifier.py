@@ -20,14 +20,23 @@ units fails to load with a message naming the feature (``cvserve_hardware``). Wh
 network actually runs in is read back and exported as Prometheus metrics on Triton's metrics port:
 ``cvserve_network_info{model, version, runtime, precision} 1`` and
 ``cvserve_network_layers{model, version, precision}`` (compute layers per precision, e.g. ``i8``).
+
+What the model sees and answers (``cvserve_signals``: classes, confidence, input statistics, the
+feature summary, rejections by reason) is counted per batch in the process and added to Triton's
+metrics at most every ``monitor_flush_s`` seconds (config parameter; 1 s by default): a metric update
+is a message to the Triton process, too dear to send per image (docs/monitoring.md). The config
+parameter ``monitor_signals: off`` turns the counting off (the A/B of python -m cvserve.monitor.bench_cost).
 """
 
+import json
 import os
+import time
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
 from cvserve_decoding import DecodingModel
 from cvserve_runners import open_runner
+from cvserve_signals import FLUSH_S, Counts, SignalExport, observe
 
 
 class TritonPythonModel(DecodingModel):
@@ -41,23 +50,56 @@ class TritonPythonModel(DecodingModel):
             precision=self.params.get("inference_precision", "f32"),  # builds before it: f32
         )
         h, w = self.spec.input_size
-        self.runner.run(np.zeros((1, h, w, 3), dtype=np.uint8))  # first call allocates: not on a request
+        # The first call allocates: not on a request. Its outputs tell whether the graph has FEATURES.
+        warm = self.runner.run(np.zeros((1, h, w, 3), dtype=np.uint8))
         self.metrics = _precision_metrics(args["model_name"], args["model_version"], self.runner)
+        self.num_classes = len(json.loads(self.params.get("labels", "[]"))) or 1
+        dims = warm["FEATURES"].shape[-1] if "FEATURES" in warm else 0  # graphs built before it: none
+        self.signals = Counts(num_classes=self.num_classes, feature_dims=dims)
+        self.export = None  # monitor_signals: off (the A/B of python -m cvserve.monitor.bench_cost)
+        if self.params.get("monitor_signals", "on") != "off":
+            version = str(args["model_version"])
+            self.export = SignalExport(_TritonMetrics(), args["model_name"], version, self.signals)
+        self.flush_s = float(self.params.get("monitor_flush_s") or FLUSH_S)
+        self.flushed = time.monotonic()
         pb_utils.Logger.log_info(
             f"{args['model_name']} v{args['model_version']}: {self.runner.runtime} in {self.runner.precision} "
             f"({self.runner.layer_precisions()}), {self.budget.describe()}"
         )
 
     def execute(self, requests):
-        batch, outcomes = self.decode(requests)
+        sizes = []
+        batch, outcomes = self.decode(requests, sizes)
         outputs = {}
         if batch is not None:
             try:
-                outputs = self.runner.run(batch)  # the served graph's CLASS_INDEX and SCORE
+                outputs = self.runner.run(batch)  # the served graph's CLASS_INDEX, SCORE (and FEATURES)
             except Exception as exc:  # reported on each request; the model keeps serving
                 error = pb_utils.TritonError(f"the network failed: {type(exc).__name__}")
                 return [pb_utils.InferenceResponse(output_tensors=[], error=error) for _ in requests]
+            if self.export is not None:
+                self.signals.add(observe(batch, sizes, outputs, self.num_classes))
+        if self.export is not None:
+            for outcome in outcomes:
+                if isinstance(outcome, str):
+                    self.signals.reject(getattr(outcome, "reason", "corrupt"))
+            if time.monotonic() - self.flushed >= self.flush_s:
+                self.export.flush()
+                self.flushed = time.monotonic()
         return self.respond(outcomes, outputs)
+
+    def finalize(self):
+        if self.export is not None:
+            self.export.flush()
+        super().finalize()
+
+
+class _TritonMetrics:
+    """Triton's custom-metrics API in the shape :class:`cvserve_signals.SignalExport` asks for."""
+
+    def family(self, name, description, counter):
+        kind = pb_utils.MetricFamily.COUNTER if counter else pb_utils.MetricFamily.GAUGE
+        return pb_utils.MetricFamily(name=name, description=description, kind=kind)
 
 
 def _precision_metrics(model, version, runner):

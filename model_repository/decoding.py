@@ -35,14 +35,15 @@ class DecodingModel:
         self.spec = PreprocessSpec.load(self.version_dir)
         self.pool = ThreadPoolExecutor(self.budget.decode) if self.budget.decode > 1 else None
 
-    def decode(self, requests):
-        """(uint8 crops of the good requests, each request's row count or error message)."""
+    def decode(self, requests, sizes=None):
+        """(uint8 crops of the good requests, each request's row count or rejection); ``sizes`` gets
+        the (width, height) of each crop's image as sent."""
         images = []
         for request in requests:
             tensor = pb_utils.get_input_tensor_by_name(request, "IMAGE")
             images.append([] if tensor is None else list(tensor.as_numpy().reshape(-1)))
         mapper = self.pool.map if self.pool is not None and sum(map(len, images)) > 1 else map
-        return decode_requests(images, self.spec, mapper)
+        return decode_requests(images, self.spec, mapper, sizes)
 
     @staticmethod
     def respond(outcomes, outputs):

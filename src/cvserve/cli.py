@@ -29,6 +29,7 @@ _COMMAND_MODULES = (
     "cvserve.loadtests.cli",  # loadtest
     "cvserve.tune.cli",  # tune
     "cvserve.release.cli",  # release
+    "cvserve.monitor.cli",  # monitor
     "cvserve.k8s.cli",  # k8s
 )
 

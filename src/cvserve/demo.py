@@ -12,7 +12,10 @@ Steps, each timed:
 5. ``cvserve release`` of version 2 against version 1 on a golden set (per slice), a short load test
    of each, go/no-go, the model card, and promotion on go: the server then serves INT8 with no
    failed request. A no-go keeps FP32 and names the failing gates;
-6. classify again with whatever is served now, and stop the server.
+6. classify again with whatever is served now;
+7. monitor: a batch of darkened held-out photos against the served version's reference (the counts
+   read from Triton's metrics port before and after; no Prometheus needed): the drift table. Then stop
+   the server.
 
 Exits 1 if an expected label (coffee -> espresso, chelsea -> Egyptian cat, rocket -> space shuttle)
 is not the top-1 answer of the served model; a no-go release is a result, not a failure.
@@ -68,6 +71,43 @@ def _classify(url: str, name: str, top_k: int) -> list[str]:
         if photo in expected and top[0].label != expected[photo]:
             failed.append(f"{photo}: expected {expected[photo]!r}, got {top[0].label!r}")
     return failed
+
+
+def _monitor(server, repository: Path, name: str, images: int = 64) -> None:
+    """Send ``images`` darkened held-out photos and print the drift table of that window."""
+    from cvserve.client import Client
+    from cvserve.monitor import drift
+    from cvserve.monitor.calibrate import shifts
+    from cvserve.monitor.cli import table
+    from cvserve.monitor.reference import Reference, held_out_images
+    from cvserve.monitor.scrape import read_counts
+    from cvserve.release.versions import REFERENCE, load_version, served_by_config
+
+    version = served_by_config(repository, name)
+    model = load_version(repository, name, version)
+    reference = Reference.from_dict(model.reference, str(model.directory / REFERENCE)).counts
+    darken = shifts()["darkened"]
+    batch = [darken(d) for d in held_out_images(None, [], images)[0]]
+
+    def counts():
+        return read_counts(
+            server.metrics_url,
+            name,
+            str(version),
+            num_classes=reference.num_classes,
+            feature_dims=reference.feature_dims,
+        )
+
+    before = counts()
+    deadline = time.monotonic() + 60
+    with Client(server.grpc_url, model=name) as client:
+        for data in batch:
+            client.classify([data])
+        # The served model adds its counts to Triton's metrics once a second, on a request.
+        while (window := counts().since(before)).images < len(batch) and time.monotonic() < deadline:
+            client.classify([batch[0]])
+    text = table(name, version, "one batch of darkened photos", drift.compare(window, reference))
+    print("   " + text.rstrip().replace("\n", "\n   "))
 
 
 def _compare(report: dict) -> None:
@@ -192,6 +232,11 @@ def main(argv: list[str] | None = None) -> int:
 
                 step("6. classify with what is served now")
                 failed = _classify(server.grpc_url, args.name, args.top_k)
+
+            step("7. monitor: darkened photos against the served version's reference")
+            t = time.perf_counter()
+            _monitor(server, args.repository, args.name)
+            timings["monitor"] = time.perf_counter() - t
             t = time.perf_counter()
         timings["server stop"] = time.perf_counter() - t
     except CvserveError as exc:

@@ -108,6 +108,7 @@ def test_metadata_describes_the_contract(grpc):
     assert [(o["name"], o["datatype"]) for o in meta["outputs"]] == [
         ("CLASS_INDEX", "INT64"),
         ("SCORE", "FP32"),
+        ("FEATURES", "FP32"),  # the feature summary the model counts; clients ask for the others by name
     ]
     index = grpc.get_model_repository_index(as_json=True)["models"]
     assert [m["name"] for m in index] == [MODEL], "one model: no ensemble, no python pre/post hop"

@@ -91,18 +91,37 @@ def test_every_input_kind_builds_a_verified_single_layout(checkpoints, tmp_path,
     v = repo / "tiny" / "1"
     names = {p.name for p in v.iterdir()}
     assert {"model.py", "model.xml", "model.bin", "cvserve_preprocessing.py", "cvserve_runners.py",
-            "cvserve_hardware.py"} <= names  # fmt: skip
+            "cvserve_hardware.py", "cvserve_signals.py", "reference_stats.json"} <= names  # fmt: skip
     assert PreprocessSpec.load(v) == SPEC
     assert [p.name for p in repo.iterdir()] == ["tiny"]  # one model: no ensemble, no postprocess
     saved = json.loads((v / "build_report.json").read_text())
     assert saved["network"]["sha256"] == report["network"]["sha256"]
-    assert {"load", "export", "cleanup", "verify", "wrap", "engine", "check", "admission", "total"} <= set(
-        saved["timings_s"]
-    )
+    assert {
+        "load",
+        "export",
+        "cleanup",
+        "verify",
+        "wrap",
+        "engine",
+        "check",
+        "admission",
+        "reference",
+        "total",
+    } <= set(saved["timings_s"])
     assert "write" in result.timings_s  # the report is written inside that stage
     assert (v / "build_report.md").read_text().startswith("# tiny version 1")
     cfg = tc.parse((repo / "tiny" / "config.pbtxt").read_text())
-    assert [list(o.dims) for o in cfg.output] == [[3], [3]]
+    assert [(o.name, list(o.dims)) for o in cfg.output] == [
+        ("CLASS_INDEX", [3]),
+        ("SCORE", [3]),
+        ("FEATURES", [16]),
+    ]
+    reference = json.loads((v / "reference_stats.json").read_text())
+    assert (
+        reference["images"] > 0
+        and reference["feature_dims"] == 16
+        and len(reference["histograms"]["classes"]) == 4
+    )
     assert json.loads(cfg.parameters["labels"].string_value) == ["ant", "bee", "cat", "dog"]
     assert cfg.parameters[tc.PRECISION_PARAMETER].string_value == "f32"
     # The queue bound is resolved to a number from the measured throughput, in the config and the report.

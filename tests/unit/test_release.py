@@ -17,7 +17,13 @@ from cvserve.release.gates import evaluate, failed
 from cvserve.release.golden import GoldenSetError, load_golden_set, resolve_labels
 from cvserve.release.promote import pin_version
 from cvserve.release.settings import ReleaseSettings
-from cvserve.release.versions import build_facts, load_version, model_config, served_by_config
+from cvserve.release.versions import (
+    build_facts,
+    load_version,
+    model_config,
+    reference_facts,
+    served_by_config,
+)
 from tests.integration._release_fixtures import config as thumb_config
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"\0" * 16  # only the signature is read by the validation
@@ -298,6 +304,18 @@ def test_the_report_and_model_card_render(tmp_path):
             "accuracy": {"gate": {"decision": "pass"}, "metrics": {"top1_agreement": 0.991}},
         }
     )
+    facts["reference"] = reference_facts(
+        {
+            "source": "augmented sample photos",
+            "images": 200,
+            "mean_confidence": 0.61,
+            "low_confidence_share": 0.3,
+            "low_confidence_below": 0.5,
+            "feature_dims": 16,
+            "histograms": {"brightness": [0, 150, 50]},
+            "bins": {"brightness": ["0", "32", "64"]},
+        }
+    )
     report = {
         "name": "m",
         "candidate": 2,
@@ -334,6 +352,9 @@ def test_the_report_and_model_card_render(tmp_path):
     assert "regression_rate[lighting=dark]" in md
     assert (
         "top1_agreement | 0.991" in card and "not for production" in card and "| precision | int8 |" in card
+    )
+    assert (
+        "200 held-out images (augmented sample photos)" in card and "| brightness | 32: 150, 64: 50 |" in card
     )
     assert json.loads((tmp_path / "out" / "release_report.json").read_text())["files"]["plots"] == [
         "accuracy_by_slice.png",

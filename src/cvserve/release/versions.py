@@ -1,4 +1,5 @@
-"""The versions a release compares, as the model repository holds them: config, labels, build facts.
+"""The versions a release compares, as the model repository holds them: config, labels, build facts,
+the reference statistics of the held-out images (``reference_stats.json``, cvserve.monitor).
 
 Read from disk only, so that a release can check everything before it touches the server. The release
 works on the ``single`` serving layout (one model NAME); the ``ensemble`` layout is refused in one line.
@@ -19,6 +20,7 @@ from cvserve.errors import NotFoundError, UserInputError
 
 CONFIG = "config.pbtxt"
 BUILD_REPORT = "build_report.json"
+REFERENCE = "reference_stats.json"  # cvserve.monitor.reference.REFERENCE_FILE
 UNKNOWN = "unknown"
 
 
@@ -31,6 +33,8 @@ class ModelVersion:
             (``NAME/V/config.pbtxt.build``), else the model's current ``config.pbtxt``.
         labels: class names from the config's ``labels`` parameter (``None``: class ``i`` is ``str(i)``).
         build: facts from ``NAME/V/build_report.json`` (see :func:`build_facts`).
+        reference: ``NAME/V/reference_stats.json`` as written (``None``: built before references);
+            :class:`cvserve.monitor.reference.Reference` parses it.
     """
 
     name: str
@@ -39,6 +43,7 @@ class ModelVersion:
     config: mc.ModelConfig
     labels: list[str] | None
     build: dict[str, Any] = field(default_factory=dict)
+    reference: dict[str, Any] | None = None
 
 
 def model_config(repository: Path, name: str) -> mc.ModelConfig:
@@ -102,13 +107,15 @@ def load_version(repository: Path, name: str, version: int) -> ModelVersion:
         )
     snapshot = directory / SNAPSHOT
     config = _parse(snapshot) if snapshot.is_file() else current
+    reference = _read_json(directory / REFERENCE)
     return ModelVersion(
         name=name,
         version=version,
         directory=directory,
         config=config,
         labels=labels_of(config),
-        build=build_facts(_read_json(directory / BUILD_REPORT)),
+        build={**build_facts(_read_json(directory / BUILD_REPORT)), "reference": reference_facts(reference)},
+        reference=reference,
     )
 
 
@@ -155,6 +162,27 @@ def _layers(counts: Any) -> str:
     return ", ".join(f"{precision} {n}" for precision, n in sorted(counts.items(), key=lambda kv: -kv[1]))
 
 
+def reference_facts(reference: dict | None) -> dict[str, Any] | None:
+    """What a model card shows of a reference: where it came from, confidence, and each signal's
+    non-empty bins as ``"lower edge: images"``; ``None`` for a version built without one."""
+    if not isinstance(reference, dict) or "histograms" not in reference:
+        return None
+    bins, histograms = reference.get("bins", {}), reference["histograms"]
+    signals = {}
+    for name, counts in histograms.items():
+        labels = bins.get(name) or [str(i) for i in range(len(counts))]
+        signals[name] = ", ".join(f"{label}: {n}" for label, n in zip(labels, counts, strict=False) if n)
+    return {
+        "source": reference.get("source", UNKNOWN),
+        "images": reference.get("images", UNKNOWN),
+        "mean_confidence": reference.get("mean_confidence"),
+        "low_confidence_share": reference.get("low_confidence_share"),
+        "low_confidence_below": reference.get("low_confidence_below"),
+        "feature_dims": reference.get("feature_dims", 0),
+        "signals": signals,
+    }
+
+
 def build_facts(report: dict | None) -> dict[str, Any]:
     """What a release and a model card need from a build report: schema 2-3 keys, schema 1 as fallback.
 
@@ -192,4 +220,5 @@ def build_facts(report: dict | None) -> dict[str, Any]:
         "quantization": quantization or None,
         "accuracy": r.get("accuracy") or None,
         "throughput": r.get("throughput") or None,
+        "reference": None,  # reference_stats.json, not the build report: load_version fills it in
     }
