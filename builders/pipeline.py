@@ -33,8 +33,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from cvserve import hardware
-from cvserve.builders import precision as prec
 from cvserve.builders import admission as _admission
+from cvserve.builders import precision as prec
 from cvserve.builders import runtime as rt
 from cvserve.builders import triton_config as tc
 from cvserve.builders.preprocessing import PreprocessSpec, preprocess_files
