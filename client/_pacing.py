@@ -45,23 +45,32 @@ from cvserve.client.errors import ClientError, DeadlineExceeded, InvalidInput, S
 from cvserve.client.metrics import ClientMetrics
 
 LATENCY_WEIGHT = 0.2  # of the newest observation in the moving average of sent requests' latency
+DEVIATIONS = 2  # a request is sent with at least its average latency plus this many mean deviations left
 
 
 @dataclass
 class Latency:
-    """A moving average of how long this client's requests to one model took once sent (seconds)."""
+    """How long this client's requests to one model take once sent: a moving average and a moving mean
+    deviation (as TCP estimates its round-trip time), and the time a request needs to have left
+    (:attr:`needed`: the average plus twice the deviation) to be sent."""
 
     seconds: float | None = None
+    deviation: float = 0.0
 
     def observe(self, seconds: float) -> None:
         if self.seconds is None:
-            self.seconds = seconds
+            self.seconds, self.deviation = seconds, seconds / 2
         else:
+            self.deviation += LATENCY_WEIGHT * (abs(seconds - self.seconds) - self.deviation)
             self.seconds += LATENCY_WEIGHT * (seconds - self.seconds)
+
+    @property
+    def needed(self) -> float:
+        return 0.0 if self.seconds is None else self.seconds + DEVIATIONS * self.deviation
 
     def too_late(self, remaining: float) -> bool:
         """Whether a request with ``remaining`` seconds left would likely not finish in time."""
-        return self.seconds is not None and remaining < self.seconds
+        return remaining < self.needed
 
 
 class Window:
@@ -151,7 +160,7 @@ def paced(
     try:
         # wait only while an answer can still come in time: the head of the line is never a call that
         # would be dropped when its slot comes (under overload the line would otherwise be all of them)
-        return (yield Paced(held, key, flow.window, deadline.remaining() - (flow.latency.seconds or 0.0)))
+        return (yield Paced(held, key, flow.window, deadline.remaining() - flow.latency.needed))
     except ClientError:
         raise
     except TimeoutError:  # no slot in time: the request was never sent
@@ -185,8 +194,8 @@ def _holding(
         raise DeadlineExceeded(
             f"model '{model}': the call waited {waited:.3g} s in this client for one of its {limit} "
             f"requests in flight to finish (max_in_flight), and the {deadline.remaining():.3g} s left of "
-            f"its {deadline.timeout:g} s deadline are less than this model's requests take now "
-            f"({latency.seconds:.3g} s): not sent; allow a longer timeout= or send fewer calls at once",
+            f"its {deadline.timeout:g} s deadline are less than this model's requests need now "
+            f"({latency.needed:.3g} s): not sent; allow a longer timeout= or send fewer calls at once",
             code="DEADLINE_EXCEEDED",
             model=model,
         )
@@ -199,6 +208,9 @@ def _holding(
                 result = yield from plan
     except ServerUnavailable as exc:  # turned away for good: the window shrinks (retries were observed)
         flow.observe(exc)
+        raise
+    except DeadlineExceeded:  # sent, and no answer in time: it took at least this long (no survivor bias)
+        latency.observe(time.monotonic() - sent)
         raise
     latency.observe(time.monotonic() - sent)
     flow.window.succeeded()

@@ -17,6 +17,7 @@ from cvserve.client import Client, ClientMetrics, DeadlineExceeded, InvalidInput
 from cvserve.client._effects import Paced, Rpc, arun, run
 from cvserve.client._metadata import model_info
 from cvserve.client._pacing import (
+    DEVIATIONS,
     LATENCY_WEIGHT,
     AsyncSlots,
     Flow,
@@ -206,7 +207,10 @@ def test_latency_is_a_moving_average_of_what_sent_requests_took():
     latency.observe(0.2)
     latency.observe(0.4)
     assert latency.seconds == pytest.approx(0.2 + LATENCY_WEIGHT * 0.2)
-    assert latency.too_late(0.1) and not latency.too_late(1.0)
+    # a request needs the average plus two mean deviations left: a spread-out model needs more margin
+    assert latency.needed == pytest.approx(latency.seconds + DEVIATIONS * latency.deviation)
+    assert latency.needed > latency.seconds
+    assert latency.too_late(latency.seconds) and not latency.too_late(1.0)
 
 
 def test_a_slot_that_comes_too_late_to_finish_is_not_used_to_send():
@@ -223,7 +227,7 @@ def test_a_slot_that_comes_too_late_to_finish_is_not_used_to_send():
 
     slow = Flow(window=Window(2), latency=Latency(seconds=5.0))  # requests take 5 s now; the call has 1 s
     plan = paced(_one_request(), model="m", key="m", flow=slow, deadline=Deadline(1), metrics=metrics)
-    with pytest.raises(DeadlineExceeded, match=r"less than this model's requests take now .*not sent") as err:
+    with pytest.raises(DeadlineExceeded, match=r"less than this model's requests need now .*not sent") as err:
         run(plan, perform)
     assert err.value.attempts == 0 and not sent
     fast = Flow(window=Window(2), latency=Latency(seconds=0.01))
