@@ -29,6 +29,7 @@ from cvserve.errors import BuildError
 PIXELS = "PIXELS"
 CLASS_INDEX = "CLASS_INDEX"
 SCORE = "SCORE"
+RAW = "RAW"  # a network output served as it is (a detector's raw head, decoded by the python model)
 _PREFIX = "cvserve_"  # names of the head's and tail's own tensors, apart from the network's
 
 
@@ -120,30 +121,35 @@ def _tail(output_name: str, num_classes: int, top_k: int, softmax: bool, opset: 
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=ir_version)
 
 
-def wrap(network: Path, out: Path, spec: PreprocessSpec, *, top_k: int, softmax: bool = True) -> ServedGraph:
-    """Write the served graph of ``network`` to ``out``: PIXELS -> network -> CLASS_INDEX, SCORE.
+def _identity_tail(output_name: str, shape: list, opset: int, ir_version: int):
+    from onnx import TensorProto, helper
 
-    ``softmax=False`` for a network whose output already is probabilities. ``top_k`` is capped at the
-    number of classes.
-    """
+    graph = helper.make_graph(
+        [helper.make_node("Identity", [output_name], [RAW])],
+        "cvserve_tail",
+        [helper.make_tensor_value_info(output_name, TensorProto.FLOAT, shape)],
+        [helper.make_tensor_value_info(RAW, TensorProto.FLOAT, shape)],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=ir_version)
+
+
+def _load_single_io(network: Path, what: str):
     onnx = require("onnx", purpose="to build models")
-    from onnx import compose
-
     net = onnx.load(str(network))
     if len(net.graph.input) != 1 or len(net.graph.output) != 1:
         raise BuildError(
-            f"a classifier network has one input and one output, {network.name} has "
+            f"a {what} network has one input and one output, {network.name} has "
             f"{len(net.graph.input)} and {len(net.graph.output)}"
         )
+    return net
+
+
+def _compose(net, head, tail, out: Path, network: Path, opset: int) -> None:
+    """head -> network -> tail, checked and saved to ``out``."""
+    onnx = require("onnx", purpose="to build models")
+    from onnx import compose
+
     input_name, output_name = net.graph.input[0].name, net.graph.output[0].name
-    dims = net.graph.output[0].type.tensor_type.shape.dim
-    num_classes = dims[1].dim_value if len(dims) == 2 else 0
-    if not num_classes:
-        raise BuildError(f"the network's output must be [batch, classes], {network.name} has another shape")
-    k = min(top_k, num_classes)
-    opset = max(_opset(net), 13)  # Softmax over one axis and TopK with k as an input
-    head = _head(spec, input_name, opset, net.ir_version)
-    tail = _tail(output_name, num_classes, k, softmax, opset, net.ir_version)
     if _opset(net) < opset:
         net = onnx.version_converter.convert_version(net, opset)
     try:
@@ -155,5 +161,48 @@ def wrap(network: Path, out: Path, spec: PreprocessSpec, *, top_k: int, softmax:
         raise BuildError(f"could not wrap {network.name} for serving: {type(exc).__name__}: {exc}") from None
     out.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(served, str(out))
+
+
+def wrap(network: Path, out: Path, spec: PreprocessSpec, *, top_k: int, softmax: bool = True) -> ServedGraph:
+    """Write the served graph of ``network`` to ``out``: PIXELS -> network -> CLASS_INDEX, SCORE.
+
+    ``softmax=False`` for a network whose output already is probabilities. ``top_k`` is capped at the
+    number of classes.
+    """
+    net = _load_single_io(network, "classifier")
+    input_name, output_name = net.graph.input[0].name, net.graph.output[0].name
+    dims = net.graph.output[0].type.tensor_type.shape.dim
+    num_classes = dims[1].dim_value if len(dims) == 2 else 0
+    if not num_classes:
+        raise BuildError(f"the network's output must be [batch, classes], {network.name} has another shape")
+    k = min(top_k, num_classes)
+    opset = max(_opset(net), 13)  # Softmax over one axis and TopK with k as an input
+    head = _head(spec, input_name, opset, net.ir_version)
+    tail = _tail(output_name, num_classes, k, softmax, opset, net.ir_version)
+    _compose(net, head, tail, out, network, opset)
     h, w = spec.input_size
     return ServedGraph(path=out, pixels_shape=(h, w, 3), top_k=k, num_classes=num_classes)
+
+
+def wrap_raw(network: Path, out: Path, spec: PreprocessSpec) -> tuple[Path, tuple[int, ...]]:
+    """Write ``network`` with only the pixel head to ``out``: PIXELS -> network -> ``RAW`` (its output
+    as it is, e.g. a detector's raw head, which the served python model decodes). Returns the file and
+    the output's shape without the batch dimension."""
+    net = _load_single_io(network, "detector")
+    input_name, output_name = net.graph.input[0].name, net.graph.output[0].name
+    dims = [d.dim_value or d.dim_param or "?" for d in net.graph.output[0].type.tensor_type.shape.dim]
+    if len(dims) < 2 or not all(isinstance(d, int) for d in dims[1:]):
+        raise BuildError(
+            f"the network's output must have a fixed shape but the batch, {network.name} has {dims}"
+        )
+    opset = max(_opset(net), 13)
+    head = _head(spec, input_name, opset, net.ir_version)
+    _compose(
+        net,
+        head,
+        _identity_tail(output_name, ["batch", *dims[1:]], opset, net.ir_version),
+        out,
+        network,
+        opset,
+    )
+    return out, tuple(dims[1:])

@@ -43,11 +43,18 @@ def torch_outputs(model: LoadedModel, batch: np.ndarray) -> np.ndarray:
 
 
 def verify(
-    model: LoadedModel, onnx_path: Path, batch: np.ndarray, *, atol: float = 1e-3, rtol: float = 1e-3
+    model: LoadedModel,
+    onnx_path: Path,
+    batch: np.ndarray,
+    *,
+    atol: float = 1e-3,
+    rtol: float = 1e-3,
+    agreement=None,
 ) -> VerifyResult:
     """Run the same preprocessed batch through PyTorch and ONNX Runtime and compare.
 
-    The tolerance is ``atol + rtol * max|reference|`` on the outputs; top-1 must agree on every image.
+    The tolerance is ``atol + rtol * max|reference|`` on the outputs; the answers must agree on every
+    image (``agreement(got, reference, tolerance)`` counts the images that do; default: top-1).
     Raises :class:`BuildError` on a mismatch.
     """
     reference = torch_outputs(model, batch)
@@ -57,12 +64,12 @@ def verify(
         raise BuildError(f"ONNX output shape {got.shape} differs from PyTorch's {reference.shape}")
     diff = float(np.max(np.abs(got.astype(np.float64) - reference)))
     tol = atol + rtol * float(np.max(np.abs(reference)))
-    same = int(np.sum(got.argmax(1) == reference.argmax(1)))
+    same = agreement(got, reference, tol) if agreement else int(np.sum(got.argmax(1) == reference.argmax(1)))
     result = VerifyResult(images=len(batch), max_abs_diff=diff, tolerance=tol, top1_equal=same)
     if not result.ok:
         raise BuildError(
             f"ONNX Runtime disagrees with PyTorch on {len(batch)} real images: max |diff| {diff:.3g} "
-            f"(tolerance {tol:.3g}), top-1 equal on {same}/{len(batch)}"
+            f"(tolerance {tol:.3g}), answers equal on {same}/{len(batch)}"
         )
     return result
 

@@ -22,31 +22,13 @@ network actually runs in is read back and exported as Prometheus metrics on Trit
 ``cvserve_network_layers{model, version, precision}`` (compute layers per precision, e.g. ``i8``).
 """
 
-import os
-
-import numpy as np
-import triton_python_backend_utils as pb_utils
 from cvserve_decoding import DecodingModel
-from cvserve_runners import open_runner
 
 
 class TritonPythonModel(DecodingModel):
     def initialize(self, args):
         self.setup(args)
-        network = os.path.join(self.version_dir, self.params["network_file"])
-        self.runner = open_runner(
-            network,
-            self.params["runtime"],
-            threads=self.budget.intra_op,
-            precision=self.params.get("inference_precision", "f32"),  # builds before it: f32
-        )
-        h, w = self.spec.input_size
-        self.runner.run(np.zeros((1, h, w, 3), dtype=np.uint8))  # first call allocates: not on a request
-        self.metrics = _precision_metrics(args["model_name"], args["model_version"], self.runner)
-        pb_utils.Logger.log_info(
-            f"{args['model_name']} v{args['model_version']}: {self.runner.runtime} in {self.runner.precision} "
-            f"({self.runner.layer_precisions()}), {self.budget.describe()}"
-        )
+        self.open_network(args)
 
     def execute(self, requests):
         batch, outcomes = self.decode(requests)
@@ -55,32 +37,5 @@ class TritonPythonModel(DecodingModel):
             try:
                 outputs = self.runner.run(batch)  # the served graph's CLASS_INDEX and SCORE
             except Exception as exc:  # reported on each request; the model keeps serving
-                error = pb_utils.TritonError(f"the network failed: {type(exc).__name__}")
-                return [pb_utils.InferenceResponse(output_tensors=[], error=error) for _ in requests]
+                return self.failed(requests, exc)
         return self.respond(outcomes, outputs)
-
-
-def _precision_metrics(model, version, runner):
-    """Export what the compiled network runs in; the metrics (and their families, whose deletion
-    removes them from Triton) live as long as the returned list."""
-    labels = {"model": model, "version": str(version)}
-    info = pb_utils.MetricFamily(
-        name="cvserve_network_info",
-        description="the served network: its runtime and the float precision read back from it",
-        kind=pb_utils.MetricFamily.GAUGE,
-    )
-    layers = pb_utils.MetricFamily(
-        name="cvserve_network_layers",
-        description="compute layers of the served network by the precision they run in",
-        kind=pb_utils.MetricFamily.GAUGE,
-    )
-    metrics = [
-        info,
-        layers,
-        info.Metric(labels={**labels, "runtime": runner.runtime, "precision": runner.precision}),
-    ]
-    metrics[-1].set(1)
-    for precision, count in sorted(runner.layer_precisions().items()):
-        metrics.append(layers.Metric(labels={**labels, "precision": precision}))
-        metrics[-1].set(count)
-    return metrics
