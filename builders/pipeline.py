@@ -347,7 +347,7 @@ def build(settings: BuildSettings, log: Callable[[str], None] = print) -> BuildR
         if numerics.gated:
             with clock.stage("quantize"):
                 network, quant_report = _quantize(
-                    settings, plan, numerics, labels, cleaned.path, scratch, log
+                    settings, plan, numerics, labels, cleaned.path, scratch, log, task, spec
                 )
         with clock.stage("wrap"):
             served = task.wrap(network, scratch / "served.onnx", spec)
@@ -441,7 +441,15 @@ def build(settings: BuildSettings, log: Callable[[str], None] = print) -> BuildR
 
 
 def _quantize(
-    settings, plan: rt.ServingPlan, numerics: prec.NetworkPrecision, labels, fp32: Path, scratch: Path, log
+    settings,
+    plan: rt.ServingPlan,
+    numerics: prec.NetworkPrecision,
+    labels,
+    fp32: Path,
+    scratch: Path,
+    log,
+    task,
+    spec: PreprocessSpec,
 ) -> tuple[Path, dict]:
     """The quantize stage: the INT8/FP16/BF16 network and its report entries (accuracy gate included)."""
     from cvserve.builders import accuracy, quantize
@@ -451,7 +459,7 @@ def _quantize(
         quantize.QuantizeSettings(
             precision=q.precision,
             float_parts=numerics.float_parts,
-            preprocess=settings.preprocess,
+            preprocess=spec,
             profile=settings.serving.batching.profile,
             target=plan.target,
             runtime=plan.runtime,
@@ -468,6 +476,7 @@ def _quantize(
             max_fallback_layers=q.max_fallback_layers,
             class_names=tuple(labels) if settings.labels else None,
             progress=settings.progress,
+            metric=task.metric(labels),
         ),
         fp32,
         scratch,

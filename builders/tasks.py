@@ -81,6 +81,12 @@ class Classify:
     def parameters(self) -> dict[str, str]:
         return {}
 
+    def metric(self, labels):
+        """The quantize stage's accuracy metric and gate: top-1 (cvserve.builders.accuracy)."""
+        from cvserve.builders.accuracy import TopOne
+
+        return TopOne()
+
     def check(
         self, served_file: Path, runtime: str, reference: Path, images: list[bytes], spec, *, precision: str
     ):
@@ -108,16 +114,12 @@ class Detect:
         return dataclasses.replace(spec, fit="letterbox", resize_shorter=0)
 
     def check_plan(self, plan, precision: str) -> None:
+        """Every precision (gated by mAP); the single layout only, for now."""
         if plan.layout != "single":
             raise UserInputError(
                 "--task detect serves in the single layout for now (decode, network and NMS in one python "
                 "model, CPU); the ensemble layout with TensorRT's EfficientNMS is not built yet "
                 "(docs/detection.md)"
-            )
-        if precision != "fp32":
-            raise UserInputError(
-                f"--task detect builds fp32 for now; --precision {precision} needs the detector's mAP "
-                "gate (docs/detection.md)"
             )
 
     def num_classes(self, output_shape: tuple[int, ...]) -> int:
@@ -158,6 +160,12 @@ class Detect:
 
     def parameters(self) -> dict[str, str]:
         return self.nms.parameters()
+
+    def metric(self, labels):
+        """The quantize stage's accuracy metric and gate: COCO mAP (cvserve.builders.detection_gate)."""
+        from cvserve.builders.detection_gate import MeanAveragePrecision
+
+        return MeanAveragePrecision(self.nms, tuple(labels))
 
     def check(
         self, served_file: Path, runtime: str, reference: Path, images: list[bytes], spec, *, precision: str

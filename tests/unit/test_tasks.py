@@ -46,13 +46,10 @@ def test_detect_preprocessing_is_a_letterbox():
     assert spec.fit == "letterbox" and spec.resize_shorter == 0
 
 
-@pytest.mark.parametrize(
-    ("plan", "precision", "match"),
-    [(decide(layout="ensemble"), "fp32", "single layout"), (decide(), "int8", "mAP gate")],
-)
-def test_detect_refuses_what_it_cannot_serve_yet(plan, precision, match):
-    with pytest.raises(UserInputError, match=match):
-        tasks.get("detect").check_plan(plan, precision)
+def test_detect_refuses_the_ensemble_layout_for_now():
+    with pytest.raises(UserInputError, match="single layout"):
+        tasks.get("detect").check_plan(decide(layout="ensemble"), "fp32")
+    tasks.get("detect").check_plan(decide(), "int8")  # gated by mAP
 
 
 def test_head_shape_checks_name_the_flag():
@@ -76,8 +73,10 @@ def test_build_flags_include_the_task_and_nms(tmp_path):
     argv = [str(ckpt), "--name", "d", "--task", "detect", "--max-detections", "9", "--iou-threshold", "0.3"]
     s = from_args(BuildSettings, parser.parse_args(argv))
     assert s.task == "detect" and s.detection == NmsSettings(max_detections=9, iou_threshold=0.3)
-    with pytest.raises(UserInputError, match="mAP gate"):
-        from_args(BuildSettings, parser.parse_args([*argv, "--precision", "int8"]))
+    with pytest.raises(UserInputError, match="single layout"):
+        from_args(
+            BuildSettings, parser.parse_args([*argv, "--layout", "ensemble", "--runtime", "onnxruntime"])
+        )
 
 
 # -- the client's side ---------------------------------------------------------------------------------
@@ -148,3 +147,45 @@ def test_a_classifier_is_no_detector_and_discovery_picks_the_one_detector():
     assert pick_model([classifier, _detector()], "h:1", detector_spec, "detectors", "detect") == "det"
     with pytest.raises(InvalidInput, match="2 detectors"):
         pick_model([_detector("a"), _detector("b")], "h:1", detector_spec, "detectors", "detect")
+
+
+# -- the mAP gate's rule --------------------------------------------------------------------------------
+def test_map_gate_is_relative_with_labels_and_against_fp32_without():
+    from cvserve.builders.accuracy import GateSettings
+    from cvserve.builders.detection_gate import DetectionAccuracy, MeanAveragePrecision
+
+    metric, settings = MeanAveragePrecision(NmsSettings()), GateSettings(max_accuracy_drop=0.01)
+    labelled = DetectionAccuracy(
+        held_out_images=80, map=0.495, map50=0.8, map_reference=0.5, map50_reference=0.8
+    )
+    assert metric.gate(labelled, settings).decision == "passed"  # 0.99 of FP32's: on the line
+    worse = DetectionAccuracy(held_out_images=80, map=0.49, map50=0.8, map_reference=0.5, map50_reference=0.8)
+    verdict = metric.gate(worse, settings)
+    assert (
+        verdict.decision == "failed"
+        and verdict.metric == "map_ratio"
+        and verdict.value == pytest.approx(0.98)
+    )
+    unlabelled = DetectionAccuracy(held_out_images=80, map=0.7, map50=0.995, reference_boxes=60)
+    assert metric.gate(unlabelled, settings).metric == "map50_against_fp32"
+    assert metric.gate(unlabelled, settings).passed
+    nothing = DetectionAccuracy(held_out_images=80, map=0.0, map50=0.0, reference_boxes=0)
+    assert metric.gate(nothing, settings).decision == "refused"
+
+
+def test_map_of_perfect_and_of_shifted_detections():
+    from cvserve.builders.detection_metrics import Box, as_truth, coco_map, matched_f1
+
+    found = {"a.png": [Box((10, 10, 50, 50), 0.9, 0), Box((60, 60, 90, 90), 0.8, 1)], "b.png": []}
+    truth = as_truth(
+        {"a.png": found["a.png"], "b.png": []}, ("x", "y"), {"a.png": (100, 100), "b.png": (50, 50)}
+    )
+    assert coco_map(truth, found) == {"map": pytest.approx(1.0), "map50": pytest.approx(1.0)}
+    shifted = {"a.png": [Box((14, 14, 54, 54), 0.9, 0), Box((60, 60, 90, 90), 0.8, 1)]}
+    got = coco_map(truth, shifted)
+    assert got["map50"] == pytest.approx(1.0) and got["map"] < 1.0
+    assert coco_map(truth, {"a.png": [Box((10, 10, 50, 50), 0.9, 1)]})["map50"] == 0.0  # wrong class
+    tb, tc = np.array([[10, 10, 50, 50], [60, 60, 90, 90]]), np.array([0, 1])
+    assert matched_f1(tb, tc, found["a.png"]) == 1.0
+    assert matched_f1(tb, tc, [Box((10, 10, 50, 50), 0.9, 0)]) == pytest.approx(2 / 3)
+    assert matched_f1(np.zeros((0, 4)), np.zeros(0), []) == 1.0
