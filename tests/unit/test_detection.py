@@ -168,3 +168,12 @@ def test_nms_settings_round_trip_through_config_parameters():
     assert det.NmsSettings.from_parameters(s.parameters()) == s
     with pytest.raises(ValueError):
         det.NmsSettings(head="ssd")
+
+
+def test_nms_placement_benchmark_runs_as_a_smoke_and_both_places_agree():
+    """The measurement script (numbers are for docs/benchmarks.md, never asserted): in-graph ONNX
+    NonMaxSuppression on OpenVINO keeps the rows that the served numpy NMS keeps."""
+    from cvserve.builders.bench_nms import measure
+
+    result = measure(batch=2, anchors=400, classes=3, rounds=1, s=det.NmsSettings(max_detections=50))
+    assert result["images_agree"] == 2
