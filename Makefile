@@ -23,7 +23,8 @@ help:
 	@echo "                  classify real images, release INT8 against FP32"
 	@echo "make test         unit + integration tests against the real Triton server"
 	@echo "make test-fast    unit tests without the slow ones (no server)"
-	@echo "make bench        stage costs, their limit, in-process loop, served at concurrency 1/16/64 (docs/benchmarks.md)"
+	@echo "make bench        stage costs, their limit, in-process loop, served at concurrency 1/16/64 (docs/benchmarks.md);"
+	@echo "                  then detection: letterbox/network/NMS costs, loop, served c=1/16, MTCNN p95 (docs/detection.md)"
 	@echo "make reliability  bad input, overload, rollout, kill -9 and SIGTERM under load (docs/benchmarks.md)"
 	@echo "make lint         ruff"
 
@@ -82,6 +83,7 @@ test-integration: $(STAMPS)/dev
 
 bench: $(STAMPS)/dev
 	$(PY) -m cvserve.bench
+	$(PY) -m cvserve.bench_detect
 
 # Hostile input, overload, rollout, kill -9 and SIGTERM against the embedded server (about 3 minutes;
 # the Reliability section of docs/benchmarks.md). A script that measures, not a test.
