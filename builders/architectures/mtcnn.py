@@ -23,7 +23,7 @@ from pathlib import Path
 
 from cvserve._extras import require
 
-torch = require("torch")
+torch = require("torch", purpose="for the MTCNN networks")
 nn = torch.nn
 
 
