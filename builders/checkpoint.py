@@ -152,18 +152,7 @@ def output_shape(model: LoadedModel, input_shape: tuple[int, ...]) -> tuple[int,
 
 def num_classes(model: LoadedModel, input_shape: tuple[int, ...]) -> int:
     """Run one forward pass on a dummy batch; the output must be [batch, classes]."""
-    torch = require("torch")
-    module = model.module.module() if model.kind == "exported_program" else model.module
-    try:
-        with torch.no_grad():
-            out = module(torch.zeros((2, *input_shape)))
-    except Exception as exc:
-        raise UserInputError(
-            f"the model does not run on input [N, {', '.join(map(str, input_shape))}]: "
-            f"{str(exc).splitlines()[0]} (check --input-size and --input-layout)"
-        ) from None
-    if not hasattr(out, "shape") or out.dim() != 2:
-        raise UserInputError(
-            f"a classifier returns [batch, classes]; this model returns {getattr(out, 'shape', type(out))}"
-        )
-    return int(out.shape[1])
+    shape = output_shape(model, input_shape)
+    if len(shape) != 1:
+        raise UserInputError(f"a classifier returns [batch, classes]; this model returns [batch, {shape}]")
+    return int(shape[0])

@@ -8,25 +8,22 @@ the detections must be the same: the same count per image, boxes within a pixel.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from cvserve.builders.detection import Detections, NmsSettings, postprocess
+from cvserve.builders.verify import RuntimeCheck
 from cvserve.errors import BuildError
 
 BOX_TOLERANCE_PX = 1.0  # original pixels
 
 
 @dataclass(kw_only=True)
-class DetectionCheck:
+class DetectionCheck(RuntimeCheck):
     """The served detector against the float reference (the check stage's result)."""
 
-    runtime: str
-    precision: str  # the float precision read back from the compiled network
-    layer_precisions: dict[str, int]
-    images: int
     count_equal: int  # images with as many detections as the reference
     max_raw_diff: float  # of the raw head
     max_box_diff_px: float  # of the boxes of images whose counts agree
@@ -37,9 +34,6 @@ class DetectionCheck:
             f"detection counts equal {self.count_equal}/{self.images}, max box diff "
             f"{self.max_box_diff_px:.2e} px, max raw diff {self.max_raw_diff:.2e}"
         )
-
-    def as_dict(self) -> dict:
-        return asdict(self)
 
     def require_equal(self) -> None:
         if self.count_equal != self.images or self.max_box_diff_px > self.tolerance:
@@ -72,17 +66,13 @@ def served(
     """Run the served detector on ``images`` and compare with the float network; ``None`` where its
     runtime cannot run here (a TensorRT engine)."""
     from cvserve.builders.preprocessing import normalize_batch, placed
-    from cvserve.builders.runners import RUNTIMES, open_runner
-    from cvserve.builders.verify import ort_session
+    from cvserve.builders.verify import open_served, ort_session
 
-    if runtime not in RUNTIMES:
+    runner = open_served(served_file, runtime, precision)
+    if runner is None:
         return None
     inputs, placements = zip(*(placed(data, spec) for data in images), strict=True)
     batch = np.stack(inputs)
-    try:
-        runner = open_runner(served_file, runtime, precision=precision)
-    except ImportError as exc:
-        raise BuildError(f"{runtime} is needed to check the served network: {exc}") from None
     raw = runner.run(batch)["RAW"]
     session = ort_session(reference_network)
     ref_raw = session.run(None, {session.get_inputs()[0].name: normalize_batch(batch, spec)})[0]

@@ -138,6 +138,18 @@ def _crops(image: np.ndarray, boxes: np.ndarray, size: int) -> tuple[np.ndarray,
     return _normalise(batch), np.asarray(rows, np.int64)
 
 
+def _stage(image: np.ndarray, boxes: np.ndarray, net: Network, size: int, threshold: float):
+    """Crop ``boxes`` to ``size``, run ``net``, keep the boxes whose face probability (the last column)
+    is above ``threshold``: (boxes with their new scores, the network's rows for them), or None."""
+    crops, rows = _crops(image, boxes, size)
+    if not len(rows):
+        return None
+    out = net(crops)
+    score = out[:, -1]
+    keep = score > threshold
+    return np.concatenate([boxes[rows][keep, :4], score[keep, None]], axis=1), out[keep]
+
+
 def detect(
     image: np.ndarray, pnet: Network, rnet: Network, onet: Network, s: MtcnnSettings | None = None
 ) -> Faces:
@@ -160,25 +172,18 @@ def detect(
     refined = boxes[:, :4] + boxes[:, 5:9] * np.stack([regw, regh, regw, regh], axis=1)
     boxes = _rerec(np.concatenate([refined, boxes[:, 4:5]], axis=1))
     # second stage: R-Net
-    crops, rows = _crops(img, boxes, 24)
-    if not len(rows):
+    staged = _stage(img, boxes, rnet, 24, s.thresholds[1])
+    if staged is None:
         return none
-    out = rnet(crops)
-    boxes, score = boxes[rows], out[:, 5]
-    keep = score > s.thresholds[1]
-    boxes = np.concatenate([boxes[keep, :4], score[keep, None]], axis=1)
-    reg = out[keep, :4]
+    boxes, out = staged
     pick = nms(boxes[:, :4], boxes[:, 4], 0.7)
-    boxes = _rerec(_bbreg(boxes[pick], reg[pick]))
+    boxes = _rerec(_bbreg(boxes[pick], out[pick, :4]))
     # third stage: O-Net
-    crops, rows = _crops(img, boxes, 48)
-    if not len(rows):
+    staged = _stage(img, boxes, onet, 48, s.thresholds[2])
+    if staged is None:
         return none
-    out = onet(crops)
-    boxes, score = boxes[rows], out[:, 15]
-    keep = score > s.thresholds[2]
-    boxes = np.concatenate([boxes[keep, :4], score[keep, None]], axis=1)
-    reg, points = out[keep, :4], out[keep, 4:14]
+    boxes, out = staged
+    reg, points = out[:, :4], out[:, 4:14]
     wi, hi = boxes[:, 2] - boxes[:, 0] + 1, boxes[:, 3] - boxes[:, 1] + 1
     px = wi[:, None] * points[:, :5] + boxes[:, 0:1] - 1
     py = hi[:, None] * points[:, 5:10] + boxes[:, 1:2] - 1
