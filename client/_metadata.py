@@ -28,6 +28,7 @@ from cvserve.client.types import ModelInfo, TensorSpec
 IMAGE, CLASS_INDEX, SCORE = "IMAGE", "CLASS_INDEX", "SCORE"
 LABEL = "LABEL"  # the BYTES output of models built before contract v2
 LABELS_PARAMETER = "labels"
+TASK_PARAMETER = "task"
 
 
 def model_info(
@@ -57,8 +58,14 @@ def model_info(
         inputs=specs(metadata.inputs, optional),  # type: ignore[attr-defined]
         outputs=specs(metadata.outputs, set()),  # type: ignore[attr-defined]
         labels=_labels(metadata.name, config),  # type: ignore[attr-defined]
+        task=_parameter(config, TASK_PARAMETER) or "classify",
         **_admission(config, steps),
     )
+
+
+def _parameter(config: object | None, key: str) -> str | None:
+    parameters = getattr(config, "parameters", None)
+    return parameters[key].string_value if parameters and key in parameters else None
 
 
 def _admission(config: object | None, steps: Sequence[object]) -> dict[str, int]:

@@ -75,6 +75,8 @@ class ModelInfo:
             ``dynamic_batching.default_queue_policy.max_queue_size``); 0 when unbounded. For an
             ensemble, that of the step that admits the fewest requests.
         instances: the model's instances (summed over its instance groups), or those of that step.
+        task: what the model answers, from its config parameter ``task``: ``"classify"`` (also for
+            models built before tasks existed) or ``"detect"`` (docs/detection.md).
     """
 
     name: str
@@ -86,6 +88,7 @@ class ModelInfo:
     labels: tuple[str, ...] = ()
     max_queue_size: int = 0
     instances: int = 1
+    task: str = "classify"
 
     def input(self, name: str) -> TensorSpec:
         """The input tensor called ``name``; ``KeyError`` if there is none."""

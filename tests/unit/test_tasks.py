@@ -189,3 +189,29 @@ def test_map_of_perfect_and_of_shifted_detections():
     assert matched_f1(tb, tc, found["a.png"]) == 1.0
     assert matched_f1(tb, tc, [Box((10, 10, 50, 50), 0.9, 0)]) == pytest.approx(2 / 3)
     assert matched_f1(np.zeros((0, 4)), np.zeros(0), []) == 1.0
+
+
+def test_model_info_reads_the_task_from_the_config():
+    from types import SimpleNamespace
+
+    from cvserve.client._metadata import model_info
+
+    cfg = _config("detect", NmsSettings(max_detections=3))
+    metadata = SimpleNamespace(name="m", versions=["1"], platform="python", inputs=[], outputs=[])
+    assert model_info(metadata, cfg).task == "detect"
+    assert model_info(metadata, None).task == "classify"  # models built before tasks existed
+
+
+def test_the_loadtest_sends_each_tasks_call():
+    import importlib.util
+    import subprocess
+    import sys
+
+    if importlib.util.find_spec("locust") is None:  # looked up, not imported: Locust patches the stdlib
+        pytest.skip("the loadtest extra is not installed")
+    code = (  # in its own process: importing Locust patches the standard library (gevent)
+        "from cvserve.client import contract\n"
+        "from cvserve.loadtests.locustfile import CALLS\n"
+        "assert set(CALLS) == set(contract.TASKS), CALLS\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
