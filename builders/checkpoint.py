@@ -131,8 +131,8 @@ def load_model(checkpoint: str | Path, arch: str | None = None) -> LoadedModel:
     return LoadedModel(module=module.eval(), kind="state_dict", source=path)
 
 
-def num_classes(model: LoadedModel, input_shape: tuple[int, ...]) -> int:
-    """Run one forward pass on a dummy batch; the output must be [batch, classes]."""
+def output_shape(model: LoadedModel, input_shape: tuple[int, ...]) -> tuple[int, ...]:
+    """Run one forward pass on a dummy batch; the output's shape without the batch dimension."""
     torch = require("torch")
     module = model.module.module() if model.kind == "exported_program" else model.module
     try:
@@ -143,8 +143,16 @@ def num_classes(model: LoadedModel, input_shape: tuple[int, ...]) -> int:
             f"the model does not run on input [N, {', '.join(map(str, input_shape))}]: "
             f"{str(exc).splitlines()[0]} (check --input-size and --input-layout)"
         ) from None
-    if not hasattr(out, "shape") or out.dim() != 2:
+    if not hasattr(out, "shape") or out.dim() < 2:
         raise UserInputError(
-            f"a classifier returns [batch, classes]; this model returns {getattr(out, 'shape', type(out))}"
+            f"the model must return one tensor [batch, ...]; it returns {getattr(out, 'shape', type(out))}"
         )
-    return int(out.shape[1])
+    return tuple(out.shape[1:])
+
+
+def num_classes(model: LoadedModel, input_shape: tuple[int, ...]) -> int:
+    """Run one forward pass on a dummy batch; the output must be [batch, classes]."""
+    shape = output_shape(model, input_shape)
+    if len(shape) != 1:
+        raise UserInputError(f"a classifier returns [batch, classes]; this model returns [batch, {shape}]")
+    return int(shape[0])

@@ -36,9 +36,12 @@ from cvserve import hardware
 from cvserve.builders import admission as _admission
 from cvserve.builders import precision as prec
 from cvserve.builders import runtime as rt
+from cvserve.builders import tasks
 from cvserve.builders import triton_config as tc
+from cvserve.builders.detection import NmsSettings
 from cvserve.builders.preprocessing import PreprocessSpec, preprocess_files
 from cvserve.builders.quantizers import QUANTIZERS
+from cvserve.builders.served_graph import DEFAULT_FEATURE_DIMS
 from cvserve.defaults import DEFAULT_REPOSITORY
 from cvserve.errors import NotFoundError, UserInputError
 from cvserve.settings import check, setting
@@ -189,6 +192,11 @@ class BuildSettings:
         help="returns the nn.Module of a state_dict, e.g. cvserve.builders.architectures:mobilenet_v2",
     )
     labels: Path | None = setting(None, help="class names, one per line", default_help="the class indices")
+    task: str = setting(
+        tasks.DEFAULT,
+        choices=tasks.NAMES,
+        help="what the model answers: top-k classes, or boxes (docs/detection.md)",
+    )
     repository: Path = setting(DEFAULT_REPOSITORY, short="-r", metavar="DIR", help="the model repository")
     preprocess: PreprocessSpec = setting(
         default_factory=PreprocessSpec,
@@ -200,7 +208,15 @@ class BuildSettings:
         default_factory=QuantizationOptions, title="quantization and its accuracy gate"
     )
     serving: ServingOptions = setting(default_factory=ServingOptions, title="serving")
+    detection: NmsSettings = setting(
+        default_factory=NmsSettings,
+        title="detection (--task detect)",
+        description="the raw head's layout and the served NMS, recorded in the config",
+    )
     progress: bool = setting(True, help="progress bars")
+
+    def task_of(self) -> tasks.Classify | tasks.Detect:
+        return tasks.get(self.task, top_k=self.serving.top_k, nms=self.detection)
 
     def __post_init__(self) -> None:
         tc.check_name(self.name)
@@ -208,7 +224,8 @@ class BuildSettings:
         # A bad --target/--runtime/--layout combination, or batching flags the layout would ignore,
         # fail before any work.
         tc.check_layout_batching(self.serving.plan(), self.serving.batching)
-        self.serving.network_precision(self.quantization)  # bf16 on a CPU without it: exit 2, no work
+        numerics = self.serving.network_precision(self.quantization)  # bf16 here without it: exit 2
+        self.task_of().check_plan(self.serving.plan(), numerics.precision)  # what the task cannot serve yet
         q = self.quantization
         for label, path in (
             ("checkpoint", self.checkpoint),
@@ -232,12 +249,13 @@ class BuildResult:
 
 # -- helpers --------------------------------------------------------------------------------------------
 def _labels(path: Path | None, num_classes: int) -> list[str]:
+    """The class names; ``num_classes`` 0: the output's shape does not say (an end-to-end detector)."""
     if path is None:
         return [str(i) for i in range(num_classes)]
     from cvserve.labels import read_class_names
 
     labels = read_class_names(path)
-    if len(labels) != num_classes:
+    if num_classes and len(labels) != num_classes:
         raise UserInputError(
             f"checkpoint has {num_classes} classes but --labels {path} has {len(labels)} lines"
         )
@@ -285,7 +303,7 @@ class _Clock:
 # -- the pipeline ---------------------------------------------------------------------------------------
 def build(settings: BuildSettings, log: Callable[[str], None] = print) -> BuildResult:
     """Build ``settings.name`` into ``settings.repository`` as a new version. Atomic."""
-    from cvserve.builders import checkpoint, onnx_cleanup, repository, served_graph, torch2onnx, verify
+    from cvserve.builders import checkpoint, onnx_cleanup, repository, torch2onnx, verify
 
     plan = settings.serving.plan()
     if plan.runtime == "tensorrt":  # fail before minutes of export and calibration, not after
@@ -299,20 +317,23 @@ def build(settings: BuildSettings, log: Callable[[str], None] = print) -> BuildR
     log(f"[plan] {plan.layout} layout, {plan.runtime}, {precision} (float layers in {numerics.float_parts}) "
         f"on {hardware.summary()}")  # fmt: skip
     clock = _Clock(log)
-    spec = settings.preprocess
+    task = settings.task_of()
+    spec = task.preprocess(settings.preprocess)
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="cvserve-build-") as scratch_dir:
         scratch = Path(scratch_dir)
         with clock.stage("load"):
             model = checkpoint.load_model(settings.checkpoint, settings.arch)
             # Check the labels before the (slow) export: one forward pass tells the number of classes.
-            labels = _labels(settings.labels, checkpoint.num_classes(model, spec.tensor_shape))
+            output_shape = checkpoint.output_shape(model, spec.tensor_shape)
+            labels = _labels(settings.labels, task.num_classes(output_shape))
         with clock.stage("export"):
             exported = torch2onnx.export(
                 model,
                 scratch / "exported.onnx",
                 input_shape=spec.tensor_shape,
                 exporter=settings.export.exporter,
+                output_shape=output_shape,
             )
         with clock.stage("cleanup"):
             cleaned = onnx_cleanup.cleanup(exported.path, scratch / "model.onnx")
@@ -324,32 +345,29 @@ def build(settings: BuildSettings, log: Callable[[str], None] = print) -> BuildR
                 preprocess_files(images, spec),
                 atol=settings.export.atol,
                 rtol=settings.export.rtol,
+                agreement=task.agreement,
             )
             log(
                 f"[verify] ONNX Runtime vs PyTorch on {checked.images} real images: max |diff| "
-                f"{checked.max_abs_diff:.2e} (tolerance {checked.tolerance:.1e}), top-1 equal "
+                f"{checked.max_abs_diff:.2e} (tolerance {checked.tolerance:.1e}), answers equal "
                 f"{checked.top1_equal}/{checked.images}"
             )
         network, quant_report = cleaned.path, {}
         if numerics.gated:
             with clock.stage("quantize"):
                 network, quant_report = _quantize(
-                    settings, plan, numerics, labels, cleaned.path, scratch, log
+                    settings, plan, numerics, labels, cleaned.path, scratch, log, task, spec
                 )
         with clock.stage("wrap"):
             # Only the single layout's python model runs the network and counts what it answers.
-            features = served_graph.DEFAULT_FEATURE_DIMS if settings.serving.monitor_features else 0
-            served = served_graph.wrap(
-                network,
-                scratch / "served.onnx",
-                spec,
-                top_k=settings.serving.top_k,
-                features=features if plan.layout == "single" else 0,
+            features = DEFAULT_FEATURE_DIMS if settings.serving.monitor_features else 0
+            served = task.wrap(
+                network, scratch / "served.onnx", spec, features=features if plan.layout == "single" else 0
             )
         with clock.stage("engine"):
             artifact = _engine(plan, precision, profile, served, spec, scratch, log)
         with clock.stage("check"):
-            served_check = verify.served(
+            served_check = task.check(
                 artifact.path,
                 plan.runtime,
                 cleaned.path,
@@ -365,22 +383,29 @@ def build(settings: BuildSettings, log: Callable[[str], None] = print) -> BuildR
             batching, admission = _admission.admission(
                 batching, plan, artifact.path, images, spec, log, precision=numerics.float_parts
             )
-        with clock.stage("reference"):  # the signals of held-out images, what drift is measured against
-            reference = _reference(settings, plan, served, artifact, spec, images, numerics.float_parts, log)
+        reference = None
+        if task.monitored:  # the signals of held-out images, what drift is measured against
+            with clock.stage("reference"):
+                reference = _reference(
+                    settings, plan, served, artifact, spec, images, numerics.float_parts, log
+                )
         shape = tc.PipelineShape(
             feature_dims=served.feature_dims,
             pixels_shape=served.pixels_shape,
-            top_k=served.top_k,
+            top_k=served.rows,
             labels=labels,
             precision=precision,
             float_parts=numerics.float_parts,
             execution_env=settings.serving.execution_env,
+            task=task.name,
+            nms=settings.detection,
         )
         configs = tc.pipeline_configs(settings.name, plan, shape, batching, settings.serving.policy)
         report = {
             "schema": REPORT_SCHEMA,
             "name": settings.name,
             "created": datetime.now(timezone.utc).replace(microsecond=0).isoformat(),
+            "task": task.report(served),
             "checkpoint": {
                 "path": str(settings.checkpoint),
                 "sha256": sha256(Path(settings.checkpoint)),
@@ -399,7 +424,7 @@ def build(settings: BuildSettings, log: Callable[[str], None] = print) -> BuildR
                 "exporter": exported.exporter,
                 "opset": exported.opset,
                 "num_classes": served.num_classes,
-                "top_k": served.top_k,
+                "top_k": served.rows,
                 "feature_dims": served.feature_dims,
             },
             "engine_profile": profile.to_report(),
@@ -420,10 +445,11 @@ def build(settings: BuildSettings, log: Callable[[str], None] = print) -> BuildR
         }
         with clock.stage("write"), repository.staged_build(settings.repository, settings.name) as staged:
             report["version"] = staged.version
-            _write_models(staged, plan, spec, artifact, configs)
+            _write_models(staged, plan, spec, artifact, configs, task)
             report["timings_s"] = {**clock.timings, "total": round(time.perf_counter() - started, 3)}
             _write_report(staged.version_dir("classifier"), report)
-            reference.save(staged.version_dir("classifier"))
+            if reference is not None:
+                reference.save(staged.version_dir("classifier"))
     log(
         f"built {settings.name} version {report['version']} ({plan.layout} layout, {plan.runtime}, "
         f"{precision}, float layers in {report['network']['float_parts']}) into {settings.repository} in {time.perf_counter() - started:.1f} s"
@@ -438,7 +464,15 @@ def build(settings: BuildSettings, log: Callable[[str], None] = print) -> BuildR
 
 
 def _quantize(
-    settings, plan: rt.ServingPlan, numerics: prec.NetworkPrecision, labels, fp32: Path, scratch: Path, log
+    settings,
+    plan: rt.ServingPlan,
+    numerics: prec.NetworkPrecision,
+    labels,
+    fp32: Path,
+    scratch: Path,
+    log,
+    task,
+    spec: PreprocessSpec,
 ) -> tuple[Path, dict]:
     """The quantize stage: the INT8/FP16/BF16 network and its report entries (accuracy gate included)."""
     from cvserve.builders import accuracy, quantize
@@ -448,7 +482,7 @@ def _quantize(
         quantize.QuantizeSettings(
             precision=q.precision,
             float_parts=numerics.float_parts,
-            preprocess=settings.preprocess,
+            preprocess=spec,
             profile=settings.serving.batching.profile,
             target=plan.target,
             runtime=plan.runtime,
@@ -465,6 +499,7 @@ def _quantize(
             max_fallback_layers=q.max_fallback_layers,
             class_names=tuple(labels) if settings.labels else None,
             progress=settings.progress,
+            metric=task.metric(labels),
         ),
         fp32,
         scratch,
@@ -539,14 +574,17 @@ def _copy_resource(package: str, name: str, dst: Path) -> None:
     dst.write_bytes((importlib.resources.files(package) / name).read_bytes())
 
 
-def _write_models(staged, plan: rt.ServingPlan, spec: PreprocessSpec, artifact, configs) -> None:
+def _write_models(staged, plan: rt.ServingPlan, spec: PreprocessSpec, artifact, configs, task) -> None:
     """Every model of the layout into the staged version folders."""
     decoder = staged.version_dir("classifier" if plan.layout == "single" else "preprocess")
     _copy_resource(
         "cvserve.model_repository",
-        "classifier.py" if plan.layout == "single" else "preprocess.py",
+        task.model_file if plan.layout == "single" else "preprocess.py",
         decoder / "model.py",
     )
+    for package, name, copied in task.beside:
+        _copy_resource(package, name, decoder / copied)
+    _copy_resource("cvserve.client", "contract.py", decoder / "cvserve_contract.py")
     _copy_resource("cvserve.model_repository", "decoding.py", decoder / "cvserve_decoding.py")
     _copy_resource("cvserve.builders", "preprocessing.py", decoder / "cvserve_preprocessing.py")
     _copy_resource("cvserve.builders", "runners.py", decoder / "cvserve_runners.py")

@@ -32,6 +32,8 @@ import numpy as np
 
 SPEC_FILENAME = "preprocess.json"
 _INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
+FITS = ("crop", "letterbox")  # crop: resize the shorter side and centre-crop; letterbox: fit whole, pad
+ORIGINAL_SIZE = "cvserve_original_size"  # decode() records the header's (width, height) in img.info
 DEFAULT_MAX_IMAGE_BYTES = 20 * 1024 * 1024  # 20 MiB per encoded image
 DEFAULT_MAX_IMAGE_PIXELS = 40_000_000  # 40 megapixels: a 12000x12000 PNG bomb is refused unread
 DEFAULT_FORMATS = ("JPEG", "PNG")
@@ -121,6 +123,14 @@ class PreprocessSpec:
     color: str = _flag("RGB", "channel order the network expects", choices=("RGB", "BGR"))
     input_layout: str = _flag("NCHW", "the network input's tensor layout", choices=("NCHW", "NHWC"))
     interpolation: str = _flag("bilinear", "resampling filter", choices=_INTERPOLATIONS)
+    fit: str = _flag(
+        "crop",
+        "how the image fits the input: centre crop (classifiers) or letterbox (the whole image, aspect "
+        "ratio kept, padded; detectors)",
+        choices=FITS,
+    )
+    pad_value: int = _flag(114, "letterbox: the grey level of the padding (0-255)")
+    stride: int = _flag(32, "letterbox: the network's largest stride; the input size is a multiple of it")
     fast_jpeg_decode: bool = _flag(True, "decode large JPEGs at reduced size (libjpeg DCT scaling)")
     # Input limits, checked before decoding (a request over a limit fails alone with INVALID_ARGUMENT).
     max_image_bytes: int = _flag(DEFAULT_MAX_IMAGE_BYTES, "largest encoded image served, in bytes")
@@ -146,6 +156,12 @@ class PreprocessSpec:
             raise ValueError(f"input_layout must be NCHW or NHWC, not {self.input_layout!r}")
         if self.interpolation not in _INTERPOLATIONS:
             raise ValueError(f"interpolation must be one of {_INTERPOLATIONS}, not {self.interpolation!r}")
+        if self.fit not in FITS:
+            raise ValueError(f"fit must be one of {FITS}, not {self.fit!r}")
+        if self.fit == "letterbox" and (h % self.stride or w % self.stride):
+            raise ValueError(f"a letterbox input size {h}x{w} must be a multiple of the stride {self.stride}")
+        if not 0 <= self.pad_value <= 255 or self.stride < 1:
+            raise ValueError("pad_value must be within 0..255 and stride at least 1")
         if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
             raise ValueError("mean and std need three values each, std > 0")
         if self.max_image_bytes < 1 or self.max_image_pixels < 1:
@@ -233,15 +249,19 @@ def decode_sized(data: bytes, spec: PreprocessSpec):
         if spec.fast_jpeg_decode and img.format == "JPEG":
             img.draft("RGB", _resized_size(img.size, spec))  # DCT scaling: never smaller than needed
         img.load()
-        return (img.convert("RGB") if img.mode != "RGB" else img), (width, height)
+        img = img.convert("RGB") if img.mode != "RGB" else img
     except Exception:  # Pillow raises many types (OSError, SyntaxError, ValueError...) with internals
         raise ImageDecodeError(
             f"truncated or corrupt {img.format} data ({len(data)} bytes)", "corrupt"
         ) from None
+    img.info[ORIGINAL_SIZE] = (width, height)  # before DCT scaling: what detections map back to
+    return img, (width, height)
 
 
 def _resized_size(size: tuple[int, int], spec: PreprocessSpec) -> tuple[int, int]:
     w, h = size
+    if spec.fit == "letterbox":
+        return Placement.of(size, spec).resized
     if not spec.resize_shorter:
         return spec.input_size[1], spec.input_size[0]
     scale = spec.resize_shorter / min(w, h)
@@ -266,6 +286,61 @@ def resize_crop(img, spec: PreprocessSpec) -> np.ndarray:
     return np.asarray(img.resize((cw, ch), resample, box=box), dtype=np.uint8)
 
 
+@dataclass(frozen=True)
+class Placement:
+    """Where a letterboxed image sits in the network input, to map boxes back to the original pixels.
+
+    The image of ``size`` (width, height) is resized by ``scale`` (x and y, from the rounded size) to
+    ``resized`` and pasted at ``offset`` (left, top) into the padded input.
+    """
+
+    size: tuple[int, int]
+    resized: tuple[int, int]
+    offset: tuple[int, int]
+
+    @classmethod
+    def of(cls, size: tuple[int, int], spec: PreprocessSpec) -> Placement:
+        w, h = size
+        ih, iw = spec.input_size
+        r = min(iw / w, ih / h)
+        nw, nh = min(iw, max(1, round(w * r))), min(ih, max(1, round(h * r)))
+        return cls(size=(w, h), resized=(nw, nh), offset=((iw - nw) // 2, (ih - nh) // 2))
+
+    def to_original(self, boxes: np.ndarray) -> np.ndarray:
+        """Boxes (..., 4) as x1, y1, x2, y2 in input pixels -> original pixels, clipped to the image."""
+        sx, sy = self.resized[0] / self.size[0], self.resized[1] / self.size[1]
+        out = (boxes.astype(np.float32) - np.tile(np.float32(self.offset), 2)) / np.float32([sx, sy, sx, sy])
+        return np.clip(out, 0, np.float32([*self.size, *self.size]))
+
+    def points_to_original(self, points: np.ndarray) -> np.ndarray:
+        """Points (..., 2) in input pixels -> original pixels."""
+        scale = np.float32([self.resized[0] / self.size[0], self.resized[1] / self.size[1]])
+        return (points.astype(np.float32) - np.float32(self.offset)) / scale
+
+
+def letterbox(img, spec: PreprocessSpec) -> tuple[np.ndarray, Placement]:
+    """Fit a decoded PIL image whole into the input, aspect ratio kept, centred on ``spec.pad_value``.
+
+    Returns the HWC uint8 RGB input and its :class:`Placement` (relative to the original size that
+    :func:`decode` recorded, even when a JPEG was decoded at reduced size).
+    """
+    Image = _pil()
+    resample = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "nearest": Image.NEAREST}[
+        spec.interpolation
+    ]
+    placement = Placement.of(img.info.get(ORIGINAL_SIZE, img.size), spec)
+    ih, iw = spec.input_size
+    out = np.full((ih, iw, 3), spec.pad_value, dtype=np.uint8)
+    (nw, nh), (left, top) = placement.resized, placement.offset
+    out[top : top + nh, left : left + nw] = np.asarray(img.resize((nw, nh), resample), dtype=np.uint8)
+    return out, placement
+
+
+def placed(data: bytes, spec: PreprocessSpec) -> tuple[np.ndarray, Placement]:
+    """Encoded bytes -> letterboxed HWC uint8 input and its :class:`Placement` (detectors)."""
+    return letterbox(decode(data, spec), spec)
+
+
 def normalize_batch(pixels: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
     """NHWC uint8 RGB batch -> the network's float32 input (one vectorised pass)."""
     mean = np.asarray(spec.mean, dtype=np.float32) * 255.0
@@ -278,9 +353,18 @@ def normalize_batch(pixels: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
     return np.ascontiguousarray(out, dtype=np.float32)
 
 
+def _fitted(img, spec: PreprocessSpec) -> np.ndarray:
+    return letterbox(img, spec)[0] if spec.fit == "letterbox" else resize_crop(img, spec)
+
+
 def pixels(data: bytes, spec: PreprocessSpec) -> np.ndarray:
-    """Encoded bytes -> HWC uint8 crop (decode + resize + crop)."""
-    return resize_crop(decode(data, spec), spec)
+    """Encoded bytes -> HWC uint8 network input (decode, then centre crop or letterbox: ``spec.fit``)."""
+    return _fitted(decode(data, spec), spec)
+
+
+def _pixels_and_size(data: bytes, spec: PreprocessSpec) -> tuple[np.ndarray, tuple[int, int]]:
+    img, size = decode_sized(data, spec)
+    return _fitted(img, spec), size
 
 
 def decode_requests(
@@ -296,33 +380,41 @@ def decode_requests(
     decodes the images, e.g. a thread pool's ``map``: Pillow releases the GIL while it decodes and
     resizes. ``sizes``, when given, receives the (width, height) of each row of the batch.
     """
+    good, outcomes = decode_each(requests, spec, map_fn, _pixels_and_size)
+    if sizes is not None:
+        sizes.extend(size for _, size in good)
+    return (np.stack([crop for crop, _ in good]) if good else None), outcomes
+
+
+def decode_each(
+    requests: Sequence[Sequence[bytes]], spec: PreprocessSpec, map_fn: Callable, transform: Callable
+) -> tuple[list, list[int | Rejection]]:
+    """``transform(data, spec)`` of every image of the good requests, in order, and each request's
+    outcome (its row count, or the :class:`Rejection` that fails it alone); see :func:`decode_requests`."""
     jobs = [(r, i, data) for r, images in enumerate(requests) for i, data in enumerate(images)]
 
-    def one(job: tuple[int, int, bytes]) -> tuple[np.ndarray, tuple[int, int]] | Rejection:
+    def one(job: tuple[int, int, bytes]):
         r, i, data = job
         try:
-            img, size = decode_sized(data, spec)
-            return resize_crop(img, spec), size
+            return transform(data, spec)
         except ImageDecodeError as exc:
             return Rejection(f"image {i + 1} of {len(requests[r])} in the request: {exc}", exc.reason)
 
-    crops = list(map_fn(one, jobs))
-    good: list[np.ndarray] = []
+    done = list(map_fn(one, jobs))
+    good: list = []
     outcomes: list[int | Rejection] = []
     start = 0
     for images in requests:
-        mine, start = crops[start : start + len(images)], start + len(images)
-        error = next((c for c in mine if isinstance(c, str)), None)
+        mine, start = done[start : start + len(images)], start + len(images)
+        error = next((c for c in mine if isinstance(c, Rejection)), None)
         if not images:
             outcomes.append(Rejection("the request has no images", "no_images"))
         elif error is not None:
             outcomes.append(error)
         else:
             outcomes.append(len(mine))
-            good.extend(crop for crop, _ in mine)  # type: ignore[misc]
-            if sizes is not None:
-                sizes.extend(size for _, size in mine)  # type: ignore[misc]
-    return (np.stack(good) if good else None), outcomes
+            good.extend(mine)
+    return good, outcomes
 
 
 def preprocess_batch(images: Sequence[bytes], spec: PreprocessSpec) -> np.ndarray:

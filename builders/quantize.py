@@ -70,6 +70,8 @@ class QuantizeSettings:
     max_fallback_layers: int | None = None  # None: MAX_FALLBACK_FRACTION of the quantized layers
     class_names: tuple[str, ...] | None = None  # lets --validation-labels name classes
     progress: bool = True
+    # The task's accuracy metric (cvserve.builders.tasks): top-1 for classifiers, mAP for detectors.
+    metric: object = field(default_factory=accuracy.TopOne)
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
@@ -115,7 +117,7 @@ class QuantizeResult:
 class HeldOut:
     calibration: np.ndarray  # preprocessed calibration images
     validation: np.ndarray  # preprocessed held-out images
-    labels: np.ndarray | None
+    labels: object | None  # the ground truth in the task metric's form (None: the unlabelled rule)
     report: dict  # where the images came from
 
 
@@ -230,10 +232,8 @@ def load_data(settings: QuantizeSettings, log: Log) -> HeldOut:
     )
     valid = cal.load_folder(settings.validation) if settings.validation else samples[1]
     cal.check_disjoint(calib, valid, settings.preprocess)
-    labels = None
-    if settings.validation_labels is not None:
-        names = list(settings.class_names) if settings.class_names else None
-        labels = accuracy.read_labels(settings.validation_labels, list(valid.names), names)
+    names = list(settings.class_names) if settings.class_names else None
+    labels = settings.metric.truth(settings.validation_labels, valid, names, settings.preprocess)
 
     def source(folder: Path | None) -> str:
         return str(folder) if folder else "augmented sample photos (cvserve.builders.calibration)"
@@ -313,8 +313,8 @@ def int8(
 
     def check(model: Path) -> tuple[accuracy.AccuracyResult, accuracy.GateResult]:
         got = outputs(model, data.validation, runtime, settings.profile.opt_batch, settings.float_parts)
-        result = accuracy.compare(reference, got, data.labels, confidence=settings.gate.confidence)
-        return result, accuracy.gate(result, settings.gate)
+        result = settings.metric.compare(reference, got, data.labels, settings.gate)
+        return result, settings.metric.gate(result, settings.gate)
 
     result, verdict = check(out)
     log(
@@ -354,15 +354,8 @@ def int8(
     return out, entry, result, verdict
 
 
-def _step(excluded: list[str], result: accuracy.AccuracyResult, verdict: accuracy.GateResult) -> dict:
-    return {
-        "excluded": len(excluded),
-        "decision": verdict.decision,
-        "top1_agreement": round(result.top1_agreement, 6),
-        "confident_top1_agreement": result.confident_top1_agreement,
-        "top5_overlap": round(result.top5_overlap, 6),
-        "top1_accuracy": result.top1_accuracy,
-    }
+def _step(excluded: list[str], result, verdict: accuracy.GateResult) -> dict:
+    return {"excluded": len(excluded), "decision": verdict.decision, **result.step_entry()}
 
 
 # -- FP16 -----------------------------------------------------------------------------------------------
@@ -415,8 +408,8 @@ def run(settings: QuantizeSettings, fp32_onnx: Path, workdir: Path, log: Log = p
     else:
         network, entry = _whole_network(settings, fp32_onnx, workdir, log)
         got = outputs(network, data.validation, runtime, settings.profile.opt_batch, settings.float_parts)
-        result = accuracy.compare(reference, got, data.labels, confidence=settings.gate.confidence)
-        verdict = accuracy.gate(result, settings.gate)
+        result = settings.metric.compare(reference, got, data.labels, settings.gate)
+        verdict = settings.metric.gate(result, settings.gate)
         log(f"[quantize] {settings.precision.upper()} ({runtime}): {result.summary()}: {verdict.decision}")
         if not verdict.passed:
             raise BuildError(f"{verdict.message()}; nothing was written to the repository")

@@ -9,7 +9,6 @@ NCHW or NHWC, normalised) and returns ``logits``. Serving wraps it, with ``onnx.
   :func:`cvserve.builders.preprocessing.normalize_batch`;
 * a tail that does softmax and top-k and returns ``CLASS_INDEX`` (int64, [batch, k]) and ``SCORE``
   (float32, [batch, k], probabilities, best first).
-
 and, unless ``features=0``, a third output ``FEATURES`` (float32, [batch, d]): the pooled penultimate
 features (the input of the network's final Gemm/MatMul) times a fixed, seeded random projection, the
 compact summary the served model counts for drift monitoring (docs/monitoring.md). It reads a tensor
@@ -35,6 +34,7 @@ from cvserve.errors import BuildError
 PIXELS = "PIXELS"
 CLASS_INDEX = "CLASS_INDEX"
 SCORE = "SCORE"
+RAW = "RAW"  # a network output served as it is (a detector's raw head, decoded by the python model)
 FEATURES = "FEATURES"
 DEFAULT_FEATURE_DIMS = 16
 FEATURE_SEED = 20  # the projection is the same for every build: references of two versions compare
@@ -169,6 +169,51 @@ def _add_features(net, dims: int) -> int:
     return dims
 
 
+def _identity_tail(output_name: str, shape: list, opset: int, ir_version: int):
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Identity", [output_name], [RAW])],
+        "cvserve_tail",
+        [helper.make_tensor_value_info(output_name, TensorProto.FLOAT, shape)],
+        [helper.make_tensor_value_info(RAW, TensorProto.FLOAT, shape)],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=ir_version)
+
+
+def _load_single_io(network: Path, what: str):
+    onnx = require("onnx", purpose="to build models")
+    net = onnx.load(str(network))
+    if len(net.graph.input) != 1 or len(net.graph.output) != 1:
+        raise BuildError(
+            f"a {what} network has one input and one output, {network.name} has "
+            f"{len(net.graph.input)} and {len(net.graph.output)}"
+        )
+    return net
+
+
+def _compose(net, head, tail, out: Path, network: Path, opset: int, features: int = 0) -> int:
+    """head -> network -> tail (and ``features`` wide FEATURES), checked and saved to ``out``; returns
+    the FEATURES width (0: none)."""
+    onnx = require("onnx", purpose="to build models")
+    from onnx import compose
+
+    input_name, output_name = net.graph.input[0].name, net.graph.output[0].name
+    if _opset(net) < opset:
+        net = onnx.version_converter.convert_version(net, opset)
+    feature_dims = _add_features(net, features) if features else 0
+    try:
+        served = compose.merge_models(head, net, io_map=[(input_name, input_name)])
+        served = compose.merge_models(served, tail, io_map=[(output_name, output_name)])
+        served.graph.name = "cvserve_served"
+        onnx.checker.check_model(served)
+    except Exception as exc:
+        raise BuildError(f"could not wrap {network.name} for serving: {type(exc).__name__}: {exc}") from None
+    out.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(served, str(out))
+    return feature_dims
+
+
 def wrap(
     network: Path,
     out: Path,
@@ -184,15 +229,7 @@ def wrap(
     number of classes. ``features`` is the width of the FEATURES output (0: none); a network whose
     output is not a Gemm/MatMul of pooled features gets none either (``ServedGraph.feature_dims``).
     """
-    onnx = require("onnx", purpose="to build models")
-    from onnx import compose
-
-    net = onnx.load(str(network))
-    if len(net.graph.input) != 1 or len(net.graph.output) != 1:
-        raise BuildError(
-            f"a classifier network has one input and one output, {network.name} has "
-            f"{len(net.graph.input)} and {len(net.graph.output)}"
-        )
+    net = _load_single_io(network, "classifier")
     input_name, output_name = net.graph.input[0].name, net.graph.output[0].name
     dims = net.graph.output[0].type.tensor_type.shape.dim
     num_classes = dims[1].dim_value if len(dims) == 2 else 0
@@ -202,19 +239,32 @@ def wrap(
     opset = max(_opset(net), 13)  # Softmax over one axis and TopK with k as an input
     head = _head(spec, input_name, opset, net.ir_version)
     tail = _tail(output_name, num_classes, k, softmax, opset, net.ir_version)
-    if _opset(net) < opset:
-        net = onnx.version_converter.convert_version(net, opset)
-    feature_dims = _add_features(net, features) if features else 0
-    try:
-        served = compose.merge_models(head, net, io_map=[(input_name, input_name)])
-        served = compose.merge_models(served, tail, io_map=[(output_name, output_name)])
-        served.graph.name = "cvserve_served"
-        onnx.checker.check_model(served)
-    except Exception as exc:
-        raise BuildError(f"could not wrap {network.name} for serving: {type(exc).__name__}: {exc}") from None
-    out.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save(served, str(out))
+    feature_dims = _compose(net, head, tail, out, network, opset, features)
     h, w = spec.input_size
     return ServedGraph(
         path=out, pixels_shape=(h, w, 3), top_k=k, num_classes=num_classes, feature_dims=feature_dims
     )
+
+
+def wrap_raw(network: Path, out: Path, spec: PreprocessSpec) -> tuple[Path, tuple[int, ...]]:
+    """Write ``network`` with only the pixel head to ``out``: PIXELS -> network -> ``RAW`` (its output
+    as it is, e.g. a detector's raw head, which the served python model decodes). Returns the file and
+    the output's shape without the batch dimension."""
+    net = _load_single_io(network, "detector")
+    input_name, output_name = net.graph.input[0].name, net.graph.output[0].name
+    dims = [d.dim_value or d.dim_param or "?" for d in net.graph.output[0].type.tensor_type.shape.dim]
+    if len(dims) < 2 or not all(isinstance(d, int) for d in dims[1:]):
+        raise BuildError(
+            f"the network's output must have a fixed shape but the batch, {network.name} has {dims}"
+        )
+    opset = max(_opset(net), 13)
+    head = _head(spec, input_name, opset, net.ir_version)
+    _compose(
+        net,
+        head,
+        _identity_tail(output_name, ["batch", *dims[1:]], opset, net.ir_version),
+        out,
+        network,
+        opset,
+    )
+    return out, tuple(dims[1:])

@@ -22,8 +22,12 @@ OPSET = 18
 class ExportResult:
     path: Path
     exporter: str  # "dynamo" or "torchscript"
-    num_classes: int
+    output_shape: tuple[int, ...]  # without the batch: (classes,) of a classifier, a detector's raw head
     opset: int
+
+    @property
+    def num_classes(self) -> int:
+        return self.output_shape[0]
 
 
 def _example(shape: tuple[int, ...], batch: int = 2):
@@ -46,10 +50,17 @@ def _quiet():
 
 
 def export(
-    model: LoadedModel, path: Path, *, input_shape: tuple[int, ...], exporter: str = "auto"
+    model: LoadedModel,
+    path: Path,
+    *,
+    input_shape: tuple[int, ...],
+    exporter: str = "auto",
+    output_shape: tuple[int, ...] | None = None,
 ) -> ExportResult:
     """Export to ONNX with input ``input`` [batch, *input_shape] and output ``logits`` [batch, classes].
 
+    ``output_shape`` (without the batch, as PyTorch returned it) pins the output's dimensions where the
+    exporter left them symbolic (TorchScript exports of concatenations, a detector's head).
     ``exporter="auto"`` uses the torch.export-based (dynamo) exporter, PyTorch's maintained path,
     except for TorchScript modules, which only the TorchScript exporter takes.
     """
@@ -95,14 +106,28 @@ def export(
     except Exception as exc:
         first = "\n".join(str(exc).strip().splitlines()[:3])
         raise BuildError(f"ONNX export ({exporter}) failed: {type(exc).__name__}: {first}") from None
-    num_classes = check(path)
+    if output_shape is not None:
+        _pin_output(path, output_shape)
+    shape = check(path)
     return ExportResult(
-        path=path, exporter=exporter, num_classes=num_classes, opset=OPSET if exporter == "dynamo" else 17
+        path=path, exporter=exporter, output_shape=shape, opset=OPSET if exporter == "dynamo" else 17
     )
 
 
-def check(path: Path) -> int:
-    """Run the ONNX checker and shape inference; return the number of classes of the output."""
+def _pin_output(path: Path, shape: tuple[int, ...]) -> None:
+    onnx = require("onnx")
+    model = onnx.load(str(path))
+    dims = model.graph.output[0].type.tensor_type.shape.dim
+    if len(dims) != len(shape) + 1:
+        raise BuildError(f"the exported output has rank {len(dims)}, PyTorch's has {len(shape) + 1}")
+    for dim, value in zip(list(dims)[1:], shape, strict=True):
+        dim.Clear()
+        dim.dim_value = int(value)
+    onnx.save(model, str(path))
+
+
+def check(path: Path) -> tuple[int, ...]:
+    """Run the ONNX checker and shape inference; return the output's fixed shape without the batch."""
     onnx = require("onnx")
     model = onnx.load(str(path))
     try:
@@ -112,12 +137,13 @@ def check(path: Path) -> int:
         raise BuildError(f"ONNX checker rejected {path.name}: {exc}") from None
     outputs = inferred.graph.output
     if len(outputs) != 1:
-        raise BuildError(f"a classifier has one output, the exported model has {len(outputs)}")
+        raise BuildError(f"a served network has one output, the exported model has {len(outputs)}")
     dims = outputs[0].type.tensor_type.shape.dim
-    if len(dims) != 2 or not dims[1].dim_value:
+    if len(dims) < 2 or not all(d.dim_value for d in list(dims)[1:]):
         raise BuildError(
-            f"the model's output must be [batch, classes], got {[d.dim_value or d.dim_param for d in dims]}"
+            "the model's output must be [batch, classes] (or a detector's fixed head), got "
+            f"{[d.dim_value or d.dim_param for d in dims]}"
         )
     if not dims[0].dim_param:
         raise BuildError("the exported model has a fixed batch size; the batch dimension must be dynamic")
-    return int(dims[1].dim_value)
+    return tuple(int(d.dim_value) for d in list(dims)[1:])

@@ -42,17 +42,20 @@ from dataclasses import dataclass
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
+from cvserve.builders import tasks
+from cvserve.builders.detection import NmsSettings
 from cvserve.builders.profile import EngineProfile
 from cvserve.builders.runtime import ServingPlan
+from cvserve.client import contract
 from cvserve.errors import UserInputError
 from cvserve.settings import integers, setting
 
-IMAGE = "IMAGE"
-PIXELS = "PIXELS"
-CLASS_INDEX = "CLASS_INDEX"
-SCORE = "SCORE"
-FEATURES = "FEATURES"  # optional: the feature summary the served model counts (docs/monitoring.md)
-LABELS_PARAMETER = "labels"
+IMAGE = contract.IMAGE
+PIXELS = contract.PIXELS
+CLASS_INDEX = contract.CLASS_INDEX
+SCORE = contract.SCORE
+FEATURES = contract.FEATURES  # optional: the feature summary the served model counts (docs/monitoring.md)
+LABELS_PARAMETER = contract.LABELS_PARAMETER
 ROLES = ("classifier", "preprocess", "network")  # classifier: NAME (the single model or the ensemble)
 DEFAULT_SLO_P95_MS = 500.0  # the latency objective queue timeouts derive from (cvserve loadtest's default)
 # The config parameter that sets a network's intra-op threads, per backend (read by cvserve tune too):
@@ -225,12 +228,17 @@ class PipelineShape:
     """What the configs need to know about the served network."""
 
     pixels_shape: tuple[int, int, int]  # (H, W, 3), without the batch dimension
-    top_k: int
+    top_k: int  # rows per image: a classifier's top-k, a detector's fixed K
     labels: Sequence[str]
     precision: str = "fp32"  # of the network: the TensorRT accelerator's precision mode follows it
     float_parts: str = "f32"  # what the runtime computes float layers in (cvserve.builders.precision)
     execution_env: str | None = None  # EXECUTION_ENV_PATH of the python models (NGC container)
     feature_dims: int = 0  # width of the served graph's FEATURES output; 0: it has none
+    task: str = tasks.DEFAULT  # what the outputs and task parameters are (cvserve.builders.tasks)
+    nms: NmsSettings | None = None  # a detector's postprocessing
+
+    def task_of(self):
+        return tasks.get(self.task, top_k=self.top_k, nms=self.nms)
 
 
 def _params(cfg: mc.ModelConfig, params: dict[str, object]) -> None:
@@ -239,13 +247,14 @@ def _params(cfg: mc.ModelConfig, params: dict[str, object]) -> None:
 
 
 def _outputs(shape: PipelineShape, features: bool = False) -> list[mc.ModelOutput]:
-    outputs = [
-        mc.ModelOutput(name=CLASS_INDEX, data_type=mc.TYPE_INT64, dims=[shape.top_k]),
-        mc.ModelOutput(name=SCORE, data_type=mc.TYPE_FP32, dims=[shape.top_k]),
-    ]
+    outputs = shape.task_of().outputs(shape.top_k)
     if features and shape.feature_dims:  # clients ask for outputs by name: they never receive it
         outputs.append(mc.ModelOutput(name=FEATURES, data_type=mc.TYPE_FP32, dims=[shape.feature_dims]))
     return outputs
+
+
+def _task_params(shape: PipelineShape) -> dict[str, object]:
+    return {contract.TASK_PARAMETER: shape.task, **shape.task_of().parameters()}
 
 
 def _dynamic_batching(b: Batching, preferred: Sequence[int] = ()) -> mc.ModelDynamicBatching:
@@ -320,6 +329,7 @@ def single_config(
             "network_file": plan.network_file,
             PRECISION_PARAMETER: shape.float_parts,
             THREADS_PARAMETER["python"]: b.network_threads,
+            **_task_params(shape),
             **_python_params(shape, b),
         },
     )
@@ -459,7 +469,9 @@ def ensemble_config(
             ]
         ),
     )
-    _params(cfg, {LABELS_PARAMETER: json.dumps(list(shape.labels), ensure_ascii=False)})
+    _params(
+        cfg, {LABELS_PARAMETER: json.dumps(list(shape.labels), ensure_ascii=False), **_task_params(shape)}
+    )
     return cfg
 
 

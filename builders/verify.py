@@ -43,11 +43,18 @@ def torch_outputs(model: LoadedModel, batch: np.ndarray) -> np.ndarray:
 
 
 def verify(
-    model: LoadedModel, onnx_path: Path, batch: np.ndarray, *, atol: float = 1e-3, rtol: float = 1e-3
+    model: LoadedModel,
+    onnx_path: Path,
+    batch: np.ndarray,
+    *,
+    atol: float = 1e-3,
+    rtol: float = 1e-3,
+    agreement=None,
 ) -> VerifyResult:
     """Run the same preprocessed batch through PyTorch and ONNX Runtime and compare.
 
-    The tolerance is ``atol + rtol * max|reference|`` on the outputs; top-1 must agree on every image.
+    The tolerance is ``atol + rtol * max|reference|`` on the outputs; the answers must agree on every
+    image (``agreement(got, reference, tolerance)`` counts the images that do; default: top-1).
     Raises :class:`BuildError` on a mismatch.
     """
     reference = torch_outputs(model, batch)
@@ -57,24 +64,33 @@ def verify(
         raise BuildError(f"ONNX output shape {got.shape} differs from PyTorch's {reference.shape}")
     diff = float(np.max(np.abs(got.astype(np.float64) - reference)))
     tol = atol + rtol * float(np.max(np.abs(reference)))
-    same = int(np.sum(got.argmax(1) == reference.argmax(1)))
+    same = agreement(got, reference, tol) if agreement else int(np.sum(got.argmax(1) == reference.argmax(1)))
     result = VerifyResult(images=len(batch), max_abs_diff=diff, tolerance=tol, top1_equal=same)
     if not result.ok:
         raise BuildError(
             f"ONNX Runtime disagrees with PyTorch on {len(batch)} real images: max |diff| {diff:.3g} "
-            f"(tolerance {tol:.3g}), top-1 equal on {same}/{len(batch)}"
+            f"(tolerance {tol:.3g}), answers equal on {same}/{len(batch)}"
         )
     return result
 
 
 @dataclass(kw_only=True)
-class ServedCheck:
-    """The served network (uint8 pixels in, top-k out, in its runtime) against the float reference."""
+class RuntimeCheck:
+    """What every check of a served network records about how its runtime ran it."""
 
     runtime: str
     precision: str  # the float precision read back from the compiled network
     layer_precisions: dict[str, int]  # compute layers by the precision they run in
     images: int
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(kw_only=True)
+class ServedCheck(RuntimeCheck):
+    """The served network (uint8 pixels in, top-k out, in its runtime) against the float reference."""
+
     top1_equal: int
     topk_equal: int  # images whose whole top-k list is the reference's
     max_score_diff: float
@@ -85,9 +101,6 @@ class ServedCheck:
             f"top-1 equal {self.top1_equal}/{self.images}, top-k equal {self.topk_equal}/{self.images}, "
             f"max score diff {self.max_score_diff:.2e}"
         )
-
-    def as_dict(self) -> dict:
-        return asdict(self)
 
     def require_equal(self) -> None:
         """Raise :class:`BuildError` unless the served network gives the reference's answers.
@@ -120,6 +133,19 @@ def softmax_topk(logits: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     return index, np.take_along_axis(probs, index, axis=1)
 
 
+def open_served(served_file: Path, runtime: str, precision: str):
+    """The served network file opened in its runtime and float precision, to be checked; ``None`` for
+    a runtime that cannot run here (a TensorRT engine needs its GPU)."""
+    from cvserve.builders.runners import RUNTIMES, open_runner
+
+    if runtime not in RUNTIMES:
+        return None
+    try:
+        return open_runner(served_file, runtime, precision=precision)
+    except ImportError as exc:
+        raise BuildError(f"{runtime} is needed to check the served network: {exc}") from None
+
+
 def served(
     served_file: Path,
     runtime: str,
@@ -136,15 +162,11 @@ def served(
     ``None`` for a runtime that cannot run here (a TensorRT engine needs its GPU).
     """
     from cvserve.builders.preprocessing import pixels as crop
-    from cvserve.builders.runners import RUNTIMES, open_runner
 
-    if runtime not in RUNTIMES:
+    runner = open_served(served_file, runtime, precision)
+    if runner is None:
         return None
     batch = np.stack([crop(data, spec) for data in images])
-    try:
-        runner = open_runner(served_file, runtime, precision=precision)
-    except ImportError as exc:
-        raise BuildError(f"{runtime} is needed to check the served network: {exc}") from None
     out = runner.run(batch)
     index, score = out["CLASS_INDEX"], out["SCORE"]
     ref_index, ref_score = reference_topk(reference_network, batch, spec, index.shape[1])

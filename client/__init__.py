@@ -24,7 +24,7 @@ from cvserve.client.errors import (
 )
 from cvserve.client.metrics import ClientMetrics
 from cvserve.client.sync import Client
-from cvserve.client.types import Classification, ModelInfo, TensorSpec
+from cvserve.client.types import Classification, Detection, ModelInfo, TensorSpec
 
 __all__ = [
     "AccessDenied",
@@ -34,6 +34,7 @@ __all__ = [
     "ClientError",
     "ClientMetrics",
     "DeadlineExceeded",
+    "Detection",
     "InvalidInput",
     "MissingDependency",
     "ModelInfo",

@@ -16,9 +16,10 @@ import numpy as np
 from tritonclient.grpc import KeepAliveOptions
 from tritonclient.utils import InferenceServerException
 
+from cvserve.client._detection import detector_spec, parse_detections
 from cvserve.client._effects import Exclusive, Gather, Plan, Rpc, Sleep
 from cvserve.client._images import ImageLike, as_image_list, encode_images
-from cvserve.client._metadata import check_top_k, classifier_spec, model_info, pick_classifier
+from cvserve.client._metadata import check_top_k, classifier_spec, model_info, pick_model
 from cvserve.client._options import (
     DEFAULT_MAX_IMAGE_BYTES,
     DEFAULT_MAX_REQUEST_BYTES,
@@ -31,6 +32,7 @@ from cvserve.client._requests import (
     collect_outputs,
     image_request,
     image_sizes,
+    images_request,
     parse_classifications,
     plan_infer,
     split_rows,
@@ -39,7 +41,11 @@ from cvserve.client._requests import (
 from cvserve.client._retry import Deadline, RetryBudget, RetryPolicy, retrying
 from cvserve.client.errors import ClientError, DeadlineExceeded, ServerUnavailable, map_error
 from cvserve.client.metrics import ClientMetrics, track
-from cvserve.client.types import Classification, ModelInfo
+from cvserve.client.types import Classification, Detection, ModelInfo
+
+# The model a call uses when none is named and the client has no default: the one the server serves
+# that the call's contract accepts.
+_DISCOVERY = {"classify": (classifier_spec, "classifiers"), "detect": (detector_spec, "detectors")}
 
 
 class ClientCore:
@@ -238,14 +244,15 @@ class ClientCore:
             info = self._models[key] = model_info(metadata, config, version, steps)
         return info
 
-    def _resolve_model(self, deadline: Deadline) -> Plan[str]:
+    def _resolve_model(self, deadline: Deadline, call: str = "classify") -> Plan[str]:
         if self._default_model is None:
             index = yield from self._call("get_model_repository_index", None, deadline, None)
             ready = sorted({m.name for m in index.models if m.state == "READY"})  # one per version
             infos = []
             for name in ready:
                 infos.append((yield from self._info(name, None, deadline)))
-            self._default_model = pick_classifier(infos, self.url)
+            spec_of, what = _DISCOVERY[call]
+            self._default_model = pick_model(infos, self.url, spec_of, what, call)
         return self._default_model
 
     # -- inference ----------------------------------------------------------------------------------
@@ -286,27 +293,113 @@ class ClientCore:
             ServerError: the server failed.
         """
         self._check_open()
+
+        def prepare(info: ModelInfo, name: str):
+            spec = classifier_spec(info)
+            k = check_top_k(spec, top_k, name)
+
+            def parse(result: Any, n: int) -> list[list[Classification]]:
+                return parse_classifications(result, spec, k, n, name)
+
+            return spec.max_batch_size, lambda blobs: image_request(spec, blobs), parse
+
+        return (
+            yield from self._on_images(
+                images,
+                "classify",
+                prepare,
+                model=model,
+                model_version=model_version,
+                timeout=timeout,
+                retry=retry,
+            )
+        )
+
+    def _detect(
+        self,
+        images: Sequence[ImageLike],
+        *,
+        model: str | None = None,
+        model_version: str | None = None,
+        timeout: float | None = None,
+        retry: RetryPolicy | bool | None = None,
+    ) -> Plan[list[list[Detection]]]:
+        """Find objects in images with a detector (``cvserve build --task detect``).
+
+        Args:
+            images: as for ``classify``: paths, encoded bytes, uint8 arrays or PIL images; split into
+                requests the same way. An empty list returns ``[]`` without calling the server.
+            model: the model name; the client's default when omitted (or the one detector served).
+            model_version: the version to run; the server's choice when omitted.
+            timeout: the deadline of the whole call in seconds; the client's default when omitted.
+            retry: override the client's retry setting for this call (``False``: no retries).
+
+        Returns:
+            Per image, in the order given, its :class:`Detection` list, best score first: boxes in
+            the original image's pixels, at most the model's ``--max-detections``; ``[]`` when none.
+
+        Raises:
+            InvalidInput: an image is not an image, is over ``max_image_bytes`` or the server's pixel
+                limit, or the model is no detector.
+            ModelNotFound, DeadlineExceeded, ServerUnavailable, ServerError: as for ``classify``.
+        """
+        self._check_open()
+
+        def prepare(info: ModelInfo, name: str):
+            spec = detector_spec(info)
+
+            def parse(result: Any, n: int) -> list[list[Detection]]:
+                return parse_detections(result, spec, n, name)
+
+            return spec.max_batch_size, lambda blobs: images_request(spec.input, spec.outputs, blobs), parse
+
+        return (
+            yield from self._on_images(
+                images,
+                "detect",
+                prepare,
+                model=model,
+                model_version=model_version,
+                timeout=timeout,
+                retry=retry,
+            )
+        )
+
+    def _on_images(
+        self,
+        images: Sequence[ImageLike],
+        call: str,
+        prepare: Callable,
+        *,
+        model,
+        model_version,
+        timeout,
+        retry,
+    ) -> Plan[list]:
+        """One image call: encode, find the model, split into requests, send them paced, parse.
+
+        ``prepare(info, name)`` checks the model's contract and returns (max batch, the request of
+        some blobs, the parser of a response of n images).
+        """
         blobs = encode_images(as_image_list(images), self._opts.max_image_bytes)
         if not blobs:
             return []
         deadline = self._deadline(timeout)
-        name = model or (yield from self._resolve_model(deadline))
-        with track(self._opts.metrics, name, "classify"):
+        name = model or (yield from self._resolve_model(deadline, call))
+        with track(self._opts.metrics, name, call):
             info = yield from self._info(name, model_version, deadline)
-            spec = classifier_spec(info)
-            top_k = check_top_k(spec, top_k, name)
-            sizes = image_sizes(blobs)
+            max_batch, request, parse = prepare(info, name)
             parts = split_rows(
-                sizes, spec.max_batch_size, self._opts.max_request_bytes, what="image", model=name
+                image_sizes(blobs), max_batch, self._opts.max_request_bytes, what="image", model=name
             )
 
-            def part(rows: slice) -> Plan[list[list[Classification]]]:
-                inputs, outputs = image_request(spec, blobs[rows])
+            def part(rows: slice) -> Plan[list]:
+                inputs, outputs = request(blobs[rows])
                 kw = {"outputs": outputs, "model_version": model_version or ""}
                 flow = self._flow(info)
-                call = self._call("infer", name, deadline, retry, name, inputs, flow=flow, **kw)
-                result = yield from self._paced(info, deadline, call, flow)
-                return parse_classifications(result, spec, top_k, len(blobs[rows]), name)
+                sent = self._call("infer", name, deadline, retry, name, inputs, flow=flow, **kw)
+                result = yield from self._paced(info, deadline, sent, flow)
+                return parse(result, len(blobs[rows]))
 
             results = yield Gather(tuple(part(rows) for rows in parts))
             return [item for result in results for item in result]

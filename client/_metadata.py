@@ -14,7 +14,7 @@ parameter.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,6 +28,7 @@ from cvserve.client.types import ModelInfo, TensorSpec
 IMAGE, CLASS_INDEX, SCORE = "IMAGE", "CLASS_INDEX", "SCORE"
 LABEL = "LABEL"  # the BYTES output of models built before contract v2
 LABELS_PARAMETER = "labels"
+TASK_PARAMETER = "task"
 
 
 def model_info(
@@ -57,8 +58,14 @@ def model_info(
         inputs=specs(metadata.inputs, optional),  # type: ignore[attr-defined]
         outputs=specs(metadata.outputs, set()),  # type: ignore[attr-defined]
         labels=_labels(metadata.name, config),  # type: ignore[attr-defined]
+        task=_parameter(config, TASK_PARAMETER) or "classify",
         **_admission(config, steps),
     )
+
+
+def _parameter(config: object | None, key: str) -> str | None:
+    parameters = getattr(config, "parameters", None)
+    return parameters[key].string_value if parameters and key in parameters else None
 
 
 def _admission(config: object | None, steps: Sequence[object]) -> dict[str, int]:
@@ -120,19 +127,30 @@ def _pick(specs: tuple[TensorSpec, ...], preferred: str, datatypes: tuple[str, .
     return matches[0] if len(matches) == 1 else None
 
 
+def problems_of(info: ModelInfo) -> list[str]:
+    """What keeps ``info`` from taking encoded images the way every cvserve model does."""
+    problems = []
+    required = [i for i in info.inputs if not i.optional]
+    if image_input(info) is None or len(required) > 1:
+        problems.append(f"it needs one BYTES input of encoded images, it has {_describe(info.inputs)}")
+    if info.max_batch_size <= 0:
+        problems.append("it does not batch (max_batch_size 0)")
+    return problems
+
+
+def image_input(info: ModelInfo) -> TensorSpec | None:
+    """The BYTES input of encoded images (``IMAGE``, or the only BYTES input)."""
+    return _pick(info.inputs, IMAGE, ("BYTES",))
+
+
 def classifier_spec(info: ModelInfo) -> ClassifierSpec:
     """Check that ``info`` describes a cvserve classifier and say where its tensors are.
 
     Raises:
         InvalidInput: the model does not take encoded images in and give top-k classes out.
     """
-    problems = []
-    required = [i for i in info.inputs if not i.optional]
-    image = _pick(info.inputs, IMAGE, ("BYTES",))
-    if image is None or len(required) > 1:
-        problems.append(f"it needs one BYTES input of encoded images, it has {_describe(info.inputs)}")
-    if info.max_batch_size <= 0:
-        problems.append("it does not batch (max_batch_size 0)")
+    problems = problems_of(info)
+    image = image_input(info)
     index = _pick(info.outputs, CLASS_INDEX, ("INT64", "INT32"))
     score = _pick(info.outputs, SCORE, ("FP32", "FP16", "FP64"))
     if index is None or score is None:
@@ -252,10 +270,15 @@ def check_outputs(info: ModelInfo, outputs: list[str] | None) -> list[str]:
 
 def pick_classifier(infos: list[ModelInfo], url: str) -> str:
     """The name of the one classifier among ``infos``; ``InvalidInput`` when there are none or several."""
+    return pick_model(infos, url, classifier_spec, "classifiers", "classify")
+
+
+def pick_model(infos: list[ModelInfo], url: str, spec_of: Callable, what: str, call: str) -> str:
+    """The name of the one model among ``infos`` that ``spec_of`` accepts (``what``: "classifiers")."""
     found = []
     for info in infos:
         try:
-            classifier_spec(info)
+            spec_of(info)
         except InvalidInput:
             continue
         found.append(info.name)
@@ -263,8 +286,8 @@ def pick_classifier(infos: list[ModelInfo], url: str) -> str:
         return found[0]
     served = ", ".join(sorted(found)) if found else "none"
     raise InvalidInput(
-        f"no model named and the server at {url} serves {len(found)} classifiers ({served}): "
-        "pass the model, e.g. Client(url, model='mobilenet_v2') or classify(images, model='mobilenet_v2')"
+        f"no model named and the server at {url} serves {len(found)} {what} ({served}): "
+        f"pass the model, e.g. Client(url, model='mobilenet_v2') or {call}(images, model='mobilenet_v2')"
     )
 
 
@@ -274,7 +297,10 @@ __all__ = [
     "check_outputs",
     "check_top_k",
     "classifier_spec",
+    "image_input",
     "model_info",
     "pick_classifier",
+    "pick_model",
+    "problems_of",
     "triton_dtype",
 ]

@@ -15,7 +15,7 @@ from tritonclient.grpc import InferInput, InferRequestedOutput
 
 from cvserve.client._metadata import ClassifierSpec, check_inputs, check_outputs, triton_dtype
 from cvserve.client.errors import InvalidInput, ServerError
-from cvserve.client.types import Classification, ModelInfo
+from cvserve.client.types import Classification, ModelInfo, TensorSpec
 
 BYTES_PREFIX = 4  # tritonclient sends each BYTES element as a 4-byte length and its bytes
 
@@ -57,14 +57,21 @@ def image_request(
     spec: ClassifierSpec, blobs: list[bytes]
 ) -> tuple[list[InferInput], list[InferRequestedOutput]]:
     """The inputs and requested outputs of one classification request of ``len(blobs)`` images."""
+    names = (spec.index, spec.score) + ((spec.label,) if spec.label else ())
+    return images_request(spec.input, names, blobs)
+
+
+def images_request(
+    image: TensorSpec, outputs: Sequence[str], blobs: list[bytes]
+) -> tuple[list[InferInput], list[InferRequestedOutput]]:
+    """The inputs and requested ``outputs`` of one request of ``len(blobs)`` encoded images."""
     # [n, 1] for the contract's dims [1]; follows the model if its image input has another rank.
-    shape = [len(blobs)] + [1] * (len(spec.input.shape) - 1)
+    shape = [len(blobs)] + [1] * (len(image.shape) - 1)
     array = np.empty(len(blobs), dtype=object)
     array[:] = blobs
-    tensor = InferInput(spec.input.name, shape, "BYTES")
+    tensor = InferInput(image.name, shape, "BYTES")
     tensor.set_data_from_numpy(array.reshape(shape))
-    names = (spec.index, spec.score) + ((spec.label,) if spec.label else ())
-    return [tensor], [InferRequestedOutput(name) for name in names]
+    return [tensor], [InferRequestedOutput(name) for name in outputs]
 
 
 def image_sizes(blobs: list[bytes]) -> list[int]:
@@ -171,6 +178,7 @@ __all__ = [
     "collect_outputs",
     "image_request",
     "image_sizes",
+    "images_request",
     "parse_classifications",
     "plan_infer",
     "split_rows",

@@ -33,6 +33,7 @@ class AsyncClient(ClientCore):
     wait_until_ready = asynchronous(ClientCore._wait_until_ready)
     model_info = asynchronous(ClientCore._model_info)
     classify = asynchronous(ClientCore._classify)
+    detect = asynchronous(ClientCore._detect)
     infer = asynchronous(ClientCore._infer)
 
     async def close(self) -> None:

@@ -1,4 +1,7 @@
-"""``cvserve predict NAME IMAGE...``: classify image files with a served model and print the top classes.
+"""``cvserve predict NAME IMAGE...``: classify image files, or find objects in them, with a served model.
+
+What it prints follows the model's contract, as the server describes it: top classes for a
+classifier, boxes for a detector (``--draw DIR`` writes each image with its boxes drawn).
 
 Its flags are derived from :class:`PredictSettings` (:mod:`cvserve.settings`, standard library only, so
 the core install keeps ``cvserve predict``).
@@ -34,6 +37,9 @@ class PredictSettings:
     )
     timeout: float = setting(30.0, above=0, help="deadline of the call in seconds")
     json: bool = setting(False, help="print JSON instead of a table")
+    draw: Path | None = setting(
+        None, metavar="DIR", help="detectors: write each image into DIR with its boxes drawn"
+    )
     ssl: bool = setting(False, group=_TLS, help="use TLS (implied by a certificate flag)")
     root_certificates: Path | None = setting(None, group=_TLS, help="PEM root certificates of the server")
     private_key: Path | None = setting(None, group=_TLS, help="the client's PEM private key")
@@ -44,8 +50,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``predict`` subcommand to the top-level ``cvserve`` parser."""
     p = subparsers.add_parser(
         "predict",
-        help="classify images with a served model",
-        description="Send image files to a cvserve (Triton) server and print each image's top classes.",
+        help="classify images, or find objects in them, with a served model",
+        description="Send image files to a cvserve (Triton) server and print each image's top classes "
+        "(a classifier) or its detections (a detector).",
     )
     add_arguments(
         p, PredictSettings, argument_kwargs=lambda flag: {"nargs": "+"} if flag == "--images" else {}
@@ -54,10 +61,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Classify the images with the model; return the exit code (0)."""
+    """Classify the images, or detect objects in them, with the model; return the exit code (0)."""
+    from cvserve.client._detection import detector_spec
+    from cvserve.client._images import encode_images
+    from cvserve.client.errors import InvalidInput
     from cvserve.client.sync import Client  # keeps `cvserve --help` from importing gRPC
 
     s = from_args(PredictSettings, args)
+    images = encode_images([str(p) for p in s.images])  # a missing file fails before any call
     with Client(
         s.url,
         model=s.model,
@@ -67,14 +78,27 @@ def run(args: argparse.Namespace) -> int:
         private_key=s.private_key,
         certificate_chain=s.certificate_chain,
     ) as client:
-        results = client.classify([str(p) for p in s.images], top_k=s.top_k)
+        try:
+            detector_spec(client.model_info(s.model))
+        except InvalidInput:
+            if s.draw is not None:
+                raise InvalidInput(f"--draw needs a detector; model '{s.model}' is not one") from None
+            return _classified(s, client.classify(images, top_k=s.top_k))
+        return _detected(s, client.detect(images))
+
+
+def _print_json(key: str, s: PredictSettings, results: list) -> None:
+    payload = [
+        {"image": str(image), key: [asdict(item) for item in items]}
+        for image, items in zip(s.images, results, strict=True)
+    ]
+    json.dump(payload, sys.stdout, indent=2)
+    sys.stdout.write("\n")
+
+
+def _classified(s: PredictSettings, results: list) -> int:
     if s.json:
-        payload = [
-            {"image": str(image), "classes": [asdict(c) for c in classes]}
-            for image, classes in zip(s.images, results, strict=True)
-        ]
-        json.dump(payload, sys.stdout, indent=2)
-        sys.stdout.write("\n")
+        _print_json("classes", s, results)
         return 0
     for image, classes in zip(s.images, results, strict=True):
         print(image)
@@ -83,4 +107,40 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["PredictSettings", "register", "run"]
+def _detected(s: PredictSettings, results: list) -> int:
+    if s.draw is not None:
+        for image, found in zip(s.images, results, strict=True):
+            draw_boxes(image, found, s.draw / image.name)
+    if s.json:
+        _print_json("detections", s, results)
+        return 0
+    for image, found in zip(s.images, results, strict=True):
+        print(f"{image}: {len(found)} detection(s)")
+        for d in found:
+            x1, y1, x2, y2 = d.box
+            print(f"  {d.score:6.2%}  {d.label} ({d.index})  [{x1:.0f}, {y1:.0f}, {x2:.0f}, {y2:.0f}]")
+    return 0
+
+
+def draw_boxes(image: Path, found: list, out: Path) -> Path:
+    """Write ``image`` with its detections drawn (boxes, labels and landmarks) to ``out``."""
+    from cvserve.client._images import _pillow
+
+    Image = _pillow()
+    from PIL import ImageDraw
+
+    with Image.open(image) as img:
+        canvas = img.convert("RGB")
+    pen = ImageDraw.Draw(canvas)
+    width = max(1, round(max(canvas.size) / 300))
+    for d in found:
+        pen.rectangle(d.box, outline=(255, 40, 40), width=width)
+        pen.text((d.box[0] + 2, d.box[1] + 1), f"{d.label} {d.score:.2f}", fill=(255, 255, 0))
+        for x, y in d.landmarks or ():
+            pen.ellipse((x - width, y - width, x + width, y + width), fill=(40, 255, 40))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    canvas.save(out)
+    return out
+
+
+__all__ = ["PredictSettings", "draw_boxes", "register", "run"]

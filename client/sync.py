@@ -30,6 +30,7 @@ class Client(ClientCore):
     wait_until_ready = blocking(ClientCore._wait_until_ready)
     model_info = blocking(ClientCore._model_info)
     classify = blocking(ClientCore._classify)
+    detect = blocking(ClientCore._detect)
     infer = blocking(ClientCore._infer)
 
     def close(self) -> None:

@@ -21,6 +21,26 @@ class Classification:
 
 
 @dataclass(frozen=True, slots=True)
+class Detection:
+    """One object found in an image.
+
+    Attributes:
+        box: ``(x1, y1, x2, y2)`` in the original image's pixels (left, top, right, bottom).
+        score: the detector's confidence in ``[0, 1]``.
+        index: the class index, e.g. ``0``.
+        label: the class name, e.g. ``"face"`` (``str(index)`` when the model has no names).
+        landmarks: ``((x, y), ...)`` keypoints in original pixels (MTCNN's five face landmarks), or
+            ``None`` for detectors without keypoints.
+    """
+
+    box: tuple[float, float, float, float]
+    score: float
+    index: int
+    label: str
+    landmarks: tuple[tuple[float, float], ...] | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class TensorSpec:
     """An input or output tensor as the server describes it.
 
@@ -55,6 +75,8 @@ class ModelInfo:
             ``dynamic_batching.default_queue_policy.max_queue_size``); 0 when unbounded. For an
             ensemble, that of the step that admits the fewest requests.
         instances: the model's instances (summed over its instance groups), or those of that step.
+        task: what the model answers, from its config parameter ``task``: ``"classify"`` (also for
+            models built before tasks existed) or ``"detect"`` (docs/detection.md).
     """
 
     name: str
@@ -66,6 +88,7 @@ class ModelInfo:
     labels: tuple[str, ...] = ()
     max_queue_size: int = 0
     instances: int = 1
+    task: str = "classify"
 
     def input(self, name: str) -> TensorSpec:
         """The input tensor called ``name``; ``KeyError`` if there is none."""
@@ -83,4 +106,4 @@ def _by_name(specs: tuple[TensorSpec, ...], name: str) -> TensorSpec:
     raise KeyError(name)
 
 
-__all__ = ["Classification", "ModelInfo", "TensorSpec"]
+__all__ = ["Classification", "Detection", "ModelInfo", "TensorSpec"]

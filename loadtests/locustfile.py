@@ -1,4 +1,7 @@
-"""cvserve's Locust suite: the classification ensemble over gRPC, payloads round-robin from a folder.
+"""cvserve's Locust suite: a served model over gRPC, payloads round-robin from a folder.
+
+Each request is the call of the model's task, as the server's config names it (``ModelInfo.task``):
+``classify`` for classifiers, ``detect`` for detectors (docs/detection.md); one inference per image.
 
 Run it the Locust way (flags, ``LOCUST_*`` environment variables, or ``locust.conf``)::
 
@@ -71,8 +74,19 @@ def payloads(directory: str | None, per_request: int) -> RoundRobin:
     return _payloads[key]
 
 
+# The client call of each task (the model's config says which): one implementation per task, no branch.
+CALLS = {
+    "classify": lambda user, batch: user.client.classify(
+        batch, model=user.model, model_version=user.model_version
+    ),
+    "detect": lambda user, batch: user.client.detect(
+        batch, model=user.model, model_version=user.model_version
+    ),
+}
+
+
 class ClassifyUser(GrpcUser):
-    """Calls the classification ensemble with ``--images-per-request`` images per request."""
+    """Calls the served model (its task's call) with ``--images-per-request`` images per request."""
 
     def __init__(self, environment: Any) -> None:
         super().__init__(environment)
@@ -86,12 +100,20 @@ class ClassifyUser(GrpcUser):
     def wait_time(self) -> float:
         return self._pace(self) if self._pace else 0.0
 
+    _task: str | None = None  # the model's task, from its metadata (found by the first request)
+
     @task
     def classify(self) -> None:
         batch = self.payload.next_batch()
+
+        def send():  # inside call(): a server that cannot say its task is a counted failure
+            if self._task is None:
+                self._task = self.client.model_info(self.model, model_version=self.model_version).task
+            return CALLS[self._task](self, batch)
+
         self.call(
-            f"classify {self.model or ''}".strip(),
-            lambda: self.client.classify(batch, model=self.model, model_version=self.model_version),
+            f"{self._task or 'classify'} {self.model or ''}".strip(),
+            send,
             inferences=len(batch),
             length=sum(len(b) for b in batch),
         )

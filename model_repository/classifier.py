@@ -29,30 +29,17 @@ parameter ``monitor_signals: off`` turns the counting off (the A/B of python -m 
 """
 
 import json
-import os
 import time
 
-import numpy as np
 import triton_python_backend_utils as pb_utils
 from cvserve_decoding import DecodingModel
-from cvserve_runners import open_runner
 from cvserve_signals import FLUSH_S, Counts, SignalExport, observe
 
 
 class TritonPythonModel(DecodingModel):
     def initialize(self, args):
         self.setup(args)
-        network = os.path.join(self.version_dir, self.params["network_file"])
-        self.runner = open_runner(
-            network,
-            self.params["runtime"],
-            threads=self.budget.intra_op,
-            precision=self.params.get("inference_precision", "f32"),  # builds before it: f32
-        )
-        h, w = self.spec.input_size
-        # The first call allocates: not on a request. Its outputs tell whether the graph has FEATURES.
-        warm = self.runner.run(np.zeros((1, h, w, 3), dtype=np.uint8))
-        self.metrics = _precision_metrics(args["model_name"], args["model_version"], self.runner)
+        warm = self.open_network(args)  # its outputs tell whether the graph has FEATURES
         self.num_classes = len(json.loads(self.params.get("labels", "[]"))) or 1
         dims = warm["FEATURES"].shape[-1] if "FEATURES" in warm else 0  # graphs built before it: none
         self.signals = Counts(num_classes=self.num_classes, feature_dims=dims)
@@ -62,10 +49,6 @@ class TritonPythonModel(DecodingModel):
             self.export = SignalExport(_TritonMetrics(), args["model_name"], version, self.signals)
         self.flush_s = float(self.params.get("monitor_flush_s") or FLUSH_S)
         self.flushed = time.monotonic()
-        pb_utils.Logger.log_info(
-            f"{args['model_name']} v{args['model_version']}: {self.runner.runtime} in {self.runner.precision} "
-            f"({self.runner.layer_precisions()}), {self.budget.describe()}"
-        )
 
     def execute(self, requests):
         sizes = []
@@ -75,8 +58,7 @@ class TritonPythonModel(DecodingModel):
             try:
                 outputs = self.runner.run(batch)  # the served graph's CLASS_INDEX, SCORE (and FEATURES)
             except Exception as exc:  # reported on each request; the model keeps serving
-                error = pb_utils.TritonError(f"the network failed: {type(exc).__name__}")
-                return [pb_utils.InferenceResponse(output_tensors=[], error=error) for _ in requests]
+                return self.failed(requests, exc)
             if self.export is not None:
                 self.signals.add(observe(batch, sizes, outputs, self.num_classes))
         if self.export is not None:
@@ -100,29 +82,3 @@ class _TritonMetrics:
     def family(self, name, description, counter):
         kind = pb_utils.MetricFamily.COUNTER if counter else pb_utils.MetricFamily.GAUGE
         return pb_utils.MetricFamily(name=name, description=description, kind=kind)
-
-
-def _precision_metrics(model, version, runner):
-    """Export what the compiled network runs in; the metrics (and their families, whose deletion
-    removes them from Triton) live as long as the returned list."""
-    labels = {"model": model, "version": str(version)}
-    info = pb_utils.MetricFamily(
-        name="cvserve_network_info",
-        description="the served network: its runtime and the float precision read back from it",
-        kind=pb_utils.MetricFamily.GAUGE,
-    )
-    layers = pb_utils.MetricFamily(
-        name="cvserve_network_layers",
-        description="compute layers of the served network by the precision they run in",
-        kind=pb_utils.MetricFamily.GAUGE,
-    )
-    metrics = [
-        info,
-        layers,
-        info.Metric(labels={**labels, "runtime": runner.runtime, "precision": runner.precision}),
-    ]
-    metrics[-1].set(1)
-    for precision, count in sorted(runner.layer_precisions().items()):
-        metrics.append(layers.Metric(labels={**labels, "precision": precision}))
-        metrics[-1].set(count)
-    return metrics

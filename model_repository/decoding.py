@@ -13,9 +13,10 @@ import json
 import os
 from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
 import triton_python_backend_utils as pb_utils
-from cvserve_preprocessing import PreprocessSpec, decode_requests
-from cvserve_runners import thread_budget
+from cvserve_preprocessing import PreprocessSpec, decode_each, decode_requests, placed
+from cvserve_runners import open_runner, thread_budget
 
 
 class DecodingModel:
@@ -35,15 +36,50 @@ class DecodingModel:
         self.spec = PreprocessSpec.load(self.version_dir)
         self.pool = ThreadPoolExecutor(self.budget.decode) if self.budget.decode > 1 else None
 
-    def decode(self, requests, sizes=None):
-        """(uint8 crops of the good requests, each request's row count or rejection); ``sizes`` gets
-        the (width, height) of each crop's image as sent."""
+    def open_network(self, args):
+        """Open the served network in the config's runtime and float precision, warm it up, export
+        what it runs in (``cvserve_network_info``) and log it."""
+        network = os.path.join(self.version_dir, self.params["network_file"])
+        self.runner = open_runner(
+            network,
+            self.params["runtime"],
+            threads=self.budget.intra_op,
+            precision=self.params.get("inference_precision", "f32"),  # builds before it: f32
+        )
+        h, w = self.spec.input_size
+        # The first call allocates: not on a request. Its outputs tell what the graph returns.
+        warm = self.runner.run(np.zeros((1, h, w, 3), dtype=np.uint8))
+        self.metrics = precision_metrics(args["model_name"], args["model_version"], self.runner)
+        pb_utils.Logger.log_info(
+            f"{args['model_name']} v{args['model_version']}: {self.runner.runtime} in {self.runner.precision} "
+            f"({self.runner.layer_precisions()}), {self.budget.describe()}"
+        )
+        return warm
+
+    def _images(self, requests):
         images = []
         for request in requests:
             tensor = pb_utils.get_input_tensor_by_name(request, "IMAGE")
             images.append([] if tensor is None else list(tensor.as_numpy().reshape(-1)))
         mapper = self.pool.map if self.pool is not None and sum(map(len, images)) > 1 else map
+        return images, mapper
+
+    def decode(self, requests, sizes=None):
+        """(uint8 crops of the good requests, each request's row count or rejection); ``sizes`` gets
+        the (width, height) of each crop's image as sent."""
+        images, mapper = self._images(requests)
         return decode_requests(images, self.spec, mapper, sizes)
+
+    def decode_placed(self, requests):
+        """Letterboxed: ([(uint8 input, its Placement)] of the good requests, each request's outcome)."""
+        images, mapper = self._images(requests)
+        return decode_each(images, self.spec, mapper, placed)
+
+    @staticmethod
+    def failed(requests, exc):
+        """The network failed: the error on each request; the model keeps serving."""
+        error = pb_utils.TritonError(f"the network failed: {type(exc).__name__}")
+        return [pb_utils.InferenceResponse(output_tensors=[], error=error) for _ in requests]
 
     @staticmethod
     def respond(outcomes, outputs):
@@ -63,3 +99,29 @@ class DecodingModel:
     def finalize(self):
         if self.pool is not None:
             self.pool.shutdown(wait=False)
+
+
+def precision_metrics(model, version, runner):
+    """Export what the compiled network runs in; the metrics (and their families, whose deletion
+    removes them from Triton) live as long as the returned list."""
+    labels = {"model": model, "version": str(version)}
+    info = pb_utils.MetricFamily(
+        name="cvserve_network_info",
+        description="the served network: its runtime and the float precision read back from it",
+        kind=pb_utils.MetricFamily.GAUGE,
+    )
+    layers = pb_utils.MetricFamily(
+        name="cvserve_network_layers",
+        description="compute layers of the served network by the precision they run in",
+        kind=pb_utils.MetricFamily.GAUGE,
+    )
+    metrics = [
+        info,
+        layers,
+        info.Metric(labels={**labels, "runtime": runner.runtime, "precision": runner.precision}),
+    ]
+    metrics[-1].set(1)
+    for precision, count in sorted(runner.layer_precisions().items()):
+        metrics.append(layers.Metric(labels={**labels, "precision": precision}))
+        metrics[-1].set(count)
+    return metrics

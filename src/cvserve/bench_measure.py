@@ -167,11 +167,21 @@ def loop(
 
 
 # -- served ---------------------------------------------------------------------------------------------
-def client_load(url: str, model: str, images: Sequence[bytes], concurrency: int, seconds: float) -> dict:
+# One image per request, by the call of the model's task (the build report's ``task``).
+CALLS = {
+    "classify": lambda client, image: client.classify([image], top_k=5),
+    "detect": lambda client, image: client.detect([image]),
+}
+
+
+def client_load(
+    url: str, model: str, images: Sequence[bytes], concurrency: int, seconds: float, task: str = "classify"
+) -> dict:
     """``concurrency`` threads sending one image per request back to back through one Client.
 
     Also returns the client's own CPU time over the run (this process does nothing else meanwhile).
     """
+    send = CALLS[task]
     from cvserve.client import Client, ClientError
 
     latencies: list[float] = []
@@ -180,7 +190,7 @@ def client_load(url: str, model: str, images: Sequence[bytes], concurrency: int,
     with Client(url, model=model, timeout=60, retry=False) as client:
         for i in range(2 * concurrency):  # warm-up, metadata
             try:
-                client.classify([images[i % len(images)]], top_k=5)
+                send(client, images[i % len(images)])
             except ClientError:
                 pass  # a rejected warm-up request is not measured; the run counts its own errors
         stop = time.perf_counter() + seconds
@@ -190,7 +200,7 @@ def client_load(url: str, model: str, images: Sequence[bytes], concurrency: int,
             while time.perf_counter() < stop:
                 t = time.perf_counter()
                 try:
-                    client.classify([images[j % len(images)]], top_k=5)
+                    send(client, images[j % len(images)])
                 except ClientError as exc:  # counted, by kind: a rejection is a result here
                     with lock:
                         errors[type(exc).__name__] = errors.get(type(exc).__name__, 0) + 1

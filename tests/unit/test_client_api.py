@@ -24,6 +24,7 @@ PUBLIC_API = {
     "ClientError",
     "ClientMetrics",
     "DeadlineExceeded",
+    "Detection",
     "InvalidInput",
     "MissingDependency",
     "ModelInfo",
@@ -42,7 +43,7 @@ def test_public_api_is_listed_in_all_and_documented():
         obj = getattr(client_pkg, name)
         assert inspect.getdoc(obj), f"{name} has no docstring"
     for cls in (Client, AsyncClient):
-        for method in ("classify", "infer", "is_ready", "wait_until_ready", "model_info", "close"):
+        for method in ("classify", "detect", "infer", "is_ready", "wait_until_ready", "model_info", "close"):
             assert inspect.getdoc(getattr(cls, method)), f"{cls.__name__}.{method}"
 
 
@@ -54,12 +55,13 @@ def test_constructor_and_methods_show_their_typed_signatures():
         assert all(p.kind is not p.VAR_KEYWORD for p in params.values())
         assert params["timeout"].annotation == "float" and params["timeout"].default == 30.0
         assert "max_request_bytes" in inspect.getdoc(cls.__init__)
-    for method in ("classify", "infer", "model_info", "is_ready", "wait_until_ready"):
+    for method in ("classify", "detect", "infer", "model_info", "is_ready", "wait_until_ready"):
         sync, aio = getattr(Client, method), getattr(AsyncClient, method)
         assert inspect.signature(sync) == inspect.signature(aio)
         assert not inspect.iscoroutinefunction(sync) and inspect.iscoroutinefunction(aio)
         assert sync.__name__ == aio.__name__ == method
     assert inspect.signature(Client.classify).return_annotation == "list[list[Classification]]"
+    assert inspect.signature(Client.detect).return_annotation == "list[list[Detection]]"
     for method in ("classify", "infer", "model_info"):
         assert "model_version" in inspect.signature(getattr(Client, method)).parameters
 

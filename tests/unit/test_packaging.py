@@ -20,6 +20,7 @@ names = [n for n in names if not n.startswith("cvserve.model_repository") and n 
 from cvserve.errors import MissingDependencyError
 # Only modules that *are* torch code may need their extra at import time, and then they must say so.
 NEEDS_EXTRA = {"cvserve.builders.architectures.mobilenet", "cvserve.builders.architectures.resnet",
+               "cvserve.builders.architectures.mtcnn",
                "cvserve.loadtests._locust", "cvserve.loadtests.users", "cvserve.loadtests.locustfile",
                "cvserve.loadtests.scenarios", "cvserve.loadtests.collector"}
 for name in names:
@@ -67,7 +68,7 @@ def test_wheel_has_exactly_one_top_level_name(wheel):
     for part in ("builders", "client", "loadtests", "model_repository", "server", "tune", "k8s", "release"):
         assert any(n.startswith(f"cvserve/{part}/") for n in names), part
     # the builder copies these into every built repository
-    for f in ("classifier.py", "preprocess.py", "Dockerfile"):
+    for f in ("classifier.py", "detector.py", "mtcnn.py", "preprocess.py", "Dockerfile"):
         assert f"cvserve/model_repository/{f}" in names
     assert "cvserve/builders/data/imagenet_classes.txt" in names
     assert "cvserve/loadtests/prices.toml" in names

@@ -1,0 +1,88 @@
+"""The check stage for detectors: the served network, in its runtime, against the float reference.
+
+The served graph (uint8 letterboxed pixels in, the raw head out) runs in its runtime and precision on
+the build's real photos; the bare float network runs in ONNX Runtime on the same pixels normalised in
+numpy. Both raw heads go through the served postprocessing (:mod:`cvserve.builders.detection`), and
+the detections must be the same: the same count per image, boxes within a pixel.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from cvserve.builders.detection import Detections, NmsSettings, postprocess
+from cvserve.builders.verify import RuntimeCheck
+from cvserve.errors import BuildError
+
+BOX_TOLERANCE_PX = 1.0  # original pixels
+
+
+@dataclass(kw_only=True)
+class DetectionCheck(RuntimeCheck):
+    """The served detector against the float reference (the check stage's result)."""
+
+    count_equal: int  # images with as many detections as the reference
+    max_raw_diff: float  # of the raw head
+    max_box_diff_px: float  # of the boxes of images whose counts agree
+    tolerance: float = BOX_TOLERANCE_PX
+
+    def summary(self) -> str:
+        return (
+            f"detection counts equal {self.count_equal}/{self.images}, max box diff "
+            f"{self.max_box_diff_px:.2e} px, max raw diff {self.max_raw_diff:.2e}"
+        )
+
+    def require_equal(self) -> None:
+        if self.count_equal != self.images or self.max_box_diff_px > self.tolerance:
+            raise BuildError(
+                f"the served {self.runtime} detector ({self.precision}) disagrees with the float reference "
+                f"on {self.images} real images: {self.summary()} (tolerance {self.tolerance:g} px)"
+            )
+
+
+def compare(got: Detections, reference: Detections) -> tuple[int, float]:
+    """(images with equal counts, max box difference over those images)."""
+    same = got.count[:, 0] == reference.count[:, 0]
+    diffs = [
+        float(np.max(np.abs(got.rows(i).boxes - reference.rows(i).boxes), initial=0.0))
+        for i in np.flatnonzero(same)
+    ]
+    return int(np.sum(same)), max(diffs, default=0.0)
+
+
+def served(
+    served_file: Path,
+    runtime: str,
+    reference_network: Path,
+    images: list[bytes],
+    spec,
+    nms: NmsSettings,
+    *,
+    precision: str = "f32",
+) -> DetectionCheck | None:
+    """Run the served detector on ``images`` and compare with the float network; ``None`` where its
+    runtime cannot run here (a TensorRT engine)."""
+    from cvserve.builders.preprocessing import normalize_batch, placed
+    from cvserve.builders.verify import open_served, ort_session
+
+    runner = open_served(served_file, runtime, precision)
+    if runner is None:
+        return None
+    inputs, placements = zip(*(placed(data, spec) for data in images), strict=True)
+    batch = np.stack(inputs)
+    raw = runner.run(batch)["RAW"]
+    session = ort_session(reference_network)
+    ref_raw = session.run(None, {session.get_inputs()[0].name: normalize_batch(batch, spec)})[0]
+    count_equal, box_diff = compare(postprocess(raw, placements, nms), postprocess(ref_raw, placements, nms))
+    return DetectionCheck(
+        runtime=runtime,
+        precision=runner.precision,
+        layer_precisions=runner.layer_precisions(),
+        images=len(batch),
+        count_equal=count_equal,
+        max_raw_diff=float(np.max(np.abs(raw.astype(np.float64) - ref_raw))),
+        max_box_diff_px=box_diff,
+    )

@@ -1,0 +1,207 @@
+"""MTCNN built into a served face detector: three networks, each exported, checked and converted.
+
+``python -m cvserve.builders.mtcnn_build --name faces -r models``
+
+Each of P-Net, R-Net and O-Net (:mod:`cvserve.builders.architectures.mtcnn`, facenet-pytorch's
+weights) goes through the build's stages: ONNX export (checked by the ONNX checker) (P-Net with dynamic height and width, for the
+image pyramid; R-Net and O-Net with a dynamic batch), cleanup, ONNX Runtime vs PyTorch on real image
+data (the astronaut photo, resized and cropped as the cascade does), OpenVINO IR. Then the whole
+cascade (:mod:`cvserve.builders.mtcnn`) with the OpenVINO networks is checked against the same cascade
+with the PyTorch networks (the reference) on real photos: the same faces, IoU >= 0.9 each. The version
+is written atomically: one python model NAME (``model_repository/mtcnn.py``) that decodes each image,
+runs the cascade with the three networks in-process and answers the detection contract with
+``LANDMARKS`` (docs/detection.md). Not built yet: INT8 for these networks, and the split into three
+Triton models called from the python model (BLS).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from cvserve.builders.detection import NmsSettings
+from cvserve.builders.preprocessing import PreprocessSpec
+
+NETWORKS = ("pnet", "rnet", "onet")
+INPUTS = {"pnet": (3, 64, 80), "rnet": (3, 24, 24), "onet": (3, 48, 48)}
+MAX_FACES = 32
+SPEC = PreprocessSpec(resize_shorter=0, fast_jpeg_decode=False)  # the decode limits; the cascade resizes
+MIN_IOU = 0.9
+
+
+@dataclass(frozen=True, kw_only=True)
+class MtcnnBuild:
+    name: str
+    version: int
+    report: dict
+
+
+def _export(net, name: str, path: Path) -> Path:
+    torch = __import__("torch")
+    dynamic = {0: "batch", 2: "height", 3: "width"} if name == "pnet" else {0: "batch"}
+    with torch.no_grad():
+        torch.onnx.export(
+            net, (torch.zeros((2, *INPUTS[name])),), str(path), input_names=["input"], output_names=["output"],
+            dynamic_axes={"input": dynamic, "output": {0: "batch", **({2: "h", 3: "w"} if name == "pnet" else {})}},
+            opset_version=17, dynamo=False,
+        )  # fmt: skip
+    return path
+
+
+def _real_inputs(name: str) -> np.ndarray:
+    """The astronaut photo as each network sees it: whole (P-Net) or crops resized to 24/48 pixels."""
+    from skimage import data
+
+    from cvserve.builders.mtcnn import _normalise, area_resize
+
+    img = data.astronaut().transpose(2, 0, 1).astype(np.float32)
+    if name == "pnet":
+        return _normalise(area_resize(img, 96, 96))[None]
+    size = INPUTS[name][1]
+    boxes = [(60, 180, 172, 268), (0, 0, 256, 256), (200, 200, 400, 400), (100, 300, 300, 500)]
+    return _normalise(np.stack([area_resize(img[:, y1:y2, x1:x2], size, size) for y1, x1, y2, x2 in boxes]))
+
+
+def torch_cascade():
+    """The reference: the cascade with the PyTorch networks."""
+    from cvserve.builders.architectures.mtcnn import mtcnn
+
+    torch = __import__("torch")
+
+    def call(net):
+        def run(x: np.ndarray) -> np.ndarray:
+            with torch.no_grad():
+                return net(torch.from_numpy(np.ascontiguousarray(x))).numpy()
+
+        return run
+
+    return tuple(call(mtcnn(n)) for n in NETWORKS)
+
+
+def runner_cascade(folder: Path, runtime: str = "openvino", threads: int = 0):
+    """The cascade's networks as served: the files in ``folder`` in ``runtime``, float layers in f32."""
+    from cvserve.builders.runners import open_runner
+
+    suffix = ".xml" if runtime == "openvino" else ".onnx"
+    runners = [
+        open_runner(folder / f"{n}{suffix}", runtime, threads=threads, precision="f32") for n in NETWORKS
+    ]
+    return tuple((lambda x, r=r: next(iter(r.run(np.ascontiguousarray(x)).values()))) for r in runners)
+
+
+def compare_faces(got, reference) -> dict:
+    """Same number of faces, and each reference face matched by one with IoU >= MIN_IOU."""
+    from cvserve.builders.detection import box_iou
+
+    ious = (
+        box_iou(reference.boxes, got.boxes).max(axis=1)
+        if len(got.boxes) and len(reference.boxes)
+        else np.zeros(0)
+    )
+    return {
+        "faces": len(got.boxes), "reference_faces": len(reference.boxes),
+        "min_iou": float(ious.min()) if len(ious) else None,
+        "ok": len(got.boxes) == len(reference.boxes) and bool((ious >= MIN_IOU).all()),
+    }  # fmt: skip
+
+
+def build(name: str, repository: Path, photos: dict[str, np.ndarray], log=print) -> MtcnnBuild:
+    """Export, check and convert the three networks, check the cascade, write NAME's next version."""
+    from cvserve.builders import onnx2openvino
+    from cvserve.builders import repository as repo
+    from cvserve.builders import triton_config as tc
+    from cvserve.builders.architectures.mtcnn import mtcnn
+    from cvserve.builders.mtcnn import detect
+    from cvserve.builders.pipeline import _copy_resource, _write_report
+    from cvserve.builders.runtime import decide
+    from cvserve.builders.verify import ort_session
+    from cvserve.errors import BuildError
+
+    torch = __import__("torch")
+    report: dict = {"task": {"name": "detect", "head": "mtcnn", "max_detections": MAX_FACES}, "networks": {}}
+    with tempfile.TemporaryDirectory(prefix="cvserve-mtcnn-") as tmp:
+        scratch = Path(tmp)
+        for n in NETWORKS:
+            net = mtcnn(n)
+            onnx_file = _export(net, n, scratch / f"{n}.onnx")
+            onnx = __import__("onnx")
+            onnx.checker.check_model(onnx.load(str(onnx_file)), full_check=True)
+            x = _real_inputs(n)
+            with torch.no_grad():
+                want = net(torch.from_numpy(x)).numpy()
+            session = ort_session(onnx_file)
+            got = session.run(None, {"input": x})[0]
+            diff = float(np.abs(got - want).max())
+            if diff > 1e-3:
+                raise BuildError(f"{n}: ONNX Runtime differs from PyTorch by {diff:.2e} on real image data")
+            onnx2openvino.convert(onnx_file, scratch / "openvino" / f"{n}.xml")
+            report["networks"][n] = {"verify_max_abs_diff": diff, "input": list(INPUTS[n])}
+            log(f"[{n}] exported, ONNX Runtime vs PyTorch max |diff| {diff:.2e}, OpenVINO IR")
+        served, reference = runner_cascade(scratch / "openvino"), torch_cascade()
+        checks = {}
+        for photo, image in photos.items():
+            checks[photo] = compare_faces(detect(image, *served), detect(image, *reference))
+            if not checks[photo]["ok"]:
+                raise BuildError(
+                    f"the served cascade differs from the PyTorch reference on {photo}: {checks[photo]}"
+                )
+        report["verification"] = {"served": checks}
+        log(f"[check] served OpenVINO cascade vs PyTorch reference: {checks}")
+        shape = tc.PipelineShape(
+            pixels_shape=(1, 1, 3), top_k=MAX_FACES, labels=["face"], task="detect",
+            nms=NmsSettings(head="end2end", max_detections=MAX_FACES),
+        )  # fmt: skip
+        plan = decide()
+        batching = tc.Batching(max_queue_size=64)
+        cfg = tc.single_config(name, plan, shape, batching, tc.VersionPolicy())
+        cfg.output.add(name="LANDMARKS", data_type=tc.mc.TYPE_FP32, dims=[MAX_FACES, 5, 2])
+        cfg.parameters["network_file"].string_value = "pnet.xml"
+        with repo.staged_build(repository, name) as staged:
+            folder = staged.version_dir("classifier")
+            _copy_resource("cvserve.model_repository", "mtcnn.py", folder / "model.py")
+            for package, file, copied in (
+                ("cvserve.builders", "mtcnn.py", "cvserve_mtcnn.py"),
+                ("cvserve.builders", "detection.py", "cvserve_detection.py"),
+                ("cvserve.builders", "preprocessing.py", "cvserve_preprocessing.py"),
+                ("cvserve.builders", "runners.py", "cvserve_runners.py"),
+                ("cvserve", "hardware.py", "cvserve_hardware.py"),
+                ("cvserve.client", "contract.py", "cvserve_contract.py"),
+                ("cvserve.model_repository", "decoding.py", "cvserve_decoding.py"),
+            ):
+                _copy_resource(package, file, folder / copied)
+            SPEC.save(folder)
+            for f in (scratch / "openvino").iterdir():
+                (folder / f.name).write_bytes(f.read_bytes())
+            staged.write_config("classifier", cfg)
+            report["version"] = staged.version
+            _write_report(folder, {**report, "name": name})
+    return MtcnnBuild(name=name, version=report["version"], report=report)
+
+
+def sample_photos() -> dict[str, np.ndarray]:
+    from skimage import data
+
+    return {"astronaut": data.astronaut()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    from cvserve.defaults import DEFAULT_REPOSITORY
+
+    p = argparse.ArgumentParser(
+        prog="python -m cvserve.builders.mtcnn_build", description=__doc__.split("\n")[0]
+    )
+    p.add_argument("--name", default="faces")
+    p.add_argument("-r", "--repository", type=Path, default=DEFAULT_REPOSITORY)
+    args = p.parse_args(argv)
+    result = build(args.name, args.repository, sample_photos())
+    print(json.dumps({"name": result.name, "version": result.version}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

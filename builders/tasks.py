@@ -1,0 +1,203 @@
+"""What differs between tasks, in one place: ``cvserve build --task classify|detect``.
+
+A :class:`Task` owns its preprocessing defaults, how the checkpoint's output is read (classes), how
+ONNX Runtime's answers are compared with PyTorch's, the served graph's tail, the served python model
+and the files beside it, the Triton outputs and config parameters of its wire contract
+(:mod:`cvserve.client.contract`), the served-network check and its build-report entry. The pipeline,
+the config writer and the repository writer ask the task; none of them branches on its name. The
+client's side of each contract (its result types and parsing) is in :mod:`cvserve.client`, which
+imports nothing from here (dependencies point builders -> client).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from cvserve.builders.detection import HEADS, NmsSettings
+from cvserve.builders.preprocessing import PreprocessSpec
+from cvserve.client import contract
+from cvserve.errors import BuildError, UserInputError
+
+NAMES = contract.TASKS
+DEFAULT = "classify"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Served:
+    """What the wrap stage hands on: the served graph file and the numbers its contract needs."""
+
+    path: Path
+    pixels_shape: tuple[int, int, int]
+    rows: int  # per image: the top-k of a classifier, the fixed K of a detector
+    num_classes: int
+    feature_dims: int = 0  # width of the FEATURES output (a monitored classifier's); 0: none
+
+
+class Classify:
+    """Top-k classes of an image: softmax and top-k inside the served graph."""
+
+    name = "classify"
+    model_file = "classifier.py"
+    monitored = True  # its served model counts what it sees and answers (cvserve.monitor)
+    beside: tuple[tuple[str, str, str], ...] = ()  # (package, file, name in the version folder)
+
+    def __init__(self, *, top_k: int = 5, **_: object) -> None:
+        self.top_k = top_k
+
+    def preprocess(self, spec: PreprocessSpec) -> PreprocessSpec:
+        return spec
+
+    def check_plan(self, plan, precision: str) -> None:
+        """Every layout, runtime and precision serves classifiers."""
+
+    def num_classes(self, output_shape: tuple[int, ...]) -> int:
+        if len(output_shape) != 1:
+            raise UserInputError(
+                f"a classifier returns [batch, classes]; this model returns [batch, {output_shape}]"
+            )
+        return output_shape[0]
+
+    @staticmethod
+    def agreement(got: np.ndarray, reference: np.ndarray, tolerance: float) -> int:
+        """Images whose top-1 class is PyTorch's."""
+        return int(np.sum(got.argmax(1) == reference.argmax(1)))
+
+    def wrap(self, network: Path, out: Path, spec: PreprocessSpec, *, features: int = 0) -> Served:
+        from cvserve.builders import served_graph
+
+        g = served_graph.wrap(network, out, spec, top_k=self.top_k, features=features)
+        return Served(
+            path=g.path,
+            pixels_shape=g.pixels_shape,
+            rows=g.top_k,
+            num_classes=g.num_classes,
+            feature_dims=g.feature_dims,
+        )
+
+    def outputs(self, rows: int) -> list:
+        from tritonclient.grpc import model_config_pb2 as mc
+
+        return [
+            mc.ModelOutput(name=contract.CLASS_INDEX, data_type=mc.TYPE_INT64, dims=[rows]),
+            mc.ModelOutput(name=contract.SCORE, data_type=mc.TYPE_FP32, dims=[rows]),
+        ]
+
+    def parameters(self) -> dict[str, str]:
+        return {}
+
+    def metric(self, labels):
+        """The quantize stage's accuracy metric and gate: top-1 (cvserve.builders.accuracy)."""
+        from cvserve.builders.accuracy import TopOne
+
+        return TopOne()
+
+    def check(
+        self, served_file: Path, runtime: str, reference: Path, images: list[bytes], spec, *, precision: str
+    ):
+        from cvserve.builders import verify
+
+        return verify.served(served_file, runtime, reference, images, spec, precision=precision)
+
+    def report(self, served: Served) -> dict:
+        return {"name": self.name, "top_k": served.rows}
+
+
+class Detect:
+    """Boxes, scores and classes: letterbox in, the raw head decoded and NMSed in the served model."""
+
+    name = "detect"
+    model_file = "detector.py"
+    monitored = False  # the quality signals (cvserve.monitor) are a classifier's so far
+    beside = (("cvserve.builders", "detection.py", "cvserve_detection.py"),)
+
+    def __init__(self, *, nms: NmsSettings | None = None, **_: object) -> None:
+        self.nms = nms or NmsSettings()
+        self.head = HEADS[self.nms.head]
+
+    def preprocess(self, spec: PreprocessSpec) -> PreprocessSpec:
+        """Detectors see the whole image: letterbox, never a crop."""
+        return dataclasses.replace(spec, fit="letterbox", resize_shorter=0)
+
+    def check_plan(self, plan, precision: str) -> None:
+        """Every precision (gated by mAP); the single layout only, for now."""
+        if plan.layout != "single":
+            raise UserInputError(
+                "--task detect serves in the single layout for now (decode, network and NMS in one python "
+                "model, CPU); the ensemble layout with TensorRT's EfficientNMS is not built yet "
+                "(docs/detection.md)"
+            )
+
+    def num_classes(self, output_shape: tuple[int, ...]) -> int:
+        try:
+            return self.head.num_classes(output_shape)
+        except ValueError as exc:
+            raise UserInputError(f"{exc} (check --head)") from None
+
+    @staticmethod
+    def agreement(got: np.ndarray, reference: np.ndarray, tolerance: float) -> int:
+        """Images whose whole raw head is within the tolerance of PyTorch's."""
+        diff = np.abs(got.astype(np.float64) - reference).reshape(len(got), -1).max(axis=1)
+        return int(np.sum(diff <= tolerance))
+
+    def wrap(self, network: Path, out: Path, spec: PreprocessSpec, *, features: int = 0) -> Served:
+        """The raw head, decoded by the served model; ``features`` is a classifier's (ignored)."""
+        from cvserve.builders import served_graph
+
+        path, shape = served_graph.wrap_raw(network, out, spec)
+        h, w = spec.input_size
+        return Served(
+            path=path,
+            pixels_shape=(h, w, 3),
+            rows=self.nms.max_detections,
+            num_classes=self.num_classes(shape),
+        )
+
+    def outputs(self, rows: int) -> list:
+        """The wire rows: ``max_detections`` per image, whatever ``rows`` the caller holds."""
+        from tritonclient.grpc import model_config_pb2 as mc
+
+        rows = self.nms.max_detections
+        return [
+            mc.ModelOutput(name=contract.BOXES, data_type=mc.TYPE_FP32, dims=[rows, 4]),
+            mc.ModelOutput(name=contract.SCORES, data_type=mc.TYPE_FP32, dims=[rows]),
+            mc.ModelOutput(name=contract.CLASSES, data_type=mc.TYPE_INT64, dims=[rows]),
+            mc.ModelOutput(name=contract.COUNT, data_type=mc.TYPE_INT32, dims=[1]),
+        ]
+
+    def parameters(self) -> dict[str, str]:
+        return self.nms.parameters()
+
+    def metric(self, labels):
+        """The quantize stage's accuracy metric and gate: COCO mAP (cvserve.builders.detection_gate)."""
+        from cvserve.builders.detection_gate import MeanAveragePrecision
+
+        return MeanAveragePrecision(self.nms, tuple(labels))
+
+    def check(
+        self, served_file: Path, runtime: str, reference: Path, images: list[bytes], spec, *, precision: str
+    ):
+        from cvserve.builders.detection_check import served
+
+        return served(served_file, runtime, reference, images, spec, self.nms, precision=precision)
+
+    def report(self, served: Served) -> dict:
+        return {"name": self.name, **asdict(self.nms), "head_layout": self.head.describe}
+
+
+def get(name: str, *, top_k: int = 5, nms: NmsSettings | None = None) -> Classify | Detect:
+    """The task called ``name`` with the build's options."""
+    tasks = {"classify": Classify, "detect": Detect}
+    if name not in tasks:
+        raise UserInputError(f"--task must be one of {', '.join(NAMES)}, not {name!r}")
+    return tasks[name](top_k=top_k, nms=nms)
+
+
+def check_shape(task, output_shape: tuple[int, ...]) -> int:
+    """The task's number of classes from the checkpoint's output shape (without the batch)."""
+    if not output_shape:
+        raise BuildError("the network returned a scalar")
+    return task.num_classes(tuple(output_shape))

@@ -1,0 +1,34 @@
+"""The wire contract: the tensor and parameter names every cvserve model and client agree on.
+
+Standard library only: the client imports it, the builders import it (builders -> client), and
+``cvserve build`` copies it next to the served python models as ``cvserve_contract.py``.
+
+Every model takes ``IMAGE`` (BYTES, dims [1]: one encoded JPEG/PNG per row) and says what it is in
+its config parameter ``task``. Per task, the outputs (per image, without the batch dimension):
+
+* ``classify``: ``CLASS_INDEX`` INT64 [k], ``SCORE`` FP32 [k], best first.
+* ``detect``: a fixed ``K`` rows per image (``max_detections``) plus a count, so a response is a few
+  hundred bytes whatever the network's raw head is: ``BOXES`` FP32 [K, 4] (x1, y1, x2, y2 in the
+  original image's pixels), ``SCORES`` FP32 [K] (best first), ``CLASSES`` INT64 [K], ``COUNT`` INT32
+  [1] (rows ``0..COUNT-1`` are detections, the rest are zero padding), and for detectors with
+  keypoints ``LANDMARKS`` FP32 [K, P, 2] (original pixels). docs/detection.md.
+
+Class names travel once, in the config parameter ``labels`` (a JSON array), never per response.
+"""
+
+IMAGE = "IMAGE"
+PIXELS = "PIXELS"  # uint8 [H, W, 3] between a decoder and its network (ensemble layout)
+# classify
+CLASS_INDEX = "CLASS_INDEX"
+SCORE = "SCORE"
+FEATURES = "FEATURES"  # optional: the feature summary a served classifier counts (docs/monitoring.md)
+# detect
+BOXES = "BOXES"
+SCORES = "SCORES"
+CLASSES = "CLASSES"
+COUNT = "COUNT"
+LANDMARKS = "LANDMARKS"
+# config parameters
+LABELS_PARAMETER = "labels"
+TASK_PARAMETER = "task"
+TASKS = ("classify", "detect")

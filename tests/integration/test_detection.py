@@ -1,0 +1,116 @@
+"""The trained single-shot detector built with ``--task detect``, served by the real Triton, called by
+the client: its mAP equals in-process PyTorch's, boxes come back in original pixels, bad input fails
+alone and clearly (_detection_fixtures)."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cvserve.builders.detection_data import torch_detections
+from cvserve.builders.detection_metrics import coco_map
+from cvserve.client import AsyncClient, Client, Detection, InvalidInput
+from cvserve.reliability.payloads import png_header_bomb
+from tests.integration import _detection_fixtures as fx
+
+scenes, held_out, detector_build, detector_server = (
+    fx.scenes,
+    fx.held_out,
+    fx.detector_build,
+    fx.detector_server,
+)  # the fixtures this module uses
+
+
+@pytest.fixture(scope="module")
+def client(detector_server):
+    with Client(detector_server.grpc_url, model=fx.NAME, timeout=60) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def served(client, held_out) -> dict[str, list[Detection]]:
+    return dict(zip(held_out, client.detect(list(held_out.values())), strict=True))
+
+
+def test_build_report_records_the_task_and_its_check(detector_build):
+    report = detector_build[1]
+    assert report["task"]["name"] == "detect" and report["task"]["head"] == "yolo"
+    assert report["task"]["max_detections"] == fx.NMS.max_detections
+    check = report["verification"]["served"]
+    assert check["count_equal"] == check["images"] and check["max_box_diff_px"] <= 1.0
+    assert report["network"]["num_classes"] == 2 and report["preprocess"]["fit"] == "letterbox"
+
+
+def test_served_fp32_map_equals_in_process_pytorch(scenes, held_out, served):
+    truth = json.loads(scenes.truth.read_text())
+    reference = coco_map(truth, torch_detections(scenes.checkpoint, held_out, scenes.spec, fx.NMS))
+    got = coco_map(truth, served)
+    assert reference["map50"] > 0.3, reference  # the detector learned: the comparison means something
+    assert abs(got["map50"] - reference["map50"]) <= 0.005, (got, reference)
+    assert abs(got["map"] - reference["map"]) <= 0.005, (got, reference)
+
+
+def test_detections_are_in_original_pixels(held_out, served):
+    for name, data in held_out.items():
+        w, h = Image.open(io.BytesIO(data)).size
+        for d in served[name]:
+            x1, y1, x2, y2 = d.box
+            assert 0 <= x1 <= x2 <= w and 0 <= y1 <= y2 <= h
+            assert d.label in ("face", "cat") and d.label == ("face", "cat")[d.index]
+        scores = [d.score for d in served[name]]
+        assert scores == sorted(scores, reverse=True) and len(scores) <= fx.NMS.max_detections
+
+
+def test_async_client_gets_the_same_detections(detector_server, held_out, served):
+    names = list(held_out)[:6]
+
+    async def run():
+        async with AsyncClient(detector_server.grpc_url, model=fx.NAME, timeout=60) as c:
+            return await asyncio.gather(*(c.detect([held_out[n]]) for n in names))
+
+    for name, [found] in zip(names, asyncio.run(run()), strict=True):
+        assert [d.index for d in found] == [d.index for d in served[name]]
+        np.testing.assert_allclose([d.box for d in found], [d.box for d in served[name]], atol=1e-3)
+
+
+def _png(size: tuple[int, int], colour=(120, 130, 140)) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", size, colour).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_bad_input_fails_clearly_and_a_blank_image_has_no_detections(client):
+    with pytest.raises(InvalidInput, match="not a JPEG or PNG"):
+        client.detect([b"definitely not an image"])
+    with pytest.raises(InvalidInput, match="pixels"):
+        client.detect([png_header_bomb()])
+    with pytest.raises(InvalidInput):
+        client.detect([b""])
+    assert client.detect([]) == []
+    tiny, blank = client.detect([_png((1, 1)), _png((333, 77))])
+    assert isinstance(tiny, list) and all(0 <= d.box[2] <= 1 for d in tiny)
+    assert all(d.score < 0.5 for d in blank)
+
+
+def test_classify_on_a_detector_names_the_right_call(client):
+    with pytest.raises(InvalidInput, match="not a cvserve classifier"):
+        client.classify([_png((32, 32))])
+
+
+def test_predict_cli_prints_json_and_draws_boxes(detector_server, scenes, tmp_path, capsys):
+    from cvserve.cli import main
+
+    image = sorted(scenes.validation.glob("*.png"))[0]
+    code = main(
+        ["predict", fx.NAME, str(image), "--url", detector_server.grpc_url, "--json", "--draw", str(tmp_path)]
+    )
+    assert code == 0
+    payload = json.loads(capsys.readouterr().out)
+    assert payload[0]["image"] == str(image) and isinstance(payload[0]["detections"], list)
+    drawn = tmp_path / image.name
+    assert Image.open(drawn).size == Image.open(image).size
