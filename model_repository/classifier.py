@@ -23,7 +23,7 @@ network actually runs in is read back and exported as Prometheus metrics on Trit
 
 What the model sees and answers (``cvserve_signals``: classes, confidence, input statistics, the
 feature summary, rejections by reason) is counted per batch in the process and added to Triton's
-metrics at most every ``monitor_flush_s`` seconds (config parameter; 1 s by default): a metric update
+metrics at most every ``monitor_flush_s`` seconds (config parameter; 5 s by default): a metric update
 is a message to the Triton process, too dear to send per image (docs/monitoring.md). The config
 parameter ``monitor_signals: off`` turns the counting off (the A/B of python -m cvserve.monitor.bench_cost).
 """

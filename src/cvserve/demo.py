@@ -105,9 +105,11 @@ def _monitor(server, repository: Path, name: str, images: int = 64) -> None:
     with Client(server.grpc_url, model=name) as client:
         for data in batch:
             client.classify([data])
-        # The served model adds its counts to Triton's metrics once a second, on a request.
+        # The served model adds its counts to Triton's metrics every few seconds (FLUSH_S), on a
+        # request: a few more darkened requests, spaced out, until the batch has arrived.
         while (window := counts().since(before)).images < len(batch) and time.monotonic() < deadline:
             client.classify([batch[0]])
+            time.sleep(0.1)
     text = table(name, version, "one batch of darkened photos", drift.compare(window, reference))
     print("   " + text.rstrip().replace("\n", "\n   "))
 
