@@ -131,8 +131,12 @@ class _OnnxRuntime(Runner):
         return dict(zip(self.output_names, self._session.run(None, {self.input_name: batch}), strict=True))
 
     def layer_precisions(self) -> dict[str, int]:
-        import onnx
-
+        """Counted from the ONNX file; ``{}`` where the ``onnx`` package is absent (a serve-only install:
+        onnxruntime does not need it, and a served model must not fail to load for a count)."""
+        try:
+            import onnx
+        except ImportError:
+            return {}
         graph = onnx.load(self._path, load_external_data=False).graph
         quantized = {n.output[0] for n in graph.node if n.op_type == "DequantizeLinear"}
         count: Counter = Counter()
