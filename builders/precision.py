@@ -20,7 +20,7 @@ or to ONNX Runtime (docs/hardware.md).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 from cvserve import hardware
 from cvserve.builders.runners import DEFAULT_FLOAT_PRECISION, FLOAT_PRECISIONS
@@ -49,9 +49,6 @@ class NetworkPrecision:
     def gated(self) -> bool:
         """Whether the build changes the FP32 network's answers, so the accuracy gate runs."""
         return self.precision != "fp32" or self.float_parts != "f32"
-
-    def as_dict(self) -> dict:
-        return asdict(self)
 
 
 def decide(

@@ -151,7 +151,7 @@ def outputs(
     return run_batched(runner, tensors, batch_size)[runner.output_names[0]].astype(np.float32)
 
 
-def images_per_s(runner, batch: np.ndarray, seconds: float) -> float:
+def _images_per_s(runner, batch: np.ndarray, seconds: float) -> float:
     """Images/s of ``runner`` on ``batch``, run back to back for ``seconds`` (at least 3 runs) after a warm-up."""
     runner.run(batch)  # warm-up
     runs, start = 0, time.perf_counter()
@@ -180,7 +180,7 @@ def compare_throughput(
     runs: dict[str, list[float]] = {k: [] for k in runners}
     for _ in range(rounds):
         for key, runner in runners.items():
-            runs[key].append(images_per_s(runner, batch, seconds))
+            runs[key].append(_images_per_s(runner, batch, seconds))
     ref, got = float(np.median(runs["fp32"])), float(np.median(runs["candidate"]))
     # Each round's pair ran back to back: the median of the per-round ratios resists a shared machine's
     # load changes better than the ratio of the medians.
