@@ -25,13 +25,14 @@ overrides it, and ``cvserve tune`` searches it from there.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
+from cvserve.builders.runtime import Layout
+from cvserve.builders.scheduling import Scheduling
 from cvserve.builders.triton_config import Batching
 
 QUEUEING_SHARE = 0.5  # of the SLO: what an admitted request may spend queued
@@ -46,12 +47,10 @@ def queue_bound(requests_per_s: float | None, *, slo_p95_ms: float, max_batch_si
     return max(max_batch_size, math.floor(requests_per_s * QUEUEING_SHARE * slo_p95_ms / 1000))
 
 
-def resolve(b: Batching, requests_per_s: float | None) -> Batching:
-    """``b`` with an absolute ``max_queue_size``: the one given, else :func:`queue_bound`'s."""
-    if b.max_queue_size is not None:
-        return b
+def resolve(b: Batching, layout: Layout, requests_per_s: float | None) -> Scheduling:
+    """``b`` as absolute settings on ``layout``, its queue bound the one given, else :func:`queue_bound`'s."""
     bound = queue_bound(requests_per_s, slo_p95_ms=b.slo_p95_ms, max_batch_size=b.max_batch_size)
-    return dataclasses.replace(b, max_queue_size=bound)
+    return b.scheduling(layout, bound)
 
 
 def measure(
@@ -108,17 +107,22 @@ def measure(
 
 def admission(
     b: Batching, plan, network: Path, images: Sequence[Path], spec, log, *, precision: str = "f32"
-) -> tuple[Batching, dict]:
-    """The build's stage: resolve ``b``'s queue bound, measuring ``network`` when the rule needs it.
+) -> tuple[Scheduling, dict]:
+    """The build's stage: resolve ``b`` into absolute settings, measuring ``network`` when the queue
+    bound's rule needs it.
 
-    Returns ``b`` with an absolute ``max_queue_size`` and the build report's ``admission`` entry (the
-    bound, where it came from, the rule's inputs).
+    Returns the settings and the build report's ``admission`` entry (the bound, where it came from, the
+    rule's inputs).
     """
     from cvserve.builders.runners import RUNTIMES
 
     entry: dict = {"slo_p95_ms": b.slo_p95_ms, "queue_timeout_ms": b.queue_timeout_us / 1000}
     if b.max_queue_size is not None:
-        return b, {**entry, "max_queue_size": b.max_queue_size, "source": "--max-queue-size"}
+        return b.scheduling(plan.roles), {
+            **entry,
+            "max_queue_size": b.max_queue_size,
+            "source": "--max-queue-size",
+        }
     throughput, source = None, "one max batch: a GPU network is not timed on the build machine"
     if plan.target == "cpu" and plan.runtime in RUNTIMES:
         one_request = plan.layout == "single" and not b.batch_requests
@@ -132,7 +136,7 @@ def admission(
             precision=precision,
         )
         source = "derived from the SLO and the measured throughput"
-    resolved = resolve(b, throughput["img_s"] if throughput else None)
+    resolved = resolve(b, plan.roles, throughput["img_s"] if throughput else None)
     log(
         f"[admission] max_queue_size {resolved.max_queue_size} ({source}"
         + (f": {throughput['img_s']:g} img/s at batch {throughput['batch']}" if throughput else "")

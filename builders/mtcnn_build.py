@@ -118,7 +118,7 @@ def build(name: str, repository: Path, photos: dict[str, np.ndarray], log=print)
     from cvserve.builders.architectures.mtcnn import mtcnn
     from cvserve.builders.mtcnn import detect
     from cvserve.builders.pipeline import _copy_resource, _write_report
-    from cvserve.builders.runtime import decide
+    from cvserve.builders.runtime import ENTRY, decide
     from cvserve.builders.verify import ort_session
     from cvserve.errors import BuildError
 
@@ -157,12 +157,12 @@ def build(name: str, repository: Path, photos: dict[str, np.ndarray], log=print)
             nms=NmsSettings(head="end2end", max_detections=MAX_FACES),
         )  # fmt: skip
         plan = decide()
-        batching = tc.Batching(max_queue_size=64)
-        cfg = tc.single_config(name, plan, shape, batching, tc.VersionPolicy())
+        scheduling = tc.Batching(max_queue_size=64).scheduling(plan.roles)
+        cfg = tc.pipeline_configs(name, plan, shape, scheduling, tc.VersionPolicy())[ENTRY]
         cfg.output.add(name="LANDMARKS", data_type=tc.mc.TYPE_FP32, dims=[MAX_FACES, 5, 2])
         cfg.parameters["network_file"].string_value = "pnet.xml"
         with repo.staged_build(repository, name) as staged:
-            folder = staged.version_dir("classifier")
+            folder = staged.version_dir(ENTRY)
             _copy_resource("cvserve.model_repository", "mtcnn.py", folder / "model.py")
             for package, file, copied in (
                 ("cvserve.builders", "mtcnn.py", "cvserve_mtcnn.py"),
@@ -177,7 +177,7 @@ def build(name: str, repository: Path, photos: dict[str, np.ndarray], log=print)
             SPEC.save(folder)
             for f in (scratch / "openvino").iterdir():
                 (folder / f.name).write_bytes(f.read_bytes())
-            staged.write_config("classifier", cfg)
+            staged.write_config(ENTRY, cfg)
             report["version"] = staged.version
             _write_report(folder, {**report, "name": name})
     return MtcnnBuild(name=name, version=report["version"], report=report)

@@ -28,7 +28,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -150,6 +150,12 @@ class ServingOptions:
     )
     top_k: int = setting(5, at_least=1, help="classes returned per image")
     batching: tc.Batching = setting(default_factory=tc.Batching, title="batching, admission and threads")
+    from_tune: Path | None = setting(
+        None,
+        metavar="REPORT",
+        help="take batching, admission and threads from a cvserve tune report's chosen configuration "
+        "(tuning_report.json or its folder), so a rebuild keeps what was tuned",
+    )
     version_policy: str = setting(
         "latest:1", parser=_version_policy, metavar="POLICY", help="latest:N, all or specific:V[,V]"
     )
@@ -167,6 +173,33 @@ class ServingOptions:
 
     def plan(self) -> rt.ServingPlan:
         return rt.decide(target=self.target, runtime=self.runtime, layout=self.layout)
+
+    def take_tuned(self) -> None:
+        """With ``--from-tune``: the batching group becomes the tune report's winner, as flags. A batching
+        flag given as well would be silently lost, so it is refused, naming both."""
+        if self.from_tune is None:
+            return
+        from cvserve.builders.scheduling import from_tune_report
+        from cvserve.settings import flag
+
+        given = self.batching
+        tuned = tc.Batching.of(
+            from_tune_report(self.from_tune, self.plan().layout),
+            self.plan().roles,
+            slo_p95_ms=given.slo_p95_ms,
+        )
+        default = tc.Batching(slo_p95_ms=given.slo_p95_ms)
+        clash = [
+            flag(tc.Batching, f.name)
+            for f in fields(tc.Batching)
+            if getattr(given, f.name) != getattr(default, f.name) and given != tuned
+        ]
+        if clash:
+            raise UserInputError(
+                f"--from-tune {self.from_tune} sets batching, admission and threads, and so do "
+                f"{', '.join(clash)}: drop those flags, or drop --from-tune"
+            )
+        self.batching = tuned
 
     def network_precision(self, quantization: QuantizationOptions) -> prec.NetworkPrecision:
         return prec.decide(quantization.precision, self.plan(), float_parts=quantization.float_parts)
@@ -221,9 +254,10 @@ class BuildSettings:
     def __post_init__(self) -> None:
         tc.check_name(self.name)
         check(self)
+        self.serving.take_tuned()
         # A bad --target/--runtime/--layout combination, or batching flags the layout would ignore,
         # fail before any work.
-        tc.check_layout_batching(self.serving.plan(), self.serving.batching)
+        self.serving.batching.check(self.serving.plan().roles)
         numerics = self.serving.network_precision(self.quantization)  # bf16 here without it: exit 2
         self.task_of().check_plan(self.serving.plan(), numerics.precision)  # what the task cannot serve yet
         q = self.quantization
@@ -380,9 +414,11 @@ def build(settings: BuildSettings, log: Callable[[str], None] = print) -> BuildR
                 if precision == "fp32":
                     served_check.require_equal()
         with clock.stage("admission"):  # the queue bound, from the SLO and the measured throughput
-            batching, admission = _admission.admission(
+            scheduling, admission = _admission.admission(
                 batching, plan, artifact.path, images, spec, log, precision=numerics.float_parts
             )
+            if settings.serving.from_tune is not None:
+                admission["source"] = f"--from-tune {settings.serving.from_tune}"
         reference = None
         if task.monitored:  # the signals of held-out images, what drift is measured against
             with clock.stage("reference"):
@@ -400,7 +436,7 @@ def build(settings: BuildSettings, log: Callable[[str], None] = print) -> BuildR
             task=task.name,
             nms=settings.detection,
         )
-        configs = tc.pipeline_configs(settings.name, plan, shape, batching, settings.serving.policy)
+        configs = tc.pipeline_configs(settings.name, plan, shape, scheduling, settings.serving.policy)
         report = {
             "schema": REPORT_SCHEMA,
             "name": settings.name,
@@ -429,9 +465,9 @@ def build(settings: BuildSettings, log: Callable[[str], None] = print) -> BuildR
             },
             "engine_profile": profile.to_report(),
             "preprocess": json.loads(spec.to_json()),
-            "batching": {
-                k: (list(v) if isinstance(v, tuple | list) else v) for k, v in asdict(batching).items()
-            },
+            # the absolute settings the configs carry, and the flags that build them again
+            "batching": {**scheduling.as_dict(), "slo_p95_ms": batching.slo_p95_ms},
+            "build_flags": tc.Batching.of(scheduling, plan.roles, slo_p95_ms=batching.slo_p95_ms).flags(),
             "quantization": quant_report.get("quantization"),
             "accuracy": quant_report.get("accuracy"),
             "throughput": quant_report.get("throughput"),
@@ -447,9 +483,9 @@ def build(settings: BuildSettings, log: Callable[[str], None] = print) -> BuildR
             report["version"] = staged.version
             _write_models(staged, plan, spec, artifact, configs, task)
             report["timings_s"] = {**clock.timings, "total": round(time.perf_counter() - started, 3)}
-            _write_report(staged.version_dir("classifier"), report)
+            _write_report(staged.version_dir(rt.ENTRY), report)
             if reference is not None:
-                reference.save(staged.version_dir("classifier"))
+                reference.save(staged.version_dir(rt.ENTRY))
     log(
         f"built {settings.name} version {report['version']} ({plan.layout} layout, {plan.runtime}, "
         f"{precision}, float layers in {report['network']['float_parts']}) into {settings.repository} in {time.perf_counter() - started:.1f} s"
@@ -576,7 +612,7 @@ def _copy_resource(package: str, name: str, dst: Path) -> None:
 
 def _write_models(staged, plan: rt.ServingPlan, spec: PreprocessSpec, artifact, configs, task) -> None:
     """Every model of the layout into the staged version folders."""
-    decoder = staged.version_dir("classifier" if plan.layout == "single" else "preprocess")
+    decoder = staged.version_dir(plan.roles.decode)
     _copy_resource(
         "cvserve.model_repository",
         task.model_file if plan.layout == "single" else "preprocess.py",
@@ -591,10 +627,10 @@ def _write_models(staged, plan: rt.ServingPlan, spec: PreprocessSpec, artifact, 
     _copy_resource("cvserve", "hardware.py", decoder / "cvserve_hardware.py")
     _copy_resource("cvserve.monitor", "signals.py", decoder / "cvserve_signals.py")
     spec.save(decoder)
-    network_dir = staged.version_dir("classifier" if plan.layout == "single" else "network")
+    network_dir = staged.version_dir(plan.roles.network)
     for f in artifact.files:
         shutil.copy2(f, network_dir / f.name)
-    staged.version_dir("classifier")
+    staged.version_dir(rt.ENTRY)
     for role, cfg in configs.items():
         staged.write_config(role, cfg)
 

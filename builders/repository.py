@@ -86,7 +86,7 @@ def commit(staged: Staged) -> None:
         )
     undo: list[Callable[[], None]] = []
     try:
-        for role in tc.ROLES[1:] + tc.ROLES[:1]:  # the model clients call (classifier) last
+        for role in tc.model_names(staged.name):  # the model clients call last
             src = staged.model_dir(role)
             if not src.is_dir():  # a role this build's layout does not have
                 continue

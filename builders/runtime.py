@@ -25,12 +25,54 @@ from pathlib import Path
 from cvserve.errors import UserInputError
 
 TARGETS = ("cpu", "gpu")
-LAYOUTS = ("single", "ensemble")
 RUNTIMES = ("openvino", "onnxruntime", "tensorrt")
 DEFAULT_CPU_RUNTIME = "openvino"
 DEFAULT_GPU_RUNTIME = "tensorrt"
 # The file each runtime serves, inside the version folder of the model that runs the network.
 NETWORK_FILES = {"openvino": "model.xml", "onnxruntime": "model.onnx", "tensorrt": "model.plan"}
+ENTRY = "classifier"  # the role of the model clients call, NAME itself (either task)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Layout:
+    """Which model of a layout plays which role: the one place that knows (the writer, the tuner, the
+    release, the benchmarks and the supervisor ask it).
+
+    Attributes:
+        roles: every role the layout writes, the model clients call (:data:`ENTRY`) last.
+        network: the role of the model that runs the network and forms its batches.
+        decode: the role of the python model that decodes the images (``decode_threads``).
+        queues: the roles that may have a dynamic batcher, the one that first queues a request first.
+    """
+
+    name: str
+    roles: tuple[str, ...]
+    network: str
+    decode: str
+    queues: tuple[str, ...]
+
+    def model_names(self, name: str) -> dict[str, str]:
+        """Role -> model name of every model this layout serves NAME with."""
+        return {role: model_names(name)[role] for role in self.roles}
+
+
+def model_names(name: str) -> dict[str, str]:
+    """Role -> model name of every model a pipeline NAME may have (which exist depends on the layout),
+    the model clients call last."""
+    return {"preprocess": f"{name}_preprocess", "network": f"{name}_network", ENTRY: name}
+
+
+LAYOUT = {
+    "single": Layout(name="single", roles=(ENTRY,), network=ENTRY, decode=ENTRY, queues=(ENTRY,)),
+    "ensemble": Layout(
+        name="ensemble",
+        roles=("preprocess", "network", ENTRY),
+        network="network",
+        decode="preprocess",
+        queues=("preprocess", "network"),
+    ),
+}
+LAYOUTS = tuple(LAYOUT)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -45,6 +87,10 @@ class ServingPlan:
     @property
     def network_file(self) -> str:
         return NETWORK_FILES[self.runtime]
+
+    @property
+    def roles(self) -> Layout:
+        return LAYOUT[self.layout]
 
     @property
     def instance_kind(self) -> str:

@@ -45,10 +45,11 @@ from tritonclient.grpc import model_config_pb2 as mc
 from cvserve.builders import tasks
 from cvserve.builders.detection import NmsSettings
 from cvserve.builders.profile import EngineProfile
-from cvserve.builders.runtime import ServingPlan
+from cvserve.builders.runtime import ENTRY, Layout, ServingPlan, model_names
+from cvserve.builders.scheduling import ONE_REQUEST_PER_EXECUTION, Scheduling
 from cvserve.client import contract
 from cvserve.errors import UserInputError
-from cvserve.settings import integers, setting
+from cvserve.settings import integers, setting, to_argv
 
 IMAGE = contract.IMAGE
 PIXELS = contract.PIXELS
@@ -56,16 +57,7 @@ CLASS_INDEX = contract.CLASS_INDEX
 SCORE = contract.SCORE
 FEATURES = contract.FEATURES  # optional: the feature summary the served model counts (docs/monitoring.md)
 LABELS_PARAMETER = contract.LABELS_PARAMETER
-ROLES = ("classifier", "preprocess", "network")  # classifier: NAME (the single model or the ensemble)
 DEFAULT_SLO_P95_MS = 500.0  # the latency objective queue timeouts derive from (cvserve loadtest's default)
-# The config parameter that sets a network's intra-op threads, per backend (read by cvserve tune too):
-# python is cvserve's own model (model_repository/classifier.py), the others Triton's backends.
-THREADS_PARAMETER = {
-    "python": "intra_op_threads",
-    "openvino": "INFERENCE_NUM_THREADS",
-    "onnxruntime": "intra_op_thread_count",
-}
-DECODE_THREADS_PARAMETER = "decode_threads"  # of the python models that decode
 # The float precision the network computes in (cvserve.builders.precision), per backend: cvserve's
 # python model takes f32 or bf16; Triton's openvino backend only takes HINT_BF16 (it cannot pin f32).
 PRECISION_PARAMETER = "inference_precision"
@@ -74,20 +66,8 @@ OPENVINO_BF16_PARAMETER = "HINT_BF16"
 # still on core main): a derived queue timeout stays a full re-check above it (module docstring).
 BATCHER_RECHECK_MS = 500.0
 MIN_DERIVED_QUEUE_TIMEOUT_MS = 2 * BATCHER_RECHECK_MS
-# A dynamic batcher whose only preferred batch size is 1, with no queue delay, gives every execution
-# exactly one request: a batch grows past its largest preferred size only by its first request (core's
-# dynamic_batch_scheduler.cc, 2.51 and main). Its queue policy still applies.
-ONE_REQUEST_PER_EXECUTION = (1,)
 
-
-def model_names(name: str) -> dict[str, str]:
-    """Role -> model name of every model a pipeline NAME may have (which exist depends on the layout)."""
-    return {"classifier": name, "preprocess": f"{name}_preprocess", "network": f"{name}_network"}
-
-
-def layout_roles(layout: str) -> tuple[str, ...]:
-    """The roles a layout writes, the model clients call (classifier) last."""
-    return ("classifier",) if layout == "single" else ("preprocess", "network", "classifier")
+__all__ = ["ONE_REQUEST_PER_EXECUTION", "Scheduling", "model_names"]
 
 
 def check_name(name: str) -> str:
@@ -133,10 +113,12 @@ class Batching:
         default_help="what the build's measured throughput finishes within half of --slo-p95-ms, at "
         "least one max batch",
     )
-    # A request waiting longer is rejected; 0: 2 x the SLO (the latency an admitted request may reach
-    # under overload), and never below MIN_DERIVED_QUEUE_TIMEOUT_MS.
-    queue_timeout_ms: float = setting(
-        0.0, help="a request queued longer is rejected as UNAVAILABLE (0: 2 x --slo-p95-ms, at least 1 s)"
+    # A request waiting longer is rejected. None: 2 x the SLO (the latency an admitted request may reach
+    # under overload), never below MIN_DERIVED_QUEUE_TIMEOUT_MS; 0: no timeout, as in Triton's config.
+    queue_timeout_ms: float | None = setting(
+        None,
+        help="a request queued longer is rejected as UNAVAILABLE (0: no timeout)",
+        default_help="2 x --slo-p95-ms, at least 1 s",
     )
     slo_p95_ms: float = setting(DEFAULT_SLO_P95_MS, help="latency objective the queue timeout derives from")
     network_instances: int = setting(
@@ -159,7 +141,7 @@ class Batching:
         for flag, value in (
             ("--max-queue-delay-us", self.max_queue_delay_us),
             ("--max-queue-size", self.max_queue_size or 0),
-            ("--queue-timeout-ms", self.queue_timeout_ms),
+            ("--queue-timeout-ms", self.queue_timeout_ms or 0),
             ("--network-threads", self.network_threads),
             ("--decode-threads", self.decode_threads),
         ):
@@ -176,18 +158,77 @@ class Batching:
         return EngineProfile.for_batching(self.max_batch_size, self.preferred_batch_sizes)
 
     @property
-    def queue_size(self) -> int:
-        """The absolute ``max_queue_size`` a config gets; a build resolves the default first."""
-        if self.max_queue_size is None:
-            raise ValueError(
-                "max_queue_size is derived at build time: resolve it first (cvserve.builders.admission)"
-            )
-        return self.max_queue_size
-
-    @property
     def queue_timeout_us(self) -> int:
-        derived = max(2 * self.slo_p95_ms, MIN_DERIVED_QUEUE_TIMEOUT_MS)
-        return round(1000 * (self.queue_timeout_ms or derived))
+        if self.queue_timeout_ms is None:
+            return round(1000 * max(2 * self.slo_p95_ms, MIN_DERIVED_QUEUE_TIMEOUT_MS))
+        return round(1000 * self.queue_timeout_ms)
+
+    def scheduling(self, layout: Layout, max_queue_size: int | None = None) -> Scheduling:
+        """These flags as absolute settings for ``layout``; ``max_queue_size`` resolves a derived bound
+        (the build's admission stage, :mod:`cvserve.builders.admission`)."""
+        queue = self.max_queue_size if self.max_queue_size is not None else max_queue_size
+        if queue is None:
+            raise ValueError(
+                "max_queue_size is derived at build time: resolve it (cvserve.builders.admission)"
+            )
+        self.check(layout)
+        one_request = layout.decode == layout.network and not self.batch_requests
+        return Scheduling(
+            max_batch_size=self.max_batch_size,
+            preferred_batch_sizes=ONE_REQUEST_PER_EXECUTION
+            if one_request
+            else tuple(self.preferred_batch_sizes),
+            max_queue_delay_us=self.max_queue_delay_us,
+            network_instances=self.network_instances,
+            network_threads=self.network_threads,
+            decode_threads=self.decode_threads,
+            preprocess_instances=None if layout.decode == layout.network else self.preprocess_instances,
+            max_queue_size=queue,
+            queue_timeout_us=self.queue_timeout_us,
+        )
+
+    def check(self, layout: Layout) -> None:
+        """Refuse batching flags ``layout`` would ignore, naming the fix."""
+        if layout.decode != layout.network or self.batch_requests:  # not one model that runs one request
+            return
+        given = [
+            flag
+            for flag, value in (
+                ("--preferred-batch-sizes", self.preferred_batch_sizes),
+                ("--max-queue-delay-us", self.max_queue_delay_us),
+            )
+            if value
+        ]
+        if given:
+            raise UserInputError(
+                f"{' and '.join(given)} shape batches of several requests, and the single layout executes "
+                "one request at a time (so a malformed request fails alone): add --batch-requests, or "
+                "serve --layout ensemble"
+            )
+
+    @classmethod
+    def of(cls, s: Scheduling, layout: Layout, *, slo_p95_ms: float = DEFAULT_SLO_P95_MS) -> Batching:
+        """The flags that give ``s`` back on ``layout`` (:meth:`scheduling`'s inverse)."""
+        single = layout.decode == layout.network
+        one_request = s.preferred_batch_sizes == ONE_REQUEST_PER_EXECUTION and not s.max_queue_delay_us
+        return cls(
+            max_batch_size=s.max_batch_size,
+            preferred_batch_sizes=() if single and one_request else s.preferred_batch_sizes,
+            max_queue_delay_us=s.max_queue_delay_us,
+            batch_requests=single and not one_request,
+            max_queue_size=s.max_queue_size,
+            queue_timeout_ms=s.queue_timeout_us / 1000,
+            slo_p95_ms=slo_p95_ms,
+            network_instances=s.network_instances,
+            preprocess_instances=s.preprocess_instances or cls.preprocess_instances,
+            network_threads=s.network_threads,
+            decode_threads=s.decode_threads or 0,
+        )
+
+    def flags(self) -> list[str]:
+        """``cvserve build`` flags of every setting here, defaults included (a rebuild is then the same
+        whatever the defaults become)."""
+        return to_argv(self)
 
 
 @dataclass(kw_only=True)
@@ -257,69 +298,37 @@ def _task_params(shape: PipelineShape) -> dict[str, object]:
     return {contract.TASK_PARAMETER: shape.task, **shape.task_of().parameters()}
 
 
-def _dynamic_batching(b: Batching, preferred: Sequence[int] = ()) -> mc.ModelDynamicBatching:
+def _dynamic_batching() -> mc.ModelDynamicBatching:
+    """A dynamic batcher that rejects what waits too long; the numbers are :meth:`Scheduling.apply`'s."""
     policy = mc.ModelQueuePolicy(
-        timeout_action=mc.ModelQueuePolicy.TimeoutAction.REJECT,
-        default_timeout_microseconds=b.queue_timeout_us,
-        allow_timeout_override=True,
-        max_queue_size=b.queue_size,
+        timeout_action=mc.ModelQueuePolicy.TimeoutAction.REJECT, allow_timeout_override=True
     )
-    return mc.ModelDynamicBatching(
-        preferred_batch_size=list(preferred),
-        max_queue_delay_microseconds=b.max_queue_delay_us,
-        default_queue_policy=policy,
-    )
+    return mc.ModelDynamicBatching(default_queue_policy=policy)
 
 
-def check_layout_batching(plan: ServingPlan, b: Batching) -> None:
-    """Refuse batching flags the plan's layout would ignore, naming the fix."""
-    if plan.layout != "single" or b.batch_requests:
-        return
-    flags = [
-        flag
-        for flag, value in (
-            ("--preferred-batch-sizes", b.preferred_batch_sizes),
-            ("--max-queue-delay-us", b.max_queue_delay_us),
-        )
-        if value
-    ]
-    if flags:
-        raise UserInputError(
-            f"{' and '.join(flags)} shape batches of several requests, and the single layout executes "
-            "one request at a time (so a malformed request fails alone): add --batch-requests, or "
-            "serve --layout ensemble"
-        )
+def _instances(kind: str) -> list[mc.ModelInstanceGroup]:
+    return [mc.ModelInstanceGroup(count=1, kind=mc.ModelInstanceGroup.Kind.Value(kind))]
 
 
-def _instances(count: int, kind: str) -> list[mc.ModelInstanceGroup]:
-    return [mc.ModelInstanceGroup(count=count, kind=mc.ModelInstanceGroup.Kind.Value(kind))]
-
-
-def _python_params(shape: PipelineShape, b: Batching) -> dict[str, object]:
-    params: dict[str, object] = {DECODE_THREADS_PARAMETER: b.decode_threads}
-    if shape.execution_env:
-        params["EXECUTION_ENV_PATH"] = shape.execution_env
-    return params
+def _python_params(shape: PipelineShape) -> dict[str, object]:
+    return {"EXECUTION_ENV_PATH": shape.execution_env} if shape.execution_env else {}
 
 
 def single_config(
-    name: str, plan: ServingPlan, shape: PipelineShape, b: Batching, policy: VersionPolicy
+    name: str, plan: ServingPlan, shape: PipelineShape, policy: VersionPolicy
 ) -> mc.ModelConfig:
     """NAME as one python-backend model: decode on a thread pool, run the network in-process.
 
     One request per execution unless ``--batch-requests`` (module docstring).
     """
-    check_layout_batching(plan, b)
-    preferred = b.preferred_batch_sizes if b.batch_requests else ONE_REQUEST_PER_EXECUTION
     cfg = mc.ModelConfig(
         name=name,
         backend="python",
-        max_batch_size=b.max_batch_size,
         version_policy=policy.proto(),
         input=[mc.ModelInput(name=IMAGE, data_type=mc.TYPE_STRING, dims=[1])],
         output=_outputs(shape, features=True),
-        dynamic_batching=_dynamic_batching(b, preferred),
-        instance_group=_instances(b.network_instances, plan.instance_kind),
+        dynamic_batching=_dynamic_batching(),
+        instance_group=_instances(plan.instance_kind),
     )
     _params(
         cfg,
@@ -328,16 +337,15 @@ def single_config(
             "runtime": plan.runtime,
             "network_file": plan.network_file,
             PRECISION_PARAMETER: shape.float_parts,
-            THREADS_PARAMETER["python"]: b.network_threads,
             **_task_params(shape),
-            **_python_params(shape, b),
+            **_python_params(shape),
         },
     )
     return cfg
 
 
 def preprocess_config(
-    name: str, plan: ServingPlan, shape: PipelineShape, b: Batching, policy: VersionPolicy
+    name: str, plan: ServingPlan, shape: PipelineShape, policy: VersionPolicy
 ) -> mc.ModelConfig:
     """NAME_preprocess (ensemble layout): encoded images -> uint8 pixels, on CPU instances.
 
@@ -347,28 +355,26 @@ def preprocess_config(
     cfg = mc.ModelConfig(
         name=model_names(name)["preprocess"],
         backend="python",
-        max_batch_size=b.max_batch_size,
         version_policy=policy.proto(),
         input=[mc.ModelInput(name=IMAGE, data_type=mc.TYPE_STRING, dims=[1])],
         output=[mc.ModelOutput(name=PIXELS, data_type=mc.TYPE_UINT8, dims=list(shape.pixels_shape))],
-        instance_group=_instances(b.preprocess_instances, "KIND_CPU"),
+        instance_group=_instances("KIND_CPU"),
     )
-    _params(cfg, _python_params(shape, b))
+    _params(cfg, _python_params(shape))
     return cfg
 
 
 def network_config(
-    name: str, plan: ServingPlan, shape: PipelineShape, b: Batching, policy: VersionPolicy
+    name: str, plan: ServingPlan, shape: PipelineShape, policy: VersionPolicy, profile: EngineProfile
 ) -> mc.ModelConfig:
     """NAME_network (ensemble layout) on a native backend: pixels -> CLASS_INDEX, SCORE."""
     cfg = mc.ModelConfig(
         name=model_names(name)["network"],
-        max_batch_size=b.max_batch_size,
         version_policy=policy.proto(),
         input=[mc.ModelInput(name=PIXELS, data_type=mc.TYPE_UINT8, dims=list(shape.pixels_shape))],
         output=_outputs(shape),
-        dynamic_batching=_dynamic_batching(b, b.preferred_batch_sizes),
-        instance_group=_instances(b.network_instances, plan.instance_kind),
+        dynamic_batching=_dynamic_batching(),
+        instance_group=_instances(plan.instance_kind),
         default_model_filename=plan.network_file,
     )
     if plan.runtime == "openvino":  # Triton's openvino backend (NGC), IR files
@@ -376,15 +382,11 @@ def network_config(
         params: dict[str, object] = {"PERFORMANCE_HINT": "LATENCY"}
         if shape.float_parts == "bf16":
             params[OPENVINO_BF16_PARAMETER] = "YES"
-        if b.network_threads:
-            params[THREADS_PARAMETER["openvino"]] = b.network_threads
         _params(cfg, params)
     elif plan.runtime == "onnxruntime":  # Triton's onnxruntime backend (NGC)
         cfg.platform, cfg.backend = "onnxruntime_onnx", "onnxruntime"
-        if b.network_threads:
-            _params(cfg, {THREADS_PARAMETER["onnxruntime"]: b.network_threads})
         if plan.accelerator == "tensorrt":
-            add_tensorrt_accelerator(cfg, precision=shape.precision, shape=shape, profile=b.profile)
+            add_tensorrt_accelerator(cfg, precision=shape.precision, shape=shape, profile=profile)
     else:  # a TensorRT engine: it only runs on a GPU instance
         cfg.platform, cfg.backend = "tensorrt_plan", "tensorrt"
     return cfg
@@ -439,16 +441,13 @@ def add_tensorrt_accelerator(
     return params
 
 
-def ensemble_config(
-    name: str, plan: ServingPlan, shape: PipelineShape, b: Batching, policy: VersionPolicy
-) -> mc.ModelConfig:
+def ensemble_config(name: str, shape: PipelineShape, policy: VersionPolicy) -> mc.ModelConfig:
     """NAME as a Triton ensemble: NAME_preprocess -> NAME_network."""
     names = model_names(name)
     step = mc.ModelEnsembling.Step
     cfg = mc.ModelConfig(
         name=name,
         platform="ensemble",
-        max_batch_size=b.max_batch_size,
         version_policy=policy.proto(),
         input=[mc.ModelInput(name=IMAGE, data_type=mc.TYPE_STRING, dims=[1])],
         output=_outputs(shape),
@@ -476,17 +475,20 @@ def ensemble_config(
 
 
 def pipeline_configs(
-    name: str, plan: ServingPlan, shape: PipelineShape, b: Batching, policy: VersionPolicy
+    name: str, plan: ServingPlan, shape: PipelineShape, scheduling: Scheduling, policy: VersionPolicy
 ) -> dict[str, mc.ModelConfig]:
-    """Role -> config of every model of the plan's layout (:func:`layout_roles` order)."""
+    """Role -> config of every model of the plan's layout (its roles' order), ``scheduling`` written in."""
     check_name(name)
     if plan.layout == "single":
-        return {"classifier": single_config(name, plan, shape, b, policy)}
-    return {
-        "preprocess": preprocess_config(name, plan, shape, b, policy),
-        "network": network_config(name, plan, shape, b, policy),
-        "classifier": ensemble_config(name, plan, shape, b, policy),
-    }
+        configs = {ENTRY: single_config(name, plan, shape, policy)}
+    else:
+        profile = EngineProfile.for_batching(scheduling.max_batch_size, scheduling.preferred_batch_sizes)
+        configs = {
+            "preprocess": preprocess_config(name, plan, shape, policy),
+            "network": network_config(name, plan, shape, policy, profile),
+            ENTRY: ensemble_config(name, shape, policy),
+        }
+    return scheduling.apply(plan.roles, configs)
 
 
 def to_text(cfg: mc.ModelConfig) -> str:

@@ -31,4 +31,7 @@ LANDMARKS = "LANDMARKS"
 # config parameters
 LABELS_PARAMETER = "labels"
 TASK_PARAMETER = "task"
+# threads of cvserve's python models (0: derived from the cores when served; cvserve.server.budget)
+INTRA_OP_THREADS_PARAMETER = "intra_op_threads"
+DECODE_THREADS_PARAMETER = "decode_threads"
 TASKS = ("classify", "detect")

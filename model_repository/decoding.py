@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
+from cvserve_contract import DECODE_THREADS_PARAMETER, INTRA_OP_THREADS_PARAMETER
 from cvserve_preprocessing import PreprocessSpec, decode_each, decode_requests, placed
 from cvserve_runners import open_runner, thread_budget
 
@@ -30,8 +31,8 @@ class DecodingModel:
         instances = sum(int(g.get("count", 1)) for g in config.get("instance_group", [])) or 1
         self.budget = thread_budget(
             instances,
-            intra_op=int(self.params.get("intra_op_threads") or 0),
-            decode=int(self.params.get("decode_threads") or 0),
+            intra_op=int(self.params.get(INTRA_OP_THREADS_PARAMETER) or 0),
+            decode=int(self.params.get(DECODE_THREADS_PARAMETER) or 0),
         )
         self.spec = PreprocessSpec.load(self.version_dir)
         self.pool = ThreadPoolExecutor(self.budget.decode) if self.budget.decode > 1 else None

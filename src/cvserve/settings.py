@@ -527,6 +527,8 @@ def to_argv(settings: Any, only: Iterable[str] | None = None) -> list[str]:
             continue
         if isinstance(value, bool):
             argv.append(_show(s, value))
+        elif isinstance(value, tuple | list):
+            argv += [s.flag, _show(s, value)] if value else []  # empty: the flag's own default
         else:
             argv += [s.flag, str(value)]
     return argv

@@ -146,9 +146,9 @@ def write_paced_repository(repo: Path, release_file: Path) -> Path:
 
     repo.mkdir(parents=True, exist_ok=True)
     shape = tc.PipelineShape(pixels_shape=(8, 8, 3), top_k=TOY_K, labels=list(COLOURS))
-    batching = resolve(tc.Batching(max_batch_size=TOY_MAX_BATCH), None)
     plan = rt.decide(target="cpu", runtime="openvino", layout="single")
-    config = tc.single_config(PACED, plan, shape, batching, tc.VersionPolicy())
+    scheduling = resolve(tc.Batching(max_batch_size=TOY_MAX_BATCH), plan.roles, None)
+    config = tc.pipeline_configs(PACED, plan, shape, scheduling, tc.VersionPolicy())[rt.ENTRY]
     _write_model(repo, PACED, "toy_classifier.py", config)
     gate = _busy_config("gate", max_queue_size=0)
     gate.ClearField("dynamic_batching")

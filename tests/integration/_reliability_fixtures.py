@@ -22,6 +22,7 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from cvserve.builders.admission import resolve
+from cvserve.builders.runtime import LAYOUT
 from cvserve.builders.triton_config import ONE_REQUEST_PER_EXECUTION, Batching
 
 HERE = Path(__file__).parent / "reliability_repo"
@@ -47,7 +48,7 @@ def _batched(
     """A python model's config; ``one_request``: executions of one request (the single layout),
     ``batcher``: False for no dynamic batcher at all (the ensemble's decoder)."""
     # The build's default admission; a toy's throughput is not measured, so the rule's floor: one max batch.
-    b = resolve(Batching(max_batch_size=MAX_BATCH), None)
+    b = resolve(Batching(max_batch_size=MAX_BATCH), LAYOUT["single"], None)
     config = mc.ModelConfig(
         name=name,
         backend="python",
@@ -61,7 +62,7 @@ def _batched(
                 timeout_action=mc.ModelQueuePolicy.REJECT,
                 default_timeout_microseconds=b.queue_timeout_us,
                 allow_timeout_override=True,
-                max_queue_size=b.queue_size,
+                max_queue_size=b.max_queue_size,
             ),
         ),
     )

@@ -131,9 +131,42 @@ def test_tune_cli_end_to_end(explicit_server, repo_copy, image_dir, tmp_path):
     assert data["chosen"]["cost_per_1k_usd"] <= data["start"]["cost_per_1k_usd"] * 1.5
     bound = data["settings"]["batch_bound"]
     assert all(c["candidate"]["max_batch_size"] <= bound for c in data["candidates"])
-    for name in ("tuning_report.md", "tuning_pareto.png", "helm-values.yaml"):
+    for name in ("tuning_report.md", "tuning_pareto.png", "helm-values.yaml", "build-flags.txt"):
         assert (out / name).exists()
     after = LiveApplier(explicit_server.grpc_url, MODEL, log=lambda _m: None)
     assert after.start_configs == before.start_configs  # restored after tuning
     before.close()
     after.close()
+    _rebuild_keeps_what_was_tuned(out, data, tmp_path)
+
+
+def _rebuild_keeps_what_was_tuned(out: Path, data: dict, tmp_path: Path) -> None:
+    """Tune -> build --from-tune -> the written config carries the tuned values, and so do the printed
+    flags. A tiny network of the same (single) layout stands in for the rebuild: the settings travel
+    with the layout, not with the weights, and it builds in seconds."""
+    import shlex
+
+    import torch
+
+    from cvserve.builders import triton_config as tc
+    from cvserve.builders.runtime import LAYOUT
+    from cvserve.builders.scheduling import Scheduling
+    from cvserve.cli import main
+    from tests.unit.test_pipeline import tiny_net
+
+    tuned = Scheduling.from_dict(data["scheduling"])
+    assert tuned.label() == data["chosen"]["label"]
+    torch.save(tiny_net().eval().state_dict(), tmp_path / "tiny.pth")
+    common = ["build", str(tmp_path / "tiny.pth"), "--arch", "tests.unit.test_pipeline:tiny_net",
+              "--name", "tiny", "--input-size", "64", "--resize", "72", "--no-progress"]  # fmt: skip
+    for repo, how in (
+        (tmp_path / "from-report", ["--from-tune", str(out)]),
+        (tmp_path / "from-flags", shlex.split((out / "build-flags.txt").read_text())),
+    ):
+        assert main([*common, "--repository", str(repo), *how]) == 0
+        written = tc.parse((repo / "tiny" / "config.pbtxt").read_text())
+        assert Scheduling.read(LAYOUT["single"], {"classifier": written}) == tuned, how
+        report = json.loads((repo / "tiny" / "1" / "build_report.json").read_text())
+        assert (
+            Scheduling.from_dict({k: v for k, v in report["batching"].items() if k != "slo_p95_ms"}) == tuned
+        )

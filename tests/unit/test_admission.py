@@ -24,16 +24,17 @@ def test_the_queue_is_never_below_one_max_batch():
 
 
 def test_resolve_writes_an_absolute_number_and_keeps_an_explicit_one():
-    derived = ad.resolve(tc.Batching(max_batch_size=16), 260.0)
-    assert derived.max_queue_size == 65 and derived.queue_size == 65
-    assert ad.resolve(tc.Batching(max_queue_size=5), 260.0).max_queue_size == 5  # --max-queue-size N
-    assert ad.resolve(tc.Batching(max_queue_size=0), 260.0).max_queue_size == 0  # 0: unbounded, as Triton
+    single = rt.LAYOUT["single"]
+    derived = ad.resolve(tc.Batching(max_batch_size=16), single, 260.0)
+    assert derived.max_queue_size == 65
+    assert ad.resolve(tc.Batching(max_queue_size=5), single, 260.0).max_queue_size == 5  # --max-queue-size N
+    assert ad.resolve(tc.Batching(max_queue_size=0), single, 260.0).max_queue_size == 0  # 0: unbounded
 
 
 @pytest.mark.parametrize("layout", ["single", "ensemble"])
 def test_the_config_writer_writes_the_resolved_number(layout):
     plan = rt.decide(target="cpu", runtime="openvino", layout=layout)
-    b = ad.resolve(tc.Batching(max_batch_size=16), 260.0)
+    b = ad.resolve(tc.Batching(max_batch_size=16), plan.roles, 260.0)
     cfgs = tc.pipeline_configs("m", plan, SHAPE, b, tc.VersionPolicy())
     queued = [c for c in cfgs.values() if c.HasField("dynamic_batching")]
     assert queued and all(c.dynamic_batching.default_queue_policy.max_queue_size == 65 for c in queued)
@@ -43,7 +44,7 @@ def test_the_config_writer_writes_the_resolved_number(layout):
 def test_an_unresolved_default_never_reaches_a_config():
     plan = rt.decide(target="cpu", runtime="openvino", layout="single")
     with pytest.raises(ValueError, match="derived at build time"):
-        tc.pipeline_configs("m", plan, SHAPE, tc.Batching(), tc.VersionPolicy())
+        tc.Batching().scheduling(plan.roles)
 
 
 def test_a_gpu_build_is_not_timed_here_and_says_so(tmp_path):

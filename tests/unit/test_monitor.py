@@ -175,10 +175,14 @@ def test_features_output_is_a_fixed_projection_and_leaves_the_answer_unchanged(t
 def test_single_config_declares_features_when_the_graph_has_them():
     plan = rt.decide(target="cpu", runtime="auto", layout="single")
     shape = tc.PipelineShape(pixels_shape=(224, 224, 3), top_k=5, labels=["a"] * 5, feature_dims=16)
-    (cfg,) = tc.pipeline_configs("m", plan, shape, BATCHING, tc.VersionPolicy.parse("latest:1")).values()
+    (cfg,) = tc.pipeline_configs(
+        "m", plan, shape, BATCHING.scheduling(plan.roles), tc.VersionPolicy.parse("latest:1")
+    ).values()
     assert [(o.name, list(o.dims)) for o in cfg.output][-1] == ("FEATURES", [16])
     plain = tc.PipelineShape(pixels_shape=(224, 224, 3), top_k=5, labels=["a"] * 5)
-    (cfg,) = tc.pipeline_configs("m", plan, plain, BATCHING, tc.VersionPolicy.parse("latest:1")).values()
+    (cfg,) = tc.pipeline_configs(
+        "m", plan, plain, BATCHING.scheduling(plan.roles), tc.VersionPolicy.parse("latest:1")
+    ).values()
     assert "FEATURES" not in [o.name for o in cfg.output]
 
 

@@ -43,7 +43,10 @@ def test_every_batch_the_dynamic_batcher_can_form_is_inside_the_profile():
     batching = tc.Batching(max_batch_size=16, preferred_batch_sizes=(4, 8, 16), max_queue_size=16)
     spec = _spec(profile=batching.profile)
     shape = tc.PipelineShape(pixels_shape=PIXELS, top_k=5, labels=[str(i) for i in range(10)])
-    cfg = tc.network_config("m", rt.decide(target="gpu"), shape, batching, tc.VersionPolicy())
+    plan = rt.decide(target="gpu")
+    cfg = tc.pipeline_configs("m", plan, shape, batching.scheduling(plan.roles), tc.VersionPolicy())[
+        "network"
+    ]
     assert cfg.platform == "tensorrt_plan" and cfg.default_model_filename == "model.plan"
     assert cfg.instance_group[0].kind == tc.mc.ModelInstanceGroup.Kind.KIND_GPU
     assert all(spec.covers(b) for b in range(1, cfg.max_batch_size + 1))

@@ -91,7 +91,9 @@ def test_the_ensemble_serves_openvino_in_bf16_through_the_backends_own_parameter
     plan = rt.decide(target="cpu", runtime="openvino", layout="ensemble")
     assert prec.decide("bf16", plan, machine=machine(ZEN4)).float_parts == "bf16"
     shape = tc.PipelineShape(pixels_shape=(8, 8, 3), top_k=1, labels=["a"], float_parts="bf16")
-    cfg = tc.pipeline_configs("m", plan, shape, tc.Batching(max_queue_size=16), tc.VersionPolicy())["network"]
+    cfg = tc.pipeline_configs(
+        "m", plan, shape, tc.Batching(max_queue_size=16).scheduling(plan.roles), tc.VersionPolicy()
+    )["network"]
     assert cfg.parameters[tc.OPENVINO_BF16_PARAMETER].string_value == "YES"
 
 

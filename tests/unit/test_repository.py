@@ -19,7 +19,11 @@ ENSEMBLE = rt.decide(layout="ensemble")
 
 def _build(repo: Path, name: str = "m", max_batch_size: int = 8, fail: bool = False) -> int:
     configs = tc.pipeline_configs(
-        name, ENSEMBLE, SHAPE, resolve(tc.Batching(max_batch_size=max_batch_size), None), tc.VersionPolicy()
+        name,
+        ENSEMBLE,
+        SHAPE,
+        resolve(tc.Batching(max_batch_size=max_batch_size), ENSEMBLE.roles, None),
+        tc.VersionPolicy(),
     )
     with rp.staged_build(repo, name) as staged:
         for role, cfg in configs.items():

@@ -131,10 +131,10 @@ def test_serve_flags_come_from_the_settings():
 
 def test_queue_policy_defaults_stay_above_the_batchers_recheck():
     b = Batching(max_batch_size=16, max_queue_size=40)
-    assert b.queue_size == 40
     assert b.queue_timeout_us == 1_000_000  # 2 x the 500 ms SLO
     assert Batching(slo_p95_ms=50).queue_timeout_us == MIN_DERIVED_QUEUE_TIMEOUT_MS * 1000
     assert Batching(queue_timeout_ms=40).queue_timeout_us == 40_000  # an explicit value is taken as is
+    assert Batching(queue_timeout_ms=0).queue_timeout_us == 0  # 0: no timeout, as in Triton's config
 
 
 def test_the_reliability_script_sends_at_least_twelve_kinds_of_bad_request():

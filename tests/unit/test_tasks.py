@@ -21,7 +21,10 @@ LENIENT = tc.Batching(max_queue_size=8)
 
 def _config(task: str, nms: NmsSettings | None = None):
     shape = tc.PipelineShape(pixels_shape=(96, 96, 3), top_k=5, labels=["face", "cat"], task=task, nms=nms)
-    return tc.single_config("m", decide(), shape, LENIENT, tc.VersionPolicy())
+    plan = decide()
+    return tc.pipeline_configs("m", plan, shape, LENIENT.scheduling(plan.roles), tc.VersionPolicy())[
+        "classifier"
+    ]
 
 
 def test_detect_config_has_fixed_k_rows_a_count_and_its_nms_parameters():

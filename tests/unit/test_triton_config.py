@@ -19,7 +19,7 @@ SHAPE = tc.PipelineShape(pixels_shape=(224, 224, 3), top_k=5, labels=LABELS)
 
 def _configs(target="cpu", runtime="auto", layout="auto", **batching):
     plan = rt.decide(target=target, runtime=runtime, layout=layout)
-    b = resolve(tc.Batching(**batching), None)  # no throughput measured: the rule's floor
+    b = resolve(tc.Batching(**batching), plan.roles, None)  # no throughput measured: the rule's floor
     return tc.pipeline_configs("resnet", plan, SHAPE, b, tc.VersionPolicy())
 
 

@@ -15,9 +15,7 @@ from cvserve.errors import UserInputError
 from cvserve.tune.apply import config_from_json, config_to_json
 from cvserve.tune.candidates import (
     Candidate,
-    apply_candidate,
     build_space,
-    candidate_from,
     profile_batch_bound,
     read_build_report,
 )
@@ -31,7 +29,9 @@ def configs(layout="single", runtime="openvino", target="cpu", **batching) -> di
     are written for it, whatever the build default)."""
     plan = rt.decide(target=target, runtime=runtime, layout=layout)
     batching.setdefault("max_batch_size", 32)
-    cfgs = tc.pipeline_configs("net", plan, SHAPE, resolve(tc.Batching(**batching), None), tc.VersionPolicy())
+    cfgs = tc.pipeline_configs(
+        "net", plan, SHAPE, resolve(tc.Batching(**batching), plan.roles, None), tc.VersionPolicy()
+    )
     return {cfg.name: cfg for cfg in cfgs.values()}
 
 
@@ -47,7 +47,7 @@ def test_discovery_reads_the_layout_and_the_roles_from_the_configs():
         {"classifier": "net"},
         "classifier",
     )
-    assert single.threads_parameter == "intra_op_threads" and single.decode_role == "classifier"
+    assert single.threads_parameter == "intra_op_threads" and single.roles.decode == "classifier"
     assert single.threads_share_cores and single.queue_roles == ("classifier",)
 
     # Step models under other names than NAME_*: roles come from the configs, not from the names.
@@ -63,7 +63,7 @@ def test_discovery_reads_the_layout_and_the_roles_from_the_configs():
     }
     assert ens.threads_parameter == "intra_op_thread_count" and not ens.threads_share_cores
     # the decoder does not batch (malformed framing fails alone): only the network queues
-    assert ens.decode_role == "preprocess" and ens.queue_roles == ("network",)
+    assert ens.roles.decode == "preprocess" and ens.queue_roles == ("network",)
     assert pipeline("ensemble", "openvino").threads_parameter == "INFERENCE_NUM_THREADS"
     assert pipeline("ensemble", "tensorrt", "gpu").threads_parameter is None  # GPU: no CPU thread budget
 
@@ -78,7 +78,7 @@ def test_an_ensemble_of_unknown_steps_is_refused():
 
 def test_single_layout_round_trips_through_its_config():
     p = pipeline(queue_timeout_ms=200)
-    start = candidate_from(p)
+    start = p.scheduling()
     assert start == Candidate(
         max_batch_size=32,
         preferred_batch_sizes=tc.ONE_REQUEST_PER_EXECUTION,
@@ -98,20 +98,20 @@ def test_single_layout_round_trips_through_its_config():
         max_queue_size=16,
         queue_timeout_us=100_000,
     )
-    new = apply_candidate(p, c)
+    new = p.apply(c)
     assert set(new) == {"classifier"}
     cfg = new["classifier"]
     assert cfg.parameters["intra_op_threads"].string_value == "1"
     assert cfg.parameters["decode_threads"].string_value == "2"
     assert cfg.dynamic_batching.default_queue_policy.max_queue_size == 16
     assert cfg.dynamic_batching.default_queue_policy.timeout_action == mc.ModelQueuePolicy.REJECT
-    assert candidate_from(Pipeline(name="net", layout="single", models=p.models, configs=new)) == c
+    assert Pipeline(name="net", layout="single", models=p.models, configs=new).scheduling() == c
     assert p.configs["classifier"].max_batch_size == 32  # the input is not modified
 
 
 def test_ensemble_layout_round_trips_and_spreads_each_knob_to_its_model():
     p = pipeline("ensemble", "openvino")
-    start = candidate_from(p)
+    start = p.scheduling()
     assert start.preprocess_instances == 2 and start.decode_threads == 0 and start.network_threads == 0
     c = (
         start.with_value("max_batch_size", 8)
@@ -119,7 +119,7 @@ def test_ensemble_layout_round_trips_and_spreads_each_knob_to_its_model():
         .with_value("network_threads", 1)
     )
     c = c.with_value("preprocess_instances", 3).with_value("max_queue_size", 32)
-    new = apply_candidate(p, c)
+    new = p.apply(c)
     assert all(cfg.max_batch_size == 8 for cfg in new.values())
     assert new["classifier"].HasField("ensemble_scheduling") and not new["classifier"].HasField(
         "dynamic_batching"
@@ -128,16 +128,16 @@ def test_ensemble_layout_round_trips_and_spreads_each_knob_to_its_model():
     assert new["network"].instance_group[0].count == 2 and new["preprocess"].instance_group[0].count == 3
     assert new["network"].dynamic_batching.default_queue_policy.max_queue_size == 32
     assert not new["preprocess"].HasField("dynamic_batching")
-    assert candidate_from(Pipeline(name="net", layout="ensemble", models=p.models, configs=new)) == c
+    assert Pipeline(name="net", layout="ensemble", models=p.models, configs=new).scheduling() == c
     # Threads back to 0: a native backend gets no parameter (its own default), not "0".
-    back = apply_candidate(p, c.with_value("network_threads", 0))
+    back = p.apply(c.with_value("network_threads", 0))
     assert "INFERENCE_NUM_THREADS" not in back["network"].parameters
 
 
 def test_lowering_the_max_batch_drops_preferred_sizes_it_cannot_form():
     p = pipeline("ensemble", "onnxruntime")
     p.configs["preprocess"].dynamic_batching.preferred_batch_size.append(32)  # as Triton fills it in
-    new = apply_candidate(p, candidate_from(p).with_value("max_batch_size", 8))
+    new = p.apply(p.scheduling().with_value("max_batch_size", 8))
     assert list(new["preprocess"].dynamic_batching.preferred_batch_size) == []
 
 
@@ -157,11 +157,11 @@ def test_space_respects_the_batch_bound_and_the_slo():
 
 def test_a_model_that_executes_one_request_at_a_time_keeps_doing_so():
     """The single layout's default (malformed framing fails alone): tuning never joins requests."""
-    start = candidate_from(pipeline(max_batch_size=16))
+    start = pipeline(max_batch_size=16).scheduling()
     space = build_space(start, batch_bound=16, max_instances=2, slo_p95_ms=100, cores=2)
     assert space.values["preferred_batch_sizes"] == [(1,)] and space.values["max_queue_delay_us"] == [0]
     assert space.values["max_batch_size"] == [1, 2, 4, 8, 16]  # images a request may carry
-    batched = candidate_from(pipeline(max_batch_size=16, batch_requests=True))
+    batched = pipeline(max_batch_size=16, batch_requests=True).scheduling()
     assert len(build_space(batched, batch_bound=16, max_instances=2, slo_p95_ms=100, cores=2).values[
         "preferred_batch_sizes"]) > 1  # fmt: skip
 
@@ -250,6 +250,6 @@ def test_the_preferred_size_triton_fills_in_is_no_preference():
     p.configs["classifier"].dynamic_batching.preferred_batch_size.append(
         32
     )  # what the server reports for "none"
-    start = candidate_from(p)
+    start = p.scheduling()
     assert start.preferred_batch_sizes == ()
     assert start.with_value("preferred_batch_sizes", (32,)) == start

@@ -14,7 +14,6 @@ from cvserve.builders.admission import resolve
 from cvserve.cli import build_parser
 from cvserve.settings import from_args
 from cvserve.tune import report
-from cvserve.tune.candidates import candidate_from
 from cvserve.tune.measure import Measurement
 from cvserve.tune.models import discover
 from cvserve.tune.search import SearchResult, Trial
@@ -26,14 +25,14 @@ SCHEMA = Path(__file__).resolve().parents[2] / "helm" / "cvserve" / "values.sche
 def pipeline(layout="ensemble"):
     shape = tc.PipelineShape(pixels_shape=(224, 224, 3), top_k=5, labels=[str(i) for i in range(10)])
     plan = rt.decide(target="cpu", runtime="onnxruntime", layout=layout)
-    batching = resolve(tc.Batching(max_batch_size=32, network_instances=1), None)  # tuner's step: 1 -> 2
+    batching = resolve(tc.Batching(max_batch_size=32, network_instances=1), plan.roles, None)  # tuner: 1 -> 2
     cfgs = tc.pipeline_configs("net", plan, shape, batching, tc.VersionPolicy())
     return discover("net", {c.name: c for c in cfgs.values()}.__getitem__)
 
 
 def result(layout="ensemble"):
     base = pipeline(layout)
-    start = candidate_from(base)
+    start = base.scheduling()
     chosen = (
         start.with_value("network_instances", 2)
         .with_value("max_batch_size", 16)

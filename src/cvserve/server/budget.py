@@ -14,7 +14,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-THREAD_PARAMETERS = ("intra_op_threads", "decode_threads")
+from cvserve.client.contract import DECODE_THREADS_PARAMETER, INTRA_OP_THREADS_PARAMETER
+
+THREAD_PARAMETERS = (INTRA_OP_THREADS_PARAMETER, DECODE_THREADS_PARAMETER)
 NETWORK_PARAMETERS = ("runtime", "inference_precision")
 
 
@@ -62,8 +64,8 @@ def model_threads(
         budget = thread_budget(
             instances,
             cores=cores,
-            intra_op=_int_parameter(cfg, "intra_op_threads"),
-            decode=_int_parameter(cfg, "decode_threads"),
+            intra_op=_int_parameter(cfg, INTRA_OP_THREADS_PARAMETER),
+            decode=_int_parameter(cfg, DECODE_THREADS_PARAMETER),
         )
         runtime, precision = (_parameter(cfg, key) for key in NETWORK_PARAMETERS)
         network = f"{runtime} in {precision or 'f32'}; " if runtime else ""

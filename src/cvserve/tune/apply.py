@@ -25,11 +25,10 @@ from contextlib import contextmanager
 from google.protobuf import json_format
 from tritonclient.grpc import model_config_pb2 as mc
 
+from cvserve.builders.runtime import ENTRY
 from cvserve.errors import TritonError, UserInputError
-from cvserve.tune.candidates import Candidate, apply_candidate, candidate_from
+from cvserve.tune.candidates import Candidate
 from cvserve.tune.models import Pipeline, discover
-
-STEPS = ("preprocess", "network")  # an ensemble's steps, loaded before the ensemble (NAME, "classifier")
 
 
 def config_from_json(text: str | dict) -> mc.ModelConfig:
@@ -56,7 +55,7 @@ class LiveApplier:
         self.names = self.pipeline.models
         self.start_configs = self.pipeline.configs
         self._live = dict(self.start_configs)  # role -> config Triton runs now
-        self.start = candidate_from(self.pipeline)
+        self.start = self.pipeline.scheduling()
         self.current: Candidate | None = self.start
 
     def _call(self, what: str, fn, *args, **kwargs):
@@ -83,11 +82,10 @@ class LiveApplier:
         return discover(name, read)
 
     def _load(self, configs: dict[str, mc.ModelConfig]) -> None:
-        order: tuple[str, ...] = ("classifier",)
-        if self.pipeline.layout == "ensemble":
-            order = (*STEPS, "classifier")
-            ensemble = self.names["classifier"]
-            self._live.pop("classifier", None)
+        order = self.pipeline.roles.roles  # the steps first, the model clients call last
+        if len(order) > 1:  # an ensemble: unloaded first, loaded last (module docstring)
+            ensemble = self.names[ENTRY]
+            self._live.pop(ENTRY, None)
             self._call(f"unloading {ensemble}", self._client.unload_model, ensemble)
         for role in order:
             if self._live.get(role) == configs[role]:
@@ -107,7 +105,7 @@ class LiveApplier:
         if candidate == self.current:
             return
         self.current = None  # unknown until every model has loaded
-        self._load(apply_candidate(self.pipeline, candidate))
+        self._load(self.pipeline.apply(candidate))
         self.current = candidate
 
     def restore(self) -> None:

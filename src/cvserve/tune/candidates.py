@@ -1,12 +1,13 @@
 """The tuning search space: candidate settings, the bounds they keep, and their mapping onto the configs.
 
-A :class:`Candidate` is one setting of the knobs ``cvserve tune`` searches, for either layout
-(:mod:`cvserve.tune.models`): the max batch size (every model of the pipeline shares it), the network's
+A candidate is one setting of the knobs ``cvserve tune`` searches, for either layout
+(:mod:`cvserve.tune.models`): a :class:`~cvserve.builders.scheduling.Scheduling`, the same value the
+build writes its configs from. The knobs: the max batch size (every model of the pipeline shares it), the network's
 preferred batch sizes and max queue delay, the instances and intra-op threads of the model that runs
 the network, the decode threads of the python model that decodes, the instances of the preprocess
 model (ensemble layout), and admission control: ``max_queue_size`` and the queue timeout of every
-model with a dynamic batcher (REJECT). :func:`apply_candidate` writes a candidate into the pipeline's
-configs (Triton's ``model_config`` protobuf); :func:`candidate_from` reads one back.
+model with a dynamic batcher (REJECT). ``Scheduling.apply`` writes a candidate into the pipeline's
+configs (Triton's ``model_config`` protobuf); ``Scheduling.read`` reads one back.
 
 The bounds every candidate keeps (:meth:`SearchSpace.valid`):
 
@@ -25,15 +26,16 @@ The bounds every candidate keeps (:meth:`SearchSpace.valid`):
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from tritonclient.grpc import model_config_pb2 as mc
 
 from cvserve.builders.profile import EngineProfile
-from cvserve.builders.triton_config import ONE_REQUEST_PER_EXECUTION
+from cvserve.builders.scheduling import ONE_REQUEST_PER_EXECUTION, Scheduling
 from cvserve.errors import UserInputError
-from cvserve.tune.models import DECODE_THREADS_PARAMETER, Pipeline
+
+Candidate = Scheduling  # what the search calls a setting it tries
 
 DIMENSIONS = (
     "network_instances",
@@ -48,49 +50,6 @@ DIMENSIONS = (
 )
 QUEUE_DELAYS_US = (0, 250, 500, 1000, 2000, 4000, 8000, 16000, 32000)
 QUEUE_TIMEOUT_SLO_FRACTIONS = (0.25, 0.5, 1.0, 2.0)
-
-
-@dataclass(frozen=True, kw_only=True)
-class Candidate:
-    """One setting of the searched knobs; hashable, so trials can be cached by candidate.
-
-    ``None`` marks a knob the pipeline does not have (``preprocess_instances`` in the single layout,
-    ``decode_threads`` without a python decoder). Threads 0: derived (see :mod:`cvserve.tune.models`).
-    Queue size 0: unbounded; queue timeout 0: none (Triton's meanings).
-    """
-
-    max_batch_size: int
-    preferred_batch_sizes: tuple[int, ...] = ()
-    max_queue_delay_us: int = 0
-    network_instances: int = 1
-    network_threads: int = 0
-    decode_threads: int | None = None
-    preprocess_instances: int | None = None
-    max_queue_size: int = 0
-    queue_timeout_us: int = 0
-
-    def label(self) -> str:
-        pref = ",".join(map(str, self.preferred_batch_sizes)) or "-"
-        text = (
-            f"mbs={self.max_batch_size} pref={pref} delay={self.max_queue_delay_us}us "
-            f"net={self.network_instances}x{self.network_threads or 'auto'}"
-        )
-        if self.decode_threads is not None:
-            text += f" dec={self.decode_threads or 'auto'}"
-        if self.preprocess_instances is not None:
-            text += f" pre={self.preprocess_instances}"
-        timeout = f"{self.queue_timeout_us / 1000:g}ms" if self.queue_timeout_us else "none"
-        return text + f" queue={self.max_queue_size or 'inf'} timeout={timeout}"
-
-    def as_dict(self) -> dict:
-        d = asdict(self)
-        d["preferred_batch_sizes"] = list(self.preferred_batch_sizes)
-        return d
-
-    def with_value(self, dimension: str, value) -> Candidate:
-        """A copy with one knob changed; preferred sizes above the max batch size are dropped."""
-        c = replace(self, **{dimension: value})
-        return replace(c, preferred_batch_sizes=_preferred(c.preferred_batch_sizes, c.max_batch_size))
 
 
 @dataclass(kw_only=True)
@@ -154,12 +113,6 @@ class SearchSpace:
             down if down is not None and down != c and self.valid(down) else None,
             up if up is not None and up != c and self.valid(up) else None,
         )
-
-
-def _preferred(sizes, max_batch_size: int) -> tuple[int, ...]:
-    """Preferred sizes the max batch can form; ``(max,)`` is ``()``: Triton fills an empty list with it."""
-    kept = tuple(p for p in sizes if p <= max_batch_size)
-    return () if kept == (max_batch_size,) else kept
 
 
 def _order_key(v):
@@ -233,97 +186,6 @@ def build_space(
     return SearchSpace(
         values=values, batch_bound=batch_bound, cores=cores, threads_share_cores=threads_share_cores
     )
-
-
-# -- candidates <-> configs ------------------------------------------------------------------------------
-def _count(cfg: mc.ModelConfig) -> int:
-    return sum(g.count or 1 for g in cfg.instance_group) or 1
-
-
-def _set_count(cfg: mc.ModelConfig, count: int) -> None:
-    # Keep the first group's kind/devices/name; one group of `count` instances.
-    group = mc.ModelInstanceGroup()
-    if cfg.instance_group:
-        group.CopyFrom(cfg.instance_group[0])
-    else:
-        group.kind = mc.ModelInstanceGroup.KIND_CPU
-    group.count = count
-    del cfg.instance_group[:]
-    cfg.instance_group.append(group)
-
-
-def _int_param(cfg: mc.ModelConfig, key: str) -> int:
-    text = cfg.parameters[key].string_value if key in cfg.parameters else ""
-    try:
-        return int(text or 0)
-    except ValueError:
-        raise UserInputError(f"{cfg.name}: parameter {key} is {text!r}, not a whole number") from None
-
-
-def _set_threads(cfg: mc.ModelConfig, key: str, value: int, *, keep_zero: bool) -> None:
-    """cvserve's python model reads 0 as "derived"; a native backend gets no parameter for its default."""
-    if value or keep_zero:
-        cfg.parameters[key].string_value = str(value)
-    elif key in cfg.parameters:
-        del cfg.parameters[key]
-
-
-def candidate_from(pipeline: Pipeline) -> Candidate:
-    """The knobs as the pipeline's configs set them (instance counts summed over instance groups)."""
-    cfgs = pipeline.configs
-    net = cfgs[pipeline.network_role]
-    db = net.dynamic_batching
-    policy = (
-        cfgs[pipeline.queue_roles[0]].dynamic_batching.default_queue_policy if pipeline.queue_roles else None
-    )
-    threads_key, decode = pipeline.threads_parameter, pipeline.decode_role
-    return Candidate(
-        max_batch_size=net.max_batch_size,
-        preferred_batch_sizes=_preferred(db.preferred_batch_size, net.max_batch_size),
-        max_queue_delay_us=db.max_queue_delay_microseconds,
-        network_instances=_count(net),
-        network_threads=_int_param(net, threads_key) if threads_key else 0,
-        decode_threads=_int_param(cfgs[decode], DECODE_THREADS_PARAMETER) if decode else None,
-        preprocess_instances=_count(cfgs["preprocess"]) if pipeline.layout == "ensemble" else None,
-        max_queue_size=policy.max_queue_size if policy is not None else 0,
-        queue_timeout_us=policy.default_timeout_microseconds if policy is not None else 0,
-    )
-
-
-def apply_candidate(pipeline: Pipeline, c: Candidate) -> dict[str, mc.ModelConfig]:
-    """Role -> new config with ``c`` applied; ``pipeline`` is not modified."""
-    out = {}
-    for role, cfg in pipeline.configs.items():
-        new = mc.ModelConfig()
-        new.CopyFrom(cfg)
-        new.max_batch_size = c.max_batch_size  # the pipeline's models share it (the ensemble too)
-        if new.HasField("dynamic_batching"):  # one of a oneof: the ensemble has ensemble_scheduling instead
-            # Triton fills an empty preferred list with max_batch_size: drop sizes the new max cannot form.
-            kept = [p for p in new.dynamic_batching.preferred_batch_size if p <= c.max_batch_size]
-            del new.dynamic_batching.preferred_batch_size[:]
-            new.dynamic_batching.preferred_batch_size.extend(kept)
-        out[role] = new
-    net = out[pipeline.network_role]
-    del net.dynamic_batching.preferred_batch_size[:]
-    net.dynamic_batching.preferred_batch_size.extend(c.preferred_batch_sizes)
-    net.dynamic_batching.max_queue_delay_microseconds = c.max_queue_delay_us
-    _set_count(net, c.network_instances)
-    if pipeline.threads_parameter:
-        _set_threads(
-            net, pipeline.threads_parameter, c.network_threads, keep_zero=pipeline.threads_share_cores
-        )
-    if pipeline.decode_role and c.decode_threads is not None:
-        out[pipeline.decode_role].parameters[DECODE_THREADS_PARAMETER].string_value = str(c.decode_threads)
-    if pipeline.layout == "ensemble" and c.preprocess_instances is not None:
-        _set_count(out["preprocess"], c.preprocess_instances)
-    for role in pipeline.queue_roles:
-        db = out[role].dynamic_batching
-        if c.max_queue_size or c.queue_timeout_us or db.HasField("default_queue_policy"):
-            policy = db.default_queue_policy
-            policy.max_queue_size = c.max_queue_size
-            policy.default_timeout_microseconds = c.queue_timeout_us
-            policy.timeout_action = mc.ModelQueuePolicy.TimeoutAction.REJECT
-    return out
 
 
 # -- the batch bound -----------------------------------------------------------------------------------

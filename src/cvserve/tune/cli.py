@@ -121,6 +121,7 @@ def tune(s: TuneSettings) -> int:
         "model": s.name,
         "url": s.url,
         "images": str(s.images),
+        "out": str(out),
         **dataclasses.asdict(s.search),
         **dataclasses.asdict(s.run),
         "max_instances": s.max_instances,
@@ -138,6 +139,7 @@ def tune(s: TuneSettings) -> int:
     written = report.write(data, out, plots=s.plots)
     _print_summary(data)
     print(f"report: {written[1]}")
+    print(f"rebuild with them: cvserve build ... --from-tune {out}  (as flags: {written[3]})")
     return 0 if result.best.feasible else 1
 
 
@@ -149,5 +151,6 @@ def _print_summary(data: dict) -> None:
             f"{key:>8}: {r['label']}  p95 {num(r['p95_ms'])} ms  {num(r['inferences_per_s'])} inf/s  "
             f"${num(r['cost_per_1k_usd'])}/1k  meets SLO: {num(r['meets_slo'])}"
         )
+    print("build flags: " + " ".join(data["build_flags"]))
     if not data["meets_slo"]:
         print("no configuration met the SLO: relax --slo-p95-ms, add capacity, or raise --budget")

@@ -8,10 +8,8 @@ NAME is the model clients call. Its config tells the layout (:mod:`cvserve.build
   takes the encoded ``IMAGE`` is the preprocess model, the step that emits ``CLASS_INDEX`` the network.
 
 The thread budget (:func:`cvserve.builders.runners.thread_budget`): instances x intra-op threads of the
-model that runs the network must not exceed the cores. Where its threads are set depends on the model:
-cvserve's python model reads ``intra_op_threads`` (0: the cores divided among its instances), Triton's
-openvino and onnxruntime backends read their own parameter (absent: the backend uses every core, per
-instance). GPU instances have no CPU thread budget.
+model that runs the network must not exceed the cores. Where its threads are set depends on the model
+(:mod:`cvserve.builders.scheduling`); GPU instances have no CPU thread budget.
 """
 
 from __future__ import annotations
@@ -21,16 +19,16 @@ from dataclasses import dataclass
 
 from tritonclient.grpc import model_config_pb2 as mc
 
+from cvserve.builders import scheduling as sch
 from cvserve.builders import triton_config as tc
+from cvserve.builders.runtime import ENTRY, LAYOUT, Layout
 from cvserve.errors import UserInputError
-
-THREADS_PARAMETER = tc.THREADS_PARAMETER  # the builder's names (cvserve.builders.triton_config)
-DECODE_THREADS_PARAMETER = tc.DECODE_THREADS_PARAMETER
 
 
 @dataclass(frozen=True, kw_only=True)
 class Pipeline:
-    """The models of NAME by role (``classifier`` is NAME itself), with their configs."""
+    """The models of NAME by role (:data:`~cvserve.builders.runtime.ENTRY` is NAME itself), with their
+    configs; which role does what is the layout's answer (:class:`cvserve.builders.runtime.Layout`)."""
 
     name: str
     layout: str  # single | ensemble
@@ -38,47 +36,39 @@ class Pipeline:
     configs: dict[str, mc.ModelConfig]  # role -> config
 
     @property
+    def roles(self) -> Layout:
+        return LAYOUT[self.layout]
+
+    @property
     def network_role(self) -> str:
         """The role of the model that runs the network (and forms its batches)."""
-        return "classifier" if self.layout == "single" else "network"
+        return self.roles.network
 
     @property
     def queue_roles(self) -> tuple[str, ...]:
         """Roles of the models with a dynamic batcher, the one that first queues a request first."""
-        roles = ("classifier",) if self.layout == "single" else ("preprocess", "network")
-        return tuple(r for r in roles if self.configs[r].HasField("dynamic_batching"))
-
-    @property
-    def decode_role(self) -> str | None:
-        """The python model that decodes images (its ``decode_threads``), if there is one."""
-        role = "classifier" if self.layout == "single" else "preprocess"
-        return role if _backend(self.configs[role]) == "python" else None
+        return tuple(r for r in self.roles.queues if self.configs[r].HasField("dynamic_batching"))
 
     @property
     def threads_parameter(self) -> str | None:
         """The parameter that sets the network's intra-op threads; None where there is no CPU budget."""
-        cfg = self.configs[self.network_role]
-        if any(g.kind == mc.ModelInstanceGroup.KIND_GPU for g in cfg.instance_group):
-            return None
-        return THREADS_PARAMETER.get(_backend(cfg))
+        return sch.threads_parameter(self.configs[self.network_role])
 
     @property
     def threads_share_cores(self) -> bool:
-        """True if 0 threads means the cores divided among the instances (cvserve's python model);
-        False if it means every core per instance (Triton's native backends)."""
-        return _backend(self.configs[self.network_role]) == "python"
+        return sch.threads_share_cores(self.configs[self.network_role])
 
+    def scheduling(self) -> sch.Scheduling:
+        """The serving settings as the configs set them."""
+        return sch.Scheduling.read(self.roles, self.configs)
 
-def _backend(cfg: mc.ModelConfig) -> str:
-    if cfg.backend:
-        return cfg.backend
-    return {"onnxruntime_onnx": "onnxruntime", "tensorrt_plan": "tensorrt", "ensemble": "ensemble"}.get(
-        cfg.platform, cfg.platform
-    )
+    def apply(self, settings: sch.Scheduling) -> dict[str, mc.ModelConfig]:
+        """Role -> new config with ``settings`` written in; the pipeline is not modified."""
+        return settings.apply(self.roles, self.configs)
 
 
 def _role_of_step(cfg: mc.ModelConfig) -> str | None:
-    if any(i.name == tc.IMAGE for i in cfg.input) and _backend(cfg) == "python":
+    if any(i.name == tc.IMAGE for i in cfg.input) and sch.backend(cfg) == "python":
         return "preprocess"
     if any(o.name == tc.CLASS_INDEX for o in cfg.output):
         return "network"
@@ -93,8 +83,8 @@ def discover(name: str, read_config: Callable[[str], mc.ModelConfig]) -> Pipelin
     """
     top = read_config(name)
     if not top.HasField("ensemble_scheduling"):
-        return Pipeline(name=name, layout="single", models={"classifier": name}, configs={"classifier": top})
-    models, configs = {"classifier": name}, {"classifier": top}
+        return Pipeline(name=name, layout="single", models={ENTRY: name}, configs={ENTRY: top})
+    models, configs = {ENTRY: name}, {ENTRY: top}
     for step in top.ensemble_scheduling.step:
         cfg = read_config(step.model_name)
         role = _role_of_step(cfg)
@@ -102,7 +92,7 @@ def discover(name: str, read_config: Callable[[str], mc.ModelConfig]) -> Pipelin
             break
         models[role], configs[role] = step.model_name, cfg
     else:
-        if set(models) == set(tc.ROLES):
+        if set(models) == set(LAYOUT["ensemble"].roles):
             return Pipeline(name=name, layout="ensemble", models=models, configs=configs)
     steps = ", ".join(s.model_name for s in top.ensemble_scheduling.step)
     raise UserInputError(

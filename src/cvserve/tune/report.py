@@ -13,14 +13,19 @@ from __future__ import annotations
 
 import difflib
 import json
+import shlex
 from pathlib import Path
 
 from google.protobuf import json_format, text_format
 
+from cvserve.builders.scheduling import TUNE_REPORT_KEY
+from cvserve.builders.triton_config import Batching
 from cvserve.reporting import render, yaml_dump
-from cvserve.tune.candidates import Candidate, apply_candidate
+from cvserve.tune.candidates import Candidate
 from cvserve.tune.models import Pipeline
 from cvserve.tune.search import SearchResult, Trial
+
+BUILD_FLAGS_FILE = "build-flags.txt"
 
 _HELM_BATCHING_KEYS = (
     "preferred_batch_size",
@@ -67,7 +72,7 @@ def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]
 
 def config_changes(base: Pipeline, chosen: Candidate) -> dict[str, dict]:
     """Role -> {"before", "after", "diff"} texts for every model whose config changes."""
-    after = apply_candidate(base, chosen)
+    after = base.apply(chosen)
     out = {}
     for role, cfg in base.configs.items():
         old, new = text_format.MessageToString(cfg), text_format.MessageToString(after[role])
@@ -89,7 +94,7 @@ def _ints(d: dict) -> dict:
 
 def helm_overrides(base: Pipeline, chosen: Candidate) -> tuple[dict, list[str]]:
     """The chart's ``modelConfigOverrides`` for ``chosen``, and notes on what the chart cannot express."""
-    after = apply_candidate(base, chosen)
+    after = base.apply(chosen)
     overrides, notes = {}, []
     for role, cfg in base.configs.items():
         new, entry = after[role], {}
@@ -137,6 +142,11 @@ def build_report(result: SearchResult, *, settings: dict, base: Pipeline) -> dic
         "start": trial_row(result.start, price),
         "chosen": trial_row(result.best, price),
         "candidates": [trial_row(t, price) for t in result.trials],
+        # the winner as the build's settings model: `cvserve build --from-tune` reads it, the flags say it
+        TUNE_REPORT_KEY: result.best.candidate.as_dict(),
+        "build_flags": Batching.of(
+            result.best.candidate, base.roles, slo_p95_ms=settings["slo_p95_ms"]
+        ).flags(),
         "config_changes": config_changes(base, result.best.candidate),
         "helm_values": helm,
         "helm_notes": notes,
@@ -210,12 +220,19 @@ def plot(report: dict, path: Path) -> None:
 
 
 def write(report: dict, out_dir: Path, *, plots: bool = True) -> list[Path]:
-    """Write tuning_report.json/.md, the plot, configs/<model>/config.pbtxt(+.diff), helm-values.yaml."""
+    """Write tuning_report.json/.md, the plot, configs/<model>/config.pbtxt(+.diff), helm-values.yaml and
+    build-flags.txt (the chosen settings as ``cvserve build`` flags)."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    written = [out_dir / "tuning_report.json", out_dir / "tuning_report.md", out_dir / "helm-values.yaml"]
+    written = [
+        out_dir / "tuning_report.json",
+        out_dir / "tuning_report.md",
+        out_dir / "helm-values.yaml",
+        out_dir / BUILD_FLAGS_FILE,
+    ]
     written[0].write_text(json.dumps(report, indent=2, default=str) + "\n")
     written[1].write_text(render_markdown(report))
     written[2].write_text(render_helm_values(report))
+    written[3].write_text(shlex.join(report["build_flags"]) + "\n")
     for change in report["config_changes"].values():
         d = out_dir / "configs" / change["model"]
         d.mkdir(parents=True, exist_ok=True)
