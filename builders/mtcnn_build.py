@@ -86,8 +86,9 @@ def torch_cascade():
 def runner_cascade(folder: Path, runtime: str = "openvino", threads: int = 0):
     """The cascade's networks as served: the files in ``folder`` in ``runtime``, float layers in f32."""
     from cvserve.builders.runners import open_runner
+    from cvserve.builders.runtime import NETWORK_FILES
 
-    suffix = ".xml" if runtime == "openvino" else ".onnx"
+    suffix = Path(NETWORK_FILES[runtime]).suffix
     runners = [
         open_runner(folder / f"{n}{suffix}", runtime, threads=threads, precision="f32") for n in NETWORKS
     ]

@@ -30,6 +30,13 @@ DEFAULT_CPU_RUNTIME = "openvino"
 DEFAULT_GPU_RUNTIME = "tensorrt"
 # The file each runtime serves, inside the version folder of the model that runs the network.
 NETWORK_FILES = {"openvino": "model.xml", "onnxruntime": "model.onnx", "tensorrt": "model.plan"}
+# The Triton backend (and platform, where Triton names one) that serves each runtime's network in the
+# ensemble layout (NGC's image); the single layout's python model runs every CPU runtime itself.
+TRITON_BACKENDS = {
+    "openvino": ("openvino", ""),
+    "onnxruntime": ("onnxruntime", "onnxruntime_onnx"),
+    "tensorrt": ("tensorrt", "tensorrt_plan"),
+}
 ENTRY = "classifier"  # the role of the model clients call, NAME itself (either task)
 
 

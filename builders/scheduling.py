@@ -26,7 +26,7 @@ from pathlib import Path
 
 from tritonclient.grpc import model_config_pb2 as mc
 
-from cvserve.builders.runtime import LAYOUT, Layout
+from cvserve.builders.runtime import LAYOUT, TRITON_BACKENDS, Layout
 from cvserve.client.contract import DECODE_THREADS_PARAMETER, INTRA_OP_THREADS_PARAMETER
 from cvserve.errors import NotFoundError, UserInputError
 
@@ -43,7 +43,7 @@ def backend(cfg: mc.ModelConfig) -> str:
     """The backend that runs ``cfg`` (a platform names its backend)."""
     if cfg.backend:
         return cfg.backend
-    return {"onnxruntime_onnx": "onnxruntime", "tensorrt_plan": "tensorrt", "ensemble": "ensemble"}.get(
+    return {platform: name for name, platform in TRITON_BACKENDS.values() if platform}.get(
         cfg.platform, cfg.platform
     )
 

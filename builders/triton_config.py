@@ -45,7 +45,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 from cvserve.builders import tasks
 from cvserve.builders.detection import NmsSettings
 from cvserve.builders.profile import EngineProfile
-from cvserve.builders.runtime import ENTRY, Layout, ServingPlan, model_names
+from cvserve.builders.runtime import ENTRY, TRITON_BACKENDS, Layout, ServingPlan, model_names
 from cvserve.builders.scheduling import ONE_REQUEST_PER_EXECUTION, Scheduling
 from cvserve.client import contract
 from cvserve.errors import UserInputError
@@ -377,18 +377,16 @@ def network_config(
         instance_group=_instances(plan.instance_kind),
         default_model_filename=plan.network_file,
     )
-    if plan.runtime == "openvino":  # Triton's openvino backend (NGC), IR files
-        cfg.backend = "openvino"
+    cfg.backend, platform = TRITON_BACKENDS[plan.runtime]
+    if platform:
+        cfg.platform = platform
+    if plan.runtime == "openvino":  # IR files
         params: dict[str, object] = {"PERFORMANCE_HINT": "LATENCY"}
         if shape.float_parts == "bf16":
             params[OPENVINO_BF16_PARAMETER] = "YES"
         _params(cfg, params)
-    elif plan.runtime == "onnxruntime":  # Triton's onnxruntime backend (NGC)
-        cfg.platform, cfg.backend = "onnxruntime_onnx", "onnxruntime"
-        if plan.accelerator == "tensorrt":
-            add_tensorrt_accelerator(cfg, precision=shape.precision, shape=shape, profile=profile)
-    else:  # a TensorRT engine: it only runs on a GPU instance
-        cfg.platform, cfg.backend = "tensorrt_plan", "tensorrt"
+    elif plan.accelerator == "tensorrt":  # ONNX Runtime's TensorRT accelerator; an engine runs on GPUs only
+        add_tensorrt_accelerator(cfg, precision=shape.precision, shape=shape, profile=profile)
     return cfg
 
 
