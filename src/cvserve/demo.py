@@ -38,7 +38,8 @@ ARCH = "cvserve.builders.architectures:mobilenet_v2"
 
 
 def _build(args, precision: str, log) -> object:
-    from cvserve.builders.pipeline import BuildSettings, QuantizationOptions, ServingOptions, build
+    from cvserve.builders.pipeline import BuildSettings, ServingOptions, build
+    from cvserve.builders.quantize import QuantizeSettings
     from cvserve.builders.samples import demo_weights, imagenet_labels_path
 
     return build(
@@ -48,7 +49,7 @@ def _build(args, precision: str, log) -> object:
             name=args.name,
             labels=imagenet_labels_path(),
             repository=args.repository,
-            quantization=QuantizationOptions(precision=precision),
+            quantization=QuantizeSettings(precision=precision),
             serving=ServingOptions(top_k=args.top_k),
             progress=False,
         ),
