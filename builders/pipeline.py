@@ -75,7 +75,7 @@ class ServingOptions:
     """Where the network is served and how Triton schedules it."""
 
     target: str = setting(
-        "cpu", choices=rt.TARGETS, help="cpu or gpu (cvserve.builders.runtime decides the rest)"
+        "cpu", choices=rt.TARGETS, help="where the network runs (cvserve.builders.runtime decides the rest)"
     )
     runtime: str = setting(
         "auto",
