@@ -49,6 +49,7 @@ from cvserve.builders.runtime import ServingPlan
 from cvserve.client import contract
 from cvserve.errors import UserInputError
 from cvserve.settings import integers, setting
+from cvserve.slo import DEFAULT_SLO_P95_MS  # the latency objective queue timeouts derive from
 
 IMAGE = contract.IMAGE
 PIXELS = contract.PIXELS
@@ -57,7 +58,6 @@ SCORE = contract.SCORE
 FEATURES = contract.FEATURES  # optional: the feature summary the served model counts (docs/monitoring.md)
 LABELS_PARAMETER = contract.LABELS_PARAMETER
 ROLES = ("classifier", "preprocess", "network")  # classifier: NAME (the single model or the ensemble)
-DEFAULT_SLO_P95_MS = 500.0  # the latency objective queue timeouts derive from (cvserve loadtest's default)
 # The config parameter that sets a network's intra-op threads, per backend (read by cvserve tune too):
 # python is cvserve's own model (model_repository/classifier.py), the others Triton's backends.
 THREADS_PARAMETER = {

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cvserve.loadtests.schedule import SCENARIOS, default_step_users
-from cvserve.settings import duration, setting
+from cvserve.settings import REQUIRED, duration, like, setting
+from cvserve.slo import LatencyObjective
 
 _GATES = "gates"
 _COST = "cost"
@@ -63,7 +64,7 @@ class LoadTestSettings:
     )
     request_timeout_s: float = duration(30.0, above=0, help="deadline of each call")
 
-    slo_p95_ms: float = setting(above=0, metavar="MS", group=_GATES, help="p95 latency SLO in milliseconds")
+    slo_p95_ms: float = like(LatencyObjective, "slo_p95_ms", REQUIRED, group=_GATES)
     max_error_rate: float = setting(
         0.001, at_least=0, at_most=1, group=_GATES, help="highest error rate, a fraction (0.001 = 0.1%)"
     )

@@ -33,6 +33,7 @@ from pathlib import Path
 
 from cvserve.defaults import DEFAULT_REPOSITORY
 from cvserve.settings import add_arguments, from_args, setting
+from cvserve.slo import DEFAULT_SLO_P95_MS
 
 ARCH = "cvserve.builders.architectures:mobilenet_v2"
 
@@ -264,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
                         repository=args.repository,
                         report_dir=args.report_dir,
                         promote=True,
-                        slo_p95_ms=500.0,
+                        slo_p95_ms=DEFAULT_SLO_P95_MS,  # what the builds sized admission for
                         duration_s=15.0,
                         warmup_s=3.0,
                         users=4,
