@@ -11,9 +11,10 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from cvserve.loadtests.schedule import SCENARIOS, default_step_users
-from cvserve.settings import REQUIRED, duration, like, setting
+from cvserve.settings import REQUIRED, as_mapping, duration, from_args, like, setting
 from cvserve.slo import LatencyObjective
 
 _GATES = "gates"
@@ -145,6 +146,12 @@ class LoadTestSettings:
             master_bind_host=self.master_bind_host or ("0.0.0.0" if self.remote_workers else "127.0.0.1"),
             master_port=port,
         )
+
+
+def load_test(settings: Any, **values: Any) -> LoadTestSettings:
+    """The load test another command's ``settings`` describe: every load-test setting it took with
+    :func:`~cvserve.settings.like` (same name, nested groups too), then ``values`` (what differs)."""
+    return from_args(LoadTestSettings, as_mapping(settings), **values)
 
 
 def default_metrics_url(url: str) -> str:
