@@ -10,6 +10,7 @@ Example:
     ...         print(top[0].label, f"{top[0].score:.2f}")
 """
 
+from cvserve.client._options import ClientOptions
 from cvserve.client._retry import RetryBudget, RetryPolicy
 from cvserve.client.aio import AsyncClient
 from cvserve.client.errors import (
@@ -33,6 +34,7 @@ __all__ = [
     "Client",
     "ClientError",
     "ClientMetrics",
+    "ClientOptions",
     "DeadlineExceeded",
     "Detection",
     "InvalidInput",
