@@ -61,14 +61,14 @@ ROLES = ("classifier", "preprocess", "network")  # classifier: NAME (the single 
 # The config parameter that sets a network's intra-op threads, per backend (read by cvserve tune too):
 # python is cvserve's own model (model_repository/classifier.py), the others Triton's backends.
 THREADS_PARAMETER = {
-    "python": "intra_op_threads",
+    "python": contract.INTRA_OP_THREADS_PARAMETER,
     "openvino": "INFERENCE_NUM_THREADS",
     "onnxruntime": "intra_op_thread_count",
 }
-DECODE_THREADS_PARAMETER = "decode_threads"  # of the python models that decode
+DECODE_THREADS_PARAMETER = contract.DECODE_THREADS_PARAMETER  # of the python models that decode
 # The float precision the network computes in (cvserve.builders.precision), per backend: cvserve's
 # python model takes f32 or bf16; Triton's openvino backend only takes HINT_BF16 (it cannot pin f32).
-PRECISION_PARAMETER = "inference_precision"
+PRECISION_PARAMETER = contract.PRECISION_PARAMETER
 OPENVINO_BF16_PARAMETER = "HINT_BF16"
 # Triton's dynamic batcher re-checks a queue it was not woken for every 500 ms (hard-coded in 2.51 and
 # still on core main): a derived queue timeout stays a full re-check above it (module docstring).
