@@ -33,31 +33,42 @@ from pathlib import Path
 import numpy as np
 
 from cvserve.errors import UserInputError
+from cvserve.settings import check, setting
 
 CONFIDENCE_BANDS = ((0.8, 1.0), (0.5, 0.8), (0.0, 0.5))  # FP32 top-1 probability, [low, high)
 
 
 @dataclass(frozen=True, kw_only=True)
 class GateSettings:
-    """Thresholds of the gate (see the module docstring for their exact meaning)."""
+    """Thresholds of the gate (see the module docstring for their exact meaning); ``cvserve build``'s
+    accuracy-gate flags are derived from these fields."""
 
-    max_accuracy_drop: float = 0.01  # fraction of FP32's own score on the gated top-1 metric
-    confidence: float = 0.5  # FP32 top-1 probability from which an image counts as confident
+    max_accuracy_drop: float = setting(
+        0.01,
+        at_least=0,
+        at_most=0.99,
+        help="the gate: with labels, INT8 keeps >= (1 - D) of FP32's top-1 accuracy; without, top-1 "
+        "agreement >= 1 - D on the images FP32 is confident about (docs/quantization.md)",
+    )
+    confidence: float = setting(
+        0.5,
+        at_least=0,
+        at_most=0.99,
+        help="FP32 top-1 probability from which a held-out image counts as confident",
+    )
     # Mean share of FP32's top-5 found in the candidate's top-5, over all held-out images. Catches a
     # broken network (wrong ranges: below 0.5) while the order of the near-zero classes around rank 5,
     # which INT8 weights alone reshuffle (0.88 on MobileNetV2, docs/benchmarks.md), does not decide.
-    min_top5_overlap: float = 0.8
-    min_confident_images: int = 0  # 0: ceil(1 / max_accuracy_drop)
+    min_top5_overlap: float = setting(
+        0.8,
+        at_least=0,
+        at_most=1,
+        help="the gate's floor on top-5 overlap with FP32 over all held-out images",
+    )
+    min_confident_images: int = setting(0, cli=False)  # 0: ceil(1 / max_accuracy_drop)
 
     def __post_init__(self) -> None:
-        if not 0 <= self.max_accuracy_drop < 1:
-            raise UserInputError(f"--max-accuracy-drop must be in [0, 1), got {self.max_accuracy_drop}")
-        if not 0 <= self.confidence < 1:
-            raise UserInputError(f"the confidence threshold must be in [0, 1), got {self.confidence}")
-        if not 0 <= self.min_top5_overlap <= 1:
-            raise UserInputError(
-                f"the top-5 overlap threshold must be in [0, 1], got {self.min_top5_overlap}"
-            )
+        check(self)  # the ranges above, naming the flag
         if self.min_confident_images < 0:
             raise UserInputError(f"min_confident_images must be >= 0, got {self.min_confident_images}")
 

@@ -33,9 +33,11 @@ import numpy as np
 
 from cvserve import hardware
 from cvserve.builders import accuracy, quantize, quantizers
+from cvserve.builders.precision import decide as decide_precision
 from cvserve.builders.preprocessing import PreprocessSpec
 from cvserve.builders.profile import EngineProfile
 from cvserve.builders.runners import RUNTIMES
+from cvserve.builders.runtime import decide as decide_plan
 from cvserve.errors import BuildError, UserInputError
 from cvserve.settings import add_arguments, from_args, names, setting
 
@@ -123,6 +125,16 @@ def bench_mobilenet(work: Path, args) -> dict:
     }
 
 
+def _context(settings: quantize.QuantizeSettings, runtime: str, spec, **kw) -> quantize.Context:
+    """The stage's context for a CPU ``runtime``, decided as a build decides it."""
+    plan = decide_plan(target="cpu", runtime=runtime)
+    numerics = decide_precision(settings.precision, plan, float_parts=settings.float_parts)
+    profile = EngineProfile.for_batching(32, (BATCH,))
+    return quantize.Context(
+        numerics=numerics, plan=plan, preprocess=spec, profile=profile, progress=False, **kw
+    )
+
+
 def _as_served(
     fp32, work, spec, cal_dir, val_dir, batch, args, *, runtime, quantizer, precision, float_parts
 ):
@@ -130,22 +142,19 @@ def _as_served(
     settings = quantize.QuantizeSettings(
         precision=precision,
         float_parts=float_parts,
-        preprocess=spec,
-        profile=EngineProfile.for_batching(32, (BATCH,)),
-        runtime=runtime,
         calibration=cal_dir,
         calibration_samples=args.calibration_samples,
         validation=val_dir,
         quantizer=quantizer,
-        progress=False,
     )
+    context = _context(settings, runtime, spec)
     name = (
         quantizers.resolve(settings.quantizer, target="cpu", runtime=runtime) if precision == "int8" else "-"
     )
     row = {"runtime": runtime, "quantizer": name, "precision": precision, "float_parts": float_parts}
     out = Path(tempfile.mkdtemp(prefix=f"served_{runtime}_{name}_{precision}_{float_parts}_", dir=work))
     try:
-        r = quantize.run(settings, fp32, out, log=print)
+        r = quantize.run(settings, context, fp32, out, log=print)
     except BuildError as exc:
         return {**row, "decision": "failed", "error": str(exc)}
     speed = quantize.compare_throughput(
@@ -175,21 +184,17 @@ def bench_tasks(work: Path, args) -> list[dict]:
             for rt in args.runtimes:
                 settings = quantize.QuantizeSettings(
                     precision="int8",
-                    preprocess=task.spec,
-                    profile=EngineProfile.for_batching(32, (BATCH,)),
-                    runtime=rt,
                     quantizer=name,
                     calibration=task.calibration,
                     validation=task.validation,
                     validation_labels=task.labels,
-                    class_names=task.class_names,
-                    progress=False,
                 )
+                context = _context(settings, rt, task.spec, class_names=task.class_names)
                 out = work / f"{task_name}_{name}_{rt}"
                 out.mkdir()
                 row = {"task": task_name, "quantizer": name, "runtime": rt, "held_out": task.held_out}
                 try:
-                    m = quantize.run(settings, fp32, out, log=_quiet).accuracy
+                    m = quantize.run(settings, context, fp32, out, log=_quiet).accuracy
                     row.update(decision="passed", fp32=m["top1_accuracy_reference"], int8=m["top1_accuracy"])
                 except BuildError as exc:
                     row.update(decision="failed", error=str(exc))

@@ -26,6 +26,7 @@ import numpy as np
 
 from cvserve.builders.detection import NmsSettings
 from cvserve.builders.preprocessing import PreprocessSpec
+from cvserve.client import contract
 
 NETWORKS = ("pnet", "rnet", "onet")
 INPUTS = {"pnet": (3, 64, 80), "rnet": (3, 24, 24), "onet": (3, 48, 48)}
@@ -160,7 +161,7 @@ def build(name: str, repository: Path, photos: dict[str, np.ndarray], log=print)
         plan = decide()
         scheduling = tc.Batching(max_queue_size=64).scheduling(plan.roles)
         cfg = tc.pipeline_configs(name, plan, shape, scheduling, tc.VersionPolicy())[ENTRY]
-        cfg.output.add(name="LANDMARKS", data_type=tc.mc.TYPE_FP32, dims=[MAX_FACES, 5, 2])
+        cfg.output.add(name=contract.LANDMARKS, data_type=tc.mc.TYPE_FP32, dims=[MAX_FACES, 5, 2])
         cfg.parameters["network_file"].string_value = "pnet.xml"
         with repo.staged_build(repository, name) as staged:
             folder = staged.version_dir(ENTRY)

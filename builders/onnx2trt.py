@@ -18,9 +18,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cvserve._extras import require
+from cvserve.builders.precision import PRECISIONS
 from cvserve.builders.profile import EngineProfile
 from cvserve.errors import BuildError, UserInputError
 
+# What an engine is built in: every build precision but bf16, which OpenVINO alone serves (precision.decide).
+ENGINE_PRECISIONS = tuple(p for p in PRECISIONS if p != "bf16")
 FP8_MIN_COMPUTE_CAPABILITY = (8, 9)  # Ada and Hopper and later have FP8 tensor cores
 
 
@@ -73,8 +76,8 @@ def engine_spec(
     FP16 is allowed in INT8 engines too, so that layers left out of quantization run in FP16 rather
     than FP32.
     """
-    if precision not in ("fp32", "fp16", "int8"):
-        raise UserInputError(f"precision must be fp32, fp16 or int8, not {precision!r}")
+    if precision not in ENGINE_PRECISIONS:
+        raise UserInputError(f"precision must be one of {', '.join(ENGINE_PRECISIONS)}, not {precision!r}")
     return EngineSpec(
         input_name=input_name,
         input_shape=tuple(input_shape),

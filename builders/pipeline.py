@@ -40,7 +40,7 @@ from cvserve.builders import tasks
 from cvserve.builders import triton_config as tc
 from cvserve.builders.detection import NmsSettings
 from cvserve.builders.preprocessing import PreprocessSpec, preprocess_files
-from cvserve.builders.quantizers import QUANTIZERS
+from cvserve.builders.quantize import QuantizeSettings
 from cvserve.builders.served_graph import DEFAULT_FEATURE_DIMS
 from cvserve.defaults import DEFAULT_REPOSITORY
 from cvserve.errors import NotFoundError, UserInputError
@@ -71,71 +71,11 @@ class ExportSettings:
 
 
 @dataclass(kw_only=True)
-class QuantizationOptions:
-    """What ``--precision``, ``--quantizer`` and the gate's flags ask of the quantize stage."""
-
-    precision: str = setting(
-        "fp32",
-        choices=prec.PRECISIONS,
-        help="the served network's precision (bf16: OpenVINO on a CPU with AVX512-BF16 or AMX; "
-        "docs/hardware.md)",
-    )
-    float_parts: str | None = setting(
-        None,
-        choices=("f32", "bf16"),
-        help="what the runtime computes float layers in; int8 may take bf16 (gated like the rest)",
-        default_help="bf16 for --precision bf16, else f32",
-    )
-    quantizer: str = setting(
-        "auto",
-        choices=("auto", *QUANTIZERS),
-        help="the post-training quantization method (auto: nncf for OpenVINO, ort-minmax for ONNX "
-        "Runtime and TensorRT; docs/quantization.md)",
-    )
-    calibration: Path | None = setting(
-        None, metavar="DIR", help="folder of calibration images", default_help="augmented sample photos"
-    )
-    calibration_samples: int = setting(200, at_least=1, help="calibration images used")
-    validation: Path | None = setting(
-        None, metavar="DIR", help="folder of held-out images for the accuracy gate",
-        default_help="augmented sample photos",
-    )  # fmt: skip
-    validation_labels: Path | None = setting(
-        None, help="ground truth for --validation: the gate is then on top-1 accuracy"
-    )
-    max_accuracy_drop: float = setting(
-        0.01,
-        at_least=0,
-        at_most=0.99,
-        help="the gate: with labels, INT8 keeps >= (1 - D) of FP32's top-1 accuracy; without, top-1 "
-        "agreement >= 1 - D on the images FP32 is confident about (docs/quantization.md)",
-    )
-    confidence: float = setting(
-        0.5,
-        at_least=0,
-        at_most=0.99,
-        help="FP32 top-1 probability from which a held-out image counts as confident",
-    )
-    min_top5_overlap: float = setting(
-        0.8,
-        at_least=0,
-        at_most=1,
-        help="the gate's floor on top-5 overlap with FP32 over all held-out images",
-    )
-    max_fallback_layers: int | None = setting(
-        None,
-        at_least=0,
-        help="layers the fallback may keep in float",
-        default_help="10%% of the quantized layers",
-    )
-
-
-@dataclass(kw_only=True)
 class ServingOptions:
     """Where the network is served and how Triton schedules it."""
 
     target: str = setting(
-        "cpu", choices=rt.TARGETS, help="cpu or gpu (cvserve.builders.runtime decides the rest)"
+        "cpu", choices=rt.TARGETS, help="where the network runs (cvserve.builders.runtime decides the rest)"
     )
     runtime: str = setting(
         "auto",
@@ -201,7 +141,7 @@ class ServingOptions:
             )
         self.batching = tuned
 
-    def network_precision(self, quantization: QuantizationOptions) -> prec.NetworkPrecision:
+    def network_precision(self, quantization: QuantizeSettings) -> prec.NetworkPrecision:
         return prec.decide(quantization.precision, self.plan(), float_parts=quantization.float_parts)
 
     @property
@@ -237,8 +177,8 @@ class BuildSettings:
         description="recorded once, used for serving, verification and calibration",
     )
     export: ExportSettings = setting(default_factory=ExportSettings, title="export and verification")
-    quantization: QuantizationOptions = setting(
-        default_factory=QuantizationOptions, title="quantization and its accuracy gate"
+    quantization: QuantizeSettings = setting(
+        default_factory=QuantizeSettings, title="quantization and its accuracy gate"
     )
     serving: ServingOptions = setting(default_factory=ServingOptions, title="serving")
     detection: NmsSettings = setting(
@@ -511,36 +451,18 @@ def _quantize(
     spec: PreprocessSpec,
 ) -> tuple[Path, dict]:
     """The quantize stage: the INT8/FP16/BF16 network and its report entries (accuracy gate included)."""
-    from cvserve.builders import accuracy, quantize
+    from cvserve.builders import quantize
 
-    q = settings.quantization
-    result = quantize.run(
-        quantize.QuantizeSettings(
-            precision=q.precision,
-            float_parts=numerics.float_parts,
-            preprocess=spec,
-            profile=settings.serving.batching.profile,
-            target=plan.target,
-            runtime=plan.runtime,
-            quantizer=q.quantizer,
-            calibration=q.calibration,
-            calibration_samples=q.calibration_samples,
-            validation=q.validation,
-            validation_labels=q.validation_labels,
-            gate=accuracy.GateSettings(
-                max_accuracy_drop=q.max_accuracy_drop,
-                confidence=q.confidence,
-                min_top5_overlap=q.min_top5_overlap,
-            ),
-            max_fallback_layers=q.max_fallback_layers,
-            class_names=tuple(labels) if settings.labels else None,
-            progress=settings.progress,
-            metric=task.metric(labels),
-        ),
-        fp32,
-        scratch,
-        log,
+    context = quantize.Context(
+        numerics=numerics,
+        plan=plan,
+        preprocess=spec,
+        profile=settings.serving.batching.profile,
+        metric=task.metric(labels),
+        class_names=tuple(labels) if settings.labels else None,
+        progress=settings.progress,
     )
+    result = quantize.run(settings.quantization, context, fp32, scratch, log)
     # FP16 on a GPU: TensorRT builds FP16 from the FP32 ONNX (quantize returns the converted one for the gate).
     network = fp32 if plan.target == "gpu" and result.precision == "fp16" else result.network
     return network, {

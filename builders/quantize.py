@@ -1,6 +1,8 @@
 """The quantization stage: FP32 core ONNX -> INT8 (or FP16, or BF16) network that passed the accuracy gate.
 
-The pipeline calls :func:`run` with a :class:`QuantizeSettings` after the FP32 ONNX is verified against
+The pipeline calls :func:`run` with the build's :class:`QuantizeSettings` (``cvserve build``'s
+quantization flags, the accuracy gate's included) and a :class:`Context` (the precision, serving plan,
+preprocessing and engine profile decided before any stage ran) after the FP32 ONNX is verified against
 PyTorch, and wraps the in-graph pre/post-processing around the returned network afterwards. This
 stage builds no TensorRT engine: for the GPU target it returns the symmetric Q/DQ ONNX (INT8) or the
 FP32 ONNX (FP16, TensorRT's own conversion), and the pipeline hands it to ``onnx2trt``.
@@ -33,14 +35,14 @@ from cvserve import hardware
 from cvserve._extras import require
 from cvserve.builders import accuracy, quantizers
 from cvserve.builders import calibration as cal
-from cvserve.builders.precision import FLOAT_PARTS, PRECISIONS
+from cvserve.builders.precision import PRECISIONS, NetworkPrecision
 from cvserve.builders.preprocessing import PreprocessSpec
 from cvserve.builders.profile import EngineProfile
-from cvserve.builders.runners import RUNTIMES, open_runner, run_batched
-from cvserve.errors import BuildError, UserInputError
+from cvserve.builders.runners import FLOAT_PRECISIONS, open_runner, run_batched
+from cvserve.builders.runtime import ServingPlan
+from cvserve.errors import BuildError
+from cvserve.settings import check, setting
 
-TARGETS = ("cpu", "gpu")
-SERVING_RUNTIMES = {"cpu": RUNTIMES, "gpu": ("tensorrt", "onnxruntime")}
 DEFAULT_HELD_OUT = 300  # augmented sample photos without --validation: ~130 confident for MobileNetV2
 MAX_FALLBACK_FRACTION = 0.10  # of the quantized layers that the fallback may keep in float
 SENSITIVITY_IMAGES = 32  # calibration images used to rank the layers (never the held-out ones)
@@ -49,57 +51,78 @@ THROUGHPUT_ROUNDS, THROUGHPUT_SECONDS = 3, 1.0  # alternating FP32 / candidate r
 Log = Callable[[str], None]
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(kw_only=True)
 class QuantizeSettings:
-    """What the quantization stage needs, nothing else. Keyword-only."""
+    """What ``--precision``, ``--quantizer`` and the gate's flags ask of the stage: ``cvserve build``'s
+    quantization flags are derived from these fields (:mod:`cvserve.settings`). What the stage works
+    towards, decided before it runs, comes in a :class:`Context`."""
 
-    precision: str  # fp32, fp16, bf16 or int8
-    float_parts: str = "f32"  # what the serving runtime computes float layers in (precision.decide)
-    preprocess: PreprocessSpec  # the served preprocessing: calibration and held-out images go through it
-    profile: EngineProfile  # throughput is measured at profile.opt_batch
-    target: str = "cpu"  # cpu or gpu
-    runtime: str = (
-        "openvino"  # what serves the network: openvino / onnxruntime (cpu), tensorrt / onnxruntime (gpu)
+    precision: str = setting(
+        "fp32",
+        choices=PRECISIONS,
+        help="the served network's precision (bf16: OpenVINO on a CPU with AVX512-BF16 or AMX; "
+        "docs/hardware.md)",
     )
-    quantizer: str = quantizers.AUTO  # see quantizers.QUANTIZERS; auto: quantizers.default_quantizer
-    calibration: Path | None = None  # folder; None: augmented sample photos
-    calibration_samples: int = 200
-    validation: Path | None = None  # folder of held-out images; None: augmented sample photos
-    validation_labels: Path | None = None  # IMAGE<sep>LABEL lines (accuracy.read_labels)
-    gate: accuracy.GateSettings = field(default_factory=accuracy.GateSettings)
-    max_fallback_layers: int | None = None  # None: MAX_FALLBACK_FRACTION of the quantized layers
-    class_names: tuple[str, ...] | None = None  # lets --validation-labels name classes
-    progress: bool = True
-    # The task's accuracy metric (cvserve.builders.tasks): top-1 for classifiers, mAP for detectors.
-    metric: object = field(default_factory=accuracy.TopOne)
+    float_parts: str | None = setting(
+        None,
+        choices=FLOAT_PRECISIONS,
+        help="what the runtime computes float layers in; int8 may take bf16 (gated like the rest)",
+        default_help="bf16 for --precision bf16, else f32",
+    )
+    quantizer: str = setting(
+        quantizers.AUTO,
+        choices=(quantizers.AUTO, *quantizers.QUANTIZERS),
+        help="the post-training quantization method (auto: nncf for OpenVINO, ort-minmax for ONNX "
+        "Runtime and TensorRT; docs/quantization.md)",
+    )
+    calibration: Path | None = setting(
+        None, metavar="DIR", help="folder of calibration images", default_help="augmented sample photos"
+    )
+    calibration_samples: int = setting(200, at_least=1, help="calibration images used")
+    validation: Path | None = setting(
+        None, metavar="DIR", help="folder of held-out images for the accuracy gate",
+        default_help="augmented sample photos",
+    )  # fmt: skip
+    validation_labels: Path | None = setting(
+        None, help="ground truth for --validation: the gate is then on top-1 accuracy"
+    )  # IMAGE<sep>LABEL lines (accuracy.read_labels)
+    gate: accuracy.GateSettings = setting(default_factory=accuracy.GateSettings)
+    max_fallback_layers: int | None = setting(
+        None,
+        at_least=0,
+        help="layers the fallback may keep in float",
+        default_help=f"{100 * MAX_FALLBACK_FRACTION:g}%% of the quantized layers",
+    )
 
     def __post_init__(self) -> None:
-        if self.precision not in PRECISIONS:
-            raise UserInputError(
-                f"--precision must be one of {', '.join(PRECISIONS)}, not {self.precision!r}"
-            )
-        if self.float_parts not in FLOAT_PARTS[self.precision]:
-            raise UserInputError(
-                f"--precision {self.precision} computes float layers in {FLOAT_PARTS[self.precision][0]}, "
-                f"not {self.float_parts}"
-            )
-        if self.target not in TARGETS:
-            raise UserInputError(f"--target must be one of {', '.join(TARGETS)}, not {self.target!r}")
-        if self.runtime not in SERVING_RUNTIMES[self.target]:
-            raise UserInputError(
-                f"--runtime {self.runtime} does not serve --target {self.target} "
-                f"(use {' or '.join(SERVING_RUNTIMES[self.target])})"
-            )
-        if self.calibration_samples < 1:
-            raise UserInputError(f"--calibration-samples must be at least 1, got {self.calibration_samples}")
-        if self.max_fallback_layers is not None and self.max_fallback_layers < 0:
-            raise UserInputError(f"max_fallback_layers must be >= 0, got {self.max_fallback_layers}")
-        quantizers.resolve(self.quantizer, target=self.target, runtime=self.runtime)
+        check(self)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Context:
+    """What the stage works towards, decided by the pipeline before any stage runs (not settings)."""
+
+    numerics: NetworkPrecision  # the precision and what the runtime computes float layers in
+    plan: ServingPlan  # what serves the network: OpenVINO / ONNX Runtime (cpu), TensorRT / ONNX Runtime (gpu)
+    preprocess: PreprocessSpec  # the served preprocessing: calibration and held-out images go through it
+    profile: EngineProfile  # throughput is measured at profile.opt_batch
+    # The task's accuracy metric (cvserve.builders.tasks): top-1 for classifiers, mAP for detectors.
+    metric: object = field(default_factory=accuracy.TopOne)
+    class_names: tuple[str, ...] | None = None  # lets --validation-labels name classes
+    progress: bool = True
+
+    @property
+    def precision(self) -> str:
+        return self.numerics.precision
+
+    @property
+    def float_parts(self) -> str:
+        return self.numerics.float_parts
 
     @property
     def measuring_runtime(self) -> str:
         """What the gate runs the network in: the serving runtime; for GPU targets Q/DQ simulated in float."""
-        return self.runtime if self.target == "cpu" else SIMULATED
+        return self.plan.runtime if self.plan.target == "cpu" else SIMULATED
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -202,7 +225,7 @@ def compare_throughput(
 
 
 # -- data -----------------------------------------------------------------------------------------------
-def load_data(settings: QuantizeSettings, log: Log) -> HeldOut:
+def load_data(settings: QuantizeSettings, context: Context, log: Log) -> HeldOut:
     """Calibration and held-out sets through the served preprocessing; checks they do not overlap."""
     samples = None
     if settings.calibration is None or settings.validation is None:
@@ -231,16 +254,17 @@ def load_data(settings: QuantizeSettings, log: Log) -> HeldOut:
         else samples[0]
     )
     valid = cal.load_folder(settings.validation) if settings.validation else samples[1]
-    cal.check_disjoint(calib, valid, settings.preprocess)
-    names = list(settings.class_names) if settings.class_names else None
-    labels = settings.metric.truth(settings.validation_labels, valid, names, settings.preprocess)
+    spec = context.preprocess
+    cal.check_disjoint(calib, valid, spec)
+    names = list(context.class_names) if context.class_names else None
+    labels = context.metric.truth(settings.validation_labels, valid, names, spec)
 
     def source(folder: Path | None) -> str:
         return str(folder) if folder else "augmented sample photos (cvserve.builders.calibration)"
 
     return HeldOut(
-        calibration=calib.tensors(settings.preprocess),
-        validation=valid.tensors(settings.preprocess),
+        calibration=calib.tensors(spec),
+        validation=valid.tensors(spec),
         labels=labels,
         report={
             "calibration": {"images": len(calib), "source": source(settings.calibration)},
@@ -290,20 +314,26 @@ def rank_layers(
 
 
 def int8(
-    fp32: Path, settings: QuantizeSettings, data: HeldOut, reference: np.ndarray, workdir: Path, log: Log
+    fp32: Path,
+    settings: QuantizeSettings,
+    context: Context,
+    data: HeldOut,
+    reference: np.ndarray,
+    workdir: Path,
+    log: Log,
 ) -> tuple[Path, dict, accuracy.AccuracyResult, accuracy.GateResult]:
     """Quantize, gate, fall back; returns (network, quantization entry, metrics, verdict) or raises."""
-    name = quantizers.resolve(settings.quantizer, target=settings.target, runtime=settings.runtime)
-    runtime = settings.measuring_runtime
+    plan, runtime, parts = context.plan, context.measuring_runtime, context.float_parts
+    name = quantizers.resolve(settings.quantizer, target=plan.target, runtime=plan.runtime)
     t0 = time.perf_counter()
     q = quantizers.make(
         name,
         fp32,
         data.calibration,
-        target=settings.target,
-        runtime=settings.runtime,
+        target=plan.target,
+        runtime=plan.runtime,
         workdir=workdir,
-        progress=settings.progress,
+        progress=context.progress,
         log=log,
     )
     out = q.quantize(workdir / "model.int8.onnx")
@@ -311,14 +341,12 @@ def int8(
         f"[quantize] {name}: calibrated on {len(data.calibration)} images in {time.perf_counter() - t0:.1f} s"
     )
 
-    def check(model: Path) -> tuple[accuracy.AccuracyResult, accuracy.GateResult]:
-        got = outputs(model, data.validation, runtime, settings.profile.opt_batch, settings.float_parts)
-        result = settings.metric.compare(reference, got, data.labels, settings.gate)
-        return result, settings.metric.gate(result, settings.gate)
+    def measure(model: Path) -> tuple[accuracy.AccuracyResult, accuracy.GateResult]:
+        return _measure(model, settings, context, data, reference)
 
-    result, verdict = check(out)
+    result, verdict = measure(out)
     log(
-        f"[quantize] all layers INT8 ({runtime}, float layers {settings.float_parts}): {result.summary()}: "
+        f"[quantize] all layers INT8 ({runtime}, float layers {parts}): {result.summary()}: "
         f"{verdict.decision}"
     )
     layers = quantizers.quantized_layers(out)
@@ -328,13 +356,11 @@ def int8(
     ranking: dict[str, float] = {}
     if verdict.decision == "failed" and limit:
         log(f"[quantize] {verdict.message()}; ranking {len(layers)} layers (up to {limit} may stay in float)")
-        ranking = rank_layers(
-            q, out, layers, data.calibration[:SENSITIVITY_IMAGES], runtime, workdir, settings.float_parts
-        )
+        ranking = rank_layers(q, out, layers, data.calibration[:SENSITIVITY_IMAGES], runtime, workdir, parts)
         order = sorted(layers, key=lambda n: -ranking[n])
         for k in range(1, limit + 1):
             excluded = order[:k]
-            result, verdict = check(q.quantize(out, exclude=excluded))
+            result, verdict = measure(q.quantize(out, exclude=excluded))
             steps.append(_step(excluded, result, verdict))
             log(f"[quantize] {k} layer(s) in float: {result.summary()}: {verdict.decision}")
             if verdict.passed:
@@ -354,6 +380,17 @@ def int8(
     return out, entry, result, verdict
 
 
+def _measure(
+    model: Path, settings: QuantizeSettings, context: Context, data: HeldOut, reference: np.ndarray
+) -> tuple[accuracy.AccuracyResult, accuracy.GateResult]:
+    """``model`` on the held-out images as it will be served, against FP32, and the gate's verdict."""
+    got = outputs(
+        model, data.validation, context.measuring_runtime, context.profile.opt_batch, context.float_parts
+    )
+    result = context.metric.compare(reference, got, data.labels, settings.gate)
+    return result, context.metric.gate(result, settings.gate)
+
+
 def _step(excluded: list[str], result, verdict: accuracy.GateResult) -> dict:
     return {"excluded": len(excluded), "decision": verdict.decision, **result.step_entry()}
 
@@ -367,9 +404,9 @@ def fp16(fp32: Path, out: Path) -> Path:
     return out
 
 
-def _whole_network(settings: QuantizeSettings, fp32: Path, workdir: Path, log: Log) -> tuple[Path, dict]:
+def _whole_network(context: Context, fp32: Path, workdir: Path, log: Log) -> tuple[Path, dict]:
     """FP16 or BF16: every float layer converted, no per-layer fallback; (network, quantization entry)."""
-    if settings.precision == "bf16":  # the FP32 network, computed in bf16 by OpenVINO (runners)
+    if context.precision == "bf16":  # the FP32 network, computed in bf16 by OpenVINO (runners)
         ov = require("openvino")
         return fp32, {
             "method": "bf16",
@@ -377,63 +414,66 @@ def _whole_network(settings: QuantizeSettings, fp32: Path, workdir: Path, log: L
             "fallback": None,
             "note": "no per-layer fallback: OpenVINO's CPU plugin computes every float layer in bf16",
         }
-    if settings.target == "cpu":
+    if context.plan.target == "cpu":
         log("[quantize] warning: FP16 brings no speed-up on x86 CPUs; it is built because it was asked for")
     network = fp16(fp32, workdir / "model.fp16.onnx")
     return network, {"method": "fp16", "library": "onnxruntime float16 converter"}
 
 
 # -- the stage --------------------------------------------------------------------------------------------
-def run(settings: QuantizeSettings, fp32_onnx: Path, workdir: Path, log: Log = print) -> QuantizeResult:
-    """Turn the verified FP32 core ONNX into what ``settings.precision`` / ``settings.target`` serve.
+def run(
+    settings: QuantizeSettings, context: Context, fp32_onnx: Path, workdir: Path, log: Log = print
+) -> QuantizeResult:
+    """Turn the verified FP32 core ONNX into what ``context.numerics`` on ``context.plan`` serves.
 
     Raises:
         BuildError: the accuracy gate failed or refused (the message is one line).
         UserInputError: bad settings or data (overlapping sets, unknown labels, ...).
     """
     fp32_onnx, workdir = Path(fp32_onnx), Path(workdir)
-    if settings.precision == "fp32":
+    precision, target = context.precision, context.plan.target
+    if precision == "fp32":
         return QuantizeResult(
             network=fp32_onnx, precision="fp32", quantization=None, accuracy=None, throughput=None
         )
-    data = load_data(settings, log)
-    runtime = settings.measuring_runtime
+    if precision == "int8":  # an unknown quantizer, or one the target cannot serve, fails before any work
+        quantizers.resolve(settings.quantizer, target=target, runtime=context.plan.runtime)
+    data = load_data(settings, context, log)
+    runtime = context.measuring_runtime
     log(
         f"[quantize] {len(data.calibration)} calibration and {len(data.validation)} held-out images, "
         f"disjoint; measured in {runtime}"
     )
-    reference = outputs(fp32_onnx, data.validation, runtime, settings.profile.opt_batch)
-    if settings.precision == "int8":
-        network, entry, result, verdict = int8(fp32_onnx, settings, data, reference, workdir, log)
+    reference = outputs(fp32_onnx, data.validation, runtime, context.profile.opt_batch)
+    if precision == "int8":
+        network, entry, result, verdict = int8(fp32_onnx, settings, context, data, reference, workdir, log)
     else:
-        network, entry = _whole_network(settings, fp32_onnx, workdir, log)
-        got = outputs(network, data.validation, runtime, settings.profile.opt_batch, settings.float_parts)
-        result = settings.metric.compare(reference, got, data.labels, settings.gate)
-        verdict = settings.metric.gate(result, settings.gate)
-        log(f"[quantize] {settings.precision.upper()} ({runtime}): {result.summary()}: {verdict.decision}")
+        network, entry = _whole_network(context, fp32_onnx, workdir, log)
+        result, verdict = _measure(network, settings, context, data, reference)
+        log(f"[quantize] {precision.upper()} ({runtime}): {result.summary()}: {verdict.decision}")
         if not verdict.passed:
             raise BuildError(f"{verdict.message()}; nothing was written to the repository")
         entry = {**entry, **data.report, "excluded_layers": []}
-        if settings.target == "gpu":  # TensorRT converts the FP32 ONNX itself (its FP16 builder flag)
+        if target == "gpu":  # TensorRT converts the FP32 ONNX itself (its FP16 builder flag)
             network = fp32_onnx
     measured = {**result.as_dict(), "gate": verdict.as_dict(), "measured_with": runtime}
-    if settings.target == "gpu":
+    if target == "gpu":
         measured["measured_with"] = f"{SIMULATED} (Q/DQ in float on the CPU; TensorRT rounds differently)"
         return QuantizeResult(
             network=network,
-            precision=settings.precision,
+            precision=precision,
             quantization=entry,
             accuracy=measured,
             throughput=None,
         )
     batch = np.ascontiguousarray(
-        np.resize(data.validation, (settings.profile.opt_batch, *data.validation.shape[1:]))
+        np.resize(data.validation, (context.profile.opt_batch, *data.validation.shape[1:]))
     )
-    speed = compare_throughput(fp32_onnx, network, batch, runtime, precision=settings.float_parts)
+    speed = compare_throughput(fp32_onnx, network, batch, runtime, precision=context.float_parts)
     log(
         f"[quantize] {runtime} at batch {speed['batch']}: {speed['img_s']:.0f} img/s vs FP32 "
         f"{speed['reference_fp32_img_s']:.0f} img/s ({speed['speedup']:.2f}x, medians of {THROUGHPUT_ROUNDS})"
     )
     return QuantizeResult(
-        network=network, precision=settings.precision, quantization=entry, accuracy=measured, throughput=speed
+        network=network, precision=precision, quantization=entry, accuracy=measured, throughput=speed
     )

@@ -29,13 +29,14 @@ import numpy as np
 
 from cvserve._extras import require
 from cvserve.builders.preprocessing import PreprocessSpec
+from cvserve.client import contract
 from cvserve.errors import BuildError
 
-PIXELS = "PIXELS"
-CLASS_INDEX = "CLASS_INDEX"
-SCORE = "SCORE"
+PIXELS = contract.PIXELS
+CLASS_INDEX = contract.CLASS_INDEX
+SCORE = contract.SCORE
 RAW = "RAW"  # a network output served as it is (a detector's raw head, decoded by the python model)
-FEATURES = "FEATURES"
+FEATURES = contract.FEATURES
 DEFAULT_FEATURE_DIMS = 16
 FEATURE_SEED = 20  # the projection is the same for every build: references of two versions compare
 _PREFIX = "cvserve_"  # names of the head's and tail's own tensors, apart from the network's

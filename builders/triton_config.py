@@ -49,7 +49,8 @@ from cvserve.builders.runtime import ENTRY, TRITON_BACKENDS, Layout, ServingPlan
 from cvserve.builders.scheduling import ONE_REQUEST_PER_EXECUTION, Scheduling
 from cvserve.client import contract
 from cvserve.errors import UserInputError
-from cvserve.settings import integers, setting, to_argv
+from cvserve.settings import integers, like, setting, to_argv
+from cvserve.slo import DEFAULT_SLO_P95_MS, LatencyObjective
 
 IMAGE = contract.IMAGE
 PIXELS = contract.PIXELS
@@ -57,10 +58,9 @@ CLASS_INDEX = contract.CLASS_INDEX
 SCORE = contract.SCORE
 FEATURES = contract.FEATURES  # optional: the feature summary the served model counts (docs/monitoring.md)
 LABELS_PARAMETER = contract.LABELS_PARAMETER
-DEFAULT_SLO_P95_MS = 500.0  # the latency objective queue timeouts derive from (cvserve loadtest's default)
 # The float precision the network computes in (cvserve.builders.precision), per backend: cvserve's
 # python model takes f32 or bf16; Triton's openvino backend only takes HINT_BF16 (it cannot pin f32).
-PRECISION_PARAMETER = "inference_precision"
+PRECISION_PARAMETER = contract.PRECISION_PARAMETER
 OPENVINO_BF16_PARAMETER = "HINT_BF16"
 # Triton's dynamic batcher re-checks a queue it was not woken for every 500 ms (hard-coded in 2.51 and
 # still on core main): a derived queue timeout stays a full re-check above it (module docstring).
@@ -120,7 +120,9 @@ class Batching:
         help="a request queued longer is rejected as UNAVAILABLE (0: no timeout)",
         default_help="2 x --slo-p95-ms, at least 1 s",
     )
-    slo_p95_ms: float = setting(DEFAULT_SLO_P95_MS, help="latency objective the queue timeout derives from")
+    slo_p95_ms: float = like(
+        LatencyObjective, "slo_p95_ms", help="latency objective the queue bound and timeout derive from"
+    )
     network_instances: int = setting(
         2, help="instances of the model that runs the network (two: see builders/triton_config.py)"
     )

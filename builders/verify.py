@@ -9,6 +9,7 @@ import numpy as np
 
 from cvserve._extras import require
 from cvserve.builders.checkpoint import LoadedModel
+from cvserve.client import contract
 from cvserve.errors import BuildError
 
 
@@ -168,7 +169,7 @@ def served(
         return None
     batch = np.stack([crop(data, spec) for data in images])
     out = runner.run(batch)
-    index, score = out["CLASS_INDEX"], out["SCORE"]
+    index, score = out[contract.CLASS_INDEX], out[contract.SCORE]
     ref_index, ref_score = reference_topk(reference_network, batch, spec, index.shape[1])
     return ServedCheck(
         runtime=runtime,

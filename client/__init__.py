@@ -10,21 +10,64 @@ Example:
     ...         print(top[0].label, f"{top[0].score:.2f}")
 """
 
-from cvserve.client._retry import RetryBudget, RetryPolicy
-from cvserve.client.aio import AsyncClient
-from cvserve.client.errors import (
-    AccessDenied,
-    ClientError,
-    DeadlineExceeded,
-    InvalidInput,
-    MissingDependency,
-    ModelNotFound,
-    ServerError,
-    ServerUnavailable,
-)
-from cvserve.client.metrics import ClientMetrics
-from cvserve.client.sync import Client
-from cvserve.client.types import Classification, Detection, ModelInfo, TensorSpec
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+# Where each public name lives. Imported on first use (PEP 562), so that ``cvserve.client.contract``
+# (standard library only) can be imported by the server tools without gRPC.
+_PUBLIC = {
+    "AccessDenied": "errors",
+    "AsyncClient": "aio",
+    "Classification": "types",
+    "Client": "sync",
+    "ClientError": "errors",
+    "ClientMetrics": "metrics",
+    "ClientOptions": "_options",
+    "DeadlineExceeded": "errors",
+    "Detection": "types",
+    "InvalidInput": "errors",
+    "MissingDependency": "errors",
+    "ModelInfo": "types",
+    "ModelNotFound": "errors",
+    "RetryBudget": "_retry",
+    "RetryPolicy": "_retry",
+    "ServerError": "errors",
+    "ServerUnavailable": "errors",
+    "TensorSpec": "types",
+}
+
+if TYPE_CHECKING:
+    from cvserve.client._options import ClientOptions
+    from cvserve.client._retry import RetryBudget, RetryPolicy
+    from cvserve.client.aio import AsyncClient
+    from cvserve.client.errors import (
+        AccessDenied,
+        ClientError,
+        DeadlineExceeded,
+        InvalidInput,
+        MissingDependency,
+        ModelNotFound,
+        ServerError,
+        ServerUnavailable,
+    )
+    from cvserve.client.metrics import ClientMetrics
+    from cvserve.client.sync import Client
+    from cvserve.client.types import Classification, Detection, ModelInfo, TensorSpec
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _PUBLIC:
+        raise AttributeError(f"module 'cvserve.client' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"cvserve.client.{_PUBLIC[name]}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_PUBLIC})
+
 
 __all__ = [
     "AccessDenied",
@@ -33,6 +76,7 @@ __all__ = [
     "Client",
     "ClientError",
     "ClientMetrics",
+    "ClientOptions",
     "DeadlineExceeded",
     "Detection",
     "InvalidInput",

@@ -7,26 +7,20 @@ parses the results. The two clients only run the plans with blocking or asyncio 
 
 from __future__ import annotations
 
-import os
+import inspect
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import MISSING, fields, replace
 from typing import Any
 
 import grpc
 import numpy as np
-from tritonclient.grpc import KeepAliveOptions
 from tritonclient.utils import InferenceServerException
 
 from cvserve.client._detection import detector_spec, parse_detections
 from cvserve.client._effects import Exclusive, Gather, Plan, Rpc, Sleep
 from cvserve.client._images import ImageLike, as_image_list, encode_images
 from cvserve.client._metadata import check_top_k, classifier_spec, model_info, pick_model
-from cvserve.client._options import (
-    DEFAULT_MAX_IMAGE_BYTES,
-    DEFAULT_MAX_REQUEST_BYTES,
-    DEFAULT_TIMEOUT_S,
-    Options,
-    make_options,
-)
+from cvserve.client._options import ClientOptions
 from cvserve.client._pacing import Flow, default_max_in_flight, paced
 from cvserve.client._requests import (
     collect_outputs,
@@ -40,7 +34,7 @@ from cvserve.client._requests import (
 )
 from cvserve.client._retry import Deadline, RetryBudget, RetryPolicy, retrying
 from cvserve.client.errors import ClientError, DeadlineExceeded, ServerUnavailable, map_error
-from cvserve.client.metrics import ClientMetrics, track
+from cvserve.client.metrics import track
 from cvserve.client.types import Classification, Detection, ModelInfo
 
 # The model a call uses when none is named and the client has no default: the one the server serves
@@ -52,26 +46,13 @@ class ClientCore:
     """The constructor and the calls of both clients; see :class:`cvserve.client.Client`."""
 
     def __init__(
-        self,
-        url: str | None = None,
-        *,
-        model: str | None = None,
-        timeout: float = DEFAULT_TIMEOUT_S,
-        retry: RetryPolicy | bool | None = True,
-        max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
-        max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
-        ssl: bool = False,
-        root_certificates: str | os.PathLike | None = None,
-        private_key: str | os.PathLike | None = None,
-        certificate_chain: str | os.PathLike | None = None,
-        token: str | None = None,
-        headers: Mapping[str, str] | None = None,
-        compression: str | None = None,
-        keepalive: KeepAliveOptions | None = None,
-        metrics: ClientMetrics | bool | None = None,
-        max_in_flight: int | None = None,
+        self, url: str | None = None, *, options: ClientOptions | None = None, **kwargs: Any
     ) -> None:
         """Check the options and prepare the channel (opened on the first call).
+
+        The keyword arguments are the fields of :class:`~cvserve.client.ClientOptions` (their defaults
+        are in this signature); ``options=`` takes them made already (``url`` and keywords given beside
+        it replace its fields).
 
         Args:
             url: ``host:port`` of Triton's gRPC endpoint (``grpc://`` or ``grpcs://`` prefixes accepted);
@@ -98,33 +79,25 @@ class ClientCore:
                 more wait in the client, within their deadline, for one to finish. By default the
                 model's queue bound as the server reports it (at least one per instance; no bound for
                 an unbounded queue), so a burst is paced to what the server admits (docs/client.md).
+            options: all of the above as one :class:`~cvserve.client.ClientOptions`.
 
         Raises:
             InvalidInput: an argument is wrong (bad URL, missing certificate file, unknown compression).
+            TypeError: an unknown keyword argument.
         """
-        self._opts: Options = make_options(
-            url,
-            model=model,
-            timeout=timeout,
-            retry=retry,
-            max_image_bytes=max_image_bytes,
-            max_request_bytes=max_request_bytes,
-            ssl=ssl,
-            root_certificates=root_certificates,
-            private_key=private_key,
-            certificate_chain=certificate_chain,
-            token=token,
-            headers=headers,
-            compression=compression,
-            keepalive=keepalive,
-            metrics=metrics,
-            max_in_flight=max_in_flight,
-        )
+        if url is not None:
+            kwargs["url"] = url
+        unknown = set(kwargs) - _OPTION_NAMES
+        if unknown:
+            raise TypeError(
+                f"{type(self).__name__}() got unexpected keyword arguments: {', '.join(sorted(unknown))}"
+            )
+        self._opts = replace(options, **kwargs) if options is not None else ClientOptions(**kwargs)
         policy = self._opts.retry or RetryPolicy()  # per-call policies share this client's budget
         self._budget = RetryBudget(policy.max_tokens, policy.token_ratio)
         self._flows: dict[tuple[str, str], Flow] = {}  # per model and version: window and latency
         self._models: dict[tuple[str, str], ModelInfo] = {}  # (model, version) -> info
-        self._default_model: str | None = model
+        self._default_model: str | None = self._opts.model
         self._closed = False
         self._setup()
 
@@ -536,5 +509,23 @@ class ClientCore:
 
         return retried
 
+
+_OPTION_NAMES = frozenset(f.name for f in fields(ClientOptions))
+
+
+def _constructor_signature() -> inspect.Signature:
+    """``__init__`` as ``help(Client)`` shows it: ``url``, then every :class:`ClientOptions` field with
+    its default, then ``options``."""
+    P = inspect.Parameter
+    params = [P("self", P.POSITIONAL_OR_KEYWORD)]
+    for f in fields(ClientOptions):
+        kind = P.POSITIONAL_OR_KEYWORD if f.name == "url" else P.KEYWORD_ONLY
+        default = f.default if f.default is not MISSING else f.default_factory()
+        params.append(P(f.name, kind, default=default, annotation=f.type))
+    params.append(P("options", P.KEYWORD_ONLY, default=None, annotation="ClientOptions | None"))
+    return inspect.Signature(params, return_annotation="None")
+
+
+ClientCore.__init__.__signature__ = _constructor_signature()  # type: ignore[attr-defined]
 
 __all__ = ["ClientCore"]

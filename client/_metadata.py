@@ -21,14 +21,12 @@ import numpy as np
 from tritonclient.utils import np_to_triton_dtype
 
 from cvserve.client._pacing import default_max_in_flight
+from cvserve.client.contract import CLASS_INDEX, IMAGE, LABELS_PARAMETER, SCORE, TASK_PARAMETER
 from cvserve.client.errors import InvalidInput, ServerError
 from cvserve.client.types import ModelInfo, TensorSpec
 
-# The names of the cvserve classification contract, used when the server's names are ambiguous.
-IMAGE, CLASS_INDEX, SCORE = "IMAGE", "CLASS_INDEX", "SCORE"
+# The contract's names (above) are used when the server's names are ambiguous.
 LABEL = "LABEL"  # the BYTES output of models built before contract v2
-LABELS_PARAMETER = "labels"
-TASK_PARAMETER = "task"
 
 
 def model_info(

@@ -1,10 +1,10 @@
-"""A client's settings (checked once, when it is created) and the gRPC channel they make."""
+"""A client's options (checked once, when it is created) and the gRPC channel they make."""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +14,7 @@ from cvserve.client._pacing import check_max_in_flight
 from cvserve.client._retry import Deadline, RetryPolicy
 from cvserve.client.errors import InvalidInput
 from cvserve.client.metrics import ClientMetrics
+from cvserve.settings import setting
 
 DEFAULT_URL = "localhost:8001"
 DEFAULT_TIMEOUT_S = 30.0
@@ -22,101 +23,100 @@ DEFAULT_MAX_REQUEST_BYTES = 64 * 2**20  # 64 MiB: the payload of one request (a 
 COMPRESSIONS = ("gzip", "deflate")
 
 
+_TLS = "TLS (mutual TLS with a client key and certificate chain)"
+
+
 @dataclass(frozen=True, kw_only=True)
-class Options:
-    """A client's settings, checked once when it is created."""
+class ClientOptions:
+    """A client's options: the keyword arguments of :class:`~cvserve.client.Client` and
+    :class:`~cvserve.client.AsyncClient` (documented on ``Client.__init__``), defined once.
 
-    url: str
-    ssl: bool = False
-    root_certificates: str | None = None
-    private_key: str | None = None
-    certificate_chain: str | None = None
-    keepalive: KeepAliveOptions | None = None
-    compression: str | None = None
-    headers: dict[str, str] = field(default_factory=dict)
-    timeout: float = DEFAULT_TIMEOUT_S
-    retry: RetryPolicy | None = None
-    max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES
-    max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
-    metrics: ClientMetrics | None = None
-    model: str | None = None
-    max_in_flight: int | None = None  # None: from the model's queue bound (cvserve.client._pacing)
+    Checked and normalised when made: ``url`` is ``host:port`` (``$CVSERVE_URL`` or ``localhost:8001``
+    when omitted), ``ssl`` is on when a certificate is given, certificate paths are strings, ``headers``
+    holds the lower-cased metadata (``token`` moved into it), ``retry`` a :class:`RetryPolicy` or ``None``,
+    ``metrics`` a :class:`ClientMetrics` or ``None``. ``cvserve predict``'s connection flags are derived
+    from the fields that have one (:mod:`cvserve.settings`).
 
+    Raises:
+        InvalidInput: an option is wrong (bad URL, missing certificate file, unknown compression).
+    """
 
-def make_options(
-    url: str | None,
-    *,
-    model: str | None,
-    timeout: float,
-    retry: RetryPolicy | bool | None,
-    max_image_bytes: int,
-    max_request_bytes: int,
-    ssl: bool,
-    root_certificates: str | os.PathLike | None,
-    private_key: str | os.PathLike | None,
-    certificate_chain: str | os.PathLike | None,
-    token: str | None,
-    headers: Mapping[str, str] | None,
-    compression: str | None,
-    keepalive: KeepAliveOptions | None,
-    metrics: ClientMetrics | bool | None,
-    max_in_flight: int | None = None,
-) -> Options:
-    """Check and normalise the arguments both clients take (see :class:`cvserve.client.Client`)."""
-    url = url or os.environ.get("CVSERVE_URL") or DEFAULT_URL
-    for scheme, secure in (("grpcs://", True), ("grpc://", False)):
-        if url.startswith(scheme):
-            url, ssl = url[len(scheme) :], ssl or secure
-    if "://" in url or not url:
-        raise InvalidInput(
-            f"url must be host:port of Triton's gRPC endpoint (e.g. localhost:8001), got {url!r}"
-        )
-    certs = {}
-    for name, path in (
-        ("root_certificates", root_certificates),
-        ("private_key", private_key),
-        ("certificate_chain", certificate_chain),
-    ):
-        if path is not None:
-            if not Path(path).is_file():
-                raise InvalidInput(f"{name} file {path} does not exist: pass the path of a PEM file")
-            certs[name] = str(path)
-            ssl = True
-    if compression is not None and compression not in COMPRESSIONS:
-        raise InvalidInput(
-            f"compression must be one of {', '.join(COMPRESSIONS)} or None, got {compression!r}"
-        )
-    meta = {str(k).lower(): str(v) for k, v in (headers or {}).items()}
-    if token:
-        meta["authorization"] = f"Bearer {token}"
-    if retry is True:
-        retry = RetryPolicy()
-    elif retry is False:
-        retry = None
-    if metrics is True:
-        metrics = ClientMetrics.default()
-    Deadline(timeout)  # validates the default timeout
-    for name, limit in (("max_image_bytes", max_image_bytes), ("max_request_bytes", max_request_bytes)):
-        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
-            raise InvalidInput(f"{name} must be a positive number of bytes, got {limit!r}")
-    return Options(
-        url=url,
-        ssl=ssl,
-        keepalive=keepalive,
-        compression=compression,
-        headers=meta,
-        timeout=float(timeout),
-        retry=retry,
-        max_image_bytes=max_image_bytes,
-        max_request_bytes=max_request_bytes,
-        metrics=metrics or None,
-        model=model,
-        max_in_flight=check_max_in_flight(max_in_flight),
-        **certs,
+    url: str | None = setting(
+        None,
+        metavar="HOST:PORT",
+        help="gRPC address of the server",
+        default_help="$CVSERVE_URL or localhost:8001",
     )
+    model: str | None = setting(None, cli=False)
+    timeout: float = setting(DEFAULT_TIMEOUT_S, above=0, help="deadline of each call in seconds")
+    retry: RetryPolicy | bool | None = setting(True, cli=False)
+    max_image_bytes: int = setting(DEFAULT_MAX_IMAGE_BYTES, cli=False)
+    max_request_bytes: int = setting(DEFAULT_MAX_REQUEST_BYTES, cli=False)
+    ssl: bool = setting(False, group=_TLS, help="use TLS (implied by a certificate flag)")
+    root_certificates: str | os.PathLike[str] | None = setting(
+        None, parser=Path, metavar="PATH", group=_TLS, help="PEM root certificates of the server"
+    )
+    private_key: str | os.PathLike[str] | None = setting(
+        None, parser=Path, metavar="PATH", group=_TLS, help="the client's PEM private key"
+    )
+    certificate_chain: str | os.PathLike[str] | None = setting(
+        None, parser=Path, metavar="PATH", group=_TLS, help="the client's PEM certificate chain"
+    )
+    token: str | None = setting(None, cli=False)
+    headers: Mapping[str, str] | None = setting(None, cli=False)
+    compression: str | None = setting(None, cli=False)
+    keepalive: KeepAliveOptions | None = setting(None, cli=False)
+    metrics: ClientMetrics | bool | None = setting(None, cli=False)
+    max_in_flight: int | None = setting(None, cli=False)  # None: from the model's queue bound (_pacing)
+
+    def __post_init__(self) -> None:
+        ssl = self.ssl
+        url = self.url or os.environ.get("CVSERVE_URL") or DEFAULT_URL
+        for scheme, secure in (("grpcs://", True), ("grpc://", False)):
+            if url.startswith(scheme):
+                url, ssl = url[len(scheme) :], ssl or secure
+        if "://" in url or not url:
+            raise InvalidInput(
+                f"url must be host:port of Triton's gRPC endpoint (e.g. localhost:8001), got {url!r}"
+            )
+        normal: dict[str, Any] = {"url": url}
+        for name in ("root_certificates", "private_key", "certificate_chain"):
+            path = getattr(self, name)
+            if path is not None:
+                if not Path(path).is_file():
+                    raise InvalidInput(f"{name} file {path} does not exist: pass the path of a PEM file")
+                normal[name], ssl = str(path), True
+        if self.compression is not None and self.compression not in COMPRESSIONS:
+            raise InvalidInput(
+                f"compression must be one of {', '.join(COMPRESSIONS)} or None, got {self.compression!r}"
+            )
+        headers = {str(k).lower(): str(v) for k, v in (self.headers or {}).items()}
+        if self.token:
+            headers["authorization"] = f"Bearer {self.token}"
+        retry = self.retry
+        if retry is True:
+            retry = RetryPolicy()
+        elif retry is False:
+            retry = None
+        Deadline(self.timeout)  # validates the default timeout
+        for name in ("max_image_bytes", "max_request_bytes"):
+            limit = getattr(self, name)
+            if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+                raise InvalidInput(f"{name} must be a positive number of bytes, got {limit!r}")
+        normal |= {
+            "ssl": ssl,
+            "headers": headers,
+            "token": None,  # it is in headers now
+            "timeout": float(self.timeout),
+            "retry": retry,
+            "metrics": (ClientMetrics.default() if self.metrics is True else self.metrics) or None,
+            "max_in_flight": check_max_in_flight(self.max_in_flight),
+        }
+        for name, value in normal.items():  # frozen: set once, here
+            object.__setattr__(self, name, value)
 
 
-def channel_args(options: Options) -> list[tuple[str, Any]]:
+def channel_args(options: ClientOptions) -> list[tuple[str, Any]]:
     """gRPC channel arguments: tritonclient's own, plus keepalive and a short reconnect backoff.
 
     gRPC's default reconnect backoff grows to two minutes; capped at two seconds, a client notices a
@@ -136,7 +136,7 @@ def channel_args(options: Options) -> list[tuple[str, Any]]:
     ]
 
 
-def triton_kwargs(options: Options) -> dict[str, Any]:
+def triton_kwargs(options: ClientOptions) -> dict[str, Any]:
     """Keyword arguments for tritonclient's ``InferenceServerClient`` (sync or aio)."""
     return {
         "url": options.url,
@@ -153,8 +153,7 @@ __all__ = [
     "DEFAULT_MAX_REQUEST_BYTES",
     "DEFAULT_TIMEOUT_S",
     "DEFAULT_URL",
-    "Options",
+    "ClientOptions",
     "channel_args",
-    "make_options",
     "triton_kwargs",
 ]

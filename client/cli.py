@@ -3,8 +3,8 @@
 What it prints follows the model's contract, as the server describes it: top classes for a
 classifier, boxes for a detector (``--draw DIR`` writes each image with its boxes drawn).
 
-Its flags are derived from :class:`PredictSettings` (:mod:`cvserve.settings`, standard library only, so
-the core install keeps ``cvserve predict``).
+Its flags are derived from :class:`PredictSettings` (:mod:`cvserve.settings`), the connection flags from
+the client's own :class:`~cvserve.client.ClientOptions`.
 """
 
 from __future__ import annotations
@@ -12,38 +12,31 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+from cvserve.client._options import ClientOptions
 from cvserve.settings import add_arguments, from_args, setting
-
-_TLS = "TLS (mutual TLS with a client key and certificate chain)"
 
 
 @dataclass(kw_only=True)
 class PredictSettings:
-    """What ``cvserve predict`` takes."""
+    """What ``cvserve predict`` takes; its connection flags are the client's own options."""
 
     model: str = setting(positional=True, metavar="NAME", help="the served model name, e.g. mobilenet_v2")
     images: list[Path] = setting(positional=True, parser=Path, metavar="IMAGE", help="JPEG or PNG files")
-    url: str | None = setting(
-        None,
-        metavar="HOST:PORT",
-        help="gRPC address of the server",
-        default_help="$CVSERVE_URL or localhost:8001",
-    )
     top_k: int | None = setting(
         None, at_least=1, help="classes to print per image", default_help="all the model returns"
     )
-    timeout: float = setting(30.0, above=0, help="deadline of the call in seconds")
     json: bool = setting(False, help="print JSON instead of a table")
     draw: Path | None = setting(
         None, metavar="DIR", help="detectors: write each image into DIR with its boxes drawn"
     )
-    ssl: bool = setting(False, group=_TLS, help="use TLS (implied by a certificate flag)")
-    root_certificates: Path | None = setting(None, group=_TLS, help="PEM root certificates of the server")
-    private_key: Path | None = setting(None, group=_TLS, help="the client's PEM private key")
-    certificate_chain: Path | None = setting(None, group=_TLS, help="the client's PEM certificate chain")
+    client: ClientOptions = setting(
+        default_factory=ClientOptions,
+        title="connection",
+        description="the server and TLS (mutual TLS with a client key and certificate chain)",
+    )
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -65,19 +58,11 @@ def run(args: argparse.Namespace) -> int:
     from cvserve.client._detection import detector_spec
     from cvserve.client._images import encode_images
     from cvserve.client.errors import InvalidInput
-    from cvserve.client.sync import Client  # keeps `cvserve --help` from importing gRPC
+    from cvserve.client.sync import Client
 
     s = from_args(PredictSettings, args)
     images = encode_images([str(p) for p in s.images])  # a missing file fails before any call
-    with Client(
-        s.url,
-        model=s.model,
-        timeout=s.timeout,
-        ssl=s.ssl,
-        root_certificates=s.root_certificates,
-        private_key=s.private_key,
-        certificate_chain=s.certificate_chain,
-    ) as client:
+    with Client(options=replace(s.client, model=s.model)) as client:
         try:
             detector_spec(client.model_info(s.model))
         except InvalidInput:

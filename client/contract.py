@@ -13,7 +13,8 @@ its config parameter ``task``. Per task, the outputs (per image, without the bat
   [1] (rows ``0..COUNT-1`` are detections, the rest are zero padding), and for detectors with
   keypoints ``LANDMARKS`` FP32 [K, P, 2] (original pixels). docs/detection.md.
 
-Class names travel once, in the config parameter ``labels`` (a JSON array), never per response.
+Class names travel once, in the config parameter ``labels`` (a JSON array), never per response. The
+python models also read their thread counts and float precision from config parameters named here.
 """
 
 IMAGE = "IMAGE"
@@ -31,7 +32,9 @@ LANDMARKS = "LANDMARKS"
 # config parameters
 LABELS_PARAMETER = "labels"
 TASK_PARAMETER = "task"
-# threads of cvserve's python models (0: derived from the cores when served; cvserve.server.budget)
-INTRA_OP_THREADS_PARAMETER = "intra_op_threads"
-DECODE_THREADS_PARAMETER = "decode_threads"
 TASKS = ("classify", "detect")
+# config parameters of cvserve's python models, written by the build, read by the models (decoding)
+# (threads: 0 is derived from the cores when served, cvserve.server.budget)
+INTRA_OP_THREADS_PARAMETER = "intra_op_threads"  # the network's intra-op threads per instance
+DECODE_THREADS_PARAMETER = "decode_threads"  # decode threads per instance of the models that decode
+PRECISION_PARAMETER = "inference_precision"  # f32 or bf16: what the network's float layers compute in

@@ -11,9 +11,11 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from cvserve.loadtests.schedule import SCENARIOS, default_step_users
-from cvserve.settings import duration, setting
+from cvserve.settings import REQUIRED, as_mapping, duration, from_args, like, setting
+from cvserve.slo import LatencyObjective
 
 _GATES = "gates"
 _COST = "cost"
@@ -63,7 +65,7 @@ class LoadTestSettings:
     )
     request_timeout_s: float = duration(30.0, above=0, help="deadline of each call")
 
-    slo_p95_ms: float = setting(above=0, metavar="MS", group=_GATES, help="p95 latency SLO in milliseconds")
+    slo_p95_ms: float = like(LatencyObjective, "slo_p95_ms", REQUIRED, group=_GATES)
     max_error_rate: float = setting(
         0.001, at_least=0, at_most=1, group=_GATES, help="highest error rate, a fraction (0.001 = 0.1%)"
     )
@@ -144,6 +146,12 @@ class LoadTestSettings:
             master_bind_host=self.master_bind_host or ("0.0.0.0" if self.remote_workers else "127.0.0.1"),
             master_port=port,
         )
+
+
+def load_test(settings: Any, **values: Any) -> LoadTestSettings:
+    """The load test another command's ``settings`` describe: every load-test setting it took with
+    :func:`~cvserve.settings.like` (same name, nested groups too), then ``values`` (what differs)."""
+    return from_args(LoadTestSettings, as_mapping(settings), **values)
 
 
 def default_metrics_url(url: str) -> str:

@@ -32,6 +32,7 @@ import json
 import time
 
 import triton_python_backend_utils as pb_utils
+from cvserve_contract import FEATURES, LABELS_PARAMETER
 from cvserve_decoding import DecodingModel
 from cvserve_signals import FLUSH_S, Counts, SignalExport, observe
 
@@ -40,8 +41,8 @@ class TritonPythonModel(DecodingModel):
     def initialize(self, args):
         self.setup(args)
         warm = self.open_network(args)  # its outputs tell whether the graph has FEATURES
-        self.num_classes = len(json.loads(self.params.get("labels", "[]"))) or 1
-        dims = warm["FEATURES"].shape[-1] if "FEATURES" in warm else 0  # graphs built before it: none
+        self.num_classes = len(json.loads(self.params.get(LABELS_PARAMETER, "[]"))) or 1
+        dims = warm[FEATURES].shape[-1] if FEATURES in warm else 0  # graphs built before it: none
         self.signals = Counts(num_classes=self.num_classes, feature_dims=dims)
         self.export = None  # monitor_signals: off (the A/B of python -m cvserve.monitor.bench_cost)
         if self.params.get("monitor_signals", "on") != "off":

@@ -13,9 +13,9 @@ import json
 import os
 from concurrent.futures import ThreadPoolExecutor
 
+import cvserve_contract as contract
 import numpy as np
 import triton_python_backend_utils as pb_utils
-from cvserve_contract import DECODE_THREADS_PARAMETER, INTRA_OP_THREADS_PARAMETER
 from cvserve_preprocessing import PreprocessSpec, decode_each, decode_requests, placed
 from cvserve_runners import open_runner, thread_budget
 
@@ -31,8 +31,8 @@ class DecodingModel:
         instances = sum(int(g.get("count", 1)) for g in config.get("instance_group", [])) or 1
         self.budget = thread_budget(
             instances,
-            intra_op=int(self.params.get(INTRA_OP_THREADS_PARAMETER) or 0),
-            decode=int(self.params.get(DECODE_THREADS_PARAMETER) or 0),
+            intra_op=int(self.params.get(contract.INTRA_OP_THREADS_PARAMETER) or 0),
+            decode=int(self.params.get(contract.DECODE_THREADS_PARAMETER) or 0),
         )
         self.spec = PreprocessSpec.load(self.version_dir)
         self.pool = ThreadPoolExecutor(self.budget.decode) if self.budget.decode > 1 else None
@@ -45,7 +45,7 @@ class DecodingModel:
             network,
             self.params["runtime"],
             threads=self.budget.intra_op,
-            precision=self.params.get("inference_precision", "f32"),  # builds before it: f32
+            precision=self.params.get(contract.PRECISION_PARAMETER, "f32"),  # builds before it: f32
         )
         h, w = self.spec.input_size
         # The first call allocates: not on a request. Its outputs tell what the graph returns.
@@ -60,7 +60,7 @@ class DecodingModel:
     def _images(self, requests):
         images = []
         for request in requests:
-            tensor = pb_utils.get_input_tensor_by_name(request, "IMAGE")
+            tensor = pb_utils.get_input_tensor_by_name(request, contract.IMAGE)
             images.append([] if tensor is None else list(tensor.as_numpy().reshape(-1)))
         mapper = self.pool.map if self.pool is not None and sum(map(len, images)) > 1 else map
         return images, mapper

@@ -80,12 +80,14 @@ def gate_note(message: str) -> str:
 def _build(
     repository: Path, model: str, precision: str, batching, max_drop: float | None, runtime: str = "auto"
 ) -> None:
-    from cvserve.builders.pipeline import BuildSettings, QuantizationOptions, ServingOptions, build
+    from cvserve.builders.accuracy import GateSettings
+    from cvserve.builders.pipeline import BuildSettings, ServingOptions, build
+    from cvserve.builders.quantize import QuantizeSettings
     from cvserve.builders.samples import demo_weights, imagenet_labels_path
 
-    q = QuantizationOptions(precision=precision)
+    q = QuantizeSettings(precision=precision)
     if max_drop is not None:
-        q.max_accuracy_drop = max_drop
+        q.gate = GateSettings(max_accuracy_drop=max_drop)
     settings = BuildSettings(
         checkpoint=demo_weights(),
         arch="cvserve.builders.architectures:mobilenet_v2",

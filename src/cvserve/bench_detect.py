@@ -79,8 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     from cvserve.bench_measure import client_load
     from cvserve.builders import mtcnn_build
     from cvserve.builders.detection_data import make_scenes
-    from cvserve.builders.triton_config import DEFAULT_SLO_P95_MS
     from cvserve.server import ServerSettings, TritonServer
+    from cvserve.slo import DEFAULT_SLO_P95_MS
 
     p = argparse.ArgumentParser(prog="python -m cvserve.bench_detect", description=__doc__.split("\n")[0])
     p.add_argument("--seconds", type=float, default=20.0, help="per measurement")

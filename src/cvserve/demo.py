@@ -33,12 +33,14 @@ from pathlib import Path
 
 from cvserve.defaults import DEFAULT_REPOSITORY
 from cvserve.settings import add_arguments, from_args, setting
+from cvserve.slo import DEFAULT_SLO_P95_MS
 
 ARCH = "cvserve.builders.architectures:mobilenet_v2"
 
 
 def _build(args, precision: str, log) -> object:
-    from cvserve.builders.pipeline import BuildSettings, QuantizationOptions, ServingOptions, build
+    from cvserve.builders.pipeline import BuildSettings, ServingOptions, build
+    from cvserve.builders.quantize import QuantizeSettings
     from cvserve.builders.samples import demo_weights, imagenet_labels_path
 
     return build(
@@ -48,7 +50,7 @@ def _build(args, precision: str, log) -> object:
             name=args.name,
             labels=imagenet_labels_path(),
             repository=args.repository,
-            quantization=QuantizationOptions(precision=precision),
+            quantization=QuantizeSettings(precision=precision),
             serving=ServingOptions(top_k=args.top_k),
             progress=False,
         ),
@@ -263,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
                         repository=args.repository,
                         report_dir=args.report_dir,
                         promote=True,
-                        slo_p95_ms=500.0,
+                        slo_p95_ms=DEFAULT_SLO_P95_MS,  # what the builds sized admission for
                         duration_s=15.0,
                         warmup_s=3.0,
                         users=4,

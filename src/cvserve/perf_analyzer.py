@@ -30,6 +30,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from cvserve.client import contract
 from cvserve.errors import CvserveError
 
 VERSION = "2.40.0"
@@ -149,7 +150,7 @@ def ensure(log: Callable[[str], None] = print) -> PerfAnalyzer:
     return pa
 
 
-def write_input_data(images: Sequence[bytes], path: Path, input_name: str = "IMAGE") -> Path:
+def write_input_data(images: Sequence[bytes], path: Path, input_name: str = contract.IMAGE) -> Path:
     """perf_analyzer's ``--input-data`` JSON: one step per image, BYTES in Triton's wire format."""
     steps = [
         {input_name: {"b64": base64.b64encode(struct.pack("<I", len(data)) + data).decode(), "shape": [1]}}

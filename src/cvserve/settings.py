@@ -55,7 +55,9 @@ Sharing definitions: ``like(OtherSettings, "url")`` declares the same setting in
 ``add_arguments(..., only=, defaults=, parsers=, optional=True, argument_kwargs=)`` registers a subset
 on someone else's parser (the Locust suite registers its options this way, with ``LOCUST_*`` environment
 variables; ``optional=True`` makes positionals ``--name`` flags and nothing required), and
-:func:`to_argv` writes a dataclass back as flags (how ``cvserve loadtest`` starts Locust). ruff knows
+:func:`to_argv` writes a dataclass back as flags (how ``cvserve loadtest`` starts Locust);
+``from_args(Other, as_mapping(settings), **changes)`` builds one command's settings from another's
+(how ``cvserve tune`` and ``release`` describe their load tests). ruff knows
 ``setting``/``duration``/``like`` as field specifiers (``extend-immutable-calls`` in pyproject.toml).
 
 Why not a library: simple-parsing, tyro or datargs own the parser and the flag style; these settings
@@ -81,6 +83,7 @@ from cvserve.errors import UserInputError
 __all__ = [
     "REQUIRED",
     "add_arguments",
+    "as_mapping",
     "check",
     "duration",
     "flag",
@@ -510,6 +513,22 @@ def from_args(cls: type, namespace: argparse.Namespace | Mapping[str, Any], **ov
         elif s.spec.get("cli", True) and s.name in values:
             kwargs[s.name] = values[s.name]
     return cls(**kwargs)
+
+
+def as_mapping(settings: Any) -> dict[str, Any]:
+    """Every setting of ``settings`` by field name, nested ones too: what :func:`from_args` reads.
+
+    ``from_args(Other, as_mapping(settings), **changes)`` builds another command's settings from the
+    ones this command took with :func:`like` (same name, same setting), with nothing copied by hand.
+    """
+    out: dict[str, Any] = {}
+    for s in _settings(type(settings)):
+        value = getattr(settings, s.name)
+        if s.nested and value is not None:
+            out.update(as_mapping(value))
+        else:
+            out[s.name] = value
+    return out
 
 
 def to_argv(settings: Any, only: Iterable[str] | None = None) -> list[str]:

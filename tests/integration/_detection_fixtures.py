@@ -35,6 +35,7 @@ def held_out(scenes) -> dict[str, bytes]:
 def build_detector(scenes, repository: Path, **quantization) -> dict:
     from cvserve.builders import pipeline
     from cvserve.builders import triton_config as tc
+    from cvserve.builders.quantize import QuantizeSettings
 
     verify = sorted(scenes.validation.glob("*.png"))[:8]
     settings = pipeline.BuildSettings(
@@ -45,7 +46,7 @@ def build_detector(scenes, repository: Path, **quantization) -> dict:
         repository=repository,
         preprocess=scenes.spec,
         export=pipeline.ExportSettings(verify_images=verify),
-        quantization=pipeline.QuantizationOptions(**quantization),
+        quantization=QuantizeSettings(**quantization),
         detection=NMS,
         serving=pipeline.ServingOptions(batching=tc.Batching(max_queue_size=256, queue_timeout_ms=60_000)),
         progress=False,

@@ -8,6 +8,7 @@ import re
 
 import pytest
 
+from cvserve.builders.accuracy import GateSettings
 from cvserve.builders.detection_metrics import coco_map
 from cvserve.client import Client
 from cvserve.errors import BuildError
@@ -70,7 +71,7 @@ def test_labelled_gate_without_fallback_decides_by_the_map_ratio(scenes, tmp_pat
         report = fx.build_detector(
             scenes, tmp_path / "models", precision="int8", calibration=scenes.calibration,
             validation=scenes.validation, validation_labels=scenes.truth, max_fallback_layers=0,
-            max_accuracy_drop=drop,
+            gate=GateSettings(max_accuracy_drop=drop),
         )  # fmt: skip
     except BuildError as exc:
         found = re.search(r"map_ratio ([0-9.]+) < ([0-9.]+) on (\d+) held-out images", str(exc))

@@ -20,6 +20,8 @@ import tritonclient.grpc as grpcclient
 
 from cvserve import hardware
 from cvserve.builders import accuracy, datasets, quantize, quantizers
+from cvserve.builders import precision as prec
+from cvserve.builders import runtime as rt
 from cvserve.builders import triton_config as tc
 from cvserve.builders.profile import EngineProfile
 from cvserve.errors import BuildError, UserInputError
@@ -53,24 +55,33 @@ def lfw(tmp_path_factory) -> tuple[datasets.LabelledTask, Path]:
     return task, _onnx(task, folder)
 
 
-def _settings(task: datasets.LabelledTask, **kw) -> quantize.QuantizeSettings:
+def _stage(
+    task: datasets.LabelledTask, *, target: str = "cpu", runtime: str = "auto", **kw
+) -> tuple[quantize.QuantizeSettings, quantize.Context]:
+    """The stage's settings (INT8 by default, the task's data) and its context, decided as a build does."""
     base = dict(
         precision="int8",
-        preprocess=task.spec,
-        profile=EngineProfile.for_batching(16, (8,)),
         calibration=task.calibration,
         validation=task.validation,
         validation_labels=task.labels,
+    )
+    settings = quantize.QuantizeSettings(**{**base, **kw})
+    plan = rt.decide(target=target, runtime=runtime)
+    context = quantize.Context(
+        numerics=prec.decide(settings.precision, plan, float_parts=settings.float_parts),
+        plan=plan,
+        preprocess=task.spec,
+        profile=EngineProfile.for_batching(16, (8,)),
         class_names=task.class_names,
         progress=False,
     )
-    return quantize.QuantizeSettings(**{**base, **kw})
+    return settings, context
 
 
 @pytest.mark.parametrize("runtime", ["openvino", "onnxruntime"])
 def test_lfw_int8_keeps_99_percent_of_fp32_accuracy(lfw, tmp_path, runtime):
     task, fp32 = lfw
-    result = quantize.run(_settings(task, runtime=runtime), fp32, tmp_path, log=lambda _m: None)
+    result = quantize.run(*_stage(task, runtime=runtime), fp32, tmp_path, log=lambda _m: None)
     metrics, gate = result.accuracy, result.accuracy["gate"]
     assert metrics["top1_accuracy_reference"] >= 0.9  # the fixture trained a real classifier
     assert gate["decision"] == "passed" and gate["metric"] == "top1_accuracy_ratio"
@@ -87,7 +98,7 @@ def test_lfw_int8_keeps_99_percent_of_fp32_accuracy(lfw, tmp_path, runtime):
 
 def test_digits_int8_report_entries(digits, tmp_path):
     task, fp32 = digits
-    result = quantize.run(_settings(task), fp32, tmp_path, log=lambda _m: None)
+    result = quantize.run(*_stage(task), fp32, tmp_path, log=lambda _m: None)
     assert result.precision == "int8" and result.network.suffix == ".onnx"
     q = result.quantization
     assert q["method"] == "nncf" and q["library"].startswith("nncf ")  # the default for OpenVINO
@@ -104,10 +115,8 @@ def test_fallback_keeps_the_fewest_layers_that_pass_and_lists_them(digits, tmp_p
     # Without labels, 99.5 % of the confident answers: on the AVX2 machine these tests run on, all-INT8
     # ort-minmax in OpenVINO keeps 0.961 of them, one layer in float 0.998.
     gate = accuracy.GateSettings(max_accuracy_drop=0.005)
-    settings = _settings(
-        task, validation_labels=None, gate=gate, max_fallback_layers=3, quantizer="ort-minmax"
-    )
-    result = quantize.run(settings, fp32, tmp_path, log=lambda _m: None)
+    stage = _stage(task, validation_labels=None, gate=gate, max_fallback_layers=3, quantizer="ort-minmax")
+    result = quantize.run(*stage, fp32, tmp_path, log=lambda _m: None)
     q = result.quantization
     assert result.accuracy["gate"]["decision"] == "passed"
     assert result.accuracy["gate"]["rule"].startswith("agreement where FP32 is confident")
@@ -125,11 +134,9 @@ def test_fallback_keeps_the_fewest_layers_that_pass_and_lists_them(digits, tmp_p
 def test_fallback_stops_at_its_limit_with_one_line(digits, tmp_path):
     task, fp32 = digits
     gate = accuracy.GateSettings(max_accuracy_drop=0.0, min_top5_overlap=1.0)  # a perfect copy only
-    settings = _settings(
-        task, validation_labels=None, gate=gate, max_fallback_layers=2, quantizer="ort-minmax"
-    )
+    stage = _stage(task, validation_labels=None, gate=gate, max_fallback_layers=2, quantizer="ort-minmax")
     with pytest.raises(BuildError) as err:
-        quantize.run(settings, fp32, tmp_path, log=lambda _m: None)
+        quantize.run(*stage, fp32, tmp_path, log=lambda _m: None)
     message = str(err.value)
     assert message.startswith("accuracy gate failed: ") and "\n" not in message
     assert re.search(r" on \d+ held-out images ", message)  # metric, value, threshold and image count
@@ -140,11 +147,9 @@ def test_fallback_stops_at_its_limit_with_one_line(digits, tmp_path):
 
 def test_too_few_confident_images_refuses_with_one_line(digits, tmp_path):
     task, fp32 = digits
-    settings = _settings(
-        task, validation_labels=None, gate=accuracy.GateSettings(min_confident_images=10_000)
-    )
+    stage = _stage(task, validation_labels=None, gate=accuracy.GateSettings(min_confident_images=10_000))
     with pytest.raises(BuildError) as err:
-        quantize.run(settings, fp32, tmp_path, log=lambda _m: None)
+        quantize.run(*stage, fp32, tmp_path, log=lambda _m: None)
     message = str(err.value)
     assert message.startswith("accuracy gate refused: only ") and "needs at least 10000" in message
     assert "\n" not in message
@@ -153,21 +158,21 @@ def test_too_few_confident_images_refuses_with_one_line(digits, tmp_path):
 def test_overlapping_calibration_and_validation_is_refused(digits, tmp_path):
     task, fp32 = digits
     with pytest.raises(UserInputError, match="also calibration images"):
-        quantize.run(_settings(task, validation=task.calibration, validation_labels=None), fp32, tmp_path)
+        quantize.run(*_stage(task, validation=task.calibration, validation_labels=None), fp32, tmp_path)
 
 
 def test_fp16_on_cpu_warns_and_passes_the_gate(digits, tmp_path):
     task, fp32 = digits
     logs: list[str] = []
-    result = quantize.run(_settings(task, precision="fp16"), fp32, tmp_path, log=logs.append)
+    result = quantize.run(*_stage(task, precision="fp16"), fp32, tmp_path, log=logs.append)
     assert any("no speed-up" in line for line in logs)
     assert result.quantization["method"] == "fp16" and result.accuracy["gate"]["decision"] == "passed"
 
 
 def test_gpu_target_returns_the_symmetric_qdq_onnx_and_builds_no_engine(digits, tmp_path):
     task, fp32 = digits
-    settings = _settings(task, target="gpu", runtime="tensorrt", calibration_samples=64)
-    result = quantize.run(settings, fp32, tmp_path, log=lambda _m: None)
+    stage = _stage(task, target="gpu", runtime="tensorrt", calibration_samples=64)
+    result = quantize.run(*stage, fp32, tmp_path, log=lambda _m: None)
     assert result.network.suffix == ".onnx" and not list(tmp_path.rglob("*.plan"))
     assert result.throughput is None and result.quantization["activations"] == "int8 symmetric"
     assert result.accuracy["measured_with"].startswith(quantize.SIMULATED)
@@ -249,8 +254,8 @@ needs_bf16 = pytest.mark.skipif(not NATIVE_BF16, reason="this CPU has no native 
 @pytest.mark.parametrize(("precision", "quantizer"), [("bf16", "auto"), ("int8", "nncf")])
 def test_bf16_float_layers_are_gated_and_measured_like_int8(digits, tmp_path, precision, quantizer):
     task, fp32 = digits
-    settings = _settings(task, precision=precision, float_parts="bf16", quantizer=quantizer)
-    result = quantize.run(settings, fp32, tmp_path, log=lambda _m: None)
+    stage = _stage(task, precision=precision, float_parts="bf16", quantizer=quantizer)
+    result = quantize.run(*stage, fp32, tmp_path, log=lambda _m: None)
     gate, metrics = result.accuracy["gate"], result.accuracy
     assert gate["decision"] == "passed" and gate["metric"] == "top1_accuracy_ratio"
     assert metrics["top1_accuracy"] >= 0.99 * metrics["top1_accuracy_reference"]

@@ -13,7 +13,15 @@ from pathlib import Path
 import pytest
 
 import cvserve.client as client_pkg
-from cvserve.client import AsyncClient, Client, ClientError, InvalidInput, RetryPolicy, ServerUnavailable
+from cvserve.client import (
+    AsyncClient,
+    Client,
+    ClientError,
+    ClientOptions,
+    InvalidInput,
+    RetryPolicy,
+    ServerUnavailable,
+)
 from cvserve.server import free_port
 
 PUBLIC_API = {
@@ -23,6 +31,7 @@ PUBLIC_API = {
     "Client",
     "ClientError",
     "ClientMetrics",
+    "ClientOptions",
     "DeadlineExceeded",
     "Detection",
     "InvalidInput",
@@ -93,6 +102,17 @@ def test_url_forms_and_bad_options():
         Client("h:1", timeout=0)
     with pytest.raises(InvalidInput, match="timeout"):
         Client("h:1").classify([b"x"], timeout=-1)
+    with pytest.raises(TypeError, match="unexpected keyword arguments: tiemout"):
+        Client("h:1", tiemout=3)
+
+
+def test_options_are_one_value_the_clients_and_predict_take():
+    options = ClientOptions(url="grpc://h:1", model="m", timeout=5, token="t")
+    assert (options.url, options.timeout, options.retry, options.token) == ("h:1", 5.0, RetryPolicy(), None)
+    assert options.headers == {"authorization": "Bearer t"}  # the token travels in the metadata only
+    c = Client("h:2", options=options, retry=False)  # url and keywords replace the options' fields
+    assert (c.url, c._opts.model, c._opts.timeout, c._opts.retry) == ("h:2", "m", 5.0, None)
+    assert c._opts.headers == {"authorization": "Bearer t"}
 
 
 def test_url_defaults_to_the_environment(monkeypatch):
@@ -152,9 +172,10 @@ def test_empty_list_returns_empty_without_a_round_trip():
         assert c.classify([]) == []
 
 
-def test_predict_cli_is_registered():
+def test_predict_cli_is_registered(monkeypatch):
     from cvserve.client import cli
 
+    monkeypatch.delenv("CVSERVE_URL", raising=False)
     parser = argparse.ArgumentParser()
     cli.register(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["predict", "mobilenet_v2", "a.jpg", "b.png", "--top-k", "3", "--json"])
@@ -166,7 +187,7 @@ def test_predict_cli_is_registered():
         cli.run,
     )
     settings = cli.from_args(cli.PredictSettings, args)  # flags derived from the settings dataclass
-    assert settings.images == [Path("a.jpg"), Path("b.png")] and settings.url is None
+    assert settings.images == [Path("a.jpg"), Path("b.png")] and settings.client.url == "localhost:8001"
 
 
 def test_predict_cli_reports_client_errors_with_exit_1(capsys):

@@ -81,7 +81,7 @@ def test_the_gate_refuses_to_pass_on_too_few_confident_images():
     looser = accuracy.GateSettings(max_accuracy_drop=0.02)
     assert looser.needed_confident_images == 50 and accuracy.gate(_result(confident_images=91), looser).passed
     assert accuracy.GateSettings(min_confident_images=20).needed_confident_images == 20
-    with pytest.raises(UserInputError, match="--max-accuracy-drop must be in"):
+    with pytest.raises(UserInputError, match="--max-accuracy-drop must be at least 0"):
         accuracy.GateSettings(max_accuracy_drop=-0.1)
 
 
@@ -107,22 +107,16 @@ def test_agreement_by_the_reference_confidence_locates_the_top1_changes():
     assert np.allclose(accuracy.probabilities(probs), probs)
 
 
-def test_fallback_may_keep_a_tenth_of_the_layers_and_never_all(monkeypatch):
-    from cvserve.builders.profile import EngineProfile
+def test_fallback_may_keep_a_tenth_of_the_layers_and_never_all():
     from cvserve.builders.quantize import QuantizeSettings, fallback_limit
 
-    settings = QuantizeSettings(
-        precision="int8", preprocess=PreprocessSpec(), profile=EngineProfile.for_batching(8)
-    )
+    settings = QuantizeSettings(precision="int8")
     assert fallback_limit(64, settings) == 6  # MobileNetV2: 6 of 64 (9.4 %)
     assert fallback_limit(4, settings) == 0  # a 4-layer network has no tenth to spare
-    wide = QuantizeSettings(
-        precision="int8",
-        preprocess=PreprocessSpec(),
-        profile=EngineProfile.for_batching(8),
-        max_fallback_layers=9,
-    )
+    wide = QuantizeSettings(precision="int8", max_fallback_layers=9)
     assert fallback_limit(4, wide) == 3 and fallback_limit(64, wide) == 9
+    with pytest.raises(UserInputError, match="--max-fallback-layers must be at least 0"):
+        QuantizeSettings(max_fallback_layers=-1)
 
 
 def test_quantizer_choice_follows_the_serving_runtime():

@@ -12,6 +12,7 @@ from cvserve.builders import triton_config as tc
 from cvserve.builders.admission import resolve
 from cvserve.builders.profile import EngineProfile
 from cvserve.errors import UserInputError
+from cvserve.slo import DEFAULT_SLO_P95_MS
 
 LABELS = [f"class {i}" for i in range(10)]
 SHAPE = tc.PipelineShape(pixels_shape=(224, 224, 3), top_k=5, labels=LABELS)
@@ -135,7 +136,7 @@ def test_admission_control_rejects_instead_of_queueing_without_bound():
     policy = _configs(max_batch_size=16)["classifier"].dynamic_batching.default_queue_policy
     assert policy.timeout_action == mc.ModelQueuePolicy.REJECT
     assert policy.max_queue_size == 16  # throughput not measured: one max batch, the rule's floor
-    assert policy.default_timeout_microseconds == round(2 * tc.DEFAULT_SLO_P95_MS * 1000)  # 2 x the SLO
+    assert policy.default_timeout_microseconds == round(2 * DEFAULT_SLO_P95_MS * 1000)  # 2 x the SLO
     explicit = _configs(max_queue_size=5, queue_timeout_ms=40)["classifier"].dynamic_batching
     assert (
         explicit.default_queue_policy.max_queue_size,

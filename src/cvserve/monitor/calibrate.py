@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cvserve.client import contract
 from cvserve.defaults import DEFAULT_REPOSITORY
 from cvserve.monitor import drift
 from cvserve.monitor import signals as sg
@@ -154,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     runner = open_runner(
         model.directory / params["network_file"],
         params["runtime"],
-        precision=params.get("inference_precision", "f32"),
+        precision=params.get(contract.PRECISION_PARAMETER, "f32"),
     )
     spec = PreprocessSpec.load(model.directory)
     cal_sources, val_sources = calibration.split_sources(sorted(calibration.source_photos()))

@@ -13,7 +13,7 @@ sees (``model_repository/classifier.py``), the build's reference on held-out ima
 (:mod:`cvserve.monitor.reference`) and the offline calibration (:mod:`cvserve.monitor.calibrate`).
 
 This file is copied next to the served model as ``cvserve_signals.py``: numpy and the standard
-library only, nothing from cvserve.
+library only, and the wire contract (``cvserve_contract.py`` beside it, :mod:`cvserve.client.contract` here).
 """
 
 from __future__ import annotations
@@ -23,6 +23,11 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+
+try:  # beside the served model (Triton's python backend): the copy the build made
+    import cvserve_contract as contract
+except ImportError:
+    from cvserve.client import contract
 
 # -- metric names (Triton's metrics port; labels model, version and the ones named) -------------------
 IMAGES = "cvserve_images_total"  # images answered
@@ -112,7 +117,7 @@ def observe(
     num_classes: int,
 ) -> Observation:
     """The signals of one batch: the crops the network saw, the sizes sent, the served graph's outputs."""
-    index, score = outputs["CLASS_INDEX"], outputs["SCORE"]
+    index, score = outputs[contract.CLASS_INDEX], outputs[contract.SCORE]
     n = class_buckets(num_classes)
     top1 = np.asarray(score[:, 0], dtype=np.float64)
     brightness, contrast = brightness_contrast(crops)
@@ -125,7 +130,7 @@ def observe(
         "brightness": brightness,
         "contrast": contrast,
     }
-    features = outputs.get("FEATURES")
+    features = outputs.get(contract.FEATURES)
     return Observation(
         classes=[int(c) * n // num_classes for c in index[:, 0]],
         confidence=_bins(top1, CONFIDENCE_EDGES),

@@ -7,7 +7,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from cvserve.loadtests.settings import LoadTestSettings
+from cvserve.loadtests.settings import LoadTestSettings, load_test
 from cvserve.release.golden import GoldenSet
 from cvserve.release.settings import ReleaseSettings
 
@@ -23,28 +23,17 @@ def loadtest_settings(
     metrics_url: str | None,
 ) -> LoadTestSettings:
     """The load test of one version, from the release's settings (steady; gates judged by the release)."""
-    return LoadTestSettings(
+    return load_test(
+        s,
         model=model,
         model_version=str(version),
         name=f"{s.name} v{version} ({role})",
         url=url,
         images=images,
         scenario="steady",
-        users=s.users,
-        spawn_rate=s.spawn_rate,
-        duration_s=s.duration_s,
-        warmup_s=s.warmup_s,
-        images_per_request=s.images_per_request,
-        request_timeout_s=s.request_timeout_s,
-        slo_p95_ms=s.slo_p95_ms,
-        max_error_rate=s.max_error_rate,
-        price_per_hour=s.price_per_hour,
-        instance_type=s.instance_type,
-        replicas=s.replicas,
         metrics=metrics_url is not None,
         metrics_url=metrics_url,
         report_dir=Path(s.report_dir) / f"loadtest-{role}",
-        plots=s.plots,
     )
 
 

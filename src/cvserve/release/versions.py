@@ -16,6 +16,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 from cvserve.builders import triton_config as tc
 from cvserve.builders.repository import SNAPSHOT
+from cvserve.client import contract
 from cvserve.errors import NotFoundError, UserInputError
 
 CONFIG = "config.pbtxt"
@@ -121,9 +122,9 @@ def load_version(repository: Path, name: str, version: int) -> ModelVersion:
 
 def labels_of(config: mc.ModelConfig) -> list[str] | None:
     """The class names in a config's ``labels`` parameter (contract v2), or ``None``."""
-    if "labels" not in config.parameters:
+    if contract.LABELS_PARAMETER not in config.parameters:
         return None
-    text = config.parameters["labels"].string_value
+    text = config.parameters[contract.LABELS_PARAMETER].string_value
     try:
         labels = json.loads(text)
     except json.JSONDecodeError:

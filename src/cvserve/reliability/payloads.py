@@ -18,7 +18,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 
-INPUT = "IMAGE"
+from cvserve.client import contract
+
+INPUT = contract.IMAGE
 MiB = 1024 * 1024
 
 
@@ -171,7 +173,7 @@ def _top1(response) -> int | None:
     import numpy as np
 
     for i, out in enumerate(response.outputs):
-        if out.name == "CLASS_INDEX" and i < len(response.raw_output_contents):
+        if out.name == contract.CLASS_INDEX and i < len(response.raw_output_contents):
             return int(np.frombuffer(response.raw_output_contents[i], dtype=np.int64)[0])
     return None
 
@@ -288,7 +290,9 @@ def kinds(max_batch: int = 32, max_image_bytes: int = 20 * MiB) -> list[Kind]:
             bad,
             "batch-size",
         ),
-        Kind("wrong-input-name", lambda t: grpc_raw(t, framed(good_jpeg), name="PIXELS"), bad, "input"),
+        Kind(
+            "wrong-input-name", lambda t: grpc_raw(t, framed(good_jpeg), name=contract.PIXELS), bad, "input"
+        ),
         Kind(
             "unknown-model",
             lambda t: image_request(t, good_jpeg, model="no_such_model"),
@@ -325,7 +329,7 @@ def kinds(max_batch: int = 32, max_image_bytes: int = 20 * MiB) -> list[Kind]:
         ),
         Kind(
             "http-bad-json",
-            lambda t: http_raw(t, b'{"inputs": [{"name": "IMAGE", "shape": [1, 1]', {}),
+            lambda t: http_raw(t, b'{"inputs": [{"name": "%s", "shape": [1, 1]' % INPUT.encode(), {}),
             ("HTTP 400",),
             "",
         ),

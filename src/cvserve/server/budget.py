@@ -14,10 +14,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from cvserve.client.contract import DECODE_THREADS_PARAMETER, INTRA_OP_THREADS_PARAMETER
+from cvserve.client import contract
 
-THREAD_PARAMETERS = (INTRA_OP_THREADS_PARAMETER, DECODE_THREADS_PARAMETER)
-NETWORK_PARAMETERS = ("runtime", "inference_precision")
+THREAD_PARAMETERS = (contract.INTRA_OP_THREADS_PARAMETER, contract.DECODE_THREADS_PARAMETER)
+NETWORK_PARAMETERS = ("runtime", contract.PRECISION_PARAMETER)
 
 
 @dataclass(frozen=True)
@@ -64,8 +64,8 @@ def model_threads(
         budget = thread_budget(
             instances,
             cores=cores,
-            intra_op=_int_parameter(cfg, INTRA_OP_THREADS_PARAMETER),
-            decode=_int_parameter(cfg, DECODE_THREADS_PARAMETER),
+            intra_op=_int_parameter(cfg, contract.INTRA_OP_THREADS_PARAMETER),
+            decode=_int_parameter(cfg, contract.DECODE_THREADS_PARAMETER),
         )
         runtime, precision = (_parameter(cfg, key) for key in NETWORK_PARAMETERS)
         network = f"{runtime} in {precision or 'f32'}; " if runtime else ""

@@ -16,7 +16,7 @@ the "failures in a row" count never grew.
 
 Verdicts: ``ok``; ``shed`` (HTTP 503: the queue policy turned it away, so the server is alive and busy:
 restarting it would only move the load); ``fail`` (an error, a wrong answer, or no answer in time).
-Standard library only.
+Standard library only, and the wire contract (:mod:`cvserve.client.contract`).
 """
 
 from __future__ import annotations
@@ -32,8 +32,10 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
-INPUT = "IMAGE"
-OUTPUT = "SCORE"
+from cvserve.client import contract
+
+INPUT = contract.IMAGE
+OUTPUT = contract.SCORE
 SIDE = 32  # big enough for every decoder and resizer, small enough to cost nothing
 SHOTS = 4  # canaries per check (module docstring); the Helm probe sends as many
 

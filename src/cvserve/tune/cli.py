@@ -58,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
 def tune(s: TuneSettings) -> int:
     """Tune as ``s`` says, write the report; 0 if a configuration meets the SLO, 1 if none does."""
     from cvserve.builders.runners import available_cpus
-    from cvserve.loadtests.runner import LoadTestSettings
+    from cvserve.loadtests.settings import load_test
     from cvserve.settings import check
     from cvserve.tune import candidates, report
     from cvserve.tune.apply import LiveApplier
@@ -91,18 +91,11 @@ def tune(s: TuneSettings) -> int:
         f"SLO p95 <= {num(s.search.slo_p95_ms)} ms"
     )
     measure = LoadtestMeasure(
-        template=LoadTestSettings(
+        template=load_test(
+            s,
             model=s.name,
-            url=s.url,
-            images=s.images,
             duration_s=s.run.run_duration_s,
-            warmup_s=s.run.warmup_s,
-            images_per_request=s.run.images_per_request,
-            slo_p95_ms=s.search.slo_p95_ms,
-            max_error_rate=s.search.max_error_rate,
-            price_per_hour=s.search.price_per_hour,
             metrics=s.metrics_url is not None,
-            metrics_url=s.metrics_url,
             plots=False,
         ),
         report_dir=out / "runs",

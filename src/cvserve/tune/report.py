@@ -20,6 +20,7 @@ from google.protobuf import json_format, text_format
 
 from cvserve.builders.scheduling import TUNE_REPORT_KEY
 from cvserve.builders.triton_config import Batching
+from cvserve.client.contract import PRECISION_PARAMETER
 from cvserve.reporting import render, yaml_dump
 from cvserve.tune.candidates import Candidate
 from cvserve.tune.models import Pipeline
@@ -132,7 +133,7 @@ def build_report(result: SearchResult, *, settings: dict, base: Pipeline) -> dic
         "network": {
             "model": network.name,
             "runtime": params.get("runtime") or network.backend or network.platform,
-            "precision": params.get("inference_precision", "-"),
+            "precision": params.get(PRECISION_PARAMETER, "-"),
         },
         "noise_relative_spread": result.noise,
         "win_margin": result.margin,

@@ -3,7 +3,9 @@
 The flags of ``cvserve tune`` are derived from these dataclasses (:mod:`cvserve.settings`); the ones a
 load test has too (the server's address, the images, the SLO, the error rate, the price) are the load
 test's own definitions (:class:`~cvserve.loadtests.settings.LoadTestSettings`), taken with
-:func:`~cvserve.settings.like`. Importing this module imports nothing heavy (``cvserve --help`` reads it).
+:func:`~cvserve.settings.like`, and each load run's settings are built from them by
+:func:`~cvserve.loadtests.settings.load_test` (nothing copied by hand). Importing this module imports
+nothing heavy (``cvserve --help`` reads it).
 """
 
 from __future__ import annotations
