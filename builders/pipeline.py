@@ -41,6 +41,7 @@ from cvserve.builders import triton_config as tc
 from cvserve.builders.detection import NmsSettings
 from cvserve.builders.preprocessing import PreprocessSpec, preprocess_files
 from cvserve.builders.quantizers import QUANTIZERS
+from cvserve.builders.repository import BUILD_REPORT
 from cvserve.builders.served_graph import DEFAULT_FEATURE_DIMS
 from cvserve.defaults import DEFAULT_REPOSITORY
 from cvserve.errors import NotFoundError, UserInputError
@@ -600,7 +601,7 @@ def _write_models(staged, plan: rt.ServingPlan, spec: PreprocessSpec, artifact, 
 
 
 def _write_report(directory: Path, report: dict) -> None:
-    (directory / "build_report.json").write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
+    (directory / BUILD_REPORT).write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
     try:
         from cvserve.builders.report import render_markdown
 

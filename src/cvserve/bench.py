@@ -62,14 +62,14 @@ def jpegs() -> list[bytes]:
 
 # -- builds -------------------------------------------------------------------------------------------
 def _newest_report(repository: Path, model: str) -> tuple[Path, dict] | None:
-    versions = sorted(
-        (int(p.name) for p in (repository / model).glob("[0-9]*") if p.name.isdigit()), reverse=True
-    )
-    for v in versions:
-        path = repository / model / str(v) / "build_report.json"
-        if path.exists():
-            return path.parent, json.loads(path.read_text())
-    return None
+    """(version folder, build report) of the newest version of ``model``; ``None`` if it has none."""
+    from cvserve.builders.repository import Repository
+
+    repo = Repository(repository)
+    if not repo.versions(model):
+        return None
+    newest = repo.newest(model)
+    return newest.directory, newest.require_report()
 
 
 def gate_note(message: str) -> str:

@@ -77,17 +77,17 @@ def _classify(url: str, name: str, top_k: int) -> list[str]:
 
 def _monitor(server, repository: Path, name: str, images: int = 64) -> None:
     """Send ``images`` darkened held-out photos and print the drift table of that window."""
+    from cvserve.builders.repository import Repository
     from cvserve.client import Client
     from cvserve.monitor import drift
     from cvserve.monitor.calibrate import shifts
     from cvserve.monitor.cli import table
     from cvserve.monitor.reference import Reference, held_out_images
     from cvserve.monitor.scrape import read_counts
-    from cvserve.release.versions import REFERENCE, load_version, served_by_config
 
-    version = served_by_config(repository, name)
-    model = load_version(repository, name, version)
-    reference = Reference.from_dict(model.reference, str(model.directory / REFERENCE)).counts
+    model = Repository(repository).served(name)
+    version = model.version
+    reference = Reference.of(model).counts
     darken = shifts()["darkened"]
     batch = [darken(d) for d in held_out_images(None, [], images)[0]]
 
