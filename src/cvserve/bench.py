@@ -348,9 +348,7 @@ def main(argv: list[str] | None = None) -> int:
             except perf_analyzer.PerfAnalyzerUnavailable as exc:
                 pa_note = f"perf_analyzer unavailable ({exc}); only the cvserve.client rows were measured"
                 log(pa_note)
-        with TritonServer(
-            ServerSettings(repository=repository, grpc_port=0, http_port=0, metrics_port=0)
-        ) as srv:
+        with TritonServer(ServerSettings.embedded(repository)) as srv:
             rows = served_rows(srv, builds, images, args, pa, Path(tmp), log)
     judge(rows, costs, loop)
     result = {

@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
 
         buf = io.BytesIO()
         Image.fromarray(mtcnn_build.sample_photos()["astronaut"]).save(buf, format="PNG")
-        settings = ServerSettings(repository=root / "models", grpc_port=0, http_port=0, metrics_port=0)
+        settings = ServerSettings.embedded(root / "models")
         with TritonServer(settings) as server:
             for c in (1, 16):
                 row = client_load(server.grpc_url, "scenes", images, c, args.seconds, task="detect")

@@ -164,10 +164,7 @@ def faces(repository: Path, out: Path, log) -> list[str]:
     built = mtcnn_build.build("faces", repository, photos, log=log)
     image = photos["astronaut"]
     reference = detect(image, *mtcnn_build.torch_cascade())
-    settings = ServerSettings(
-        repository=repository, grpc_port=0, http_port=0, metrics_port=0,
-        model_control_mode="explicit", load_models=["faces"],
-    )  # fmt: skip
+    settings = ServerSettings.embedded(repository, load_models=["faces"])
     with tempfile.TemporaryDirectory() as tmp:
         photo = Path(tmp) / "astronaut.png"
         from PIL import Image
@@ -229,16 +226,7 @@ def main(argv: list[str] | None = None) -> int:
             args.repository, args.name, fp32.version, log=indent
         )  # what production serves before the release
         t = time.perf_counter()
-        server = TritonServer(
-            ServerSettings(
-                repository=args.repository,
-                grpc_port=0,
-                http_port=0,
-                metrics_port=0,
-                model_control_mode="explicit",
-                load_models=[args.name],
-            )
-        )
+        server = TritonServer(ServerSettings.embedded(args.repository, load_models=[args.name]))
         with server:
             timings["server start-to-ready"] = time.perf_counter() - t
             indent(f"ready in {timings['server start-to-ready']:.1f} s at grpc {server.grpc_url}")

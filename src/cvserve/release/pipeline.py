@@ -86,14 +86,7 @@ def _server(s: ReleaseSettings, log: Log) -> Iterator[tuple[str, str | None, boo
     from cvserve.server import ServerSettings, TritonServer
 
     server = TritonServer(
-        ServerSettings(
-            repository=s.repository,
-            grpc_port=0,
-            http_port=0,
-            metrics_port=0,
-            model_control_mode="explicit",
-            exit_timeout_s=10,
-        )
+        ServerSettings.embedded(s.repository, model_control_mode="explicit", exit_timeout_s=10)
     )
     log(f"starting an embedded Triton on {s.repository} for the release (explicit model control)")
     with server:
