@@ -16,7 +16,8 @@ Where and how the network is served (layout, runtime, device) is decided once, b
 whether this CPU can) once, by :func:`cvserve.builders.precision.decide`; the engine profile (min/opt/max batch)
 once, by :class:`cvserve.builders.profile.EngineProfile`. Every stage writes into a scratch directory;
 the repository is touched only by the final atomic commit, so a failure anywhere leaves it
-byte-identical.
+byte-identical. The stages up to the network (:func:`network_stages`, :func:`quantize_stage`) run on
+their own too, for bench_quant.
 """
 
 from __future__ import annotations
