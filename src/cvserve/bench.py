@@ -62,14 +62,14 @@ def jpegs() -> list[bytes]:
 
 # -- builds -------------------------------------------------------------------------------------------
 def _newest_report(repository: Path, model: str) -> tuple[Path, dict] | None:
-    versions = sorted(
-        (int(p.name) for p in (repository / model).glob("[0-9]*") if p.name.isdigit()), reverse=True
-    )
-    for v in versions:
-        path = repository / model / str(v) / "build_report.json"
-        if path.exists():
-            return path.parent, json.loads(path.read_text())
-    return None
+    """(version folder, build report) of the newest version of ``model``; ``None`` if it has none."""
+    from cvserve.builders.repository import Repository
+
+    repo = Repository(repository)
+    if not repo.versions(model):
+        return None
+    newest = repo.newest(model)
+    return newest.directory, newest.require_report()
 
 
 def gate_note(message: str) -> str:
@@ -350,9 +350,7 @@ def main(argv: list[str] | None = None) -> int:
             except perf_analyzer.PerfAnalyzerUnavailable as exc:
                 pa_note = f"perf_analyzer unavailable ({exc}); only the cvserve.client rows were measured"
                 log(pa_note)
-        with TritonServer(
-            ServerSettings(repository=repository, grpc_port=0, http_port=0, metrics_port=0)
-        ) as srv:
+        with TritonServer(ServerSettings.embedded(repository)) as srv:
             rows = served_rows(srv, builds, images, args, pa, Path(tmp), log)
     judge(rows, costs, loop)
     result = {

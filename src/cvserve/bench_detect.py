@@ -26,6 +26,10 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from cvserve.builders.repository import BuiltVersion
 
 
 def _median_ms(fn, items, seconds: float) -> float:
@@ -38,19 +42,19 @@ def _median_ms(fn, items, seconds: float) -> float:
     return statistics.median(times) * 1000
 
 
-def detector_in_process(version_dir: Path, images: list[bytes], seconds: float) -> dict:
-    """(a) stage costs and (b) the loop of a built detector's version folder."""
+def detector_in_process(version: BuiltVersion, images: list[bytes], seconds: float) -> dict:
+    """(a) stage costs and (b) the loop of a built detector's version."""
     from cvserve.bench_measure import percentiles
     from cvserve.builders.detection import NmsSettings, postprocess
     from cvserve.builders.preprocessing import PreprocessSpec, placed
     from cvserve.builders.runners import available_cpus, open_runner
 
-    report = json.loads((version_dir / "build_report.json").read_text())
-    spec = PreprocessSpec.load(version_dir)
+    report = version.require_report()
+    spec = PreprocessSpec.load(version.directory)
     nms = NmsSettings(
         **{k: report["task"][k] for k in ("head", "score_threshold", "iou_threshold", "max_detections")}
     )
-    network = version_dir / report["network"]["file"]
+    network = version.directory / report["network"]["file"]
     one = open_runner(network, "openvino", threads=1)
     inputs = [placed(data, spec) for data in images]
     raws = [one.run(x[None])["RAW"] for x, _ in inputs]
@@ -79,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     from cvserve.bench_measure import client_load
     from cvserve.builders import mtcnn_build
     from cvserve.builders.detection_data import make_scenes
+    from cvserve.builders.repository import Repository
     from cvserve.server import ServerSettings, TritonServer
     from cvserve.slo import DEFAULT_SLO_P95_MS
 
@@ -105,7 +110,8 @@ def main(argv: list[str] | None = None) -> int:
         )  # fmt: skip
         mtcnn_build.build("faces", root / "models", mtcnn_build.sample_photos(), log=lambda _: None)
         images = [f.read_bytes() for f in sorted(scenes.validation.glob("*.png"))]
-        results["detector"] = detector_in_process(root / "models" / "scenes" / "1", images, args.seconds)
+        built = Repository(root / "models").newest("scenes")
+        results["detector"] = detector_in_process(built, images, args.seconds)
         s, loop = results["detector"]["stages"], results["detector"]["loop"]
         print(f"detector stage costs per image, one thread: letterbox {s['letterbox_ms']:.2f} ms, network "
               f"{s['network_ms_1_thread']:.2f} ms, nms {s['nms_ms']:.2f} ms")  # fmt: skip
@@ -118,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
 
         buf = io.BytesIO()
         Image.fromarray(mtcnn_build.sample_photos()["astronaut"]).save(buf, format="PNG")
-        settings = ServerSettings(repository=root / "models", grpc_port=0, http_port=0, metrics_port=0)
+        settings = ServerSettings.embedded(root / "models")
         with TritonServer(settings) as server:
             for c in (1, 16):
                 row = client_load(server.grpc_url, "scenes", images, c, args.seconds, task="detect")

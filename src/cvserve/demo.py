@@ -79,17 +79,17 @@ def _classify(url: str, name: str, top_k: int) -> list[str]:
 
 def _monitor(server, repository: Path, name: str, images: int = 64) -> None:
     """Send ``images`` darkened held-out photos and print the drift table of that window."""
+    from cvserve.builders.repository import Repository
     from cvserve.client import Client
     from cvserve.monitor import drift
     from cvserve.monitor.calibrate import shifts
     from cvserve.monitor.cli import table
     from cvserve.monitor.reference import Reference, held_out_images
     from cvserve.monitor.scrape import read_counts
-    from cvserve.release.versions import REFERENCE, load_version, served_by_config
 
-    version = served_by_config(repository, name)
-    model = load_version(repository, name, version)
-    reference = Reference.from_dict(model.reference, str(model.directory / REFERENCE)).counts
+    model = Repository(repository).served(name)
+    version = model.version
+    reference = Reference.of(model).counts
     darken = shifts()["darkened"]
     batch = [darken(d) for d in held_out_images(None, [], images)[0]]
 
@@ -166,10 +166,7 @@ def faces(repository: Path, out: Path, log) -> list[str]:
     built = mtcnn_build.build("faces", repository, photos, log=log)
     image = photos["astronaut"]
     reference = detect(image, *mtcnn_build.torch_cascade())
-    settings = ServerSettings(
-        repository=repository, grpc_port=0, http_port=0, metrics_port=0,
-        model_control_mode="explicit", load_models=["faces"],
-    )  # fmt: skip
+    settings = ServerSettings.embedded(repository, load_models=["faces"])
     with tempfile.TemporaryDirectory() as tmp:
         photo = Path(tmp) / "astronaut.png"
         from PIL import Image
@@ -231,16 +228,7 @@ def main(argv: list[str] | None = None) -> int:
             args.repository, args.name, fp32.version, log=indent
         )  # what production serves before the release
         t = time.perf_counter()
-        server = TritonServer(
-            ServerSettings(
-                repository=args.repository,
-                grpc_port=0,
-                http_port=0,
-                metrics_port=0,
-                model_control_mode="explicit",
-                load_models=[args.name],
-            )
-        )
+        server = TritonServer(ServerSettings.embedded(args.repository, load_models=[args.name]))
         with server:
             timings["server start-to-ready"] = time.perf_counter() - t
             indent(f"ready in {timings['server start-to-ready']:.1f} s at grpc {server.grpc_url}")

@@ -16,7 +16,7 @@ from pathlib import Path
 from tritonclient.grpc import model_config_pb2 as mc
 
 from cvserve.builders import triton_config as tc
-from cvserve.builders.repository import SNAPSHOT
+from cvserve.builders.repository import BUILD_REPORT, SNAPSHOT
 
 SOURCE = Path(__file__).parent / "release_repo" / "thumbnail_classifier.py"
 NAME = "thumb"
@@ -63,7 +63,7 @@ def write_version(repo: Path, golden: Path, version: int, behaviour: dict | None
     if behaviour:
         (d / "behaviour.json").write_text(json.dumps(behaviour))
     (d / SNAPSHOT).write_text(tc.to_text(config(NAME, labels, (version,))))
-    (d / "build_report.json").write_text(
+    (d / BUILD_REPORT).write_text(
         json.dumps({"schema": 2, "name": NAME, "version": version, "network": {"precision": "fp32"}})
     )
     return d

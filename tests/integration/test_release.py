@@ -63,7 +63,7 @@ def server(repo: Path) -> Iterator[object]:
 
 def _state(server) -> tuple[list, bool, bool]:
     """The server's repository index, and whether either shadow model is loaded."""
-    from cvserve.release.control import ModelControl
+    from cvserve.server.control import ModelControl
 
     with ModelControl(server.grpc_url) as control:
         return (
@@ -164,8 +164,8 @@ def test_a_bad_golden_set_is_one_error_line_exit_2_and_changes_nothing(
 
 def test_promotion_under_load_loses_no_request_and_rollback_restores_live(golden, tmp_path):
     from cvserve.client import Client
-    from cvserve.release.control import ModelControl
     from cvserve.release.promote import switch
+    from cvserve.server.control import ModelControl
 
     repo = write_repository(tmp_path / "models", golden)
     image = golden / "images" / "skimage" / "chelsea_normal.png"
@@ -208,9 +208,9 @@ def test_promotion_under_load_loses_no_request_and_rollback_restores_live(golden
 def test_a_server_without_model_control_is_refused_and_a_polling_one_switches_by_itself(
     golden, tmp_path, capsys
 ):
-    from cvserve.release.control import ModelControl
     from cvserve.release.promote import switch
     from cvserve.server import ServerSettings, TritonServer
+    from cvserve.server.control import ModelControl
 
     repo = write_repository(tmp_path / "models", golden)
     settings = ServerSettings(

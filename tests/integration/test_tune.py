@@ -67,7 +67,7 @@ def test_candidate_is_applied_live_and_restored_when_interrupted(explicit_server
     )
     with pytest.raises(KeyboardInterrupt), applier.restoring():
         applier.apply(candidate)
-        cfg = applier._client.get_model_config(MODEL).config
+        cfg = applier.control.config(MODEL)  # what the server runs now
         assert cfg.max_batch_size == 8 and cfg.instance_group[0].count == 2
         assert cfg.dynamic_batching.max_queue_delay_microseconds == 500
         assert cfg.dynamic_batching.default_queue_policy.max_queue_size == 16

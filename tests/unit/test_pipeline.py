@@ -9,8 +9,15 @@ import pytest
 import torch
 
 from cvserve.builders import triton_config as tc
-from cvserve.builders.pipeline import BuildSettings, ServingOptions, build, sha256
+from cvserve.builders.pipeline import (
+    BuildSettings,
+    ServingOptions,
+    build,
+    network_stages,
+    sha256,
+)
 from cvserve.builders.preprocessing import PreprocessSpec
+from cvserve.builders.quantize import QuantizeSettings
 from cvserve.errors import UserInputError
 
 SPEC = PreprocessSpec(input_size=(64, 64), resize_shorter=72)
@@ -180,6 +187,21 @@ def test_ensemble_layout_with_native_onnxruntime(checkpoints, tmp_path):
     assert admission["throughput"]["runtime"] == "onnxruntime" and admission["throughput"]["img_s"] > 0
     bound = net.dynamic_batching.default_queue_policy.max_queue_size
     assert bound == admission["max_queue_size"] == report["batching"]["max_queue_size"] >= 8
+
+
+def test_the_stages_up_to_the_network_stand_alone(checkpoints, tmp_path):
+    settings = BuildSettings(
+        checkpoint=checkpoints / "tiny.pt",
+        name="tiny",
+        labels=checkpoints / "labels.txt",
+        preprocess=SPEC,
+        quantization=QuantizeSettings(precision="int8"),
+    )
+    front = network_stages(settings, tmp_path, lambda _m: None, quantize=False)
+    assert front.network == front.cleaned.path and front.network.parent == tmp_path and front.network.exists()
+    assert front.quantization == {}  # stopped before quantize, whatever the precision asks
+    assert front.labels == ["ant", "bee", "cat", "dog"] and front.spec == SPEC
+    assert front.model.kind == "torchscript" and front.checked.images == len(front.images) > 0
 
 
 def test_gpu_target_fails_before_building_without_tensorrt(checkpoints, tmp_path):

@@ -132,3 +132,24 @@ def test_bench_quant_flags_come_from_its_settings(capsys):
     assert info.value.code == 2 and "choose from openvino,onnxruntime" in capsys.readouterr().err
     s = bench_quant.BenchQuantSettings(quantizers=("nncf",), tasks=())
     assert s.served is None and s.runtimes == ("openvino", "onnxruntime")
+
+
+def test_bench_quant_rows_are_builds_with_the_builds_default_batch(tmp_path):
+    from cvserve.builders import bench_quant
+    from cvserve.builders import triton_config as tc
+
+    weights = tmp_path / "w.pt"
+    weights.write_bytes(b"")
+    labels = tmp_path / "labels.txt"
+    labels.write_text("a\nb\n")
+
+    def row(**flags):
+        args = bench_quant.BenchQuantSettings(tasks=(), **flags)
+        return bench_quant.build_settings(
+            args, checkpoint=weights, name="m", labels=labels, runtime="onnxruntime", precision="int8"
+        )
+
+    default = row()
+    assert default.serving.batching.profile == tc.Batching().profile  # the build's, not a bench's own
+    assert default.serving.plan().runtime == "onnxruntime" and default.quantization.precision == "int8"
+    assert row(max_batch_size=4).serving.batching.profile.max_batch == 4

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from cvserve.builders import triton_config as tc
-from cvserve.builders.repository import SNAPSHOT
+from cvserve.builders.repository import SNAPSHOT, Repository
 from cvserve.cli import main
 from cvserve.release.compare import Prediction, compare
 from cvserve.release.gates import evaluate, failed
@@ -22,7 +22,6 @@ from cvserve.release.versions import (
     load_version,
     model_config,
     reference_facts,
-    served_by_config,
 )
 from tests.integration._release_fixtures import config as thumb_config
 
@@ -206,11 +205,11 @@ def test_versions_labels_and_what_unversioned_requests_get(tmp_path):
     repo = _repo(tmp_path)
     v = load_version(repo, "thumb", 2)
     assert v.labels == ["a", "b"] and v.build["found"] is False
-    assert served_by_config(repo, "thumb") == 1
+    assert Repository(repo).served_version("thumb") == 1
     cfg = model_config(repo, "thumb")
     cfg.version_policy.CopyFrom(tc.VersionPolicy(kind="latest", values=(1,)).proto())
     (repo / "thumb" / "config.pbtxt").write_text(tc.to_text(cfg))
-    assert served_by_config(repo, "thumb") == 2
+    assert Repository(repo).served_version("thumb") == 2
     with pytest.raises(Exception, match=r"version 7 of thumb is not in .*versions present: \[1, 2\]"):
         load_version(repo, "thumb", 7)
 

@@ -12,12 +12,11 @@ from cvserve.builders import triton_config as tc
 from cvserve.builders.admission import resolve
 from cvserve.builders.profile import EngineProfile
 from cvserve.errors import UserInputError
-from cvserve.tune.apply import config_from_json, config_to_json
+from cvserve.server.control import config_from_json, config_to_json
 from cvserve.tune.candidates import (
     Candidate,
     build_space,
     profile_batch_bound,
-    read_build_report,
 )
 from cvserve.tune.models import Pipeline, discover
 
@@ -228,15 +227,6 @@ def test_profile_of_an_unknown_schema_is_refused():
     report = {"engine_profile": {"schema": 99, "min_batch": 1, "opt_batch": 1, "max_batch": 1}}
     with pytest.raises(UserInputError, match="schema"):
         profile_batch_bound(pipeline().configs["classifier"], report)
-
-
-def test_build_report_is_read_from_the_newest_version(tmp_path):
-    for v, n in ((1, 4), (2, 8)):
-        d = tmp_path / "net" / str(v)
-        d.mkdir(parents=True)
-        (d / "build_report.json").write_text(json.dumps(_profile(n)))
-    assert read_build_report(tmp_path, "net") == _profile(8)
-    assert read_build_report(None, "net") is None
 
 
 def test_override_json_round_trips():

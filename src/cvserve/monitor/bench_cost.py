@@ -64,14 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         repo = Path(tmp)
         _copy_with_signals_off(a.repository, a.name, repo)
         variants = {"on": a.name, "off": f"{a.name}{OFF_SUFFIX}"}
-        settings = ServerSettings(
-            repository=repo,
-            grpc_port=0,
-            http_port=0,
-            metrics_port=0,
-            model_control_mode="explicit",
-            load_models=list(variants.values()),
-        )
+        settings = ServerSettings.embedded(repo, load_models=list(variants.values()))
         runs: dict[str, list[dict]] = {"on": [], "off": []}
         with TritonServer(settings) as server:
             watch = ServerWatch(server.grpc_url, server.pid)

@@ -130,9 +130,9 @@ def alarm_rate(
 def main(argv: list[str] | None = None) -> int:
     from cvserve.builders import calibration
     from cvserve.builders.preprocessing import PreprocessSpec
+    from cvserve.builders.repository import Repository
     from cvserve.builders.runners import open_runner
     from cvserve.monitor.reference import Reference
-    from cvserve.release.versions import REFERENCE, load_version, versions_on_disk
     from cvserve.reporting import render
 
     p = argparse.ArgumentParser(
@@ -148,9 +148,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=None, help="also write the table here (Markdown)")
     a = p.parse_args(argv)
 
-    version = a.version or max(versions_on_disk(a.repository, a.name))
-    model = load_version(a.repository, a.name, version)
-    reference = Reference.from_dict(model.reference, str(model.directory / REFERENCE)).counts
+    repository = Repository(a.repository)
+    model = repository.newest(a.name) if a.version is None else repository.version(a.name, a.version)
+    version = model.version
+    reference = Reference.of(model).counts
     params = {k: v.string_value for k, v in model.config.parameters.items()}
     runner = open_runner(
         model.directory / params["network_file"],

@@ -2,8 +2,8 @@
 
 ``cvserve build`` runs the network it is about to serve over held-out images (the augmented sample
 photos the INT8 gate uses, or ``--validation``, or the verification photos when neither is there),
-through the served decode, and stores the counts as ``NAME/V/reference_stats.json`` next to
-``build_report.json``. :mod:`cvserve.monitor.drift` compares live windows with it; the model card
+through the served decode, and stores the counts in the version folder next to its build report
+(:data:`cvserve.builders.repository.REFERENCE`). :mod:`cvserve.monitor.drift` compares live windows with it; the model card
 shows it. The counting is :mod:`cvserve.monitor.signals`, the code the served model runs.
 """
 
@@ -16,10 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
-from cvserve.errors import UserInputError
+from cvserve.builders.repository import REFERENCE, BuiltVersion
+from cvserve.errors import NotFoundError, UserInputError
 from cvserve.monitor import signals as sg
 
-REFERENCE_FILE = "reference_stats.json"
 SCHEMA = 1
 DEFAULT_IMAGES = 200  # held-out images counted at build: enough for every bin a live window may fill
 _BATCH = 16
@@ -52,7 +52,7 @@ class Reference:
         }
 
     @classmethod
-    def from_dict(cls, data: object, where: str = REFERENCE_FILE) -> Reference:
+    def from_dict(cls, data: object, where: str = REFERENCE) -> Reference:
         """Parse a reference; a file that is not one is a :class:`UserInputError` (exit 2) naming ``where``."""
 
         def bad(why: str) -> UserInputError:
@@ -85,8 +85,20 @@ class Reference:
         counts.feature_squares = (var + mean * mean) * n
         return cls(counts=counts, source=str(data.get("source", "unknown")))
 
+    @classmethod
+    def of(cls, version: BuiltVersion) -> Reference:
+        """The reference of a built version; a version built without one is a :class:`NotFoundError`
+        (exit 2) naming the fix."""
+        where = str(version.reference_path)
+        if version.reference is None:
+            raise NotFoundError(
+                f"{where} does not exist: rebuild version {version.version} of {version.name} with this cvserve",
+                exit_code=2,
+            )
+        return cls.from_dict(version.reference, where)
+
     def save(self, directory: Path) -> Path:
-        path = Path(directory) / REFERENCE_FILE
+        path = Path(directory) / REFERENCE
         path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
         return path
 

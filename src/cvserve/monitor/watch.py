@@ -77,7 +77,7 @@ def _served_versions(url: str, name: str) -> list[str]:
 
 def check(s: MonitorSettings) -> tuple[int, drift.DriftReport]:
     """(version, report): the live window of ``s.name`` against that version's reference."""
-    from cvserve.release.versions import REFERENCE, load_version
+    from cvserve.builders.repository import Repository
 
     prom = Prometheus(url=s.prometheus)
     counted = versions(prom, s.name, s.window)
@@ -95,16 +95,9 @@ def check(s: MonitorSettings) -> tuple[int, drift.DriftReport]:
             )
         version = int(max(candidates, key=lambda v: candidates[v]))
     try:
-        model = load_version(s.repository, s.name, version)
-    except UserInputError as exc:  # not in the repository, unreadable JSON: bad input, exit 2
+        ref = Reference.of(Repository(s.repository).version(s.name, version)).counts
+    except UserInputError as exc:  # not in the repository, unreadable JSON, no reference: bad input, exit 2
         raise UserInputError(str(exc), exit_code=2) from None
-    where = str(model.directory / REFERENCE)
-    if model.reference is None:
-        raise UserInputError(
-            f"{where} does not exist: rebuild version {version} with this cvserve", exit_code=2
-        )
-    reference = Reference.from_dict(model.reference, where)
-    ref = reference.counts
     live = window_counts(
         prom, s.name, str(version), s.window, num_classes=ref.num_classes, feature_dims=ref.feature_dims
     )

@@ -15,18 +15,20 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from cvserve import hardware
+from cvserve.builders.repository import Repository
 from cvserve.errors import CvserveError, MissingDependencyError, UserInputError
 from cvserve.release import measure, promote
 from cvserve.release import report as reports
 from cvserve.release.compare import Comparison, classify_all, compare
-from cvserve.release.control import ModelControl
 from cvserve.release.gates import Gate, evaluate, failed
 from cvserve.release.golden import GoldenSet, load_golden_set, resolve_labels
 from cvserve.release.settings import ReleaseSettings
 from cvserve.release.shadow import serve_shadows
-from cvserve.release.versions import ModelVersion, load_version, model_config, served_by_config
+from cvserve.release.versions import ModelVersion, load_version, model_config
+from cvserve.server.control import ModelControl
 
 Log = Callable[[str], None]
+NO_URL_HINT = ", or give no --url so that cvserve release starts its own embedded server on the repository"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -84,14 +86,7 @@ def _server(s: ReleaseSettings, log: Log) -> Iterator[tuple[str, str | None, boo
     from cvserve.server import ServerSettings, TritonServer
 
     server = TritonServer(
-        ServerSettings(
-            repository=s.repository,
-            grpc_port=0,
-            http_port=0,
-            metrics_port=0,
-            model_control_mode="explicit",
-            exit_timeout_s=10,
-        )
+        ServerSettings.embedded(s.repository, model_control_mode="explicit", exit_timeout_s=10)
     )
     log(f"starting an embedded Triton on {s.repository} for the release (explicit model control)")
     with server:
@@ -102,8 +97,8 @@ def _baseline_number(s: ReleaseSettings, control: ModelControl | None) -> int:
     """``--baseline``, else what requests naming no version get now (from the server, else the repository)."""
     if s.baseline is not None:
         return s.baseline
-    ready = control.ready_versions(s.name) if control is not None else []
-    number = ready[-1] if ready else served_by_config(s.repository, s.name)
+    ready = control.ready_versions(s.name) if control is not None else None
+    number = Repository(s.repository).served_version(s.name, ready)
     if number is None:
         raise UserInputError(f"{s.name} serves no version yet: give --baseline VERSION")
     if number == s.candidate:
@@ -177,7 +172,9 @@ def run_release(s: ReleaseSettings, *, log: Log = _stderr) -> ReleaseResult:
 
     with (
         _server(s, log) as (url, metrics_url, embedded),
-        ModelControl(url, load_timeout_s=s.load_timeout_s, headers=s.control_headers) as ctl,
+        ModelControl(
+            url, load_timeout_s=s.load_timeout_s, headers=s.control_headers, disabled_hint=NO_URL_HINT
+        ) as ctl,
     ):
         ctl.check_live()
         if baseline is None:

@@ -14,9 +14,10 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
+from cvserve.builders.repository import CONFIG
 from cvserve.errors import TimeLimitError, UserInputError
-from cvserve.release.control import DEFAULT_LOAD_TIMEOUT_S, ModelControl, ModelControlDisabled
-from cvserve.release.versions import CONFIG, model_config
+from cvserve.release.versions import model_config
+from cvserve.server.control import DEFAULT_LOAD_TIMEOUT_S, ModelControl, ModelControlDisabled
 
 # How long a poll-mode server may take to notice the new configuration (Triton polls every 15 s by default).
 POLL_WAIT_S = 120.0

@@ -12,7 +12,7 @@ from pathlib import Path
 from cvserve.defaults import DEFAULT_REPOSITORY
 from cvserve.errors import UserInputError
 from cvserve.loadtests.settings import LoadTestSettings
-from cvserve.release.control import DEFAULT_LOAD_TIMEOUT_S
+from cvserve.server.control import DEFAULT_LOAD_TIMEOUT_S
 from cvserve.settings import check, duration, flag, like, setting
 
 _GATES = "gates"

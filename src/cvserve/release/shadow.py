@@ -18,9 +18,10 @@ from pathlib import Path
 from google.protobuf import json_format
 from tritonclient.grpc import model_config_pb2 as mc
 
+from cvserve.builders.repository import CONFIG
 from cvserve.errors import CvserveError, UserInputError
-from cvserve.release.control import ModelControl
-from cvserve.release.versions import CONFIG, ModelVersion
+from cvserve.release.versions import ModelVersion
+from cvserve.server.control import ModelControl
 
 
 def shadow_name(name: str, role: str) -> str:

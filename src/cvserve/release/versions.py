@@ -1,5 +1,6 @@
 """The versions a release compares, as the model repository holds them: config, labels, build facts,
-the reference statistics of the held-out images (``reference_stats.json``, cvserve.monitor).
+the reference statistics of the held-out images. :class:`cvserve.builders.repository.Repository` reads
+the files; this module turns them into what a release and a model card show.
 
 Read from disk only, so that a release can check everything before it touches the server. The release
 works on the ``single`` serving layout (one model NAME); the ``ensemble`` layout is refused in one line.
@@ -7,7 +8,6 @@ works on the ``single`` serving layout (one model NAME); the ``ensemble`` layout
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,26 +15,21 @@ from typing import Any
 from tritonclient.grpc import model_config_pb2 as mc
 
 from cvserve.builders import triton_config as tc
-from cvserve.builders.repository import SNAPSHOT
-from cvserve.client import contract
-from cvserve.errors import NotFoundError, UserInputError
+from cvserve.builders.repository import BuiltVersion, Repository
+from cvserve.errors import UserInputError
 
-CONFIG = "config.pbtxt"
-BUILD_REPORT = "build_report.json"
-REFERENCE = "reference_stats.json"  # cvserve.monitor.reference.REFERENCE_FILE
 UNKNOWN = "unknown"
 
 
 @dataclass(frozen=True, kw_only=True)
 class ModelVersion:
-    """One version of the model NAME in the repository.
+    """One version of the model NAME as a release and a model card see it.
 
     Attributes:
-        config: the configuration this version is served with: its build snapshot
-            (``NAME/V/config.pbtxt.build``), else the model's current ``config.pbtxt``.
+        config: the configuration this version is served with (:class:`BuiltVersion`'s).
         labels: class names from the config's ``labels`` parameter (``None``: class ``i`` is ``str(i)``).
-        build: facts from ``NAME/V/build_report.json`` (see :func:`build_facts`).
-        reference: ``NAME/V/reference_stats.json`` as written (``None``: built before references);
+        build: facts from its build report (see :func:`build_facts`) and its reference.
+        reference: its reference statistics as written (``None``: built before references);
             :class:`cvserve.monitor.reference.Reference` parses it.
     """
 
@@ -55,13 +50,7 @@ def model_config(repository: Path, name: str) -> mc.ModelConfig:
         UserInputError: NAME is an ensemble (the ``ensemble`` layout is not supported yet).
     """
     tc.check_name(name)
-    path = Path(repository) / name / CONFIG
-    if not path.is_file():
-        raise NotFoundError(
-            f"{name} is not in the model repository {repository} (no {name}/{CONFIG}): "
-            "give --repository, the folder the server serves"
-        )
-    cfg = _parse(path)
+    cfg = Repository(repository).config(name)
     if cfg.platform == "ensemble" or cfg.HasField("ensemble_scheduling"):
         raise UserInputError(
             f"{name} is served with the ensemble layout; cvserve release supports the single layout only "
@@ -70,79 +59,26 @@ def model_config(repository: Path, name: str) -> mc.ModelConfig:
     return cfg
 
 
-def _parse(path: Path) -> mc.ModelConfig:
-    try:
-        return tc.parse(path.read_text())
-    except Exception as exc:  # protobuf's ParseError names the line
-        raise UserInputError(f"{path} is not a valid Triton model configuration: {exc}") from None
-
-
-def versions_on_disk(repository: Path, name: str) -> list[int]:
-    d = Path(repository) / name
-    return sorted(int(p.name) for p in d.iterdir() if p.is_dir() and p.name.isdigit()) if d.is_dir() else []
-
-
-def served_by_config(repository: Path, name: str) -> int | None:
-    """The version unversioned requests get when NAME is loaded from the repository as it is now."""
-    cfg = model_config(repository, name)
-    on_disk = versions_on_disk(repository, name)
-    policy = cfg.version_policy.WhichOneof("policy_choice")
-    if policy == "specific":
-        pinned = [v for v in cfg.version_policy.specific.versions if v in on_disk]
-        return max(pinned, default=None)
-    return max(on_disk, default=None)  # latest:N and all both serve the highest version to them
-
-
 def load_version(repository: Path, name: str, version: int) -> ModelVersion:
     """Version ``version`` of NAME: its config, labels and build facts.
 
     Raises:
         NotFoundError: the version folder is not there (the message lists the versions present).
     """
-    current = model_config(repository, name)
-    directory = Path(repository) / name / str(version)
-    if not directory.is_dir():
-        have = versions_on_disk(repository, name)
-        raise NotFoundError(
-            f"version {version} of {name} is not in {repository}; versions present: {have or 'none'}"
-        )
-    snapshot = directory / SNAPSHOT
-    config = _parse(snapshot) if snapshot.is_file() else current
-    reference = _read_json(directory / REFERENCE)
+    model_config(repository, name)
+    return from_built(Repository(repository).version(name, version))
+
+
+def from_built(v: BuiltVersion) -> ModelVersion:
     return ModelVersion(
-        name=name,
-        version=version,
-        directory=directory,
-        config=config,
-        labels=labels_of(config),
-        build={**build_facts(_read_json(directory / BUILD_REPORT)), "reference": reference_facts(reference)},
-        reference=reference,
+        name=v.name,
+        version=v.version,
+        directory=v.directory,
+        config=v.config,
+        labels=v.labels,
+        build={**build_facts(v.build_report), "reference": reference_facts(v.reference)},
+        reference=v.reference,
     )
-
-
-def labels_of(config: mc.ModelConfig) -> list[str] | None:
-    """The class names in a config's ``labels`` parameter (contract v2), or ``None``."""
-    if contract.LABELS_PARAMETER not in config.parameters:
-        return None
-    text = config.parameters[contract.LABELS_PARAMETER].string_value
-    try:
-        labels = json.loads(text)
-    except json.JSONDecodeError:
-        labels = None
-    if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
-        raise UserInputError(
-            f"model {config.name}: its 'labels' parameter is not a JSON array of class names"
-        )
-    return labels
-
-
-def _read_json(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        return None
-    except (OSError, json.JSONDecodeError) as exc:
-        raise UserInputError(f"{path} is not readable JSON ({exc}): rebuild the version") from None
 
 
 def _pick(report: dict, *paths: str) -> Any:
@@ -221,5 +157,5 @@ def build_facts(report: dict | None) -> dict[str, Any]:
         "quantization": quantization or None,
         "accuracy": r.get("accuracy") or None,
         "throughput": r.get("throughput") or None,
-        "reference": None,  # reference_stats.json, not the build report: load_version fills it in
+        "reference": None,  # the reference file, not the build report: from_built fills it in
     }

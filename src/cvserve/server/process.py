@@ -79,6 +79,25 @@ class ServerSettings:
     )
     extra_args: list[str] = setting(default_factory=list, cli=False)  # more tritonserver flags
 
+    @classmethod
+    def embedded(
+        cls, repository: Path, *, load_models: list[str] | None = None, **settings
+    ) -> ServerSettings:
+        """A server a tool starts for itself on ``repository``: free ports, on loopback; with
+        ``load_models``, explicit model control loading those at start."""
+        if load_models is not None:
+            settings = {"model_control_mode": "explicit", "load_models": list(load_models), **settings}
+        return cls(repository=Path(repository), grpc_port=0, http_port=0, metrics_port=0, **settings)
+
+
+def http_ready(http_url: str, timeout_s: float = 1.0) -> bool:
+    """Whether the server at ``http_url`` answers ``/v2/health/ready`` with 200 (unreachable: not ready)."""
+    try:
+        with urllib.request.urlopen(f"{http_url}/v2/health/ready", timeout=timeout_s) as r:
+            return r.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
 
 def free_port(host: str = "127.0.0.1") -> int:
     """A TCP port that is free right now."""
@@ -253,11 +272,7 @@ class TritonServer:
         return self
 
     def is_ready(self) -> bool:
-        try:
-            with urllib.request.urlopen(f"{self.http_url}/v2/health/ready", timeout=1) as r:
-                return r.status == 200
-        except (urllib.error.URLError, OSError):
-            return False
+        return http_ready(self.http_url)
 
     def wait_ready(self, timeout: float = 120.0) -> float:
         """Poll ``/v2/health/ready`` until ready; return seconds from start. Raise with Triton's reason."""

@@ -17,7 +17,7 @@ import urllib.request
 from pathlib import Path
 
 from cvserve.errors import TimeLimitError, TritonError
-from cvserve.server.process import SHM_DIR, free_port, group_members
+from cvserve.server.process import SHM_DIR, free_port, group_members, http_ready
 
 
 class ServeProcess:
@@ -75,11 +75,7 @@ class ServeProcess:
         raise TimeLimitError(f"cvserve serve was not ready after {timeout_s:.0f} s ({self.log_dir})")
 
     def ready(self) -> bool:
-        try:
-            with urllib.request.urlopen(f"{self.http_url}/v2/health/ready", timeout=1) as r:
-                return r.status == 200
-        except (urllib.error.URLError, OSError):
-            return False
+        return http_ready(self.http_url)
 
     def wait_ready(self, timeout_s: float = 120.0) -> float:
         began = time.monotonic()

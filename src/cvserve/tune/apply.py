@@ -12,45 +12,31 @@ makes Triton reload the ensemble that uses it from the repository, which fails w
 changes (an ensemble may not allow larger batches than its steps) or when the ensemble itself was loaded
 with an override. So the ensemble is unloaded first (its steps stay loaded), the steps are loaded with
 their overrides, and the ensemble is loaded last with its own. Either way clients see NAME unavailable
-while it loads: tune on a server that is not in service.
+while it loads: tune on a server that is not in service. The calls go through
+:class:`cvserve.server.control.ModelControl`, the release's model-control client.
 """
 
 from __future__ import annotations
 
-import json
 import signal
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-from google.protobuf import json_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from cvserve.builders.runtime import ENTRY
-from cvserve.errors import TritonError, UserInputError
+from cvserve.errors import UserInputError
+from cvserve.server.control import ModelControl
 from cvserve.tune.candidates import Candidate
 from cvserve.tune.models import Pipeline, discover
-
-
-def config_from_json(text: str | dict) -> mc.ModelConfig:
-    """A ``ModelConfig`` from Triton's JSON (``get_model_config(as_json=True)``, with or without "config")."""
-    data = json.loads(text) if isinstance(text, str) else text
-    data = data.get("config", data)
-    return json_format.ParseDict(data, mc.ModelConfig(), ignore_unknown_fields=True)
-
-
-def config_to_json(cfg: mc.ModelConfig) -> str:
-    """The override JSON ``load_model(config=...)`` takes."""
-    return json_format.MessageToJson(cfg, preserving_proto_field_name=True)
 
 
 class LiveApplier:
     """Applies candidates to a running explicit-mode Triton; restores the starting configs afterwards."""
 
     def __init__(self, url: str, name: str, *, log: Callable[[str], None] = print) -> None:
-        import tritonclient.grpc as grpcclient
-
         self.log = log
-        self._client = grpcclient.InferenceServerClient(url)
+        self.control = ModelControl(url)
         self.pipeline = self._snapshot(name)
         self.names = self.pipeline.models
         self.start_configs = self.pipeline.configs
@@ -58,50 +44,40 @@ class LiveApplier:
         self.start = self.pipeline.scheduling()
         self.current: Candidate | None = self.start
 
-    def _call(self, what: str, fn, *args, **kwargs):
-        from tritonclient.utils import InferenceServerException
-
-        try:
-            return fn(*args, **kwargs)
-        except InferenceServerException as exc:
-            raise TritonError(f"{what}: {exc.message()}") from None
-
     def _snapshot(self, name: str) -> Pipeline:
-        if not self._call("server not reachable", self._client.is_server_live):
-            raise TritonError("the Triton server is not live")
+        self.control.check_live()
 
         def read(model: str) -> mc.ModelConfig:
-            if not self._call(f"checking {model}", self._client.is_model_ready, model):
+            if not self.control.is_ready(model):
                 raise UserInputError(
                     f"model {model} is not loaded on the server: build the pipeline with cvserve build and "
                     "load it (the server must run with --model-control-mode explicit)"
                 )
-            raw = self._call(f"reading {model}'s config", self._client.get_model_config, model, as_json=True)
-            return config_from_json(raw)
+            return self.control.config(model)
 
         return discover(name, read)
+
+    def ready_versions(self) -> list[int]:
+        """The versions of NAME the server serves (state READY), ascending."""
+        return self.control.ready_versions(self.names[ENTRY])
 
     def _load(self, configs: dict[str, mc.ModelConfig]) -> None:
         order = self.pipeline.roles.roles  # the steps first, the model clients call last
         if len(order) > 1:  # an ensemble: unloaded first, loaded last (module docstring)
             ensemble = self.names[ENTRY]
             self._live.pop(ENTRY, None)
-            self._call(f"unloading {ensemble}", self._client.unload_model, ensemble)
+            self.control.unload(ensemble)
         for role in order:
             if self._live.get(role) == configs[role]:
                 continue  # unchanged model: reloading a python model costs seconds
             self._live.pop(role, None)
             model = self.names[role]
-            self._call(
-                f"Triton refused the config for {model}",
-                self._client.load_model,
-                model,
-                config=config_to_json(configs[role]),
-            )
+            self.control.load(model, config=configs[role])
             self._live[role] = configs[role]
 
     def apply(self, candidate: Candidate) -> None:
-        """Make ``candidate`` live; a no-op if it already is. Raises TritonError if Triton refuses it."""
+        """Make ``candidate`` live; a no-op if it already is. Raises TritonError if Triton refuses it
+        (:class:`~cvserve.server.control.ModelControl` maps the error)."""
         if candidate == self.current:
             return
         self.current = None  # unknown until every model has loaded
@@ -115,7 +91,7 @@ class LiveApplier:
         self.current = self.start
 
     def close(self) -> None:
-        self._client.close()
+        self.control.close()
 
     @contextmanager
     def restoring(self, keep: Callable[[], Candidate | None] = lambda: None) -> Iterator[LiveApplier]:

@@ -25,9 +25,7 @@ The bounds every candidate keeps (:meth:`SearchSpace.valid`):
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 
 from tritonclient.grpc import model_config_pb2 as mc
 
@@ -198,22 +196,7 @@ def profile_batch_bound(network: mc.ModelConfig, build_report: dict | None) -> t
     bound, source = network.max_batch_size, "starting max_batch_size"
     profile = EngineProfile.from_report(build_report or {})
     if profile is not None and profile.max_batch < bound:
-        bound, source = profile.max_batch, "engine profile (build_report.json)"
+        bound, source = profile.max_batch, "engine profile (the served version's build report)"
     elif network.platform == "tensorrt_plan" and profile is None:
         source = "starting max_batch_size (TensorRT engine; no engine profile in a build report)"
     return bound, source
-
-
-def read_build_report(repository: Path | None, name: str) -> dict | None:
-    """The newest version's build_report.json of NAME in ``repository``, if there is one."""
-    if repository is None:
-        return None
-    model_dir = Path(repository) / name
-    versions = sorted(
-        (int(p.name) for p in model_dir.glob("*") if p.is_dir() and p.name.isdigit()), reverse=True
-    )
-    for v in versions:
-        path = model_dir / str(v) / "build_report.json"
-        if path.exists():
-            return json.loads(path.read_text())
-    return None

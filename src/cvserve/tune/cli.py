@@ -32,22 +32,30 @@ def register(subparsers) -> None:
 def _check(s: TuneSettings) -> None:
     if not s.images.is_dir():
         raise NotFoundError(f"--images {s.images} is not a folder of images")
-    if s.repository is not None and not (s.repository / s.name / "config.pbtxt").exists():
-        raise NotFoundError(f"--repository {s.repository} has no {s.name}/config.pbtxt")
+    if s.repository is not None:
+        from cvserve.builders.repository import Repository
+
+        Repository(s.repository).config(s.name)  # there and readable, or one line naming the fix
 
 
 def _repository_pipeline(repository: Path, name: str):
     """NAME's pipeline as the repository's config.pbtxt files describe it."""
-    from cvserve.builders import triton_config as tc
+    from cvserve.builders.repository import Repository
     from cvserve.tune.models import discover
 
-    def read(model: str):
-        path = repository / model / "config.pbtxt"
-        if not path.exists():
-            raise NotFoundError(f"--repository {repository} has no {model}/config.pbtxt")
-        return tc.parse(path.read_text())
+    return discover(name, Repository(repository).config)
 
-    return discover(name, read)
+
+def _served_report(repository: Path | None, name: str, ready: list[int]) -> dict | None:
+    """The build report of the version the server serves (its highest READY one) in ``repository``."""
+    if repository is None:
+        return None
+    from cvserve.builders.repository import Repository
+
+    try:
+        return Repository(repository).served(name, ready).build_report
+    except NotFoundError as exc:
+        raise NotFoundError(f"{exc} (is --repository the folder this server serves?)") from None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -72,7 +80,7 @@ def tune(s: TuneSettings) -> int:
     start, live = applier.start, applier.pipeline
     base = _repository_pipeline(s.repository, s.name) if s.repository else live
     bound, source = candidates.profile_batch_bound(
-        live.configs[live.network_role], candidates.read_build_report(s.repository, s.name)
+        live.configs[live.network_role], _served_report(s.repository, s.name, applier.ready_versions())
     )
     cores = (s.cores or available_cpus()) if live.threads_parameter else None
     space = candidates.build_space(

@@ -1,18 +1,35 @@
-"""Triton's model-control API (repository index, load, unload), with its errors mapped to cvserve's.
+"""Triton's model-control API (health, repository index, configs, load, unload), errors mapped to cvserve's.
 
-The classification calls go through :mod:`cvserve.client`; loading and unloading models is an operator's
-job that the thin client does not offer, so the release talks to ``tritonclient`` here, in one place.
+The classification calls go through :mod:`cvserve.client`; reading configs, loading and unloading models
+is an operator's job that the thin client does not offer, so the tools that do it (``cvserve release``,
+``cvserve tune``) talk to ``tritonclient`` here, in one place: one client, one error mapping.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
+
+from google.protobuf import json_format
+from tritonclient.grpc import model_config_pb2 as mc
 
 from cvserve.errors import TimeLimitError, TritonError, UserInputError
 
 # Seconds a model may take to load (an OpenVINO or TensorRT network compiles at load time).
 DEFAULT_LOAD_TIMEOUT_S = 300.0
+
+
+def config_from_json(text: str | dict) -> mc.ModelConfig:
+    """A ``ModelConfig`` from Triton's JSON (``get_model_config(as_json=True)``, with or without "config")."""
+    data = json.loads(text) if isinstance(text, str) else text
+    data = data.get("config", data)
+    return json_format.ParseDict(data, mc.ModelConfig(), ignore_unknown_fields=True)
+
+
+def config_to_json(cfg: mc.ModelConfig) -> str:
+    """The override JSON ``load_model(config=...)`` takes."""
+    return json_format.MessageToJson(cfg, preserving_proto_field_name=True)
 
 
 class ModelControlDisabled(UserInputError):
@@ -21,7 +38,14 @@ class ModelControlDisabled(UserInputError):
 
 
 class ModelControl:
-    """Model control on the Triton server at ``url`` (gRPC ``host:port``)."""
+    """Model control on the Triton server at ``url`` (gRPC ``host:port``).
+
+    Args:
+        load_timeout_s: how long one load may take.
+        headers: sent with the model-control calls, e.g. the key of a restricted API.
+        disabled_hint: what the caller's user can do when the server takes no loads (appended to the
+            :class:`ModelControlDisabled` message).
+    """
 
     def __init__(
         self,
@@ -29,11 +53,13 @@ class ModelControl:
         *,
         load_timeout_s: float = DEFAULT_LOAD_TIMEOUT_S,
         headers: dict[str, str] | None = None,
+        disabled_hint: str = "",
     ) -> None:
         import tritonclient.grpc as grpcclient
 
         self.url = url
         self.load_timeout_s = load_timeout_s
+        self.disabled_hint = disabled_hint
         # e.g. the key of a server whose model-control API is restricted (--grpc-restricted-api)
         self.headers = dict(headers or {}) or None
         self._triton = grpcclient.InferenceServerClient(url)
@@ -57,8 +83,7 @@ class ModelControl:
             if "not allowed" in message:
                 raise ModelControlDisabled(
                     f"the server at {self.url} does not take model loads ({message}): run it with "
-                    "--model-control-mode explicit, or give no --url so that cvserve release starts its "
-                    "own embedded server on the repository"
+                    f"--model-control-mode explicit{self.disabled_hint}"
                 ) from None
             if "StatusCode.UNAVAILABLE" in str(exc.status()) or "failed to connect" in message.lower():
                 raise TritonError(f"the Triton server at {self.url} is not reachable: {message}") from None
@@ -68,6 +93,13 @@ class ModelControl:
         """Fail with a clear message when the server is not up."""
         if not self._call("the liveness check", self._triton.is_server_live, client_timeout=10.0):
             raise TritonError(f"the Triton server at {self.url} is not live")
+
+    def config(self, name: str) -> mc.ModelConfig:
+        """The configuration the server runs ``name`` with (``get_model_config``)."""
+        raw = self._call(
+            f"reading the config of model '{name}'", self._triton.get_model_config, name, as_json=True
+        )
+        return config_from_json(raw)
 
     def server_ready(self) -> bool:
         """Triton's readiness: with --strict-readiness (the default) false while any model loads or unloads."""
@@ -108,8 +140,17 @@ class ModelControl:
         except InferenceServerException:
             return False
 
-    def load(self, name: str, *, config: str | None = None, files: dict[str, bytes] | None = None) -> None:
-        """Load (or reload) ``name``; with ``config`` and ``files``, from those instead of the repository."""
+    def load(
+        self,
+        name: str,
+        *,
+        config: str | mc.ModelConfig | None = None,
+        files: dict[str, bytes] | None = None,
+    ) -> None:
+        """Load (or reload) ``name``; with ``config`` (a ``ModelConfig`` or its JSON) and ``files``, from
+        those instead of the repository."""
+        if isinstance(config, mc.ModelConfig):
+            config = config_to_json(config)
         self._call(
             f"loading model '{name}'",
             self._triton.load_model,
