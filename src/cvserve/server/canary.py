@@ -4,7 +4,7 @@ server whose python stub died.
 Triton 2.51 neither restarts a python-backend stub that died nor fails ``/v2/health/live`` or
 ``/v2/health/ready`` for it: the model stays "ready" and fails every request. So ``cvserve serve``
 (:mod:`cvserve.server.supervisor`) sends each classifier a canary, as the Helm chart's liveness probe
-does (``helm/cvserve/files/triton_probe.py``; a unit test checks that both send the same request). The
+does (:mod:`cvserve.server.triton_probe`, the file the chart ships: both send the same request). The
 request is the cvserve contract: input ``IMAGE`` (BYTES, shape [1, 1]) over HTTP with the binary-data
 extension; the answer must carry probabilities in ``SCORE``.
 
@@ -23,57 +23,20 @@ from __future__ import annotations
 
 import http.client
 import json
-import math
-import struct
 import urllib.error
 import urllib.parse
 import urllib.request
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 from cvserve.client import contract
 
+# The canary request and the check of its answer are the Helm chart's probe's own code (the chart ships
+# this very file: helm/cvserve/files/triton_probe.py links to it), so both send the same request.
+from cvserve.server.triton_probe import SHOTS, canary_png, check_outputs, error_text, infer_request
+
 INPUT = contract.IMAGE
 OUTPUT = contract.SCORE
-SIDE = 32  # big enough for every decoder and resizer, small enough to cost nothing
-SHOTS = 4  # canaries per check (module docstring); the Helm probe sends as many
-
-
-def canary_png(side: int = SIDE) -> bytes:
-    """A ``side`` x ``side`` RGB gradient encoded as PNG with zlib alone."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    rows = b"".join(
-        b"\x00" + bytes(v for x in range(side) for v in (x * 8 % 256, y * 8 % 256, 128)) for y in range(side)
-    )
-    header = struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", header)
-        + chunk(b"IDAT", zlib.compress(rows))
-        + chunk(b"IEND", b"")
-    )
-
-
-def infer_body(image: bytes) -> tuple[bytes, int]:
-    """Body and JSON-header length of a KServe v2 binary-tensor request with one BYTES element."""
-    element = struct.pack("<I", len(image)) + image  # BYTES elements: 4-byte little-endian length, data
-    header = json.dumps(
-        {
-            "inputs": [
-                {
-                    "name": INPUT,
-                    "shape": [1, 1],
-                    "datatype": "BYTES",
-                    "parameters": {"binary_data_size": len(element)},
-                }
-            ]
-        }
-    ).encode()
-    return header + element, len(header)
 
 
 @dataclass(frozen=True)
@@ -90,25 +53,6 @@ class Verdict:
         return f"canary {self.model}: {self.detail}"
 
 
-def _error_text(exc: urllib.error.HTTPError) -> str:
-    try:
-        body = exc.read(2048).decode("utf-8", "replace")
-        return str(json.loads(body).get("error", body)).strip()
-    except (OSError, ValueError, AttributeError):
-        return exc.reason or ""
-
-
-def _scores_problem(response: dict) -> str:
-    outputs = {o.get("name"): o for o in response.get("outputs", [])}
-    scores = outputs.get(OUTPUT, {}).get("data")
-    if not isinstance(scores, list) or not scores:
-        return f"no {OUTPUT} in the answer"
-    for s in scores:
-        if not isinstance(s, (int, float)) or math.isnan(s) or not -1e-3 <= s <= 1 + 1e-3:
-            return f"{OUTPUT} holds {s!r}, not a probability"
-    return ""
-
-
 def check(
     http_url: str, model: str, *, timeout: float = 10.0, headers: dict[str, str] | None = None
 ) -> Verdict:
@@ -122,7 +66,7 @@ def check(
 
 
 def _one(http_url: str, model: str, *, timeout: float, headers: dict[str, str] | None) -> Verdict:
-    body, header_len = infer_body(canary_png())
+    body, header_len = infer_request(canary_png())
     request = urllib.request.Request(
         f"{http_url}/v2/models/{urllib.parse.quote(model, safe='')}/infer",
         data=body,
@@ -140,13 +84,13 @@ def _one(http_url: str, model: str, *, timeout: float, headers: dict[str, str] |
             response = json.loads(raw[: int(json_len)] if json_len else raw)
     except urllib.error.HTTPError as exc:
         if exc.code == 503:
-            return Verdict(model, "shed", f"shed by admission control (HTTP 503: {_error_text(exc)})")
-        return Verdict(model, "fail", f"HTTP {exc.code}: {_error_text(exc)}")
+            return Verdict(model, "shed", f"shed by admission control (HTTP 503: {error_text(exc)})")
+        return Verdict(model, "fail", f"HTTP {exc.code}: {error_text(exc)}")
     except (OSError, http.client.HTTPException) as exc:  # refused, reset, timed out, cut short
         return Verdict(model, "fail", f"no answer within {timeout:g} s ({exc})")
     except ValueError as exc:
         return Verdict(model, "fail", f"unreadable answer ({exc})")
-    problem = _scores_problem(response)
+    problem = check_outputs(response)
     return Verdict(model, "fail", problem) if problem else Verdict(model, "ok", "ok")
 
 
