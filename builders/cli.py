@@ -13,22 +13,20 @@ from cvserve.errors import UserInputError
 
 def register(sub: argparse._SubParsersAction) -> None:
     from cvserve.builders.pipeline import BuildSettings
-    from cvserve.settings import add_arguments
+    from cvserve.settings import add_command
 
-    p = sub.add_parser(
+    add_command(
+        sub,
         "build",
+        BuildSettings,
+        run_build,
         help="build a PyTorch checkpoint into a served Triton model (a new version, atomically)",
         description="Export a checkpoint to ONNX, clean it up, verify it against PyTorch on real images, "
         "optionally quantize it behind an accuracy gate, wrap it so it takes uint8 pixels and returns "
         "top-k classes, convert it for its runtime, check the served file against the float reference, "
         "and add it as a new version to a Triton model repository, atomically.",
-    )
-    add_arguments(
-        p,
-        BuildSettings,
         argument_kwargs=lambda flag: {"nargs": "+"} if flag == "--verify-images" else {},
     )
-    p.set_defaults(func=run_build)
 
 
 def settings_from_args(args: argparse.Namespace):

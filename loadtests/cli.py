@@ -9,20 +9,21 @@ from pathlib import Path
 
 from cvserve.loadtests.settings import LoadTestSettings
 from cvserve.reporting import num
-from cvserve.settings import add_arguments, from_args
+from cvserve.settings import add_command, from_args
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser(
+    p = add_command(
+        subparsers,
         "loadtest",
+        LoadTestSettings,
+        run,
         help="load-test a served model with Locust and gate on p95 latency, errors and cost",
         description="Run a headless Locust load test against a classification model over gRPC, scrape "
         "Triton's metrics, write a report, and exit 0 when every gate holds or 1 when one fails. "
         "Durations take 90, 60s, 2m, 1m30s or 1h.",
     )
-    add_arguments(p, LoadTestSettings)
     p.add_argument("--json", action="store_true", help="print report.json to stdout")
-    p.set_defaults(func=run)
 
 
 def settings_from_args(args: argparse.Namespace) -> LoadTestSettings:

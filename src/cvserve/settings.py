@@ -433,6 +433,24 @@ def _metavar(s: _Setting) -> str | None:
     return by_type.get(s.kind) or (None if s.spec.get("positional") else s.flag[2:].replace("-", "_").upper())
 
 
+def add_command(
+    subparsers: Any,
+    name: str,
+    cls: type,
+    run: Callable[[argparse.Namespace], int],
+    *,
+    help: str,
+    description: str,
+    argument_kwargs: Callable[[str], dict] | None = None,
+) -> argparse.ArgumentParser:
+    """The subcommand ``name``: its flags are ``cls``'s settings (:func:`add_arguments`), ``run(args)``
+    runs it."""
+    parser = subparsers.add_parser(name, help=help, description=description)
+    add_arguments(parser, cls, argument_kwargs=argument_kwargs)
+    parser.set_defaults(func=run)
+    return parser
+
+
 def add_arguments(
     parser: Any,
     cls: type,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from cvserve.settings import add_arguments, from_args
+from cvserve.settings import add_command, from_args
 
 EXIT_OK, EXIT_DRIFT = 0, 1
 
@@ -18,16 +18,17 @@ EXIT_OK, EXIT_DRIFT = 0, 1
 def register(sub: argparse._SubParsersAction) -> None:
     from cvserve.monitor.watch import MonitorSettings
 
-    p = sub.add_parser(
+    add_command(
+        sub,
         "monitor",
+        MonitorSettings,
+        run,
         help="compare what a served model sees and answers with its version's reference (drift)",
         description="Read the last --window of NAME's signals (classes, confidence, input statistics, "
         "feature summary) from Prometheus, compare them with the reference the build counted on held-out "
         "images, print a table and, with --serve-metrics, serve cvserve_drift_* gauges. Exit status: 0 no "
         "drift, 1 drift, 2 bad input. docs/monitoring.md.",
     )
-    add_arguments(p, MonitorSettings)
-    p.set_defaults(func=run)
 
 
 def table(name: str, version: int, window: str, report) -> str:

@@ -9,14 +9,17 @@ import argparse
 
 from cvserve.errors import UserInputError
 from cvserve.release.settings import ReleaseSettings, RollbackSettings
-from cvserve.settings import add_arguments, from_args
+from cvserve.settings import add_command, from_args
 
 EXIT_GO, EXIT_NO_GO, EXIT_BAD_INPUT = 0, 1, 2
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
+    add_command(
+        sub,
         "release",
+        ReleaseSettings,
+        run,
         help="go/no-go for a new model version: golden-set regressions per slice, p95, cost; model card; "
         "promotion",
         description="Serve the candidate and baseline versions of NAME under shadow names (production "
@@ -25,11 +28,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         "candidate the served version. Exit status: 0 go, 1 no-go (or the release failed), 2 bad input. "
         "Durations take 90, 60s, 2m, 1m30s or 1h.",
     )
-    add_arguments(p, ReleaseSettings)
-    p.set_defaults(func=run)
 
-    r = sub.add_parser(
+    add_command(
+        sub,
         "rollback",
+        RollbackSettings,
+        run_rollback,
         help="serve an earlier version of a built model again",
         description="Pin NAME to VERSION: restore the configs that version was built with, with "
         "version_policy specific, atomically. With --url, also switch the running server through "
@@ -37,8 +41,6 @@ def register(sub: argparse._SubParsersAction) -> None:
         "back if the switch fails). Without it, a poll-mode server picks the change up by itself; "
         "restart a none-mode server.",
     )
-    add_arguments(r, RollbackSettings)
-    r.set_defaults(func=run_rollback)
 
 
 def settings_from_args(args: argparse.Namespace) -> ReleaseSettings:

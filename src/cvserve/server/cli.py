@@ -9,7 +9,7 @@ from pathlib import Path
 
 from cvserve.server.process import ServerSettings
 from cvserve.server.supervisor import SupervisorSettings
-from cvserve.settings import add_arguments, from_args, setting
+from cvserve.settings import add_command, from_args, setting
 
 
 @dataclass(kw_only=True)
@@ -26,16 +26,18 @@ class ServeSettings:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
+    add_command(
+        sub,
         "serve",
+        ServeSettings,
+        run,
         help="run the embedded Triton Inference Server on a model repository",
         description="Run the Triton Inference Server binary shipped in nvidia-pytriton (python backend) "
         "on a model repository, under a supervisor: canary inferences restart a server whose python stub "
         "died, SIGINT/SIGTERM drain in-flight requests (exit status 1 if the drain did not finish). "
         "Durations take 90, 60s, 2m, 1m30s or 1h.",
+        argument_kwargs=_append_flags,
     )
-    add_arguments(p, ServeSettings, argument_kwargs=_append_flags)
-    p.set_defaults(func=run)
 
 
 def _append_flags(flag: str) -> dict:

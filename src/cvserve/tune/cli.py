@@ -9,13 +9,16 @@ from pathlib import Path
 
 from cvserve.errors import NotFoundError
 from cvserve.reporting import num
-from cvserve.settings import add_arguments, from_args
+from cvserve.settings import add_command, from_args
 from cvserve.tune.settings import TuneSettings
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser(
+    add_command(
+        subparsers,
         "tune",
+        TuneSettings,
+        run,
         help="search batching, instances, threads and queue limits for the cheapest config meeting a p95 SLO",
         description=(
             "Tune a model served by a running Triton (--model-control-mode explicit), either layout: every "
@@ -25,8 +28,6 @@ def register(subparsers) -> None:
             "Durations take 90, 60s, 2m, 1m30s or 1h."
         ),
     )
-    add_arguments(p, TuneSettings)
-    p.set_defaults(func=run)
 
 
 def _check(s: TuneSettings) -> None:
