@@ -3,15 +3,15 @@
 ``python -m cvserve.builders.mtcnn_build --name faces -r models``
 
 Each of P-Net, R-Net and O-Net (:mod:`cvserve.builders.architectures.mtcnn`, facenet-pytorch's
-weights) goes through the build's stages: ONNX export (checked by the ONNX checker) (P-Net with dynamic height and width, for the
-image pyramid; R-Net and O-Net with a dynamic batch), cleanup, ONNX Runtime vs PyTorch on real image
-data (the astronaut photo, resized and cropped as the cascade does), OpenVINO IR. Then the whole
-cascade (:mod:`cvserve.builders.mtcnn`) with the OpenVINO networks is checked against the same cascade
-with the PyTorch networks (the reference) on real photos: the same faces, IoU >= 0.9 each. The version
-is written atomically: one python model NAME (``model_repository/mtcnn.py``) that decodes each image,
-runs the cascade with the three networks in-process and answers the detection contract with
-``LANDMARKS`` (docs/detection.md). Not built yet: INT8 for these networks, and the split into three
-Triton models called from the python model (BLS).
+weights) goes through the build's stages: ONNX export (checked by the ONNX checker; P-Net with dynamic
+height and width, for the image pyramid; R-Net and O-Net with a dynamic batch), ONNX Runtime vs PyTorch
+on real image data (the astronaut photo, resized and cropped as the cascade does), OpenVINO IR. Then
+the whole served cascade (:mod:`cvserve.builders.mtcnn` with the OpenVINO networks) is checked against
+the published implementation, facenet-pytorch's own ``detect_face`` with its own networks
+(:mod:`cvserve.builders.mtcnn_reference`), on real photos: the same number of faces, each reference
+face matched at IoU >= 0.9. The version is written atomically: one python model NAME
+(``model_repository/mtcnn.py``) that decodes each image, runs the cascade with the three networks
+in-process and answers the detection contract with ``LANDMARKS`` (docs/detection.md).
 """
 
 from __future__ import annotations
@@ -67,22 +67,6 @@ def _real_inputs(name: str) -> np.ndarray:
     return _normalise(np.stack([area_resize(img[:, y1:y2, x1:x2], size, size) for y1, x1, y2, x2 in boxes]))
 
 
-def torch_cascade():
-    """The reference: the cascade with the PyTorch networks."""
-    from cvserve.builders.architectures.mtcnn import mtcnn
-
-    torch = __import__("torch")
-
-    def call(net):
-        def run(x: np.ndarray) -> np.ndarray:
-            with torch.no_grad():
-                return net(torch.from_numpy(np.ascontiguousarray(x))).numpy()
-
-        return run
-
-    return tuple(call(mtcnn(n)) for n in NETWORKS)
-
-
 def runner_cascade(folder: Path, runtime: str = "openvino", threads: int = 0):
     """The cascade's networks as served: the files in ``folder`` in ``runtime``, float layers in f32."""
     from cvserve.builders.runners import open_runner
@@ -112,6 +96,7 @@ def compare_faces(got, reference) -> dict:
 
 def build(name: str, repository: Path, photos: dict[str, np.ndarray], log=print) -> MtcnnBuild:
     """Export, check and convert the three networks, check the cascade, write NAME's next version."""
+    from cvserve.builders import mtcnn_reference as reference
     from cvserve.builders import onnx2openvino
     from cvserve.builders import repository as repo
     from cvserve.builders import triton_config as tc
@@ -142,16 +127,16 @@ def build(name: str, repository: Path, photos: dict[str, np.ndarray], log=print)
             onnx2openvino.convert(onnx_file, scratch / "openvino" / f"{n}.xml")
             report["networks"][n] = {"verify_max_abs_diff": diff, "input": list(INPUTS[n])}
             log(f"[{n}] exported, ONNX Runtime vs PyTorch max |diff| {diff:.2e}, OpenVINO IR")
-        served, reference = runner_cascade(scratch / "openvino"), torch_cascade()
+        served = runner_cascade(scratch / "openvino")
         checks = {}
         for photo, image in photos.items():
-            checks[photo] = compare_faces(detect(image, *served), detect(image, *reference))
+            checks[photo] = compare_faces(detect(image, *served), reference.detect(image))
             if not checks[photo]["ok"]:
                 raise BuildError(
-                    f"the served cascade differs from the PyTorch reference on {photo}: {checks[photo]}"
+                    f"the served cascade differs from facenet-pytorch's detect_face on {photo}: {checks[photo]}"
                 )
-        report["verification"] = {"served": checks}
-        log(f"[check] served OpenVINO cascade vs PyTorch reference: {checks}")
+        report["verification"] = {"served": checks, "reference": "facenet-pytorch detect_face"}
+        log(f"[check] served OpenVINO cascade vs facenet-pytorch's detect_face: {checks}")
         shape = tc.PipelineShape(
             pixels_shape=(1, 1, 3), top_k=MAX_FACES, labels=["face"], task="detect",
             nms=NmsSettings(head="end2end", max_detections=MAX_FACES),
@@ -183,10 +168,27 @@ def build(name: str, repository: Path, photos: dict[str, np.ndarray], log=print)
     return MtcnnBuild(name=name, version=report["version"], report=report)
 
 
-def sample_photos() -> dict[str, np.ndarray]:
+def composed_scene() -> tuple[np.ndarray, list[tuple[int, int, int, int]]]:
+    """The astronaut's head and three LFW faces pasted into the rocket photo (scikit-image's sample
+    data); the pasted boxes x1, y1, x2, y2."""
+    from PIL import Image
     from skimage import data
 
-    return {"astronaut": data.astronaut()}
+    scene = data.rocket()[0:400, 0:600].copy()
+    scene[100:320, 50:260] = data.astronaut()[0:220, 120:330]
+    pasted = [(50, 100, 260, 320)]
+    for k, (x, y, s) in enumerate([(320, 60, 80), (450, 200, 64), (330, 250, 100)]):
+        face = np.asarray(Image.fromarray((data.lfw_subset()[k] * 255).astype(np.uint8)).resize((s, s)))
+        scene[y : y + s, x : x + s] = face[..., None]
+        pasted.append((x, y, x + s, y + s))
+    return scene, pasted
+
+
+def sample_photos() -> dict[str, np.ndarray]:
+    """The photos the build checks the served cascade on: the astronaut, and the composed scene."""
+    from skimage import data
+
+    return {"astronaut": data.astronaut(), "composed": composed_scene()[0]}
 
 
 def main(argv: list[str] | None = None) -> int:
