@@ -3,15 +3,17 @@
 ``python -m cvserve.builders.mtcnn_build --name faces -r models``
 
 Each of P-Net, R-Net and O-Net (:mod:`cvserve.builders.architectures.mtcnn`, facenet-pytorch's
-weights) goes through the build's stages: ONNX export (checked by the ONNX checker) (P-Net with dynamic height and width, for the
-image pyramid; R-Net and O-Net with a dynamic batch), cleanup, ONNX Runtime vs PyTorch on real image
-data (the astronaut photo, resized and cropped as the cascade does), OpenVINO IR. Then the whole
-cascade (:mod:`cvserve.builders.mtcnn`) with the OpenVINO networks is checked against the same cascade
-with the PyTorch networks (the reference) on real photos: the same faces, IoU >= 0.9 each. The version
-is written atomically: one python model NAME (``model_repository/mtcnn.py``) that decodes each image,
-runs the cascade with the three networks in-process and answers the detection contract with
-``LANDMARKS`` (docs/detection.md). Not built yet: INT8 for these networks, and the split into three
-Triton models called from the python model (BLS).
+weights) goes through the build's stages: ONNX export (checked by the ONNX checker; P-Net with dynamic
+height and width, for the image pyramid; R-Net and O-Net with a dynamic batch), ONNX Runtime vs PyTorch
+on real image data (the astronaut photo, resized and cropped as the cascade does), OpenVINO IR. Then
+the whole served cascade (:mod:`cvserve.builders.mtcnn` with the OpenVINO networks) is checked against
+the published implementation, facenet-pytorch's own ``detect_face`` with its own networks
+(:mod:`cvserve.builders.mtcnn_reference`), on real photos: the same number of faces, each reference
+face matched at IoU >= 0.9. The version is written atomically: one python model NAME
+(``model_repository/mtcnn.py``) that decodes each image, runs the cascade with the three networks
+in-process and answers the detection contract with ``LANDMARKS`` (docs/detection.md). With
+``--precision int8`` the three networks are quantized behind a gate on the faces found
+(:mod:`cvserve.builders.mtcnn_int8`).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import json
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -28,11 +31,15 @@ from cvserve.builders.detection import NmsSettings
 from cvserve.builders.preprocessing import PreprocessSpec
 from cvserve.client import contract
 
+if TYPE_CHECKING:
+    from cvserve.builders.mtcnn_int8 import Int8Gate
+
 NETWORKS = ("pnet", "rnet", "onet")
 INPUTS = {"pnet": (3, 64, 80), "rnet": (3, 24, 24), "onet": (3, 48, 48)}
 MAX_FACES = 32
 SPEC = PreprocessSpec(resize_shorter=0, fast_jpeg_decode=False)  # the decode limits; the cascade resizes
 MIN_IOU = 0.9
+PRECISIONS = ("fp32", "int8")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -68,22 +75,6 @@ def _real_inputs(name: str) -> np.ndarray:
     return _normalise(np.stack([area_resize(img[:, y1:y2, x1:x2], size, size) for y1, x1, y2, x2 in boxes]))
 
 
-def torch_cascade():
-    """The reference: the cascade with the PyTorch networks."""
-    from cvserve.builders.architectures.mtcnn import mtcnn
-
-    torch = __import__("torch")
-
-    def call(net):
-        def run(x: np.ndarray) -> np.ndarray:
-            with torch.no_grad():
-                return net(torch.from_numpy(np.ascontiguousarray(x))).numpy()
-
-        return run
-
-    return tuple(call(mtcnn(n)) for n in NETWORKS)
-
-
 def runner_cascade(folder: Path, runtime: str = "openvino", threads: int = 0):
     """The cascade's networks as served: the files in ``folder`` in ``runtime``, float layers in f32."""
     from cvserve.builders.runners import open_runner
@@ -112,9 +103,19 @@ def compare_faces(got, reference) -> dict:
     }  # fmt: skip
 
 
-def build(name: str, repository: Path, photos: dict[str, np.ndarray], log=print) -> MtcnnBuild:
-    """Export, check and convert the three networks, check the cascade, write NAME's next version."""
-    from cvserve.builders import onnx2openvino
+def build(
+    name: str,
+    repository: Path,
+    photos: dict[str, np.ndarray],
+    log=print,
+    *,
+    precision: str = "fp32",
+    int8_gate: Int8Gate | None = None,
+) -> MtcnnBuild:
+    """Export, check and convert the three networks, check the cascade, optionally quantize them to
+    INT8 behind its gate (:mod:`cvserve.builders.mtcnn_int8`), write NAME's next version."""
+    from cvserve.builders import mtcnn_int8, onnx2openvino
+    from cvserve.builders import mtcnn_reference as reference
     from cvserve.builders import repository as repo
     from cvserve.builders import triton_config as tc
     from cvserve.builders.architectures.mtcnn import mtcnn
@@ -122,10 +123,15 @@ def build(name: str, repository: Path, photos: dict[str, np.ndarray], log=print)
     from cvserve.builders.pipeline import _copy_resource, _write_report
     from cvserve.builders.runtime import ENTRY, decide
     from cvserve.builders.verify import ort_session
-    from cvserve.errors import BuildError
+    from cvserve.errors import BuildError, UserInputError
 
     torch = __import__("torch")
-    report: dict = {"task": {"name": "detect", "head": "mtcnn", "max_detections": MAX_FACES}, "networks": {}}
+    if precision not in PRECISIONS:
+        raise UserInputError(f"--precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+    report: dict = {
+        "task": {"name": "detect", "head": "mtcnn", "max_detections": MAX_FACES},
+        "precision": precision, "networks": {},
+    }  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="cvserve-mtcnn-") as tmp:
         scratch = Path(tmp)
         for n in NETWORKS:
@@ -144,16 +150,33 @@ def build(name: str, repository: Path, photos: dict[str, np.ndarray], log=print)
             onnx2openvino.convert(onnx_file, scratch / "openvino" / f"{n}.xml")
             report["networks"][n] = {"verify_max_abs_diff": diff, "input": list(INPUTS[n])}
             log(f"[{n}] exported, ONNX Runtime vs PyTorch max |diff| {diff:.2e}, OpenVINO IR")
-        served, reference = runner_cascade(scratch / "openvino"), torch_cascade()
+        served = runner_cascade(scratch / "openvino")
         checks = {}
         for photo, image in photos.items():
-            checks[photo] = compare_faces(detect(image, *served), detect(image, *reference))
+            checks[photo] = compare_faces(detect(image, *served), reference.detect(image))
             if not checks[photo]["ok"]:
                 raise BuildError(
-                    f"the served cascade differs from the PyTorch reference on {photo}: {checks[photo]}"
+                    f"the served cascade differs from facenet-pytorch's detect_face on {photo}: {checks[photo]}"
                 )
-        report["verification"] = {"served": checks}
-        log(f"[check] served OpenVINO cascade vs PyTorch reference: {checks}")
+        report["verification"] = {"fp32_vs_reference": checks, "reference": "facenet-pytorch detect_face"}
+        log(f"[check] served OpenVINO cascade vs facenet-pytorch's detect_face: {checks}")
+        networks = scratch / "openvino"
+        if precision == "int8":
+            networks = scratch / "int8"
+            calibration = mtcnn_int8.calibration_inputs(served, mtcnn_int8.calibration_photos())
+            onnx_files = {n: scratch / f"{n}.onnx" for n in NETWORKS}
+            report["quantization"] = mtcnn_int8.quantize(onnx_files, calibration, networks, log)
+            verdict = mtcnn_int8.gate(
+                runner_cascade(networks), served, photos, int8_gate or mtcnn_int8.Int8Gate()
+            )
+            report["verification"]["int8_gate"] = verdict
+            log(f"[gate] INT8 vs FP32 faces: {verdict['photos']}: {verdict['decision']}")
+            if verdict["decision"] != "passed":
+                raise BuildError(
+                    f"INT8 gate failed: matched-box F1 at IoU {verdict['iou']} of INT8's faces against "
+                    f"FP32's is {verdict['min_f1_found']} < {verdict['min_f1']} on some photo "
+                    f"({verdict['photos']}); nothing was written to the repository"
+                )
         shape = tc.PipelineShape(
             pixels_shape=(1, 1, 3), top_k=MAX_FACES, labels=["face"], task="detect",
             nms=NmsSettings(head="end2end", max_detections=MAX_FACES),
@@ -177,7 +200,7 @@ def build(name: str, repository: Path, photos: dict[str, np.ndarray], log=print)
             ):
                 _copy_resource(package, file, folder / copied)
             SPEC.save(folder)
-            for f in (scratch / "openvino").iterdir():
+            for f in networks.iterdir():
                 (folder / f.name).write_bytes(f.read_bytes())
             staged.write_config(ENTRY, cfg)
             report["version"] = staged.version
@@ -185,10 +208,35 @@ def build(name: str, repository: Path, photos: dict[str, np.ndarray], log=print)
     return MtcnnBuild(name=name, version=report["version"], report=report)
 
 
-def sample_photos() -> dict[str, np.ndarray]:
+def paste_faces(background: np.ndarray, faces: list[tuple[int, int, int, int]]) -> np.ndarray:
+    """``background`` (HWC RGB) with scikit-image's LFW faces pasted: (face index, x, y, side) each."""
+    from PIL import Image
     from skimage import data
 
-    return {"astronaut": data.astronaut()}
+    scene, lfw = background.copy(), data.lfw_subset()
+    for k, x, y, s in faces:
+        face = np.asarray(Image.fromarray((lfw[k] * 255).astype(np.uint8)).resize((s, s)))
+        scene[y : y + s, x : x + s] = face[..., None]
+    return scene
+
+
+def composed_scene() -> tuple[np.ndarray, list[tuple[int, int, int, int]]]:
+    """The astronaut's head and three LFW faces pasted into the rocket photo (scikit-image's sample
+    data); the pasted boxes x1, y1, x2, y2."""
+    from skimage import data
+
+    scene = data.rocket()[0:400, 0:600].copy()
+    scene[100:320, 50:260] = data.astronaut()[0:220, 120:330]
+    faces = [(0, 320, 60, 80), (1, 450, 200, 64), (2, 330, 250, 100)]
+    pasted = [(50, 100, 260, 320)] + [(x, y, x + s, y + s) for _, x, y, s in faces]
+    return paste_faces(scene, faces), pasted
+
+
+def sample_photos() -> dict[str, np.ndarray]:
+    """The photos the build checks the served cascade on: the astronaut, and the composed scene."""
+    from skimage import data
+
+    return {"astronaut": data.astronaut(), "composed": composed_scene()[0]}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -199,8 +247,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--name", default="faces")
     p.add_argument("-r", "--repository", type=Path, default=DEFAULT_REPOSITORY)
+    p.add_argument(
+        "--precision", choices=PRECISIONS, default="fp32",
+        help="int8: quantize the three networks (NNCF), gated on INT8's faces against FP32's",
+    )  # fmt: skip
     args = p.parse_args(argv)
-    result = build(args.name, args.repository, sample_photos())
+    result = build(args.name, args.repository, sample_photos(), precision=args.precision)
     print(json.dumps({"name": result.name, "version": result.version}))
     return 0
 

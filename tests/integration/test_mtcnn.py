@@ -1,7 +1,7 @@
 """MTCNN with facenet-pytorch's weights, built (three networks exported, checked, converted) and served
 by the real Triton: on real face photos pasted at known places into a real background, the served
-faces are the reference cascade's (PyTorch networks), IoU >= 0.9 each and no extra face, one where
-each face was pasted, with five landmarks inside its box."""
+faces are those of the published implementation (facenet-pytorch's own ``detect_face`` and networks),
+IoU >= 0.9 each and no extra face, one where each face was pasted, with five landmarks inside its box."""
 
 from __future__ import annotations
 
@@ -15,26 +15,11 @@ from PIL import Image
 if importlib.util.find_spec("facenet_pytorch") is None:  # found, never imported (torchvision)
     pytest.skip("pip install --no-deps facenet-pytorch (the 'faces' extra)", allow_module_level=True)
 
-from cvserve.builders import mtcnn_build
+from cvserve.builders import mtcnn_build, mtcnn_reference
 from cvserve.builders.detection import box_iou
-from cvserve.builders.mtcnn import detect
 from cvserve.client import Client, InvalidInput
 
 NAME = "faces"
-
-
-def composed_scene() -> tuple[np.ndarray, list[tuple[int, int, int, int]]]:
-    """The astronaut's head and three LFW faces pasted into the rocket photo; the pasted boxes."""
-    from skimage import data
-
-    scene = data.rocket()[0:400, 0:600].copy()
-    scene[100:320, 50:260] = data.astronaut()[0:220, 120:330]
-    pasted = [(50, 100, 260, 320)]
-    for k, (x, y, s) in enumerate([(320, 60, 80), (450, 200, 64), (330, 250, 100)]):
-        face = np.asarray(Image.fromarray((data.lfw_subset()[k] * 255).astype(np.uint8)).resize((s, s)))
-        scene[y : y + s, x : x + s] = face[..., None]
-        pasted.append((x, y, x + s, y + s))
-    return scene, pasted
 
 
 def _png(image: np.ndarray) -> bytes:
@@ -48,10 +33,8 @@ def faces_server(tmp_path_factory):
     from cvserve.server import ServerSettings, TritonServer
 
     repository = tmp_path_factory.mktemp("faces") / "models"
-    scene, _ = composed_scene()
-    photos = {**mtcnn_build.sample_photos(), "composed": scene}
-    report = mtcnn_build.build(NAME, repository, photos, log=lambda _: None).report
-    assert all(check["ok"] for check in report["verification"]["served"].values())
+    report = mtcnn_build.build(NAME, repository, mtcnn_build.sample_photos(), log=lambda _: None).report
+    assert all(check["ok"] for check in report["verification"]["fp32_vs_reference"].values())
     settings = ServerSettings(
         repository=repository, grpc_port=0, http_port=0, metrics_port=0, exit_timeout_s=5
     )
@@ -60,8 +43,8 @@ def faces_server(tmp_path_factory):
 
 
 def test_served_faces_match_the_reference_cascade_where_they_were_pasted(faces_server):
-    scene, pasted = composed_scene()
-    reference = detect(scene, *mtcnn_build.torch_cascade())
+    scene, pasted = mtcnn_build.composed_scene()
+    reference = mtcnn_reference.detect(scene)
     with Client(faces_server.grpc_url, model=NAME, timeout=120) as client:
         [found] = client.detect([_png(scene)])
     boxes = np.array([d.box for d in found], np.float32)
