@@ -75,7 +75,7 @@ def limitations(report: dict) -> list[str]:
             )
     out.append(
         f"The golden set has {overall['cases']} cases; a slice's {label} is only as precise as its size "
-        "allows (one case of 10 is 10 points of accuracy)."
+        "allows (one case of 10 is a tenth of the slice)."
     )
     out.append(
         f"Latency and cost were measured on {report['machine']}, a shared machine; re-measure on the "
