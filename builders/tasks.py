@@ -3,7 +3,8 @@
 A :class:`Task` owns its preprocessing defaults, how the checkpoint's output is read (classes), how
 ONNX Runtime's answers are compared with PyTorch's, the served graph's tail, the served python model
 and the files beside it, the Triton outputs and config parameters of its wire contract
-(:mod:`cvserve.client.contract`), the served-network check and its build-report entry. The pipeline,
+(:mod:`cvserve.client.contract`), the served-network check, its build-report entry and the release's
+golden-set format (:mod:`cvserve.release.formats`). The pipeline,
 the config writer and the repository writer ask the task; none of them branches on its name. The
 client's side of each contract (its result types and parsing) is in :mod:`cvserve.client`, which
 imports nothing from here (dependencies point builders -> client).
@@ -95,6 +96,12 @@ class Classify:
 
         return TopOne()
 
+    def golden_format(self):
+        """The release's golden set: images and their class in ``labels.csv`` (docs/release.md)."""
+        from cvserve.release.labelled import LabelledImages
+
+        return LabelledImages()
+
     def check(
         self, served_file: Path, runtime: str, reference: Path, images: list[bytes], spec, *, precision: str
     ):
@@ -176,6 +183,13 @@ class Detect:
         from cvserve.builders.detection_gate import MeanAveragePrecision
 
         return MeanAveragePrecision(self.nms, tuple(labels))
+
+    def golden_format(self):
+        """The release's golden set: images and their boxes in COCO JSON, judged by mAP per slice and
+        per-image F1 (docs/release.md)."""
+        from cvserve.release.box_compare import BoxedImages
+
+        return BoxedImages()
 
     def check(
         self, served_file: Path, runtime: str, reference: Path, images: list[bytes], spec, *, precision: str

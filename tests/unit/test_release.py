@@ -15,6 +15,7 @@ from cvserve.cli import main
 from cvserve.release.compare import Prediction, compare
 from cvserve.release.gates import evaluate, failed
 from cvserve.release.golden import GoldenSetError, load_golden_set, resolve_labels
+from cvserve.release.labelled import LabelledImages
 from cvserve.release.promote import pin_version
 from cvserve.release.settings import ReleaseSettings
 from cvserve.release.versions import (
@@ -328,7 +329,13 @@ def test_the_report_and_model_card_render(tmp_path):
             "embedded": True,
             "shadows": {"baseline": "m__release_baseline", "candidate": "m__release_candidate"},
         },
-        "golden": {"path": "g", "cases": 3, "slice_columns": ["lighting"]},
+        "golden": {
+            "path": "g",
+            "cases": 3,
+            "slice_columns": ["lighting"],
+            "format": LabelledImages.name,
+            "metric": LabelledImages.metric,
+        },
         "gates": [x.as_dict() for x in gates],
         "slices": [x.as_dict() for x in c.slices],
         "changed_cases": [x.as_dict() for x in c.changed],

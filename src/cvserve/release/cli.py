@@ -23,8 +23,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="go/no-go for a new model version: golden-set regressions per slice, p95, cost; model card; "
         "promotion",
         description="Serve the candidate and baseline versions of NAME under shadow names (production "
-        "traffic never reaches the candidate), classify the golden set with each, load-test each, apply "
-        "the gates, write release_report.json/.md and MODEL_CARD.md, and with --promote make a go "
+        "traffic never reaches the candidate), run the golden set through each (classify or detect: the "
+        "candidate's build report names its task), load-test each, apply the gates, write release_report.json/.md and MODEL_CARD.md, and with --promote make a go "
         "candidate the served version. Exit status: 0 go, 1 no-go (or the release failed), 2 bad input. "
         "Durations take 90, 60s, 2m, 1m30s or 1h.",
     )

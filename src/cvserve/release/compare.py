@@ -13,10 +13,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cvserve.errors import CvserveError
+from cvserve.release.gates import Gate, gate
 from cvserve.release.golden import GoldenCase, GoldenSet
+
+if TYPE_CHECKING:
+    from cvserve.release.settings import ReleaseSettings
 
 ALL = "all"  # the slice of every case
 _BATCH = 32  # images per classify call: bounded memory for large golden sets
@@ -158,6 +162,30 @@ class Comparison:
     @property
     def changed(self) -> list[CaseResult]:
         return [c for c in self.cases if c.kind is not None]
+
+    def gates(self, s: ReleaseSettings) -> list[Gate]:
+        """``regression_rate[SLICE]`` for every slice, then the overall ``accuracy_drop_points``."""
+        gates = [
+            gate(
+                f"regression_rate[{sl.slice}]",
+                sl.regression_rate,
+                s.max_regression_rate,
+                "fraction",
+                f"{sl.regressions} of {sl.cases} golden cases",
+            )
+            for sl in self.slices
+        ]
+        overall = self.overall
+        gates.append(
+            gate(
+                "accuracy_drop_points",
+                100.0 * (overall.baseline_correct - overall.candidate_correct) / overall.cases,
+                s.max_accuracy_drop_points,
+                "points",
+                f"{overall.baseline_accuracy:.4f} -> {overall.candidate_accuracy:.4f}",
+            )
+        )
+        return gates
 
 
 def _slice(key: str, results: Sequence[CaseResult]) -> SliceResult:

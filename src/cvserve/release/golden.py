@@ -61,7 +61,8 @@ class GoldenSet:
         return self.classes.get(case.label, case.label)
 
 
-def _shown(items: Sequence[str]) -> str:
+def shown(items: Sequence[str]) -> str:
+    """The first few of ``items``, comma-separated, and how many more there are."""
     more = f" and {len(items) - _SHOWN} more" if len(items) > _SHOWN else ""
     return ", ".join(items[:_SHOWN]) + more
 
@@ -92,7 +93,7 @@ def load_golden_set(directory: str | Path) -> GoldenSet:
     header, rows = _read_csv(csv_file)
     slice_columns = _check_header(csv_file, header)
     cases = _cases(root, csv_file, header, rows, slice_columns)
-    _check_files(root, csv_file, cases)
+    check_files(root, csv_file, cases)
     return GoldenSet(root=root, cases=tuple(cases), slice_columns=slice_columns)
 
 
@@ -145,17 +146,7 @@ def _cases(
         path, label, *values = (cell.strip() for cell in row)
         if not path or not label:
             raise GoldenSetError(f"{csv_file} line {line}: path and label must not be blank")
-        relative = PurePosixPath(path.replace("\\", "/"))
-        if relative.is_absolute() or ".." in relative.parts:
-            raise GoldenSetError(
-                f"{csv_file} line {line}: {path} is not inside the golden folder: give paths relative to it"
-            )
-        if relative.suffix.lower() not in IMAGE_SUFFIXES:
-            raise GoldenSetError(
-                f"{csv_file} line {line}: {path} is not a JPEG/PNG file ({', '.join(IMAGE_SUFFIXES)}): "
-                "convert it or leave it out"
-            )
-        key = relative.as_posix()
+        key = image_path(path, f"{csv_file} line {line}")
         if key in first_line:
             raise GoldenSetError(
                 f"{csv_file} lists {path} twice (lines {first_line[key]} and {line}): give each image once"
@@ -173,11 +164,28 @@ def _cases(
     return cases
 
 
-def _check_files(root: Path, csv_file: Path, cases: list[GoldenCase]) -> None:
+def image_path(path: str, where: str) -> str:
+    """``path`` as a ``/``-separated path inside the golden folder, naming a JPEG/PNG file.
+
+    Raises:
+        GoldenSetError: it leaves the folder or is not a JPEG/PNG file by name (``where`` says where).
+    """
+    relative = PurePosixPath(path.replace("\\", "/"))
+    if relative.is_absolute() or ".." in relative.parts:
+        raise GoldenSetError(f"{where}: {path} is not inside the golden folder: give paths relative to it")
+    if relative.suffix.lower() not in IMAGE_SUFFIXES:
+        raise GoldenSetError(
+            f"{where}: {path} is not a JPEG/PNG file ({', '.join(IMAGE_SUFFIXES)}): convert it or leave it out"
+        )
+    return relative.as_posix()
+
+
+def check_files(root: Path, csv_file: Path, cases: Sequence) -> None:
+    """Every case's ``file`` (``path`` names it) exists and is a JPEG or PNG by content."""
     missing = [c.path for c in cases if not c.file.is_file()]
     if missing:
         raise GoldenSetError(
-            f"{len(missing)} image(s) listed in {csv_file} are not in {root}: {_shown(missing)}"
+            f"{len(missing)} image(s) listed in {csv_file} are not in {root}: {shown(missing)}"
         )
     not_images = []
     for case in cases:
@@ -188,7 +196,7 @@ def _check_files(root: Path, csv_file: Path, cases: list[GoldenCase]) -> None:
     if not_images:
         raise GoldenSetError(
             f"{len(not_images)} file(s) in {root} are not JPEG or PNG images whatever their names: "
-            f"{_shown(not_images)}"
+            f"{shown(not_images)}"
         )
 
 
@@ -224,7 +232,7 @@ def resolve_labels(golden: GoldenSet, class_names: Sequence[str] | None, model: 
         span = f"a class index 0..{len(names) - 1}" if names else "a class index"
         raise GoldenSetError(
             f"{golden.root / LABELS_FILE}: {len(unknown)} label(s) are not classes of {model}: "
-            f"{_shown(where)}; use a class name from the model's labels or {span}"
+            f"{shown(where)}; use a class name from the model's labels or {span}"
         )
     return GoldenSet(
         root=golden.root, cases=golden.cases, slice_columns=golden.slice_columns, classes=classes

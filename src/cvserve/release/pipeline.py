@@ -19,9 +19,8 @@ from cvserve.builders.repository import Repository
 from cvserve.errors import CvserveError, MissingDependencyError, UserInputError
 from cvserve.release import measure, promote
 from cvserve.release import report as reports
-from cvserve.release.compare import Comparison, classify_all, compare
+from cvserve.release.formats import Comparison, GoldenFormat, check_same_task, golden_format
 from cvserve.release.gates import Gate, evaluate, failed
-from cvserve.release.golden import GoldenSet, load_golden_set, resolve_labels
 from cvserve.release.settings import ReleaseSettings
 from cvserve.release.shadow import serve_shadows
 from cvserve.release.versions import ModelVersion, load_version, model_config
@@ -50,7 +49,7 @@ def _stderr(message: str) -> None:
     print(message, file=sys.stderr)
 
 
-def _check_loadtest(s: ReleaseSettings, golden: GoldenSet) -> None:
+def _check_loadtest(s: ReleaseSettings, golden) -> None:
     import importlib.util
 
     from cvserve.loadtests.cost import resolve_price
@@ -70,11 +69,10 @@ def _check_loadtest(s: ReleaseSettings, golden: GoldenSet) -> None:
     resolve_price(s.price_per_hour, s.instance_type)
 
 
-def _with_labels(golden: GoldenSet, baseline: ModelVersion, candidate: ModelVersion) -> GoldenSet:
-    # Indices are the baseline's; a class only the candidate knows is still a known name.
-    names = list(baseline.labels or [])
-    names += [n for n in candidate.labels or [] if n not in names]
-    return resolve_labels(golden, names or None, baseline.name)
+def _resolve(fmt: GoldenFormat, golden, baseline: ModelVersion, candidate: ModelVersion):
+    """The golden set checked against both versions' classes (both built for one task)."""
+    check_same_task(baseline, candidate)
+    return fmt.resolve(golden, baseline, candidate)
 
 
 @contextmanager
@@ -122,17 +120,18 @@ def _judge(
     *,
     url: str,
     metrics_url: str | None,
-    golden: GoldenSet,
+    fmt: GoldenFormat,
+    golden,
     versions: dict[str, ModelVersion],
     log: Log,
 ) -> _Judgement:
-    """Serve both versions under shadow names, classify the golden set with each, load-test each."""
+    """Serve both versions under shadow names, run the golden set through each, load-test each."""
     with serve_shadows(ctl, versions, log=log) as shadows:
         predictions = {
-            role: classify_all(url, shadows[role], v.version, golden.cases, timeout_s=s.request_timeout_s)
+            role: fmt.predict(url, shadows[role], v, golden, timeout_s=s.request_timeout_s)
             for role, v in versions.items()
         }
-        comparison = compare(golden, predictions["baseline"], predictions["candidate"])
+        comparison = fmt.compare(golden, predictions["baseline"], predictions["candidate"])
         loads, latencies = {}, {}
         with tempfile.TemporaryDirectory(prefix="cvserve-release-") as tmp:
             images = measure.payload_folder(golden, Path(tmp))
@@ -161,14 +160,15 @@ def run_release(s: ReleaseSettings, *, log: Log = _stderr) -> ReleaseResult:
             repository's previous configuration is then restored).
     """
     s.validate()
-    golden = load_golden_set(s.golden)
     model_config(s.repository, s.name)  # the layout check
     candidate = load_version(s.repository, s.name, s.candidate)
+    fmt = golden_format(candidate)  # the candidate's task owns the golden-set format
+    golden = fmt.load(s.golden)
     _check_loadtest(s, golden)
     baseline = None
     if s.baseline is not None or s.url is None:  # known without asking the server: check the labels now
         baseline = load_version(s.repository, s.name, _baseline_number(s, None))
-        golden = _with_labels(golden, baseline, candidate)
+        golden = _resolve(fmt, golden, baseline, candidate)
 
     with (
         _server(s, log) as (url, metrics_url, embedded),
@@ -179,16 +179,18 @@ def run_release(s: ReleaseSettings, *, log: Log = _stderr) -> ReleaseResult:
         ctl.check_live()
         if baseline is None:
             baseline = load_version(s.repository, s.name, _baseline_number(s, ctl))
-            golden = _with_labels(golden, baseline, candidate)
+            golden = _resolve(fmt, golden, baseline, candidate)
         log(
             f"release {s.name}: candidate v{s.candidate} against baseline v{baseline.version}, {len(golden)} cases"
         )
         versions = {"baseline": baseline, "candidate": candidate}
-        judged = _judge(s, ctl, url=url, metrics_url=metrics_url, golden=golden, versions=versions, log=log)
+        judged = _judge(
+            s, ctl, url=url, metrics_url=metrics_url, fmt=fmt, golden=golden, versions=versions, log=log
+        )
 
     gates = evaluate(s, judged.comparison, judged.loads["baseline"], judged.loads["candidate"])
     failing = failed(gates)
-    report = _report(s, golden, versions, judged, gates, failing, url=url, embedded=embedded)
+    report = _report(s, fmt, golden, versions, judged, gates, failing, url=url, embedded=embedded)
     error = _promote(s, report, report["decision"], url=None if embedded else url, log=log)
     report_dir = Path(s.report_dir)
     card = reports.write(report, judged.latencies, report_dir, plots=s.plots)["model_card"]
@@ -207,7 +209,8 @@ def run_release(s: ReleaseSettings, *, log: Log = _stderr) -> ReleaseResult:
 
 def _report(
     s: ReleaseSettings,
-    golden: GoldenSet,
+    fmt: GoldenFormat,
+    golden,
     versions: dict[str, ModelVersion],
     judged: _Judgement,
     gates: list[Gate],
@@ -233,6 +236,9 @@ def _report(
             "path": str(golden.root),
             "cases": len(golden),
             "slice_columns": list(golden.slice_columns),
+            "format": fmt.name,
+            "metric": fmt.metric,
+            **fmt.describe(golden),
         },
         "gates": [g.as_dict() for g in gates],
         "slices": [sl.as_dict() for sl in judged.comparison.slices],
@@ -242,7 +248,7 @@ def _report(
             "settings": {k: getattr(s, k) for k in ("users", "duration_s", "warmup_s", "images_per_request")},
         },
         "builds": {"baseline": baseline.build, "candidate": candidate.build},
-        "intended_use": s.intended_use or _default_intended_use(candidate),
+        "intended_use": s.intended_use or fmt.intended_use(candidate),
         "user_limitations": s.limitations,
         "settings": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(s).items()}
         | {"control_header": sorted(s.control_headers) or None},  # the name only: the value may be a key
@@ -276,12 +282,3 @@ def _promote(
     else:
         promotion["outcome"] = f"done: {url} serves {s.name} version {s.candidate}"
     return None
-
-
-def _default_intended_use(v: ModelVersion) -> str:
-    classes = f"the {len(v.labels)} classes in the model's labels" if v.labels else "the model's classes"
-    return (
-        f"Image classification: for each JPEG/PNG image sent to `{v.name}`, the top classes among {classes} "
-        "with softmax scores. Judged only on the golden set below and the build's validation images; "
-        "use on other kinds of images needs its own evaluation."
-    )

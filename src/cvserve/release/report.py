@@ -21,23 +21,24 @@ LATENCY_PLOT = "latency_baseline_vs_candidate.png"
 
 
 def plot(report: dict, latencies: dict[str, list[float]], report_dir: Path) -> list[str]:
-    """Accuracy per slice (both versions) and the latency distributions; returns the files written."""
+    """The golden-set figure per slice (both versions) and the latency distributions; returns the files
+    written. The figure is the golden-set format's ``metric`` (top-1 accuracy, mAP)."""
     matplotlib = require("matplotlib", purpose="to plot the release report")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
 
     name, b, c = report["name"], report["baseline"], report["candidate"]
-    slices = report["slices"]
+    slices, metric = report["slices"], report["golden"]["metric"]
     fig, ax = plt.subplots(figsize=(max(6.0, 1.1 * len(slices)), 3.8))
     x = np.arange(len(slices))
-    ax.bar(x - 0.2, [s["baseline_accuracy"] for s in slices], 0.4, label=f"baseline v{b}")
-    ax.bar(x + 0.2, [s["candidate_accuracy"] for s in slices], 0.4, label=f"candidate v{c}")
+    ax.bar(x - 0.2, [s["baseline_" + metric["key"]] for s in slices], 0.4, label=f"baseline v{b}")
+    ax.bar(x + 0.2, [s["candidate_" + metric["key"]] for s in slices], 0.4, label=f"candidate v{c}")
     ax.set_xticks(x, [s["slice"] for s in slices], rotation=30, ha="right")
     ax.set_ylim(0, 1.25)
     ax.set_yticks([0, 0.2, 0.4, 0.6, 0.8, 1.0])
-    ax.set_ylabel("top-1 accuracy on the golden set")
-    ax.set_title(f"{name}: accuracy per slice")
+    ax.set_ylabel(f"{metric['label']} on the golden set")
+    ax.set_title(f"{name}: {metric['label']} per slice")
     ax.legend(loc="upper right", ncol=2)
     fig.tight_layout()
     fig.savefig(report_dir / ACCURACY_PLOT, dpi=110)
@@ -65,15 +66,16 @@ def limitations(report: dict) -> list[str]:
     """What the figures do not show, derived from them (the user's own text is added by the card)."""
     out = []
     overall = report["slices"][0]
-    weak = [s for s in report["slices"][1:] if s["candidate_accuracy"] < overall["candidate_accuracy"]]
-    for s in weak:
-        out.append(
-            f"Below its overall golden-set accuracy on {s['slice']}: {s['candidate_accuracy']:.3f} "
-            f"({s['candidate_correct']} of {s['cases']} cases)."
-        )
+    key, label = "candidate_" + report["golden"]["metric"]["key"], report["golden"]["metric"]["label"]
+    for s in report["slices"][1:]:
+        if s[key] < overall[key]:
+            out.append(
+                f"Below its overall golden-set {label} on {s['slice']}: {s[key]:.3f} "
+                f"against {overall[key]:.3f} ({s['cases']} cases)."
+            )
     out.append(
-        f"The golden set has {overall['cases']} cases; a slice's accuracy is only as precise as its size "
-        "allows (one case of 10 is 10 points)."
+        f"The golden set has {overall['cases']} cases; a slice's {label} is only as precise as its size "
+        "allows (one case of 10 is a tenth of the slice)."
     )
     out.append(
         f"Latency and cost were measured on {report['machine']}, a shared machine; re-measure on the "
@@ -134,9 +136,11 @@ def write_model_card(card: str, version_dir: Path) -> Path:
 
 def summary_lines(report: dict[str, Any], report_dir: Path) -> list[str]:
     """What the command prints: per slice, the load tests, the gates, the decision and where the report is."""
+    metric = report["golden"]["metric"]
     lines = [
-        f"{s['slice']}: accuracy {num(s['baseline_accuracy'], 4)} -> {num(s['candidate_accuracy'], 4)}, "
-        f"{s['regressions']} regression(s) and {s['improvements']} improvement(s) in {s['cases']} cases"
+        f"{s['slice']}: {metric['label']} {num(s['baseline_' + metric['key']], 4)} -> "
+        f"{num(s['candidate_' + metric['key']], 4)}, {s['regressions']} regression(s) and "
+        f"{s['improvements']} improvement(s) in {s['cases']} cases"
         for s in report["slices"]
     ]
     for role in ("baseline", "candidate"):
@@ -149,7 +153,7 @@ def summary_lines(report: dict[str, Any], report_dir: Path) -> list[str]:
     for g in report["gates"]:
         verdict = "pass" if g["passed"] else "FAIL"
         lines.append(
-            f"gate {g['name']}: {num(g['value'], 4)} <= {num(g['threshold'], 4)} {g['unit']}: {verdict}"
+            f"gate {g['name']}: {num(g['value'], 4)} {g['op']} {num(g['threshold'], 4)} {g['unit']}: {verdict}"
         )
     verdict = "GO" if report["decision"] == "go" else "NO-GO, failing: " + ", ".join(report["failed_gates"])
     lines.append(

@@ -26,7 +26,11 @@ class ReleaseSettings:
     """What to release and how to judge it; ``cvserve release --help`` shows each field's flag."""
 
     name: str = setting(positional=True, metavar="NAME", help="the served model (single layout)")
-    golden: Path = setting(metavar="DIR", help="the golden set: a folder of images and labels.csv")
+    golden: Path = setting(
+        metavar="DIR",
+        help="the golden set: a folder of images and labels.csv (classifiers) or annotations.json, COCO "
+        "JSON (detectors); the candidate's build report names its task",
+    )
     candidate: int = setting(at_least=1, metavar="VERSION", help="the version to judge")
     baseline: int | None = setting(
         None,
@@ -67,7 +71,12 @@ class ReleaseSettings:
     )
 
     max_regression_rate: float = setting(
-        0.02, at_least=0, at_most=1, group=_GATES, help="the largest regression rate on any slice, a fraction"
+        0.02,
+        at_least=0,
+        at_most=1,
+        group=_GATES,
+        help="the largest regression rate on any slice, a fraction of its golden images (classifiers: "
+        "right in the baseline, wrong in the candidate; detectors: a lower F1 at IoU 0.5)",
     )
     max_accuracy_drop_points: float = setting(
         1.0,
@@ -75,7 +84,22 @@ class ReleaseSettings:
         flag="--max-accuracy-drop",
         metavar="POINTS",
         group=_GATES,
-        help="the largest overall top-1 accuracy drop, in percentage points",
+        help="classifiers: the largest overall top-1 accuracy drop, in percentage points",
+    )
+    max_map_drop: float = setting(
+        0.01,
+        at_least=0,
+        at_most=1,
+        group=_GATES,
+        help="detectors: the largest drop of mAP@[.5:.95] on any slice, a fraction of the baseline's",
+    )
+    min_map: float | None = setting(
+        None,
+        at_least=0,
+        at_most=1,
+        group=_GATES,
+        help="detectors: the lowest mAP@[.5:.95] the candidate may have on any slice",
+        default_help="no floor",
     )
     max_cost_increase: float = setting(
         0.10, at_least=0, group=_GATES, help="the largest cost-per-1k increase over the baseline, a fraction"

@@ -137,6 +137,7 @@ def build_facts(report: dict | None) -> dict[str, Any]:
         "found": report is not None,
         "schema": r.get("schema", 1 if report else None),
         "created": _pick(r, "created"),
+        "task": _pick(r, "task.name"),  # "unknown": built before tasks existed, a classifier
         "checkpoint_path": _pick(r, "checkpoint.path", "checkpoint"),
         "checkpoint_sha256": _pick(r, "checkpoint.sha256"),
         "checkpoint_kind": _pick(r, "checkpoint.kind", "source_kind"),
