@@ -77,30 +77,16 @@ def export(
                 if model.kind == "exported_program":
                     module = module.module()
                 batch = torch.export.Dim("batch", min=1, max=4096)
-                torch.onnx.export(
-                    module,
-                    (example,),
-                    str(path),
-                    input_names=[INPUT_NAME],
-                    output_names=[OUTPUT_NAME],
-                    dynamic_shapes=({0: batch},),
-                    opset_version=OPSET,
-                    dynamo=True,
-                    external_data=False,
-                )
+                how = {"dynamic_shapes": ({0: batch},), "opset_version": OPSET, "dynamo": True,
+                       "external_data": False}  # fmt: skip
             elif exporter == "torchscript":
-                torch.onnx.export(
-                    module,
-                    (example,),
-                    str(path),
-                    input_names=[INPUT_NAME],
-                    output_names=[OUTPUT_NAME],
-                    dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
-                    opset_version=17,
-                    dynamo=False,
-                )
+                how = {"dynamic_axes": {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+                       "opset_version": 17, "dynamo": False}  # fmt: skip
             else:
                 raise BuildError(f"unknown exporter {exporter!r}: use auto, dynamo or torchscript")
+            torch.onnx.export(
+                module, (example,), str(path), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], **how
+            )
     except BuildError:
         raise
     except Exception as exc:

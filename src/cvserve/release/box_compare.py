@@ -27,6 +27,7 @@ from cvserve.builders.detection_metrics import Box, coco_map, matched_f1
 from cvserve.errors import CvserveError, MissingDependencyError
 from cvserve.release.boxes import BoxCase, BoxGoldenSet, load_box_golden_set, resolve_classes
 from cvserve.release.compare import ALL
+from cvserve.release.formats import intended_use
 from cvserve.release.gates import Gate, gate
 from cvserve.release.versions import ModelVersion
 
@@ -284,11 +285,8 @@ class BoxedImages:
         return {"boxes": golden.boxes, "categories": list(golden.category_names), "iou": IOU}
 
     def intended_use(self, version: ModelVersion) -> str:
-        labels = version.labels
-        classes = f"the {len(labels)} classes in the model's labels" if labels else "the model's classes"
-        return (
-            f"Object detection: for each JPEG/PNG image sent to `{version.name}`, boxes (x1, y1, x2, y2 in "
-            f"the image's pixels) of objects of {classes}, each with a score and a class. Judged only on "
-            "the golden set below and the build's validation images; use on other kinds of images needs "
-            "its own evaluation."
+        return intended_use(
+            version,
+            "Object detection: boxes (x1, y1, x2, y2 in the image's pixels) of objects of {classes}, each "
+            "with a score and a class,",
         )

@@ -68,6 +68,18 @@ class GoldenFormat(Protocol):
         """The model card's default intended use."""
 
 
+def intended_use(version: ModelVersion, what: str) -> str:
+    """The model card's default intended use: ``what`` the model answers for each image sent to it,
+    ``{classes}`` standing for its classes."""
+    labels = version.labels
+    classes = f"the {len(labels)} classes in the model's labels" if labels else "the model's classes"
+    return (
+        f"{what.format(classes=classes)} for each JPEG/PNG image sent to `{version.name}`. Judged only on "
+        "the golden set below and the build's validation images; use on other kinds of images needs its "
+        "own evaluation."
+    )
+
+
 def task_of(version: ModelVersion) -> str:
     """The task ``version`` was built for, from its build report (a classifier when it names none)."""
     from cvserve.builders import tasks

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from cvserve.release.compare import Comparison, Prediction, classify_all, compare
+from cvserve.release.formats import intended_use
 from cvserve.release.golden import GoldenSet, load_golden_set, resolve_labels
 from cvserve.release.versions import ModelVersion
 
@@ -41,10 +42,6 @@ class LabelledImages:
         return {}
 
     def intended_use(self, version: ModelVersion) -> str:
-        labels = version.labels
-        classes = f"the {len(labels)} classes in the model's labels" if labels else "the model's classes"
-        return (
-            f"Image classification: for each JPEG/PNG image sent to `{version.name}`, the top classes among "
-            f"{classes} with softmax scores. Judged only on the golden set below and the build's validation "
-            "images; use on other kinds of images needs its own evaluation."
+        return intended_use(
+            version, "Image classification: the top classes among {classes} with softmax scores,"
         )
