@@ -23,6 +23,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from cvserve.client import contract
 from cvserve.settings import add_arguments, duration, from_args, setting
 
 MODEL = "noop_classifier"
@@ -33,16 +34,15 @@ import triton_python_backend_utils as pb_utils
 
 
 class TritonPythonModel:
-    """Answers every image with class 0, score 1.0, label "noop": no decoding, no compute."""
+    """Answers every image with class 0, score 1.0: no decoding, no compute."""
 
     def execute(self, requests):
         responses = []
         for request in requests:
-            n = pb_utils.get_input_tensor_by_name(request, "IMAGE").as_numpy().shape[0]
+            n = pb_utils.get_input_tensor_by_name(request, "{IMAGE}").as_numpy().shape[0]
             responses.append(pb_utils.InferenceResponse(output_tensors=[
-                pb_utils.Tensor("CLASS_INDEX", np.zeros((n, 1), np.int64)),
-                pb_utils.Tensor("SCORE", np.ones((n, 1), np.float32)),
-                pb_utils.Tensor("LABEL", np.array([[b"noop"]] * n, dtype=object)),
+                pb_utils.Tensor("{CLASS_INDEX}", np.zeros((n, 1), np.int64)),
+                pb_utils.Tensor("{SCORE}", np.ones((n, 1), np.float32)),
             ]))
         return responses
 '''
@@ -81,17 +81,17 @@ def write_repository(repo: Path) -> Path:
         name=MODEL,
         backend="python",
         max_batch_size=64,
-        input=[tensor(mc.ModelInput, "IMAGE", mc.TYPE_STRING)],
+        input=[tensor(mc.ModelInput, contract.IMAGE, mc.TYPE_STRING)],
         output=[
-            tensor(mc.ModelOutput, "CLASS_INDEX", mc.TYPE_INT64),
-            tensor(mc.ModelOutput, "SCORE", mc.TYPE_FP32),
-            tensor(mc.ModelOutput, "LABEL", mc.TYPE_STRING),
+            tensor(mc.ModelOutput, contract.CLASS_INDEX, mc.TYPE_INT64),
+            tensor(mc.ModelOutput, contract.SCORE, mc.TYPE_FP32),
         ],
         dynamic_batching=mc.ModelDynamicBatching(max_queue_delay_microseconds=500),
         instance_group=[mc.ModelInstanceGroup(count=1, kind=mc.ModelInstanceGroup.KIND_CPU)],
     )
     (repo / MODEL / "1").mkdir(parents=True, exist_ok=True)
-    (repo / MODEL / "1" / "model.py").write_text(_MODEL_PY.lstrip())
+    names = {"IMAGE": contract.IMAGE, "CLASS_INDEX": contract.CLASS_INDEX, "SCORE": contract.SCORE}
+    (repo / MODEL / "1" / "model.py").write_text(_MODEL_PY.lstrip().format(**names))
     (repo / MODEL / "config.pbtxt").write_text(text_format.MessageToString(config))
     return repo
 

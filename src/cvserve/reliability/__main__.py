@@ -55,10 +55,11 @@ def _build_demo(into: Path) -> Path:
 
 
 def _queue_policy(repo: Path, model: str) -> tuple[str, str, float]:
-    from google.protobuf import text_format
     from tritonclient.grpc import model_config_pb2 as mc
 
-    cfg = text_format.Parse((repo / model / "config.pbtxt").read_text(), mc.ModelConfig())
+    from cvserve.builders.repository import Repository
+
+    cfg = Repository(repo).config(model)
     p = cfg.dynamic_batching.default_queue_policy
     layout = "single layout" if cfg.backend == "python" else f"platform {cfg.platform or cfg.backend}"
     text = (
