@@ -9,7 +9,9 @@ CLASS_INDEX and SCORE back):
 * ``ensemble``: NAME (a Triton ensemble) -> NAME_preprocess (python: decode to uint8 pixels) ->
   NAME_network on a native Triton backend (``openvino``, ``onnxruntime_onnx`` or ``tensorrt_plan``). The
   layout for NGC: GPUs need it (TensorRT, ONNX Runtime's TensorRT accelerator), and Triton schedules
-  decoding and inference as separate models.
+  decoding and inference as separate models. A detector's ensemble adds NAME_postprocess (python) after
+  the network, whose graph ends in NMS: it maps the boxes back to original pixels
+  (:data:`ENSEMBLE_WITH_POSTPROCESS`, docs/detection.md).
 
 The rules: the CPU target serves ``single`` with OpenVINO unless told otherwise; the GPU target serves
 ``ensemble`` with a TensorRT engine, or with ``--runtime onnxruntime`` the ONNX through ONNX Runtime's

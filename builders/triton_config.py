@@ -7,7 +7,9 @@ SCORE (FP32, [k]), with the class names in NAME's ``labels`` parameter (a JSON a
 
 * ``single``: NAME, a python-backend model that decodes and runs the network (OpenVINO/ONNX Runtime);
 * ``ensemble``: NAME (ensemble) -> NAME_preprocess (python: IMAGE -> PIXELS uint8 [H, W, 3]) ->
-  NAME_network (openvino / onnxruntime_onnx / tensorrt_plan: PIXELS -> CLASS_INDEX, SCORE).
+  NAME_network (openvino / onnxruntime_onnx / tensorrt_plan: PIXELS -> CLASS_INDEX, SCORE); a
+  detector's adds PLACEMENT from NAME_preprocess and NAME_postprocess (python: the network's NMS rows
+  and PLACEMENT -> BOXES, SCORES, CLASSES, COUNT), the routing derived from the step configs.
 
 Admission control: the model that first queues a request rejects it, as a retryable UNAVAILABLE,
 when its queue holds ``max_queue_size`` requests or when it has waited ``queue_timeout_ms``, so an
