@@ -7,10 +7,10 @@ anchors above the threshold per image, as a trained detector gives) and end in t
 
 * ``numpy``: :func:`cvserve.builders.detection.postprocess` (best class per anchor, score threshold,
   class-aware greedy NMS, best K), what the served detector runs today;
-* ``graph``: an ONNX tail of the same rules, ``ReduceMax``/``Equal`` keep each anchor's best class, then
-  ONNX ``NonMaxSuppression`` (per class, ``center_point_box=1``), compiled by OpenVINO on f32 (as the
-  served network runs, :mod:`cvserve.builders.runners`); the selected rows are sorted and cut to K in
-  numpy, which costs microseconds.
+* ``graph``: the ONNX tail the ensemble layout serves on CPUs (:mod:`cvserve.builders.detection_graph`):
+  ``ReduceMax``/``Equal`` keep each anchor's best class, ONNX ``NonMaxSuppression`` per class, then
+  each image's best K sorted and padded in the graph, compiled by OpenVINO on f32 (as the served
+  network runs, :mod:`cvserve.builders.runners`).
 
 Correctness first: for every image the two must keep the same (class, box) rows; the script prints the
 images that agree and refuses to print a winner otherwise. Then one run, alternating A/B per round,
@@ -52,59 +52,29 @@ def raw_heads(batch: int, anchors: int, classes: int, seed: int = 0) -> np.ndarr
 
 
 def nms_graph(path: Path, classes: int, anchors: int, s: NmsSettings) -> Path:
-    """The ONNX tail: RAW [N, 4 + C, A] -> SELECTED [M, 3] (image, class, anchor), SCORES [N, C, A]."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
+    """The ONNX tail the ensemble serves on CPUs (:mod:`cvserve.builders.detection_graph`, ``onnx``):
+    RAW [N, 4 + C, A] -> the four NMS outputs, best K per image sorted and padded in the graph."""
+    from cvserve.builders.detection_graph import save_tail
 
-    def const(name, value, dtype):
-        return numpy_helper.from_array(np.asarray(value, dtype=dtype), name)
-
-    nodes = [
-        helper.make_node("Split", ["RAW", "split"], ["xywh", "cls"], axis=1),
-        helper.make_node("Transpose", ["xywh"], ["boxes"], perm=[0, 2, 1]),
-        helper.make_node("ReduceMax", ["cls", "axis1"], ["best"], keepdims=1),
-        helper.make_node("Equal", ["cls", "best"], ["is_best"]),
-        helper.make_node("Cast", ["is_best"], ["mask"], to=TensorProto.FLOAT),
-        helper.make_node("Mul", ["cls", "mask"], ["SCORES"]),
-        helper.make_node(
-            "NonMaxSuppression",
-            ["boxes", "SCORES", "max_out", "iou", "score"],
-            ["SELECTED"],
-            center_point_box=1,
-        ),
-    ]
-    init = [
-        const("split", [4, classes], np.int64),
-        const("axis1", [1], np.int64),
-        const("max_out", [s.max_detections], np.int64),
-        const("iou", [s.iou_threshold], np.float32),
-        const("score", [s.score_threshold], np.float32),
-    ]
-    graph = helper.make_graph(
-        nodes,
-        "cvserve_nms",
-        [helper.make_tensor_value_info("RAW", TensorProto.FLOAT, ["batch", 4 + classes, anchors])],
-        [
-            helper.make_tensor_value_info("SELECTED", TensorProto.INT64, ["selected", 3]),
-            helper.make_tensor_value_info("SCORES", TensorProto.FLOAT, ["batch", classes, anchors]),
-        ],
-        init,
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
-    onnx.checker.check_model(model)
-    onnx.save(model, str(path))
-    return path
+    return save_tail(path, classes, anchors, s, "onnx")
 
 
 def graph_rows(out: dict, raw: np.ndarray, s: NmsSettings) -> list[set]:
-    """Per image, the kept (class, anchor) pairs: the graph's selection, best K by score."""
-    selected, scores = out["SELECTED"], out["SCORES"]
+    """Per image, the kept (class, anchor) pairs of the graph's NMS outputs."""
+    from cvserve.client import contract
+
     rows = []
     for i in range(len(raw)):
-        mine = selected[selected[:, 0] == i]
-        order = np.argsort(-scores[i, mine[:, 1], mine[:, 2]], kind="stable")[: s.max_detections]
-        rows.append({(int(c), int(a)) for _, c, a in mine[order]})
+        n = int(out[contract.NUM_DETECTIONS][i, 0])
+        boxes, classes = out[contract.DETECTION_BOXES][i, :n], out[contract.DETECTION_CLASSES][i, :n]
+        rows.append({(int(c), _anchor(raw[i], b)) for c, b in zip(classes, boxes, strict=True)})
     return rows
+
+
+def _anchor(raw: np.ndarray, box: np.ndarray) -> int:
+    """The anchor whose decoded top-left corner is ``box``'s."""
+    xyxy = np.stack([raw[0] - raw[2] / 2, raw[1] - raw[3] / 2], axis=1)
+    return int(np.argmin(np.abs(xyxy - box[:2]).sum(axis=1)))
 
 
 def numpy_rows(raw: np.ndarray, s: NmsSettings) -> list[set]:
@@ -114,9 +84,7 @@ def numpy_rows(raw: np.ndarray, s: NmsSettings) -> list[set]:
     rows = []
     for i in range(len(raw)):
         r = found.rows(i)
-        xyxy = np.stack([raw[i, 0] - raw[i, 2] / 2, raw[i, 1] - raw[i, 3] / 2], axis=1)
-        anchors = [int(np.argmin(np.abs(xyxy - b[:2]).sum(axis=1))) for b in r.boxes]
-        rows.append({(int(c), a) for c, a in zip(r.classes, anchors, strict=True)})
+        rows.append({(int(c), _anchor(raw[i], b)) for c, b in zip(r.classes, r.boxes, strict=True)})
     return rows
 
 

@@ -238,3 +238,20 @@ def postprocess(raw: np.ndarray, placements: Sequence[Placement], s: NmsSettings
     head.num_classes(tuple(raw.shape[1:]))  # a wrong layout fails here, naming the head
     kept = [select(head.candidates(raw[i], s), s, head.needs_nms) for i in range(len(raw))]
     return pack(kept, placements, s.max_detections)
+
+
+def unpack_nms(
+    num: np.ndarray,
+    boxes: np.ndarray,
+    scores: np.ndarray,
+    classes: np.ndarray,
+    placements: Sequence[Placement],
+    k: int,
+) -> Detections:
+    """The NMS tail's outputs (:mod:`cvserve.builders.detection_graph`: count [n, 1], boxes [n, K', 4] in
+    input pixels, scores [n, K'] best first, classes [n, K']) -> the wire rows in original pixels."""
+    kept = []
+    for i in range(len(num)):
+        m = int(num[i].reshape(-1)[0])
+        kept.append(Candidates(boxes[i, :m], scores[i, :m], classes[i, :m].astype(np.int64)))
+    return pack(kept, placements, k)

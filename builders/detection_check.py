@@ -1,9 +1,10 @@
 """The check stage for detectors: the served network, in its runtime, against the float reference.
 
-The served graph (uint8 letterboxed pixels in, the raw head out) runs in its runtime and precision on
-the build's real photos; the bare float network runs in ONNX Runtime on the same pixels normalised in
-numpy. Both raw heads go through the served postprocessing (:mod:`cvserve.builders.detection`), and
-the detections must be the same: the same count per image, boxes within a pixel.
+The served graph (uint8 letterboxed pixels in, the raw head out; in the ensemble layout the NMS tail's
+rows) runs in its runtime and precision on the build's real photos; the bare float network runs in ONNX
+Runtime on the same pixels normalised in numpy. Both go through the served postprocessing
+(:mod:`cvserve.builders.detection`: the raw heads through ``postprocess``, the graph's NMS rows through
+``unpack_nms``), and the detections must be the same: the same count per image, boxes within a pixel.
 """
 
 from __future__ import annotations
@@ -13,8 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from cvserve.builders.detection import Detections, NmsSettings, postprocess
+from cvserve.builders.detection import Detections, NmsSettings, postprocess, unpack_nms
 from cvserve.builders.verify import RuntimeCheck
+from cvserve.client import contract
 from cvserve.errors import BuildError
 
 BOX_TOLERANCE_PX = 1.0  # original pixels
@@ -73,16 +75,22 @@ def served(
         return None
     inputs, placements = zip(*(placed(data, spec) for data in images), strict=True)
     batch = np.stack(inputs)
-    raw = runner.run(batch)["RAW"]
+    out = runner.run(batch)
     session = ort_session(reference_network)
     ref_raw = session.run(None, {session.get_inputs()[0].name: normalize_batch(batch, spec)})[0]
-    count_equal, box_diff = compare(postprocess(raw, placements, nms), postprocess(ref_raw, placements, nms))
+    if contract.NUM_DETECTIONS in out:  # the ensemble's graph ends in NMS (cvserve.builders.detection_graph)
+        found = unpack_nms(*(out[n] for n in contract.NMS_OUTPUTS), placements, nms.max_detections)
+        raw_diff = float("nan")  # the graph does not return its raw head
+    else:
+        found = postprocess(out["RAW"], placements, nms)
+        raw_diff = float(np.max(np.abs(out["RAW"].astype(np.float64) - ref_raw)))
+    count_equal, box_diff = compare(found, postprocess(ref_raw, placements, nms))
     return DetectionCheck(
         runtime=runtime,
         precision=runner.precision,
         layer_precisions=runner.layer_precisions(),
         images=len(batch),
         count_equal=count_equal,
-        max_raw_diff=float(np.max(np.abs(raw.astype(np.float64) - ref_raw))),
+        max_raw_diff=raw_diff,
         max_box_diff_px=box_diff,
     )

@@ -106,6 +106,7 @@ def build_engine(
     when TensorRT is not installed, and :class:`~cvserve.errors.BuildError` when TensorRT fails.
     """
     require("tensorrt", extra="tensorrt", purpose="to build TensorRT engines (--target gpu)")
+    import tensorrt as trt
     from polygraphy.backend.trt import (
         CreateConfig,
         Profile,
@@ -120,9 +121,10 @@ def build_engine(
     spec.timing_cache.parent.mkdir(parents=True, exist_ok=True)
     kwargs = {}
     if spec.workspace_bytes:
-        import tensorrt as trt
-
         kwargs["memory_pool_limits"] = {trt.MemoryPoolType.WORKSPACE: spec.workspace_bytes}
+    # TensorRT's plugin library (EfficientNMS_TRT, a detector's NMS tail) registered before parsing:
+    # the ONNX parser looks an unknown operator up in the plugin registry by its name.
+    trt.init_libnvinfer_plugins(trt.Logger(trt.Logger.WARNING), "")
     try:
         network = network_from_onnx_path(str(onnx_path))
         config = CreateConfig(

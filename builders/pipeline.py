@@ -397,7 +397,8 @@ def build(settings: BuildSettings, log: Callable[[str], None] = print) -> BuildR
     """Build ``settings.name`` into ``settings.repository`` as a new version. Atomic."""
     from cvserve.builders import repository
 
-    plan = settings.serving.plan()
+    task = settings.task_of()
+    plan = task.serving_plan(settings.serving.plan())  # a detector's ensemble: a postprocess step too
     if plan.runtime == "tensorrt":  # fail before minutes of export and calibration, not after
         from cvserve._extras import require
 
@@ -409,7 +410,6 @@ def build(settings: BuildSettings, log: Callable[[str], None] = print) -> BuildR
     log(f"[plan] {plan.layout} layout, {plan.runtime}, {precision} (float layers in {numerics.float_parts}) "
         f"on {hardware.summary()}")  # fmt: skip
     clock = _Clock(log)
-    task = settings.task_of()
     spec = task.preprocess(settings.preprocess)
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="cvserve-build-") as scratch_dir:
@@ -423,7 +423,11 @@ def build(settings: BuildSettings, log: Callable[[str], None] = print) -> BuildR
             # Only the single layout's python model runs the network and counts what it answers.
             features = DEFAULT_FEATURE_DIMS if settings.serving.monitor_features else 0
             served = task.wrap(
-                network, scratch / "served.onnx", spec, features=features if plan.layout == "single" else 0
+                network,
+                scratch / "served.onnx",
+                spec,
+                features=features if plan.layout == "single" else 0,
+                plan=plan,
             )
         with clock.stage("engine"):
             artifact = _engine(plan, precision, profile, served, spec, scratch, log)
@@ -587,22 +591,20 @@ def _copy_resource(package: str, name: str, dst: Path) -> None:
 
 
 def _write_models(staged, plan: rt.ServingPlan, spec: PreprocessSpec, artifact, configs, task) -> None:
-    """Every model of the layout into the staged version folders."""
-    decoder = staged.version_dir(plan.roles.decode)
-    _copy_resource(
-        "cvserve.model_repository",
-        task.model_file if plan.layout == "single" else "preprocess.py",
-        decoder / "model.py",
-    )
-    for package, name, copied in task.beside:
-        _copy_resource(package, name, decoder / copied)
-    _copy_resource("cvserve.client", "contract.py", decoder / "cvserve_contract.py")
-    _copy_resource("cvserve.model_repository", "decoding.py", decoder / "cvserve_decoding.py")
-    _copy_resource("cvserve.builders", "preprocessing.py", decoder / "cvserve_preprocessing.py")
-    _copy_resource("cvserve.builders", "runners.py", decoder / "cvserve_runners.py")
-    _copy_resource("cvserve", "hardware.py", decoder / "cvserve_hardware.py")
-    _copy_resource("cvserve.monitor", "signals.py", decoder / "cvserve_signals.py")
-    spec.save(decoder)
+    """Every model of the layout into the staged version folders; each python model gets the same
+    helper files beside it (the task's python_models say which model file plays which role)."""
+    for role, model_file in task.python_models(plan.roles).items():
+        folder = staged.version_dir(role)
+        _copy_resource("cvserve.model_repository", model_file, folder / "model.py")
+        for package, name, copied in task.beside:
+            _copy_resource(package, name, folder / copied)
+        _copy_resource("cvserve.client", "contract.py", folder / "cvserve_contract.py")
+        _copy_resource("cvserve.model_repository", "decoding.py", folder / "cvserve_decoding.py")
+        _copy_resource("cvserve.builders", "preprocessing.py", folder / "cvserve_preprocessing.py")
+        _copy_resource("cvserve.builders", "runners.py", folder / "cvserve_runners.py")
+        _copy_resource("cvserve", "hardware.py", folder / "cvserve_hardware.py")
+        _copy_resource("cvserve.monitor", "signals.py", folder / "cvserve_signals.py")
+        spec.save(folder)
     network_dir = staged.version_dir(plan.roles.network)
     for f in artifact.files:
         shutil.copy2(f, network_dir / f.name)

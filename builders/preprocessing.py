@@ -312,6 +312,17 @@ class Placement:
         out = (boxes.astype(np.float32) - np.tile(np.float32(self.offset), 2)) / np.float32([sx, sy, sx, sy])
         return np.clip(out, 0, np.float32([*self.size, *self.size]))
 
+    def as_row(self) -> np.ndarray:
+        """FP32 [6]: width, height, resized width, resized height, offset x, offset y (exact: integers),
+        the ``PLACEMENT`` tensor a detector's ensemble passes from its decoder to its postprocess step."""
+        return np.float32([*self.size, *self.resized, *self.offset])
+
+    @classmethod
+    def from_row(cls, row: np.ndarray) -> Placement:
+        """:meth:`as_row`'s inverse."""
+        w, h, rw, rh, ox, oy = (round(float(v)) for v in np.asarray(row).reshape(6))
+        return cls(size=(w, h), resized=(rw, rh), offset=(ox, oy))
+
     def points_to_original(self, points: np.ndarray) -> np.ndarray:
         """Points (..., 2) in input pixels -> original pixels."""
         scale = np.float32([self.resized[0] / self.size[0], self.resized[1] / self.size[1]])

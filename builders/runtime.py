@@ -9,7 +9,9 @@ CLASS_INDEX and SCORE back):
 * ``ensemble``: NAME (a Triton ensemble) -> NAME_preprocess (python: decode to uint8 pixels) ->
   NAME_network on a native Triton backend (``openvino``, ``onnxruntime_onnx`` or ``tensorrt_plan``). The
   layout for NGC: GPUs need it (TensorRT, ONNX Runtime's TensorRT accelerator), and Triton schedules
-  decoding and inference as separate models.
+  decoding and inference as separate models. A detector's ensemble adds NAME_postprocess (python) after
+  the network, whose graph ends in NMS: it maps the boxes back to original pixels
+  (:data:`ENSEMBLE_WITH_POSTPROCESS`, docs/detection.md).
 
 The rules: the CPU target serves ``single`` with OpenVINO unless told otherwise; the GPU target serves
 ``ensemble`` with a TensorRT engine, or with ``--runtime onnxruntime`` the ONNX through ONNX Runtime's
@@ -19,7 +21,7 @@ the CPUs measured (docs/benchmarks.md); ONNX Runtime stays selectable.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from cvserve.errors import UserInputError
@@ -50,6 +52,8 @@ class Layout:
         network: the role of the model that runs the network and forms its batches.
         decode: the role of the python model that decodes the images (``decode_threads``).
         queues: the roles that may have a dynamic batcher, the one that first queues a request first.
+        postprocess: the role of the python model after the network (a detector's ensemble maps the
+            NMS rows back to original pixels there), or ``None``.
     """
 
     name: str
@@ -57,6 +61,7 @@ class Layout:
     network: str
     decode: str
     queues: tuple[str, ...]
+    postprocess: str | None = None
 
     def model_names(self, name: str) -> dict[str, str]:
         """Role -> model name of every model this layout serves NAME with."""
@@ -66,7 +71,12 @@ class Layout:
 def model_names(name: str) -> dict[str, str]:
     """Role -> model name of every model a pipeline NAME may have (which exist depends on the layout),
     the model clients call last."""
-    return {"preprocess": f"{name}_preprocess", "network": f"{name}_network", ENTRY: name}
+    return {
+        "preprocess": f"{name}_preprocess",
+        "network": f"{name}_network",
+        "postprocess": f"{name}_postprocess",
+        ENTRY: name,
+    }
 
 
 LAYOUT = {
@@ -80,6 +90,16 @@ LAYOUT = {
     ),
 }
 LAYOUTS = tuple(LAYOUT)
+# A detector's ensemble: the network's graph ends in NMS (input pixels), and a python step after it maps
+# the boxes back through each image's letterbox (docs/detection.md). The same layout otherwise.
+ENSEMBLE_WITH_POSTPROCESS = Layout(
+    name="ensemble",
+    roles=("preprocess", "network", "postprocess", ENTRY),
+    network="network",
+    decode="preprocess",
+    queues=("preprocess", "network"),
+    postprocess="postprocess",
+)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -90,6 +110,7 @@ class ServingPlan:
     layout: str
     runtime: str
     accelerator: str | None = None  # "tensorrt": ONNX Runtime's TensorRT execution accelerator (GPU)
+    postprocess: bool = False  # a python step after the network (a detector's ensemble)
 
     @property
     def network_file(self) -> str:
@@ -97,7 +118,11 @@ class ServingPlan:
 
     @property
     def roles(self) -> Layout:
-        return LAYOUT[self.layout]
+        return ENSEMBLE_WITH_POSTPROCESS if self.postprocess else LAYOUT[self.layout]
+
+    def with_postprocess(self) -> ServingPlan:
+        """This plan with a python step after the network, where the network has its own model."""
+        return replace(self, postprocess=LAYOUT[self.layout].decode != LAYOUT[self.layout].network)
 
     @property
     def instance_kind(self) -> str:

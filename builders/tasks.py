@@ -52,8 +52,16 @@ class Classify:
     def preprocess(self, spec: PreprocessSpec) -> PreprocessSpec:
         return spec
 
+    def serving_plan(self, plan):
+        """The plan as this task serves it: a classifier's graph ends in its answer (no postprocess)."""
+        return plan
+
     def check_plan(self, plan, precision: str) -> None:
         """Every layout, runtime and precision serves classifiers."""
+
+    def python_models(self, layout) -> dict[str, str]:
+        """Role -> the file of ``cvserve.model_repository`` served as that role's ``model.py``."""
+        return {layout.decode: self.model_file if layout.decode == layout.network else "preprocess.py"}
 
     def num_classes(self, output_shape: tuple[int, ...]) -> int:
         if len(output_shape) != 1:
@@ -67,7 +75,7 @@ class Classify:
         """Images whose top-1 class is PyTorch's."""
         return int(np.sum(got.argmax(1) == reference.argmax(1)))
 
-    def wrap(self, network: Path, out: Path, spec: PreprocessSpec, *, features: int = 0) -> Served:
+    def wrap(self, network: Path, out: Path, spec: PreprocessSpec, *, features: int = 0, plan=None) -> Served:
         from cvserve.builders import served_graph
 
         g = served_graph.wrap(network, out, spec, top_k=self.top_k, features=features)
@@ -86,6 +94,16 @@ class Classify:
             mc.ModelOutput(name=contract.CLASS_INDEX, data_type=mc.TYPE_INT64, dims=[rows]),
             mc.ModelOutput(name=contract.SCORE, data_type=mc.TYPE_FP32, dims=[rows]),
         ]
+
+    def decoder_outputs(self, pixels_shape: tuple[int, ...]) -> list:
+        """What the ensemble's decoder (NAME_preprocess) answers: the uint8 crops."""
+        from tritonclient.grpc import model_config_pb2 as mc
+
+        return [mc.ModelOutput(name=contract.PIXELS, data_type=mc.TYPE_UINT8, dims=list(pixels_shape))]
+
+    def network_outputs(self, rows: int) -> list:
+        """What the ensemble's network answers: the wire outputs themselves (top-k in the graph)."""
+        return self.outputs(rows)
 
     def parameters(self) -> dict[str, str]:
         return {}
@@ -129,14 +147,28 @@ class Detect:
         """Detectors see the whole image: letterbox, never a crop."""
         return dataclasses.replace(spec, fit="letterbox", resize_shorter=0)
 
+    def serving_plan(self, plan):
+        """The plan as a detector serves it: where the network has its own model (the ensemble), its
+        graph ends in NMS and a python postprocess step maps the boxes back to original pixels."""
+        return plan.with_postprocess()
+
     def check_plan(self, plan, precision: str) -> None:
-        """Every precision (gated by mAP); the single layout only, for now."""
-        if plan.layout != "single":
+        """Every layout and precision (gated by mAP); the ensemble decodes the yolo head in its graph."""
+        if plan.layout != "single" and not self.head.needs_nms:
             raise UserInputError(
-                "--task detect serves in the single layout for now (decode, network and NMS in one python "
-                "model, CPU); the ensemble layout with TensorRT's EfficientNMS is not built yet "
+                f"--head {self.head.name} is served in the single layout (--layout single, --target cpu); "
+                "the ensemble layout decodes a yolo head and runs NMS in the network's graph "
                 "(docs/detection.md)"
             )
+
+    def python_models(self, layout) -> dict[str, str]:
+        """Role -> the file of ``cvserve.model_repository`` served as that role's ``model.py``."""
+        if layout.decode == layout.network:
+            return {layout.decode: self.model_file}
+        models = {layout.decode: "preprocess.py"}
+        if layout.postprocess:
+            models[layout.postprocess] = "postprocess.py"
+        return models
 
     def num_classes(self, output_shape: tuple[int, ...]) -> int:
         try:
@@ -150,17 +182,21 @@ class Detect:
         diff = np.abs(got.astype(np.float64) - reference).reshape(len(got), -1).max(axis=1)
         return int(np.sum(diff <= tolerance))
 
-    def wrap(self, network: Path, out: Path, spec: PreprocessSpec, *, features: int = 0) -> Served:
-        """The raw head, decoded by the served model; ``features`` is a classifier's (ignored)."""
-        from cvserve.builders import served_graph
+    def wrap(self, network: Path, out: Path, spec: PreprocessSpec, *, features: int = 0, plan=None) -> Served:
+        """The raw head, decoded by the single layout's python model; where the ``plan``'s network has
+        a model of its own, the raw head followed by the NMS tail of its runtime
+        (:mod:`cvserve.builders.detection_graph`). ``features`` is a classifier's (ignored)."""
+        from cvserve.builders import detection_graph, served_graph
 
-        path, shape = served_graph.wrap_raw(network, out, spec)
+        raw = out.with_name(f"{out.stem}_raw{out.suffix}") if plan and plan.postprocess else out
+        path, shape = served_graph.wrap_raw(network, raw, spec)
+        num_classes = self.num_classes(shape)
+        if plan is not None and plan.postprocess:
+            kind = detection_graph.kind_for(plan.runtime)
+            path = detection_graph.append(raw, out, num_classes, self.nms, kind)
         h, w = spec.input_size
         return Served(
-            path=path,
-            pixels_shape=(h, w, 3),
-            rows=self.nms.max_detections,
-            num_classes=self.num_classes(shape),
+            path=path, pixels_shape=(h, w, 3), rows=self.nms.max_detections, num_classes=num_classes
         )
 
     def outputs(self, rows: int) -> list:
@@ -173,6 +209,27 @@ class Detect:
             mc.ModelOutput(name=contract.SCORES, data_type=mc.TYPE_FP32, dims=[rows]),
             mc.ModelOutput(name=contract.CLASSES, data_type=mc.TYPE_INT64, dims=[rows]),
             mc.ModelOutput(name=contract.COUNT, data_type=mc.TYPE_INT32, dims=[1]),
+        ]
+
+    def decoder_outputs(self, pixels_shape: tuple[int, ...]) -> list:
+        """What the ensemble's decoder answers: the letterboxed pixels and each image's PLACEMENT."""
+        from tritonclient.grpc import model_config_pb2 as mc
+
+        return [
+            mc.ModelOutput(name=contract.PIXELS, data_type=mc.TYPE_UINT8, dims=list(pixels_shape)),
+            mc.ModelOutput(name=contract.PLACEMENT, data_type=mc.TYPE_FP32, dims=[6]),
+        ]
+
+    def network_outputs(self, rows: int) -> list:
+        """What the ensemble's network answers: its NMS tail's rows, in input pixels."""
+        from tritonclient.grpc import model_config_pb2 as mc
+
+        k = self.nms.max_detections
+        return [
+            mc.ModelOutput(name=contract.NUM_DETECTIONS, data_type=mc.TYPE_INT32, dims=[1]),
+            mc.ModelOutput(name=contract.DETECTION_BOXES, data_type=mc.TYPE_FP32, dims=[k, 4]),
+            mc.ModelOutput(name=contract.DETECTION_SCORES, data_type=mc.TYPE_FP32, dims=[k]),
+            mc.ModelOutput(name=contract.DETECTION_CLASSES, data_type=mc.TYPE_INT32, dims=[k]),
         ]
 
     def parameters(self) -> dict[str, str]:

@@ -7,7 +7,9 @@ SCORE (FP32, [k]), with the class names in NAME's ``labels`` parameter (a JSON a
 
 * ``single``: NAME, a python-backend model that decodes and runs the network (OpenVINO/ONNX Runtime);
 * ``ensemble``: NAME (ensemble) -> NAME_preprocess (python: IMAGE -> PIXELS uint8 [H, W, 3]) ->
-  NAME_network (openvino / onnxruntime_onnx / tensorrt_plan: PIXELS -> CLASS_INDEX, SCORE).
+  NAME_network (openvino / onnxruntime_onnx / tensorrt_plan: PIXELS -> CLASS_INDEX, SCORE); a
+  detector's adds PLACEMENT from NAME_preprocess and NAME_postprocess (python: the network's NMS rows
+  and PLACEMENT -> BOXES, SCORES, CLASSES, COUNT), the routing derived from the step configs.
 
 Admission control: the model that first queues a request rejects it, as a retryable UNAVAILABLE,
 when its queue holds ``max_queue_size`` requests or when it has waited ``queue_timeout_ms``, so an
@@ -359,22 +361,45 @@ def preprocess_config(
         backend="python",
         version_policy=policy.proto(),
         input=[mc.ModelInput(name=IMAGE, data_type=mc.TYPE_STRING, dims=[1])],
-        output=[mc.ModelOutput(name=PIXELS, data_type=mc.TYPE_UINT8, dims=list(shape.pixels_shape))],
+        output=shape.task_of().decoder_outputs(shape.pixels_shape),
         instance_group=_instances("KIND_CPU"),
     )
     _params(cfg, _python_params(shape))
     return cfg
 
 
+def postprocess_config(
+    name: str, plan: ServingPlan, shape: PipelineShape, policy: VersionPolicy
+) -> mc.ModelConfig:
+    """NAME_postprocess (a detector's ensemble): the network's NMS rows and the decoder's PLACEMENT ->
+    the wire outputs in original pixels, on CPU instances, each request alone."""
+    task = shape.task_of()
+    decoded = {o.name: o for o in task.decoder_outputs(shape.pixels_shape)}
+    cfg = mc.ModelConfig(
+        name=model_names(name)[plan.roles.postprocess],
+        backend="python",
+        version_policy=policy.proto(),
+        input=[
+            mc.ModelInput(name=o.name, data_type=o.data_type, dims=list(o.dims))
+            for o in [*task.network_outputs(shape.top_k), decoded[contract.PLACEMENT]]
+        ],
+        output=_outputs(shape),
+        instance_group=_instances("KIND_CPU"),
+    )
+    _params(cfg, {**_task_params(shape), **_python_params(shape)})
+    return cfg
+
+
 def network_config(
     name: str, plan: ServingPlan, shape: PipelineShape, policy: VersionPolicy, profile: EngineProfile
 ) -> mc.ModelConfig:
-    """NAME_network (ensemble layout) on a native backend: pixels -> CLASS_INDEX, SCORE."""
+    """NAME_network (ensemble layout) on a native backend: pixels -> the task's network outputs
+    (a classifier's CLASS_INDEX, SCORE; a detector's NMS rows)."""
     cfg = mc.ModelConfig(
         name=model_names(name)["network"],
         version_policy=policy.proto(),
         input=[mc.ModelInput(name=PIXELS, data_type=mc.TYPE_UINT8, dims=list(shape.pixels_shape))],
-        output=_outputs(shape),
+        output=shape.task_of().network_outputs(shape.top_k),
         dynamic_batching=_dynamic_batching(),
         instance_group=_instances(plan.instance_kind),
         default_model_filename=plan.network_file,
@@ -441,30 +466,43 @@ def add_tensorrt_accelerator(
     return params
 
 
-def ensemble_config(name: str, shape: PipelineShape, policy: VersionPolicy) -> mc.ModelConfig:
-    """NAME as a Triton ensemble: NAME_preprocess -> NAME_network."""
-    names = model_names(name)
+def ensemble_config(
+    name: str, shape: PipelineShape, policy: VersionPolicy, steps: Sequence[mc.ModelConfig]
+) -> mc.ModelConfig:
+    """NAME as a Triton ensemble of ``steps`` in order (NAME_preprocess -> NAME_network [->
+    NAME_postprocess]), routed by name: each step's input reads the tensor of that name (NAME's
+    ``IMAGE``, or an earlier step's output), each output becomes the tensor of its name, and NAME
+    answers the task's outputs (the last producer's). Intermediate tensors are lower case."""
+    outputs = _outputs(shape)
+    final = {o.name for o in outputs}
+
+    def tensor(n: str) -> str:
+        return n if n in final or n == IMAGE else n.lower()
+
+    produced = {IMAGE}
+    for cfg in steps:
+        missing = [i.name for i in cfg.input if i.name not in produced]
+        if missing:
+            raise ValueError(f"{cfg.name} reads {', '.join(missing)}, which no earlier step answers")
+        produced |= {o.name for o in cfg.output}
+    if not final <= produced:
+        raise ValueError(f"no step answers {', '.join(sorted(final - produced))}")
     step = mc.ModelEnsembling.Step
     cfg = mc.ModelConfig(
         name=name,
         platform="ensemble",
         version_policy=policy.proto(),
         input=[mc.ModelInput(name=IMAGE, data_type=mc.TYPE_STRING, dims=[1])],
-        output=_outputs(shape),
+        output=outputs,
         ensemble_scheduling=mc.ModelEnsembling(
             step=[
                 step(
-                    model_name=names["preprocess"],
+                    model_name=s.name,
                     model_version=-1,
-                    input_map={IMAGE: IMAGE},
-                    output_map={PIXELS: "pixels"},
-                ),
-                step(
-                    model_name=names["network"],
-                    model_version=-1,
-                    input_map={PIXELS: "pixels"},
-                    output_map={CLASS_INDEX: CLASS_INDEX, SCORE: SCORE},
-                ),
+                    input_map={i.name: tensor(i.name) for i in s.input},
+                    output_map={o.name: tensor(o.name) for o in s.output},
+                )
+                for s in steps
             ]
         ),
     )
@@ -486,8 +524,10 @@ def pipeline_configs(
         configs = {
             "preprocess": preprocess_config(name, plan, shape, policy),
             "network": network_config(name, plan, shape, policy, profile),
-            ENTRY: ensemble_config(name, shape, policy),
         }
+        if plan.roles.postprocess:
+            configs[plan.roles.postprocess] = postprocess_config(name, plan, shape, policy)
+        configs[ENTRY] = ensemble_config(name, shape, policy, list(configs.values()))
     return scheduling.apply(plan.roles, configs)
 
 

@@ -29,6 +29,15 @@ SCORES = "SCORES"
 CLASSES = "CLASSES"
 COUNT = "COUNT"
 LANDMARKS = "LANDMARKS"
+# between the models of a detector's ensemble (docs/detection.md): the decoder's letterbox placement
+# (FP32 [6]: width, height, resized width, resized height, offset x, offset y) and the network's NMS
+# outputs (TensorRT EfficientNMS's names, input pixels) that the postprocess step maps back
+PLACEMENT = "PLACEMENT"
+NUM_DETECTIONS = "num_detections"  # INT32 [1]
+DETECTION_BOXES = "detection_boxes"  # FP32 [K, 4]
+DETECTION_SCORES = "detection_scores"  # FP32 [K]
+DETECTION_CLASSES = "detection_classes"  # INT32 [K]
+NMS_OUTPUTS = (NUM_DETECTIONS, DETECTION_BOXES, DETECTION_SCORES, DETECTION_CLASSES)
 # config parameters
 LABELS_PARAMETER = "labels"
 TASK_PARAMETER = "task"
