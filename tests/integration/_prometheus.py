@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -18,19 +17,9 @@ import yaml
 
 from cvserve.server.process import free_port
 
+from ._stats import wait_for
+
 SCRAPE_INTERVAL_S = 1
-
-
-def wait_for(condition: Callable[[], object], timeout_s: float, what: str, poll_s: float = 0.25) -> object:
-    """Poll ``condition`` until it returns something truthy; fail naming ``what`` after ``timeout_s``."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s:g} s waiting for {what}")
-        time.sleep(poll_s)  # a poll interval, not a wait for the state itself
 
 
 @contextmanager

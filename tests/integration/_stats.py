@@ -1,8 +1,24 @@
-"""Triton's own per-model statistics, read once they have settled."""
+"""Waiting on observable state instead of sleeping: any condition (:func:`wait_for`), Triton's own
+per-model statistics once they have settled, and Triton's count of requests waiting in a queue."""
 
 from __future__ import annotations
 
+import re
 import time
+import urllib.request
+from collections.abc import Callable
+
+
+def wait_for(condition: Callable[[], object], timeout_s: float, what: str, poll_s: float = 0.25) -> object:
+    """Poll ``condition`` until it returns something truthy; fail naming ``what`` after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s:g} s waiting for {what}")
+        time.sleep(poll_s)  # a poll interval, not a wait for the state itself
 
 
 def settled_stats(url: str, model: str, *, at_least: int | None = None, timeout: float = 10.0) -> dict:
@@ -38,3 +54,17 @@ def requests_served(url: str, model: str, *, at_least: int | None = None) -> int
     """How many inference requests ``model`` has answered successfully (see settled_stats)."""
     stats = settled_stats(url, model, at_least=at_least)
     return int(stats.get("inference_stats", {}).get("success", {}).get("count", 0))
+
+
+def pending_requests(metrics_url: str, *models: str) -> int:
+    """Requests that ``models`` (every model if none) have queued and not yet started executing: Triton's
+    ``nv_inference_pending_request_count`` gauge on its metrics endpoint (``metrics_url``, ending /metrics)."""
+    with urllib.request.urlopen(metrics_url, timeout=5) as response:
+        text = response.read().decode()
+    total = 0
+    for match in re.finditer(
+        r'^nv_inference_pending_request_count\{model="([^"]+)",[^}]*\} (\S+)$', text, re.M
+    ):
+        if not models or match.group(1) in models:
+            total += int(float(match.group(2)))
+    return total

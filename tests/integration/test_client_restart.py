@@ -18,6 +18,7 @@ import pytest
 from cvserve.client import AsyncClient, Client, ClientMetrics, ServerUnavailable
 from cvserve.server import ServerSettings, TritonServer
 from tests.integration._client_fixtures import png, write_repository
+from tests.integration._stats import pending_requests, wait_for
 
 TOY = "toy_classifier"
 
@@ -62,7 +63,10 @@ def test_calls_during_a_restart(tmp_path):
             except Exception as exc:  # recorded and asserted on below
                 label = f"{type(exc).__name__}: {exc}"
             outcomes.append((start, time.monotonic(), label))
-            time.sleep(0.02)
+            time.sleep(0.02)  # pacing: about 50 calls a second, not a wait for a state
+
+    def answered(sent_after: float = 0.0) -> bool:
+        return any(o[0] >= sent_after and o[2] == "red" for o in list(outcomes))
 
     def async_call() -> None:
         async def main() -> str:
@@ -79,7 +83,7 @@ def test_calls_during_a_restart(tmp_path):
         assert no_retry.classify([image])[0][0].label == "red"
         caller = threading.Thread(target=keep_calling)
         caller.start()
-        time.sleep(0.3)
+        wait_for(answered, 30, "a call answered before the restart", poll_s=0.02)
         down_at = time.monotonic()
         first.stop()
         with pytest.raises(ServerUnavailable):
@@ -89,7 +93,7 @@ def test_calls_during_a_restart(tmp_path):
         second = _start_again(first)
         up_at = time.monotonic()
         async_caller.join(15)
-        time.sleep(0.3)
+        wait_for(lambda: answered(up_at), 30, "a call sent after the restart answered", poll_s=0.02)
         stop.set()
         caller.join(15)
         assert no_retry.classify([image])[0][0].label == "red"  # the same channel reconnects
@@ -155,7 +159,12 @@ def test_requests_in_flight_when_the_server_is_killed_are_sent_again(tmp_path):
         debris = _stub_debris(first)
         with ThreadPoolExecutor(4) as pool:  # one runs (0.3 s a request), three wait in the queue
             calls = [pool.submit(client.classify, [image], top_k=1) for _ in range(4)]
-            time.sleep(0.15)
+            wait_for(
+                lambda: pending_requests(first.metrics_url, "slow_classifier") == 3,
+                30,
+                "three requests queued behind the running one",
+                poll_s=0.02,
+            )
             first.send_signal(signal.SIGKILL)
             first.wait()
             _clean_up_after_kill(*debris)

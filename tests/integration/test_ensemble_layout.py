@@ -36,7 +36,10 @@ def ensemble_repository(tmp_path_factory) -> Path:
     build_demo(repo, ServingOptions(layout="ensemble", runtime="onnxruntime"))
     network = repo / f"{NAME}_network"
     config = tc.parse((network / "config.pbtxt").read_text())
-    assert config.platform == "onnxruntime_onnx" and config.dynamic_batching.max_queue_delay_microseconds >= 0
+    assert config.platform == "onnxruntime_onnx" and config.HasField("dynamic_batching")
+    # The network batches behind the build's admission control: a queue of at least one max batch.
+    policy = config.dynamic_batching.default_queue_policy
+    assert policy.max_queue_size >= config.max_batch_size and policy.default_timeout_microseconds > 0
     config.ClearField("platform")
     config.ClearField("default_model_filename")
     config.backend = "python"

@@ -24,7 +24,8 @@ from cvserve.monitor.watch import DRIFT_WINDOW_IMAGES, DriftGauges, MonitorSetti
 
 from ._chart import render
 from ._demo import DEMO_MODEL
-from ._prometheus import SCRAPE_INTERVAL_S, prometheus, wait_for
+from ._prometheus import SCRAPE_INTERVAL_S, prometheus
+from ._stats import wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 

