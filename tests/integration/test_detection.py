@@ -114,3 +114,36 @@ def test_predict_cli_prints_json_and_draws_boxes(detector_server, scenes, tmp_pa
     assert payload[0]["image"] == str(image) and isinstance(payload[0]["detections"], list)
     drawn = tmp_path / image.name
     assert Image.open(drawn).size == Image.open(image).size
+
+
+def test_the_ensemble_layout_builds_a_detector_end_to_end(scenes, tmp_path):
+    """The trained detector through every build stage into the four-model ensemble (NGC's layout): the
+    network's graph ends in NMS, a python step maps the boxes back. The embedded server cannot run the
+    native network step; the postprocess step alone is served in test_detect_postprocess.py. (ONNX
+    Runtime's backend: Triton's openvino backend cannot pin f32, docs/hardware.md.)"""
+    runtime = "onnxruntime"
+    from cvserve.builders import pipeline
+    from cvserve.builders import triton_config as tc
+    from cvserve.builders.repository import Repository
+
+    repository = tmp_path / "models"
+    settings = pipeline.BuildSettings(
+        checkpoint=scenes.checkpoint, name="scenes", task="detect", labels=scenes.labels,
+        repository=repository, preprocess=scenes.spec, detection=fx.NMS,
+        export=pipeline.ExportSettings(verify_images=sorted(scenes.validation.glob("*.png"))[:8]),
+        serving=pipeline.ServingOptions(layout="ensemble", runtime=runtime), progress=False,
+    )  # fmt: skip
+    report = pipeline.build(settings, log=lambda _: None).report
+    assert report["network"]["layout"] == "ensemble" and report["task"]["name"] == "detect"
+    served = report["verification"]["served"]
+    assert served is not None and served["images"] >= 1  # the NMS-ending graph checked against numpy's rows
+    repo = Repository(repository)
+    names = sorted(p.name for p in repository.iterdir())
+    assert names == ["scenes", "scenes_network", "scenes_postprocess", "scenes_preprocess"]
+    ensemble = repo.config("scenes")
+    steps = [s.model_name for s in ensemble.ensemble_scheduling.step]
+    assert steps == ["scenes_preprocess", "scenes_network", "scenes_postprocess"]
+    assert {o.name for o in ensemble.output} >= {"BOXES", "SCORES", "CLASSES", "COUNT"}
+    network = repo.config("scenes_network")
+    assert (network.backend, network.platform) == ("onnxruntime", "onnxruntime_onnx")
+    assert tc.to_text(network)  # a valid config, written from the protobuf
