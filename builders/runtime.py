@@ -63,10 +63,15 @@ class Layout:
         return {role: model_names(name)[role] for role in self.roles}
 
 
+# MTCNN's bls layout (cvserve.builders.mtcnn_build): one model per network of the cascade, NAME_<stage>.
+CASCADE_STAGES = ("pnet", "rnet", "onet")
+
+
 def model_names(name: str) -> dict[str, str]:
     """Role -> model name of every model a pipeline NAME may have (which exist depends on the layout),
     the model clients call last."""
-    return {"preprocess": f"{name}_preprocess", "network": f"{name}_network", ENTRY: name}
+    stages = {stage: f"{name}_{stage}" for stage in CASCADE_STAGES}
+    return {"preprocess": f"{name}_preprocess", "network": f"{name}_network", **stages, ENTRY: name}
 
 
 LAYOUT = {

@@ -39,7 +39,7 @@ def test_each_build_adds_a_version_and_keeps_the_earlier_ones(tmp_path):
     repo = tmp_path / "repo"
     assert _build(repo) == 1
     assert _build(repo, max_batch_size=4) == 2
-    for model in tc.model_names("m").values():
+    for model in ENSEMBLE.roles.model_names("m").values():
         assert sorted(p.name for p in (repo / model).iterdir() if p.is_dir()) == ["1", "2"]
         assert "max_batch_size: 4" in (repo / model / "config.pbtxt").read_text()
         assert "max_batch_size: 8" in (repo / model / "1" / rp.SNAPSHOT).read_text()
@@ -167,7 +167,7 @@ def test_the_reader_reads_what_the_writer_wrote(tmp_path):
     _build(tmp_path, max_batch_size=8)
     _build(tmp_path, max_batch_size=4)
     repo = rp.Repository(tmp_path)
-    for model in tc.model_names("m").values():
+    for model in ENSEMBLE.roles.model_names("m").values():
         assert repo.versions(model) == [1, 2]
         assert repo.version(model, 1).config.max_batch_size == 8
         assert repo.newest(model).config.max_batch_size == repo.config(model).max_batch_size == 4
