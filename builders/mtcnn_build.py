@@ -9,9 +9,11 @@ on real image data (the astronaut photo, resized and cropped as the cascade does
 the whole served cascade (:mod:`cvserve.builders.mtcnn` with the OpenVINO networks) is checked against
 the published implementation, facenet-pytorch's own ``detect_face`` with its own networks
 (:mod:`cvserve.builders.mtcnn_reference`), on real photos: the same number of faces, each reference
-face matched at IoU >= 0.9. The version is written atomically: one python model NAME
-(``model_repository/mtcnn.py``) that decodes each image, runs the cascade with the three networks
-in-process and answers the detection contract with ``LANDMARKS`` (docs/detection.md). With
+face matched at IoU >= 0.9. The version is written atomically: ``--layout single`` (default), one
+python model NAME (``model_repository/mtcnn.py``) that decodes each image, runs the cascade with the
+three networks in-process and answers the detection contract with ``LANDMARKS``; ``--layout bls``,
+the same NAME calling the networks as Triton models NAME_pnet, NAME_rnet, NAME_onet through BLS
+(``model_repository/mtcnn_network.py``; docs/detection.md, "Layouts"). With
 ``--precision int8`` the three networks are quantized behind a gate on the faces found
 (:mod:`cvserve.builders.mtcnn_int8`).
 """
