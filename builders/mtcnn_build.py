@@ -9,9 +9,11 @@ on real image data (the astronaut photo, resized and cropped as the cascade does
 the whole served cascade (:mod:`cvserve.builders.mtcnn` with the OpenVINO networks) is checked against
 the published implementation, facenet-pytorch's own ``detect_face`` with its own networks
 (:mod:`cvserve.builders.mtcnn_reference`), on real photos: the same number of faces, each reference
-face matched at IoU >= 0.9. The version is written atomically: one python model NAME
-(``model_repository/mtcnn.py``) that decodes each image, runs the cascade with the three networks
-in-process and answers the detection contract with ``LANDMARKS`` (docs/detection.md). With
+face matched at IoU >= 0.9. The version is written atomically: ``--layout single`` (default), one
+python model NAME (``model_repository/mtcnn.py``) that decodes each image, runs the cascade with the
+three networks in-process and answers the detection contract with ``LANDMARKS``; ``--layout bls``,
+the same NAME calling the networks as Triton models NAME_pnet, NAME_rnet, NAME_onet through BLS
+(``model_repository/mtcnn_network.py``; docs/detection.md, "Layouts"). With
 ``--precision int8`` the three networks are quantized behind a gate on the faces found
 (:mod:`cvserve.builders.mtcnn_int8`).
 """
@@ -29,13 +31,29 @@ import numpy as np
 
 from cvserve.builders.detection import NmsSettings
 from cvserve.builders.preprocessing import PreprocessSpec
+from cvserve.builders.runtime import CASCADE_STAGES
 from cvserve.client import contract
 
 if TYPE_CHECKING:
     from cvserve.builders.mtcnn_int8 import Int8Gate
+    from cvserve.builders.scheduling import Scheduling
 
-NETWORKS = ("pnet", "rnet", "onet")
-INPUTS = {"pnet": (3, 64, 80), "rnet": (3, 24, 24), "onet": (3, 48, 48)}
+NETWORKS = CASCADE_STAGES  # the files pnet.xml, ...; in the bls layout the models NAME_pnet, ...
+INPUTS = {"pnet": (3, 64, 80), "rnet": (3, 24, 24), "onet": (3, 48, 48)}  # the export's example
+# What each network takes and returns, without the batch (-1: any): the IR's and the bls models' shapes.
+DIMS = {
+    "pnet": ((3, -1, -1), (6, -1, -1)),
+    "rnet": ((3, 24, 24), (6,)),
+    "onet": ((3, 48, 48), (16,)),
+}
+TENSORS = ("input", "output")  # the networks' tensor names (ONNX, IR, the bls models' configs)
+LAYOUTS = ("single", "bls")
+# single: the cascade and its networks in one python model; faster here (docs/detection.md, "Layouts").
+DEFAULT_LAYOUT = "single"
+# The bls layout's network models: crops per call (a stage with more is sent in several calls) and
+# instances. Each instance gets the cores divided among the instances as intra-op threads.
+STAGE_MAX_BATCH = 256
+STAGE_INSTANCES = 1
 MAX_FACES = 32
 SPEC = PreprocessSpec(resize_shorter=0, fast_jpeg_decode=False)  # the decode limits; the cascade resizes
 MIN_IOU = 0.9
@@ -54,8 +72,11 @@ def _export(net, name: str, path: Path) -> Path:
     dynamic = {0: "batch", 2: "height", 3: "width"} if name == "pnet" else {0: "batch"}
     with torch.no_grad():
         torch.onnx.export(
-            net, (torch.zeros((2, *INPUTS[name])),), str(path), input_names=["input"], output_names=["output"],
-            dynamic_axes={"input": dynamic, "output": {0: "batch", **({2: "h", 3: "w"} if name == "pnet" else {})}},
+            net, (torch.zeros((2, *INPUTS[name])),), str(path), input_names=[TENSORS[0]],
+            output_names=[TENSORS[1]],
+            dynamic_axes={
+                TENSORS[0]: dynamic, TENSORS[1]: {0: "batch", **({2: "h", 3: "w"} if name == "pnet" else {})},
+            },
             opset_version=17, dynamo=False,
         )  # fmt: skip
     return path
@@ -111,23 +132,26 @@ def build(
     *,
     precision: str = "fp32",
     int8_gate: Int8Gate | None = None,
+    layout: str = DEFAULT_LAYOUT,
 ) -> MtcnnBuild:
     """Export, check and convert the three networks, check the cascade, optionally quantize them to
-    INT8 behind its gate (:mod:`cvserve.builders.mtcnn_int8`), write NAME's next version."""
+    INT8 behind its gate (:mod:`cvserve.builders.mtcnn_int8`), time it for the queue bound, write
+    NAME's next version in ``layout`` (``single`` or ``bls``)."""
     from cvserve.builders import mtcnn_int8, onnx2openvino
     from cvserve.builders import mtcnn_reference as reference
     from cvserve.builders import repository as repo
-    from cvserve.builders import triton_config as tc
     from cvserve.builders.architectures.mtcnn import mtcnn
     from cvserve.builders.mtcnn import detect
-    from cvserve.builders.pipeline import _copy_resource, _write_report
-    from cvserve.builders.runtime import ENTRY, decide
+    from cvserve.builders.pipeline import _write_report
+    from cvserve.builders.runtime import ENTRY
     from cvserve.builders.verify import ort_session
     from cvserve.errors import BuildError, UserInputError
 
     torch = __import__("torch")
     if precision not in PRECISIONS:
         raise UserInputError(f"--precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+    if layout not in LAYOUTS:
+        raise UserInputError(f"--layout must be one of {', '.join(LAYOUTS)}, not {layout!r}")
     report: dict = {
         "task": {"name": "detect", "head": "mtcnn", "max_detections": MAX_FACES},
         "precision": precision, "networks": {},
@@ -143,7 +167,7 @@ def build(
             with torch.no_grad():
                 want = net(torch.from_numpy(x)).numpy()
             session = ort_session(onnx_file)
-            got = session.run(None, {"input": x})[0]
+            got = session.run(None, {TENSORS[0]: x})[0]
             diff = float(np.abs(got - want).max())
             if diff > 1e-3:
                 raise BuildError(f"{n}: ONNX Runtime differs from PyTorch by {diff:.2e} on real image data")
@@ -177,35 +201,160 @@ def build(
                     f"FP32's is {verdict['min_f1_found']} < {verdict['min_f1']} on some photo "
                     f"({verdict['photos']}); nothing was written to the repository"
                 )
-        shape = tc.PipelineShape(
-            pixels_shape=(1, 1, 3), top_k=MAX_FACES, labels=["face"], task="detect",
-            nms=NmsSettings(head="end2end", max_detections=MAX_FACES),
-        )  # fmt: skip
-        plan = decide()
-        scheduling = tc.Batching(max_queue_size=64).scheduling(plan.roles)
-        cfg = tc.pipeline_configs(name, plan, shape, scheduling, tc.VersionPolicy())[ENTRY]
-        cfg.output.add(name=contract.LANDMARKS, data_type=tc.mc.TYPE_FP32, dims=[MAX_FACES, 5, 2])
-        cfg.parameters["network_file"].string_value = "pnet.xml"
+        scheduling, report["admission"] = _admission(networks, photos, log)
+        configs = serving_configs(name, layout, scheduling)
+        report["layout"] = layout
+        report["scheduling"] = scheduling.as_dict()
+        report["models"] = {role: cfg.name for role, cfg in configs.items()}
         with repo.staged_build(repository, name) as staged:
-            folder = staged.version_dir(ENTRY)
-            _copy_resource("cvserve.model_repository", "mtcnn.py", folder / "model.py")
-            for package, file, copied in (
-                ("cvserve.builders", "mtcnn.py", "cvserve_mtcnn.py"),
-                ("cvserve.builders", "detection.py", "cvserve_detection.py"),
-                ("cvserve.builders", "preprocessing.py", "cvserve_preprocessing.py"),
-                ("cvserve.builders", "runners.py", "cvserve_runners.py"),
-                ("cvserve", "hardware.py", "cvserve_hardware.py"),
-                ("cvserve.client", "contract.py", "cvserve_contract.py"),
-                ("cvserve.model_repository", "decoding.py", "cvserve_decoding.py"),
-            ):
-                _copy_resource(package, file, folder / copied)
-            SPEC.save(folder)
-            for f in networks.iterdir():
-                (folder / f.name).write_bytes(f.read_bytes())
-            staged.write_config(ENTRY, cfg)
+            _write(staged, layout, networks)
+            for role, cfg in configs.items():
+                staged.write_config(role, cfg)
             report["version"] = staged.version
-            _write_report(folder, {**report, "name": name})
+            _write_report(staged.version_dir(ENTRY), {**report, "name": name})
     return MtcnnBuild(name=name, version=report["version"], report=report)
+
+
+def _admission(networks: Path, photos: dict[str, np.ndarray], log) -> tuple[Scheduling, dict]:
+    """NAME's settings: the build's defaults (:class:`~cvserve.builders.triton_config.Batching`), the
+    queue bound from the admission rule (:mod:`cvserve.builders.admission`) with the cascade's measured
+    throughput: the photos decoded from PNG and detected with ``networks`` on one instance's threads,
+    for ``admission.MEASURE_S`` seconds after a warm-up, times the instances."""
+    import io
+    import time
+
+    from PIL import Image
+
+    from cvserve import hardware
+    from cvserve.builders import admission
+    from cvserve.builders import triton_config as tc
+    from cvserve.builders.mtcnn import detect
+    from cvserve.builders.preprocessing import decode
+    from cvserve.builders.runners import thread_budget
+    from cvserve.builders.runtime import LAYOUT
+
+    batching = tc.Batching()
+    budget = thread_budget(batching.network_instances)
+    cascade = runner_cascade(networks, threads=budget.intra_op)
+    encoded = []
+    for image in photos.values():
+        buf = io.BytesIO()
+        Image.fromarray(image).save(buf, format="PNG")
+        encoded.append(buf.getvalue())
+
+    def one(data: bytes) -> None:
+        detect(np.asarray(decode(data, SPEC)), *cascade)
+
+    one(encoded[0])  # warm-up
+    done, start = 0, time.perf_counter()
+    while (elapsed := time.perf_counter() - start) < admission.MEASURE_S or done < 3:
+        one(encoded[done % len(encoded)])
+        done += 1
+    img_s = done / elapsed * batching.network_instances
+    scheduling = admission.resolve(batching, LAYOUT["single"], img_s)
+    log(
+        f"[admission] max_queue_size {scheduling.max_queue_size} (cascade {img_s:.1f} img/s, {budget.describe()})"
+    )
+    return scheduling, {
+        "slo_p95_ms": batching.slo_p95_ms,
+        "queue_timeout_ms": scheduling.queue_timeout_us / 1000,
+        "max_queue_size": scheduling.max_queue_size,
+        "source": "derived from the SLO and the measured throughput of the cascade",
+        "queueing_share": admission.QUEUEING_SHARE,
+        "max_batch_size": batching.max_batch_size,
+        "throughput": {
+            "what": "the cascade on the build's photos, PNG decode included, in-process",
+            "img_s_per_instance": round(done / elapsed, 1),
+            "img_s": round(img_s, 1),
+            "instances": batching.network_instances,
+            "threads_per_instance": budget.intra_op,
+            "cpu": hardware.summary(),
+        },
+    }
+
+
+def _stage_config(model: str, stage: str):
+    """NAME_<stage> of the bls layout: float32 NCHW ``input`` -> ``output``, batched by Triton, run by
+    ``model_repository/mtcnn_network.py`` on the IR. The same config with ``backend: "openvino"``
+    (and ``default_model_filename``) serves the IR on Triton's native OpenVINO backend (NGC)."""
+    from cvserve.builders import triton_config as tc
+
+    mc = tc.mc
+    (ins, outs), (name_in, name_out) = DIMS[stage], TENSORS
+    cfg = mc.ModelConfig(
+        name=model,
+        backend="python",
+        version_policy=tc.VersionPolicy().proto(),
+        input=[mc.ModelInput(name=name_in, data_type=mc.TYPE_FP32, dims=list(ins))],
+        output=[mc.ModelOutput(name=name_out, data_type=mc.TYPE_FP32, dims=list(outs))],
+        dynamic_batching=mc.ModelDynamicBatching(),
+        instance_group=[mc.ModelInstanceGroup(count=1, kind=mc.ModelInstanceGroup.KIND_CPU)],
+    )
+    cfg.parameters["runtime"].string_value = "openvino"
+    cfg.parameters["network_file"].string_value = f"{stage}.xml"
+    return cfg
+
+
+def serving_configs(name: str, layout: str, scheduling: Scheduling) -> dict:
+    """Role -> config of NAME in ``layout``; NAME's scheduling is ``scheduling`` (one request per
+    execution, its queue bound and timeout), each network model's is its own: :data:`STAGE_MAX_BATCH`,
+    :data:`STAGE_INSTANCES`, no queue policy (a request NAME admitted is never rejected half-way)."""
+    from cvserve.builders import triton_config as tc
+    from cvserve.builders.runtime import ENTRY, Layout, decide, model_names
+    from cvserve.builders.scheduling import Scheduling
+
+    shape = tc.PipelineShape(
+        pixels_shape=(1, 1, 3), top_k=MAX_FACES, labels=["face"], task="detect",
+        nms=NmsSettings(head="end2end", max_detections=MAX_FACES),
+    )  # fmt: skip
+    entry = tc.pipeline_configs(name, decide(), shape, scheduling, tc.VersionPolicy())[ENTRY]
+    entry.output.add(name=contract.LANDMARKS, data_type=tc.mc.TYPE_FP32, dims=[MAX_FACES, 5, 2])
+    if layout == "single":
+        entry.parameters["network_file"].string_value = f"{NETWORKS[0]}.xml"
+        return {ENTRY: entry}
+    del entry.parameters["network_file"]
+    names = model_names(name)
+    entry.parameters["cascade_models"].string_value = json.dumps(
+        {"models": [names[n] for n in NETWORKS], "input": TENSORS[0], "output": TENSORS[1],
+         "max_batch_size": STAGE_MAX_BATCH}
+    )  # fmt: skip
+    stage = Scheduling(max_batch_size=STAGE_MAX_BATCH, network_instances=STAGE_INSTANCES)
+    configs: dict = {}
+    for n in NETWORKS:  # each network model scheduled as a layout of its own, without a queue policy
+        alone = Layout(name="bls", roles=(n,), network=n, decode=n, queues=())
+        configs.update(stage.apply(alone, {n: _stage_config(names[n], n)}))
+    return {**configs, ENTRY: entry}
+
+
+def _write(staged, layout: str, networks: Path) -> None:
+    """The model files of ``layout`` into the staged version folders."""
+    from cvserve.builders.pipeline import _copy_resource
+    from cvserve.builders.runtime import ENTRY
+
+    shared = (
+        ("cvserve.builders", "runners.py", "cvserve_runners.py"),
+        ("cvserve", "hardware.py", "cvserve_hardware.py"),
+        ("cvserve.client", "contract.py", "cvserve_contract.py"),
+    )
+    folder = staged.version_dir(ENTRY)
+    _copy_resource("cvserve.model_repository", "mtcnn.py", folder / "model.py")
+    for package, file, copied in (
+        ("cvserve.builders", "mtcnn.py", "cvserve_mtcnn.py"),
+        ("cvserve.builders", "detection.py", "cvserve_detection.py"),
+        ("cvserve.builders", "preprocessing.py", "cvserve_preprocessing.py"),
+        ("cvserve.model_repository", "decoding.py", "cvserve_decoding.py"),
+        *shared,
+    ):
+        _copy_resource(package, file, folder / copied)
+    SPEC.save(folder)
+    for n in NETWORKS:
+        if layout == "bls":
+            folder = staged.version_dir(n)
+            _copy_resource("cvserve.model_repository", "mtcnn_network.py", folder / "model.py")
+            for package, file, copied in shared:
+                _copy_resource(package, file, folder / copied)
+        for f in networks.glob(f"{n}.*"):
+            (folder / f.name).write_bytes(f.read_bytes())
 
 
 def paste_faces(background: np.ndarray, faces: list[tuple[int, int, int, int]]) -> np.ndarray:
@@ -251,8 +400,13 @@ def main(argv: list[str] | None = None) -> int:
         "--precision", choices=PRECISIONS, default="fp32",
         help="int8: quantize the three networks (NNCF), gated on INT8's faces against FP32's",
     )  # fmt: skip
+    p.add_argument(
+        "--layout", choices=LAYOUTS, default=DEFAULT_LAYOUT,
+        help="single: the cascade runs its networks in-process; bls: each network is a Triton model "
+        "(NAME_pnet, NAME_rnet, NAME_onet) that NAME calls through BLS",
+    )  # fmt: skip
     args = p.parse_args(argv)
-    result = build(args.name, args.repository, sample_photos(), precision=args.precision)
+    result = build(args.name, args.repository, sample_photos(), precision=args.precision, layout=args.layout)
     print(json.dumps({"name": result.name, "version": result.version}))
     return 0
 

@@ -48,7 +48,7 @@ def version_folders(model_dir: Path) -> list[int]:
 
 
 def existing_versions(repository: Path, name: str) -> list[int]:
-    """The versions of any model of the pipeline NAME (NAME, NAME_preprocess, NAME_network)."""
+    """The versions of any model of the pipeline NAME (NAME and the models of any layout of it)."""
     versions: set[int] = set()
     for model in tc.model_names(name).values():
         versions.update(version_folders(Path(repository) / model))

@@ -68,13 +68,19 @@ class Layout:
         return {role: model_names(name)[role] for role in self.roles}
 
 
+# MTCNN's bls layout (cvserve.builders.mtcnn_build): one model per network of the cascade, NAME_<stage>.
+CASCADE_STAGES = ("pnet", "rnet", "onet")
+
+
 def model_names(name: str) -> dict[str, str]:
     """Role -> model name of every model a pipeline NAME may have (which exist depends on the layout),
     the model clients call last."""
+    stages = {stage: f"{name}_{stage}" for stage in CASCADE_STAGES}
     return {
         "preprocess": f"{name}_preprocess",
         "network": f"{name}_network",
         "postprocess": f"{name}_postprocess",
+        **stages,
         ENTRY: name,
     }
 
