@@ -33,7 +33,8 @@ from cvserve.settings import setting
 
 CONTROL_MODES = ("none", "explicit", "poll")
 SHM_DIR = Path("/dev/shm")
-# glibc's malloc, for tritonserver and its stubs (TritonServer.environment): allocations above the mmap
+# glibc's malloc, for tritonserver and its stubs (TritonServer.environment; it helps the stubs, see
+# there): allocations above the mmap
 # threshold are mmap()ed and returned when freed; the heap is trimmed above the trim threshold (twice the
 # mmap threshold, glibc's own rule when it moves the threshold itself).
 MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": 4 << 20, "MALLOC_TRIM_THRESHOLD_": 8 << 20}
@@ -233,9 +234,12 @@ class TritonServer:
     def environment(self) -> dict[str, str]:
         env = self._runtime.environment()
         # glibc keeps freed large buffers in the heap once it has raised its mmap threshold, so every
-        # 20 MiB request (the largest image the models accept, or a hostile one) left tritonserver
-        # bigger: R1 (make reliability) grew by 141 MB. A fixed 4 MiB threshold returns such buffers
-        # when freed: +48-52 MB. Ordinary requests (150 KB photos, batch tensors up to 2.4 MB) stay
+        # 20 MiB request (the largest image the models accept, or a hostile one) left the server's
+        # processes bigger: R1 (make reliability, tritonserver and its stubs) grew by 141 MB. A fixed
+        # 4 MiB threshold returns such buffers when freed: +48-52 MB. The gain is the python stubs':
+        # each gives its anonymous memory back (tests/integration/test_serving.py fails without it),
+        # while tritonserver's own process grew about 250 MB over 24 such requests with or without it
+        # (measured 2026-12-06). Ordinary requests (150 KB photos, batch tensors up to 2.4 MB) stay
         # below it. The caller's own settings win. docs/benchmarks.md, "Reliability".
         for key, value in MALLOC_ENV.items():
             env.setdefault(key, str(value))
