@@ -105,7 +105,7 @@ def test_bad_images_in_a_burst_fail_alone_and_the_good_ones_lose_nothing(detecto
     scene = held_out[good[0]]
     bad = {
         "truncated": (scene[: len(scene) // 2], "truncated or corrupt PNG data"),
-        "empty": (b"", "empty image"),
+        "empty": (b"", "is empty (0 bytes)"),  # refused by the client before sending
         "huge": (png_header_bomb(), "pixels"),
     }
     odd = {"tiny": _png((1, 1)), "blank": _png((333, 77))}
