@@ -211,8 +211,13 @@ def build_report(
     price: Price | None,
     started: float,
     report_dir: Path,
+    task: str | None = None,
+    payload: dict | None = None,
 ) -> dict:
-    """The report dict (written to report.json); see docs/loadtests.md for every field."""
+    """The report dict (written to report.json); see docs/loadtests.md for every field.
+
+    ``task`` is the served model's (the call each request made), ``payload`` what the requests carried
+    (:func:`cvserve.loadtests.payloads.describe`)."""
     st = settings
     t0 = float(meta.get("test_start") or started)
     t_stop = float(meta.get("test_stop") or (samples[-1][0] if samples else t0))
@@ -241,6 +246,8 @@ def build_report(
         "model": st["model"],
         "url": st["url"],
         "scenario": st["scenario"],
+        "task": task,
+        "payload": payload,
         "started_at": dt.datetime.fromtimestamp(started, dt.timezone.utc).isoformat(timespec="seconds"),
         "window": {
             "start_s": round(lo, 3),

@@ -17,9 +17,11 @@ Durations take 90, 60s, 2m or 1m30s.
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any
 
+from cvserve.client import ClientError
 from cvserve.loadtests._locust import constant_throughput, events, task
 from cvserve.loadtests.collector import COLLECTOR  # noqa: F401  (registers its listeners)
 from cvserve.loadtests.payloads import RoundRobin
@@ -31,7 +33,7 @@ from cvserve.settings import add_arguments
 
 @events.init_command_line_parser.add_listener
 def _options(parser: Any) -> None:
-    g = parser.add_argument_group("cvserve", "options of cvserve's classification suite")
+    g = parser.add_argument_group("cvserve", "options of cvserve's suite")
     # The options shared with `cvserve loadtest` come from the same definitions (LoadTestSettings).
     add_arguments(
         g,
@@ -102,13 +104,19 @@ class ClassifyUser(GrpcUser):
 
     _task: str | None = None  # the model's task, from its metadata (found by the first request)
 
+    def _find_task(self) -> None:
+        self._task = self.client.model_info(self.model, model_version=self.model_version).task
+
     @task
     def classify(self) -> None:
         batch = self.payload.next_batch()
+        if self._task is None:  # before the first request, so that it is named by its call too
+            with contextlib.suppress(ClientError):
+                self._find_task()
 
         def send():  # inside call(): a server that cannot say its task is a counted failure
             if self._task is None:
-                self._task = self.client.model_info(self.model, model_version=self.model_version).task
+                self._find_task()
             return CALLS[self._task](self, batch)
 
         self.call(

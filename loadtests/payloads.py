@@ -22,6 +22,16 @@ def image_files(directory: Path) -> list[Path]:
     return files
 
 
+def describe(directory: Path) -> dict:
+    """The images a load test sends, for its report: the folder, how many, their mean encoded size."""
+    sizes = [p.stat().st_size for p in image_files(directory)]
+    return {
+        "directory": str(directory),
+        "images": len(sizes),
+        "mean_bytes": round(sum(sizes) / len(sizes)),
+    }
+
+
 class RoundRobin:
     """Batches of ``per_request`` encoded images, taken in turn from the directory's images.
 

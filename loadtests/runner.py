@@ -23,7 +23,7 @@ from contextlib import ExitStack, nullcontext
 from pathlib import Path
 
 from cvserve.errors import CvserveError, NotFoundError, TritonError, UserInputError
-from cvserve.loadtests import analysis, schedule
+from cvserve.loadtests import analysis, payloads, schedule
 from cvserve.loadtests.cost import resolve_price
 from cvserve.loadtests.settings import LOCUST_OPTIONS, LoadTestSettings
 from cvserve.settings import check, to_argv
@@ -176,15 +176,20 @@ def run_locust(s: LoadTestSettings, stages: list[schedule.Stage], report_dir: Pa
     return samples
 
 
-def check_server(s: LoadTestSettings) -> None:
-    """Fail fast, with the client's own message, when the server or the model is not there."""
+def check_server(s: LoadTestSettings) -> str:
+    """Fail fast, with the client's own message, when the server or the model is not there.
+
+    Returns:
+        The model's task as its served config says (``ModelInfo.task``): the call the suite sends.
+    """
     from cvserve.client import Client, ClientError, ModelNotFound
 
     try:
         with Client(s.url, model=s.model, retry=False, timeout=10.0) as c:
             c.wait_until_ready(timeout=10.0)
-            c.model_info(s.model)  # ModelNotFound at once for a wrong name
+            info = c.model_info(s.model)  # ModelNotFound at once for a wrong name
             c.wait_until_ready(timeout=10.0, model=s.model)
+            return info.task
     except ModelNotFound as e:
         raise NotFoundError(f"cannot load-test {s.model!r} at {s.url}: {e}") from None
     except ClientError as e:
@@ -195,7 +200,7 @@ def run_loadtest(s: LoadTestSettings, *, log: Callable[[str], None] | None = Non
     """Run the load test described by ``s``, write its report into ``s.report_dir``, and return it.
 
     Returns:
-        The dict written to ``report.json``: latency percentiles, throughput, error rate, cost per 1k
+        The dict written to ``report.json``: the model's task and the payload sent, latency percentiles, throughput, error rate, cost per 1k
         inferences, the SLO, every gate with its value and threshold, ``gates_passed``, and the
         server-side figures scraped from Triton.
 
@@ -209,7 +214,7 @@ def run_loadtest(s: LoadTestSettings, *, log: Callable[[str], None] | None = Non
     validate(s)
     s = s.resolved()
     price = resolve_price(s.price_per_hour, s.instance_type)
-    check_server(s)
+    task = check_server(s)
     stages = plan(s)
     report_dir = Path(s.report_dir).resolve()
     report_dir.mkdir(parents=True, exist_ok=True)
@@ -238,6 +243,8 @@ def run_loadtest(s: LoadTestSettings, *, log: Callable[[str], None] | None = Non
         price=price,
         started=started,
         report_dir=report_dir,
+        task=task,
+        payload=payloads.describe(Path(s.images)),
     )
     from cvserve.loadtests.report import write_report
 

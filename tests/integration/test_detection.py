@@ -97,6 +97,43 @@ def test_bad_input_fails_clearly_and_a_blank_image_has_no_detections(client):
     assert all(d.score < 0.5 for d in blank)
 
 
+def test_bad_images_in_a_burst_fail_alone_and_the_good_ones_lose_nothing(detector_server, held_out, served):
+    """Corrupt, empty, over-the-pixel-limit, 1x1 and blank images sent concurrently with the held-out
+    scenes (so the server batches them together): each bad one gets its own clear error or an empty
+    result, each good one exactly the detections it gets alone."""
+    good = list(held_out)[:9]
+    scene = held_out[good[0]]
+    bad = {
+        "truncated": (scene[: len(scene) // 2], "truncated or corrupt PNG data"),
+        "empty": (b"", "is empty (0 bytes)"),  # refused by the client before sending
+        "huge": (png_header_bomb(), "pixels"),
+    }
+    odd = {"tiny": _png((1, 1)), "blank": _png((333, 77))}
+    jobs = [("good", n, held_out[n]) for n in good]
+    for i, (name, (data, _)) in enumerate(bad.items()):
+        jobs.insert(3 * i + 1, ("bad", name, data))
+    jobs += [("odd", name, data) for name, data in odd.items()]
+
+    async def run():
+        async with AsyncClient(detector_server.grpc_url, model=fx.NAME, timeout=60) as c:
+            return await asyncio.gather(*(c.detect([data]) for _, _, data in jobs), return_exceptions=True)
+
+    for (kind, name, _), outcome in zip(jobs, asyncio.run(run()), strict=True):
+        if kind == "bad":
+            assert isinstance(outcome, InvalidInput), (name, outcome)
+            assert bad[name][1] in str(outcome), (name, outcome)
+            continue
+        assert not isinstance(outcome, BaseException), (name, outcome)
+        [found] = outcome
+        if kind == "good":
+            assert [d.index for d in found] == [d.index for d in served[name]], name
+            np.testing.assert_allclose([d.box for d in found], [d.box for d in served[name]], atol=1e-3)
+        elif name == "tiny":
+            assert all(0 <= d.box[2] <= 1 and 0 <= d.box[3] <= 1 for d in found)
+        else:
+            assert all(d.score < 0.5 for d in found), found  # nothing in it: nothing confident found
+
+
 def test_classify_on_a_detector_names_the_right_call(client):
     with pytest.raises(InvalidInput, match="not a cvserve classifier"):
         client.classify([_png((32, 32))])

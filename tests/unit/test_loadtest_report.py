@@ -124,6 +124,34 @@ def test_report_files(tmp_path):
     )
 
 
+def test_the_report_names_the_task_and_the_payload_sent(tmp_path):
+    from cvserve.loadtests.payloads import describe
+
+    images = tmp_path / "images"
+    images.mkdir()
+    for name, size in (("a.png", 100), ("b.jpg", 300), ("notes.txt", 5000)):
+        (images / name).write_bytes(b"x" * size)
+    payload = describe(images)
+    assert payload == {"directory": str(images), "images": 2, "mean_bytes": 200}
+    s = _settings(tmp_path)
+    r = analysis.build_report(
+        settings=s.__dict__ | {"images": str(images), "report_dir": str(tmp_path)},
+        stages=plan(s),
+        samples=_steady(40.0),
+        meta={"test_start": T0, "test_stop": T0 + schedule.total_s(plan(s))},
+        scraper=None,
+        price=None,
+        started=T0,
+        report_dir=tmp_path,
+        task="detect",
+        payload=payload,
+    )
+    assert r["task"] == "detect" and r["payload"] == payload
+    write_report(r, tmp_path, plots=False)
+    md = (tmp_path / "report.md").read_text()
+    assert f"detect requests of 1 image(s) taken in turn from 2 image(s) in `{images}` (200 bytes" in md
+
+
 def test_generator_ceiling_warning(tmp_path):
     r = _report(tmp_path, _steady(40.0), generator_ceiling_rps=25.0)
     assert r["generator"]["fraction_of_ceiling"] == 0.8

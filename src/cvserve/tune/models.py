@@ -5,7 +5,8 @@ NAME is the model clients call. Its config tells the layout (:mod:`cvserve.build
 * ``single``: NAME is not an ensemble. It is the only model: it queues and batches the requests and
   runs the network (cvserve's python model also decodes the images, on ``decode_threads`` threads).
 * ``ensemble``: NAME has ``ensemble_scheduling``; its steps are the models it names. The step that
-  takes the encoded ``IMAGE`` is the preprocess model, the step that emits ``CLASS_INDEX`` the network.
+  takes the encoded ``IMAGE`` is the preprocess model, the step that takes its ``PIXELS`` the network
+  (whatever the task: a classifier's network emits ``CLASS_INDEX``, a detector's its boxes).
 
 The thread budget (:func:`cvserve.builders.runners.thread_budget`): instances x intra-op threads of the
 model that runs the network must not exceed the cores. Where its threads are set depends on the model
@@ -70,7 +71,7 @@ class Pipeline:
 def _role_of_step(cfg: mc.ModelConfig) -> str | None:
     if any(i.name == tc.IMAGE for i in cfg.input) and sch.backend(cfg) == "python":
         return "preprocess"
-    if any(o.name == tc.CLASS_INDEX for o in cfg.output):
+    if any(i.name == tc.PIXELS for i in cfg.input):
         return "network"
     return None
 
@@ -97,6 +98,6 @@ def discover(name: str, read_config: Callable[[str], mc.ModelConfig]) -> Pipelin
     steps = ", ".join(s.model_name for s in top.ensemble_scheduling.step)
     raise UserInputError(
         f"{name} is an ensemble of {steps}: cvserve tune knows ensembles of one python preprocess step "
-        "(IMAGE in) and one network step (CLASS_INDEX out), as cvserve build --layout ensemble writes "
+        "(IMAGE in) and one network step (PIXELS in), as cvserve build --layout ensemble writes "
         "them; rebuild the pipeline with cvserve build"
     )
