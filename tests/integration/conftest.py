@@ -12,6 +12,9 @@ import pytest
 
 from ._demo import build_demo
 
+# The trained detector, built and served once per session for every module that uses it.
+from ._detection_fixtures import detector_build, detector_server, held_out, scenes  # noqa: F401
+
 LENIENT_QUEUE_TIMEOUT_MS = 60_000.0
 LENIENT_QUEUE_SIZE = 1024
 

@@ -18,13 +18,6 @@ from cvserve.client import AsyncClient, Client, Detection, InvalidInput
 from cvserve.reliability.payloads import png_header_bomb
 from tests.integration import _detection_fixtures as fx
 
-scenes, held_out, detector_build, detector_server = (
-    fx.scenes,
-    fx.held_out,
-    fx.detector_build,
-    fx.detector_server,
-)  # the fixtures this module uses
-
 
 @pytest.fixture(scope="module")
 def client(detector_server):

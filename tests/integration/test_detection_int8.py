@@ -14,8 +14,6 @@ from cvserve.client import Client
 from cvserve.errors import BuildError
 from tests.integration import _detection_fixtures as fx
 
-scenes, held_out = fx.scenes, fx.held_out  # the fixtures this module uses
-
 
 def _agrees_with_its_numbers(gate: dict) -> None:
     for check in gate["checks"]:

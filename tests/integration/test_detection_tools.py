@@ -18,8 +18,6 @@ import pytest
 from cvserve.cli import main
 from tests.integration import _detection_fixtures as fx
 
-scenes, detector_build, detector_server = fx.scenes, fx.detector_build, fx.detector_server  # fixtures used
-
 
 @pytest.fixture(scope="module")
 def image_dir(scenes) -> Path:

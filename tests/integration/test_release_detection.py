@@ -23,8 +23,6 @@ from cvserve.release.boxes import ANNOTATIONS_FILE
 from tests.integration import _detection_fixtures as fx
 from tests.integration.test_release import LENIENT_SPEED_GATES, SHORT_LOADTEST
 
-scenes, detector_build = fx.scenes, fx.detector_build  # the fixtures this module uses
-
 pytestmark = pytest.mark.slow
 GOLDEN_IMAGES = 8
 
