@@ -40,7 +40,9 @@ from cvserve.errors import UserInputError
 from cvserve.settings import add_arguments, from_args, integers, names, setting
 
 PRECISIONS = ("fp32", "int8")
-GENERATORS = ("perf_analyzer", "client")
+GENERATORS = ("perf_analyzer", "client", "client-unpaced")
+DEFAULT_GENERATORS = GENERATORS[:2]  # client-unpaced: the client without its pacing, for an A/B of it
+UNPACED = 4096  # requests in flight the unpaced client allows: more than any row sends
 TARGET_OVER_LOOP = 1.2
 TARGET_OVER_LIMIT = 0.75
 TARGET_C1_MS = 3.0
@@ -199,8 +201,12 @@ def served_rows(srv, builds: dict[str, dict], images, args, pa, workdir: Path, l
                             ),
                         )  # fmt: skip
                     else:
+                        limit = UNPACED if gen == "client-unpaced" else None
                         res, server = watch.measure(
-                            model, lambda m=model, c=c: client_load(srv.grpc_url, m, images, c, args.seconds)
+                            model,
+                            lambda m=model, c=c, n=limit: client_load(
+                                srv.grpc_url, m, images, c, args.seconds, max_in_flight=n
+                            ),
                         )
                     rows.append(
                         {"precision": precision, "generator": gen, "concurrency": c, **res, "server": server}
@@ -279,7 +285,10 @@ class BenchSettings:
     rounds: int = setting(3, help="alternating rounds of the stage costs", at_least=1)
     concurrency: tuple[int, ...] = setting((1, 16, 64), parser=integers, metavar="N,N", help="served rows")
     generators: tuple[str, ...] = setting(
-        GENERATORS, parser=names, metavar="NAME,NAME", help=f"load generators ({', '.join(GENERATORS)})"
+        DEFAULT_GENERATORS,
+        parser=names,
+        metavar="NAME,NAME",
+        help=f"load generators ({', '.join(GENERATORS)}: the client with max_in_flight {UNPACED}, no pacing)",
     )
     # perf_analyzer 2.40 got "Request timeout expired" against the default 500 ms queue timeout even at
     # concurrency 1; a long timeout and a queue for 64 clients also keep c=64 a throughput measurement.

@@ -175,9 +175,17 @@ CALLS = {
 
 
 def client_load(
-    url: str, model: str, images: Sequence[bytes], concurrency: int, seconds: float, task: str = "classify"
+    url: str,
+    model: str,
+    images: Sequence[bytes],
+    concurrency: int,
+    seconds: float,
+    task: str = "classify",
+    *,
+    max_in_flight: int | None = None,
 ) -> dict:
-    """``concurrency`` threads sending one image per request back to back through one Client.
+    """``concurrency`` threads sending one image per request back to back through one Client
+    (``max_in_flight``: the client's pacing bound; None: its default, from the server's queue bound).
 
     Also returns the client's own CPU time over the run (this process does nothing else meanwhile).
     """
@@ -187,7 +195,7 @@ def client_load(
     latencies: list[float] = []
     errors: dict[str, int] = {}
     lock = threading.Lock()
-    with Client(url, model=model, timeout=60, retry=False) as client:
+    with Client(url, model=model, timeout=60, retry=False, max_in_flight=max_in_flight) as client:
         for i in range(2 * concurrency):  # warm-up, metadata
             try:
                 send(client, images[i % len(images)])
