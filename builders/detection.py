@@ -84,7 +84,7 @@ class Candidates:
     landmarks: np.ndarray | None = None  # (n, P, 2), for heads with keypoints
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True)
 class Head:
     """A raw output layout: how to check its shape and turn one image's rows into candidates."""
 
@@ -129,22 +129,22 @@ def _end2end_candidates(raw: np.ndarray, s: NmsSettings) -> Candidates:
     return Candidates(rows[:, :4], rows[:, 4], rows[:, 5].astype(np.int64))
 
 
+# Each head's name stated once: the table is keyed by it.
 HEADS: dict[str, Head] = {
-    "yolo": Head(
-        name="yolo",
-        describe="[N, 4 + C, A]: cx, cy, w, h (input pixels), C class scores; NMS in the served path",
-        num_classes=_yolo_classes,
-        candidates=_yolo_candidates,
-        needs_nms=True,
-    ),
-    "end2end": Head(
-        name="end2end",
-        describe="[N, K, 6]: x1, y1, x2, y2 (input pixels), score, class; NMS done in the network",
-        num_classes=_end2end_classes,
-        candidates=_end2end_candidates,
-        needs_nms=False,
-    ),
-}
+    head.name: head
+    for head in (
+        Head(
+            "yolo",
+            "[N, 4 + C, A]: cx, cy, w, h (input pixels), C class scores; NMS in the served path",
+            _yolo_classes, _yolo_candidates, needs_nms=True,
+        ),
+        Head(
+            "end2end",
+            "[N, K, 6]: x1, y1, x2, y2 (input pixels), score, class; NMS done in the network",
+            _end2end_classes, _end2end_candidates, needs_nms=False,
+        ),
+    )
+}  # fmt: skip
 
 
 # -- NMS --------------------------------------------------------------------------------------------

@@ -210,6 +210,11 @@ def setting(
     return dataclasses.field(**kw)
 
 
+def model_names_setting(flag: str, help: str) -> Any:
+    """A list of model names, one per ``flag NAME`` (empty by default; the command appends them)."""
+    return setting(default_factory=list, flag=flag, metavar="NAME", parser=str, help=help)
+
+
 def duration(default: Any = dataclasses.MISSING, **kw: Any) -> Any:
     """A length of time in seconds, given as ``90``, ``60s``, ``2m``, ``1m30s`` or ``1h``.
 

@@ -29,7 +29,7 @@ from cvserve.hardware import CPUS_ENV  # read by the served models (cvserve.hard
 from cvserve.server.restricted import MODES as RESTRICT_MODES
 from cvserve.server.restricted import RestrictedApi, restricted_api
 from cvserve.server.runtime import ensure_runtime
-from cvserve.settings import setting
+from cvserve.settings import model_names_setting, setting
 
 CONTROL_MODES = ("none", "explicit", "poll")
 SHM_DIR = Path("/dev/shm")
@@ -56,13 +56,7 @@ class ServerSettings:
         choices=CONTROL_MODES,
         help="none: load every model at start; explicit: load/unload through the API (see --load-model)",
     )
-    load_models: list[str] = setting(
-        default_factory=list,
-        flag="--load-model",
-        metavar="NAME",
-        parser=str,
-        help="explicit mode: load at start",
-    )
+    load_models: list[str] = model_names_setting("--load-model", "explicit mode: load at start")
     log_verbose: int = setting(0, help="Triton's log verbosity (0-3)", at_least=0, at_most=3)
     exit_timeout_s: int = setting(
         30, flag="--exit-timeout", help="seconds in-flight requests get to finish at shutdown", at_least=0

@@ -37,7 +37,7 @@ from cvserve.errors import UserInputError
 from cvserve.server import canary
 from cvserve.server.process import ServerSettings, TritonServer
 from cvserve.server.restricted import HEADER
-from cvserve.settings import duration, setting
+from cvserve.settings import duration, model_names_setting, setting
 
 RESTART_WINDOW_S = 600.0
 
@@ -51,12 +51,8 @@ class SupervisorSettings:
     )
     canary_timeout_s: float = duration(10.0, help="how long a canary may take before it counts as failed")
     canary_failures: int = setting(3, help="canary failures in a row that restart the server", at_least=1)
-    canary_models: list[str] = setting(
-        default_factory=list,
-        flag="--canary-model",
-        metavar="NAME",
-        parser=str,
-        help="check only these models (default: every model with the classifier contract)",
+    canary_models: list[str] = model_names_setting(
+        "--canary-model", "check only these models (default: every model with the classifier contract)"
     )
     max_restarts: int = setting(5, help="restarts allowed within ten minutes before giving up", at_least=0)
     supervisor_port: int = setting(
