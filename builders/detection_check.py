@@ -10,12 +10,11 @@ Runtime on the same pixels normalised in numpy. Both go through the served postp
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
 from cvserve.builders.detection import Detections, NmsSettings, postprocess, unpack_nms
-from cvserve.builders.verify import RuntimeCheck
+from cvserve.builders.verify import CheckInputs, RuntimeCheck
 from cvserve.client import contract
 from cvserve.errors import BuildError
 
@@ -55,29 +54,20 @@ def compare(got: Detections, reference: Detections) -> tuple[int, float]:
     return int(np.sum(same)), max(diffs, default=0.0)
 
 
-def served(
-    served_file: Path,
-    runtime: str,
-    reference_network: Path,
-    images: list[bytes],
-    spec,
-    nms: NmsSettings,
-    *,
-    precision: str = "f32",
-) -> DetectionCheck | None:
+def served(given: CheckInputs, nms: NmsSettings) -> DetectionCheck | None:
     """Run the served detector on ``images`` and compare with the float network; ``None`` where its
     runtime cannot run here (a TensorRT engine)."""
     from cvserve.builders.preprocessing import normalize_batch, placed
     from cvserve.builders.verify import open_served, ort_session
 
-    runner = open_served(served_file, runtime, precision)
+    runner = open_served(given.served_file, given.runtime, given.precision)
     if runner is None:
         return None
-    inputs, placements = zip(*(placed(data, spec) for data in images), strict=True)
+    inputs, placements = zip(*(placed(data, given.spec) for data in given.images), strict=True)
     batch = np.stack(inputs)
     out = runner.run(batch)
-    session = ort_session(reference_network)
-    ref_raw = session.run(None, {session.get_inputs()[0].name: normalize_batch(batch, spec)})[0]
+    session = ort_session(given.reference)
+    ref_raw = session.run(None, {session.get_inputs()[0].name: normalize_batch(batch, given.spec)})[0]
     if contract.NUM_DETECTIONS in out:  # the ensemble's graph ends in NMS (cvserve.builders.detection_graph)
         found = unpack_nms(*(out[n] for n in contract.NMS_OUTPUTS), placements, nms.max_detections)
         raw_diff = float("nan")  # the graph does not return its raw head
@@ -86,7 +76,7 @@ def served(
         raw_diff = float(np.max(np.abs(out["RAW"].astype(np.float64) - ref_raw)))
     count_equal, box_diff = compare(found, postprocess(ref_raw, placements, nms))
     return DetectionCheck(
-        runtime=runtime,
+        runtime=given.runtime,
         precision=runner.precision,
         layer_precisions=runner.layer_precisions(),
         images=len(batch),

@@ -395,7 +395,7 @@ def quantize_stage(
 
 def build(settings: BuildSettings, log: Callable[[str], None] = print) -> BuildResult:
     """Build ``settings.name`` into ``settings.repository`` as a new version. Atomic."""
-    from cvserve.builders import repository
+    from cvserve.builders import repository, verify
 
     task = settings.task_of()
     plan = task.serving_plan(settings.serving.plan())  # a detector's ensemble: a postprocess step too
@@ -433,12 +433,14 @@ def build(settings: BuildSettings, log: Callable[[str], None] = print) -> BuildR
             artifact = _engine(plan, precision, profile, served, spec, scratch, log)
         with clock.stage("check"):
             served_check = task.check(
-                artifact.path,
-                plan.runtime,
-                cleaned.path,
-                [p.read_bytes() for p in images],
-                spec,
-                precision=numerics.float_parts,
+                verify.CheckInputs(
+                    served_file=artifact.path,
+                    runtime=plan.runtime,
+                    reference=cleaned.path,
+                    images=[p.read_bytes() for p in images],
+                    spec=spec,
+                    precision=numerics.float_parts,
+                )
             )
             if served_check is not None:
                 log(f"[check] served {plan.runtime} network vs the float reference: {served_check.summary()}")

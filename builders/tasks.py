@@ -120,12 +120,11 @@ class Classify:
 
         return LabelledImages()
 
-    def check(
-        self, served_file: Path, runtime: str, reference: Path, images: list[bytes], spec, *, precision: str
-    ):
+    def check(self, given):
+        """The check stage: the served network against the float reference (``verify.CheckInputs``)."""
         from cvserve.builders import verify
 
-        return verify.served(served_file, runtime, reference, images, spec, precision=precision)
+        return verify.served(given)
 
     def report(self, served: Served) -> dict:
         return {"name": self.name, "top_k": served.rows}
@@ -248,12 +247,10 @@ class Detect:
 
         return BoxedImages()
 
-    def check(
-        self, served_file: Path, runtime: str, reference: Path, images: list[bytes], spec, *, precision: str
-    ):
+    def check(self, given):
         from cvserve.builders.detection_check import served
 
-        return served(served_file, runtime, reference, images, spec, self.nms, precision=precision)
+        return served(given, self.nms)
 
     def report(self, served: Served) -> dict:
         return {"name": self.name, **asdict(self.nms), "head_layout": self.head.describe}

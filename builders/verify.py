@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -73,6 +74,19 @@ def verify(
             f"(tolerance {tol:.3g}), answers equal on {same}/{len(batch)}"
         )
     return result
+
+
+@dataclass(frozen=True, kw_only=True)
+class CheckInputs:
+    """What the check stage hands each task's check: the served network file in its runtime and float
+    precision, the float reference network, the real images and the preprocessing."""
+
+    served_file: Path
+    runtime: str
+    reference: Path
+    images: list[bytes]
+    spec: Any  # PreprocessSpec
+    precision: str = "f32"
 
 
 @dataclass(kw_only=True)
@@ -147,16 +161,7 @@ def open_served(served_file: Path, runtime: str, precision: str):
         raise BuildError(f"{runtime} is needed to check the served network: {exc}") from None
 
 
-def served(
-    served_file: Path,
-    runtime: str,
-    reference_network: Path,
-    images: list[bytes],
-    spec,
-    tolerance: float = 1e-4,
-    *,
-    precision: str = "f32",
-) -> ServedCheck | None:
+def served(given: CheckInputs, tolerance: float = 1e-4) -> ServedCheck | None:
     """Run the served network file in its runtime and ``precision`` (its float layers') on real images
     and compare with the float reference.
 
@@ -164,15 +169,15 @@ def served(
     """
     from cvserve.builders.preprocessing import pixels as crop
 
-    runner = open_served(served_file, runtime, precision)
+    runner = open_served(given.served_file, given.runtime, given.precision)
     if runner is None:
         return None
-    batch = np.stack([crop(data, spec) for data in images])
+    batch = np.stack([crop(data, given.spec) for data in given.images])
     out = runner.run(batch)
     index, score = out[contract.CLASS_INDEX], out[contract.SCORE]
-    ref_index, ref_score = reference_topk(reference_network, batch, spec, index.shape[1])
+    ref_index, ref_score = reference_topk(given.reference, batch, given.spec, index.shape[1])
     return ServedCheck(
-        runtime=runtime,
+        runtime=given.runtime,
         precision=runner.precision,
         layer_precisions=runner.layer_precisions(),
         images=len(batch),
