@@ -90,9 +90,18 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m cvserve.bench_detect", description=__doc__.split("\n")[0])
     p.add_argument("--seconds", type=float, default=20.0, help="per measurement")
     p.add_argument("--out", type=Path, default=Path("reports/bench_detect.json"))
+    p.add_argument(
+        "--batch-requests",
+        action="store_true",
+        help="build the detector with --batch-requests (several requests per execution; docs/serving.md)",
+    )
     args = p.parse_args(argv)
     print(f"machine: {hardware.summary()}")
-    results: dict = {"machine": hardware.summary(), "seconds": args.seconds}
+    results: dict = {
+        "machine": hardware.summary(),
+        "seconds": args.seconds,
+        "batch_requests": args.batch_requests,
+    }
     with tempfile.TemporaryDirectory(prefix="cvserve-bench-detect-") as tmp:
         root = Path(tmp)
         scenes = make_scenes(root / "scenes")
@@ -104,7 +113,9 @@ def main(argv: list[str] | None = None) -> int:
                 checkpoint=scenes.checkpoint, name="scenes", task="detect", labels=scenes.labels,
                 repository=root / "models", preprocess=scenes.spec, progress=False,
                 export=pipeline.ExportSettings(verify_images=sorted(scenes.validation.glob("*.png"))[:8]),
-                serving=pipeline.ServingOptions(batching=tc.Batching(max_queue_size=256)),
+                serving=pipeline.ServingOptions(
+                    batching=tc.Batching(max_queue_size=256, batch_requests=args.batch_requests)
+                ),
             ),
             log=lambda _: None,
         )  # fmt: skip

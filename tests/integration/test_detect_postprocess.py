@@ -60,9 +60,7 @@ def test_postprocess_step_maps_nms_rows_to_original_pixels(tmp_path):
         contract.PLACEMENT: np.stack([p.as_row() for p in placements]),
     }
     want = det.unpack_nms(*(inputs[n] for n in contract.NMS_OUTPUTS), placements, K)
-    settings = ServerSettings(
-        repository=tmp_path / "models", grpc_port=0, http_port=0, metrics_port=0, exit_timeout_s=5
-    )
+    settings = ServerSettings.embedded(tmp_path / "models", exit_timeout_s=5)
     with TritonServer(settings) as server:
         client = grpcclient.InferenceServerClient(server.grpc_url)
         tensors = []

@@ -58,15 +58,7 @@ def explicit_server(detector_build, tmp_path: Path):
 
     repository = tmp_path / "models"
     shutil.copytree(detector_build[0], repository)
-    settings = ServerSettings(
-        repository=repository,
-        grpc_port=0,
-        http_port=0,
-        metrics_port=0,
-        model_control_mode="explicit",
-        load_models=[fx.NAME],
-        exit_timeout_s=5,
-    )
+    settings = ServerSettings.embedded(repository, load_models=[fx.NAME], exit_timeout_s=5)
     with TritonServer(settings) as server:
         yield server, repository
 

@@ -35,9 +35,7 @@ def faces_server(tmp_path_factory):
     repository = tmp_path_factory.mktemp("faces") / "models"
     report = mtcnn_build.build(NAME, repository, mtcnn_build.sample_photos(), log=lambda _: None).report
     assert all(check["ok"] for check in report["verification"]["fp32_vs_reference"].values())
-    settings = ServerSettings(
-        repository=repository, grpc_port=0, http_port=0, metrics_port=0, exit_timeout_s=5
-    )
+    settings = ServerSettings.embedded(repository, exit_timeout_s=5)
     with TritonServer(settings) as server:
         yield server
 

@@ -5,30 +5,19 @@ network models really served the calls (their inference counts)."""
 
 from __future__ import annotations
 
-import importlib.util
-import io
 import json
 import urllib.request
 
 import numpy as np
 import pytest
-from PIL import Image
-
-if importlib.util.find_spec("facenet_pytorch") is None:  # found, never imported (torchvision)
-    pytest.skip("pip install --no-deps facenet-pytorch (the 'faces' extra)", allow_module_level=True)
 
 from cvserve.builders import mtcnn_build, mtcnn_reference
 from cvserve.builders.detection import box_iou
 from cvserve.builders.runtime import model_names
 from cvserve.client import Client, InvalidInput
 
-NAME = "faces"
-
-
-def _png(image: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(image).save(buf, format="PNG")
-    return buf.getvalue()
+# The single layout's module skips without facenet-pytorch, and this one with it; its photo helper too.
+from tests.integration.test_mtcnn import NAME, _png
 
 
 @pytest.fixture(scope="module")
@@ -44,9 +33,7 @@ def bls_server(tmp_path_factory):
     assert sorted(p.name for p in repository.iterdir()) == sorted(
         model_names(NAME)[role] for role in (*mtcnn_build.NETWORKS, "classifier")
     )
-    settings = ServerSettings(
-        repository=repository, grpc_port=0, http_port=0, metrics_port=0, exit_timeout_s=5
-    )
+    settings = ServerSettings.embedded(repository, exit_timeout_s=5)
     with TritonServer(settings) as server:
         yield server
 

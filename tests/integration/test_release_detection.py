@@ -71,15 +71,7 @@ def server(repo: Path) -> Iterator[object]:
     """Serves ``scenes`` version 1, as production would."""
     from cvserve.server import ServerSettings, TritonServer
 
-    settings = ServerSettings(
-        repository=repo,
-        grpc_port=0,
-        http_port=0,
-        metrics_port=0,
-        model_control_mode="explicit",
-        load_models=[fx.NAME],
-        exit_timeout_s=5,
-    )
+    settings = ServerSettings.embedded(repo, load_models=[fx.NAME], exit_timeout_s=5)
     with TritonServer(settings) as srv:
         yield srv
 
