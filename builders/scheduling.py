@@ -130,7 +130,7 @@ class Scheduling:
             decode_threads=_int_param(decoder, DECODE_THREADS_PARAMETER)
             if backend(decoder) == "python"
             else None,
-            preprocess_instances=_count(configs["preprocess"]) if layout.decode != layout.network else None,
+            preprocess_instances=_count(decoder) if layout.decode != layout.network else None,
             max_queue_size=policy.max_queue_size if policy is not None else 0,
             queue_timeout_us=policy.default_timeout_microseconds if policy is not None else 0,
         )
@@ -169,8 +169,8 @@ class Scheduling:
         if self.preprocess_instances is not None and layout.decode != layout.network:
             _set_count(out[layout.decode], self.preprocess_instances)
         for role in layout.queues:
-            db = out[role].dynamic_batching
-            if out[role].HasField("dynamic_batching"):
+            if out[role].HasField("dynamic_batching"):  # the ensemble's decoder has none
+                db = out[role].dynamic_batching
                 db.default_queue_policy.max_queue_size = self.max_queue_size
                 db.default_queue_policy.default_timeout_microseconds = self.queue_timeout_us
                 db.default_queue_policy.timeout_action = mc.ModelQueuePolicy.TimeoutAction.REJECT
