@@ -8,7 +8,7 @@ resolves its flags (:class:`cvserve.builders.triton_config.Batching`, where 0 an
 meanings) into one, writes it into the configs with :meth:`Scheduling.apply` and records it in the build
 report; ``cvserve tune`` reads one back from the served configs (:meth:`Scheduling.read`), searches
 around it and applies its candidates live with the same :meth:`Scheduling.apply`; its winner becomes
-build flags (:meth:`Scheduling.flags`, or ``cvserve build --from-tune``) and the Helm chart's
+build flags (``Batching.of(...).flags()``, or ``cvserve build --from-tune``) and the Helm chart's
 overrides, so a rebuild keeps what was tuned.
 
 Meanings are Triton's everywhere in this value: ``max_queue_size`` 0 is unbounded, ``queue_timeout_us``
@@ -174,30 +174,6 @@ class Scheduling:
                 db.default_queue_policy.max_queue_size = self.max_queue_size
                 db.default_queue_policy.default_timeout_microseconds = self.queue_timeout_us
                 db.default_queue_policy.timeout_action = mc.ModelQueuePolicy.TimeoutAction.REJECT
-        return out
-
-    # -- as the user writes it -------------------------------------------------------------------------
-    def flags(self, layout: Layout) -> list[str]:
-        """``cvserve build`` flags that write these settings (``--from-tune REPORT`` does the same)."""
-        out = ["--max-batch-size", str(self.max_batch_size)]
-        one_request = self.preferred_batch_sizes == ONE_REQUEST_PER_EXECUTION and not self.max_queue_delay_us
-        single = layout.decode == layout.network  # one model decodes and runs the network
-        if single and not one_request:
-            out.append("--batch-requests")  # several requests in one execution
-        if self.preferred_batch_sizes and not (single and one_request):
-            out += ["--preferred-batch-sizes", ",".join(map(str, self.preferred_batch_sizes))]
-        if self.max_queue_delay_us:
-            out += ["--max-queue-delay-us", str(self.max_queue_delay_us)]
-        out += [
-            "--network-instances", str(self.network_instances),
-            "--network-threads", str(self.network_threads),
-        ]  # fmt: skip
-        if self.decode_threads is not None:
-            out += ["--decode-threads", str(self.decode_threads)]
-        if self.preprocess_instances is not None:
-            out += ["--preprocess-instances", str(self.preprocess_instances)]
-        out += ["--max-queue-size", str(self.max_queue_size)]
-        out += ["--queue-timeout-ms", f"{self.queue_timeout_us / 1000:g}"]
         return out
 
 
