@@ -63,6 +63,11 @@ class Layout:
     queues: tuple[str, ...]
     postprocess: str | None = None
 
+    @property
+    def one_model(self) -> bool:
+        """One model decodes and runs the network (the single layout): its requests are its batches."""
+        return self.decode == self.network
+
     def model_names(self, name: str) -> dict[str, str]:
         """Role -> model name of every model this layout serves NAME with."""
         return {role: model_names(name)[role] for role in self.roles}
@@ -128,7 +133,7 @@ class ServingPlan:
 
     def with_postprocess(self) -> ServingPlan:
         """This plan with a python step after the network, where the network has its own model."""
-        return replace(self, postprocess=LAYOUT[self.layout].decode != LAYOUT[self.layout].network)
+        return replace(self, postprocess=not LAYOUT[self.layout].one_model)
 
     @property
     def instance_kind(self) -> str:

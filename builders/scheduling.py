@@ -130,7 +130,7 @@ class Scheduling:
             decode_threads=_int_param(decoder, DECODE_THREADS_PARAMETER)
             if backend(decoder) == "python"
             else None,
-            preprocess_instances=_count(decoder) if layout.decode != layout.network else None,
+            preprocess_instances=None if layout.one_model else _count(decoder),
             max_queue_size=policy.max_queue_size if policy is not None else 0,
             queue_timeout_us=policy.default_timeout_microseconds if policy is not None else 0,
         )
@@ -166,7 +166,7 @@ class Scheduling:
         decoder = out[layout.decode]
         if self.decode_threads is not None and backend(decoder) == "python":
             decoder.parameters[DECODE_THREADS_PARAMETER].string_value = str(self.decode_threads)
-        if self.preprocess_instances is not None and layout.decode != layout.network:
+        if self.preprocess_instances is not None and not layout.one_model:
             _set_count(out[layout.decode], self.preprocess_instances)
         for role in layout.queues:
             if out[role].HasField("dynamic_batching"):  # the ensemble's decoder has none

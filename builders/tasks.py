@@ -61,7 +61,7 @@ class Classify:
 
     def python_models(self, layout) -> dict[str, str]:
         """Role -> the file of ``cvserve.model_repository`` served as that role's ``model.py``."""
-        return {layout.decode: self.model_file if layout.decode == layout.network else "preprocess.py"}
+        return {layout.decode: self.model_file if layout.one_model else "preprocess.py"}
 
     def num_classes(self, output_shape: tuple[int, ...]) -> int:
         if len(output_shape) != 1:
@@ -162,7 +162,7 @@ class Detect:
 
     def python_models(self, layout) -> dict[str, str]:
         """Role -> the file of ``cvserve.model_repository`` served as that role's ``model.py``."""
-        if layout.decode == layout.network:
+        if layout.one_model:
             return {layout.decode: self.model_file}
         models = {layout.decode: "preprocess.py"}
         if layout.postprocess:

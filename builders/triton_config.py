@@ -176,7 +176,7 @@ class Batching:
                 "max_queue_size is derived at build time: resolve it (cvserve.builders.admission)"
             )
         self.check(layout)
-        one_request = layout.decode == layout.network and not self.batch_requests
+        one_request = layout.one_model and not self.batch_requests
         return Scheduling(
             max_batch_size=self.max_batch_size,
             preferred_batch_sizes=ONE_REQUEST_PER_EXECUTION
@@ -186,14 +186,14 @@ class Batching:
             network_instances=self.network_instances,
             network_threads=self.network_threads,
             decode_threads=self.decode_threads,
-            preprocess_instances=None if layout.decode == layout.network else self.preprocess_instances,
+            preprocess_instances=None if layout.one_model else self.preprocess_instances,
             max_queue_size=queue,
             queue_timeout_us=self.queue_timeout_us,
         )
 
     def check(self, layout: Layout) -> None:
         """Refuse batching flags ``layout`` would ignore, naming the fix."""
-        if layout.decode != layout.network or self.batch_requests:  # not one model that runs one request
+        if not layout.one_model or self.batch_requests:  # not one model that runs one request
             return
         given = [
             flag
@@ -213,7 +213,7 @@ class Batching:
     @classmethod
     def of(cls, s: Scheduling, layout: Layout, *, slo_p95_ms: float = DEFAULT_SLO_P95_MS) -> Batching:
         """The flags that give ``s`` back on ``layout`` (:meth:`scheduling`'s inverse)."""
-        single = layout.decode == layout.network
+        single = layout.one_model
         one_request = s.preferred_batch_sizes == ONE_REQUEST_PER_EXECUTION and not s.max_queue_delay_us
         return cls(
             max_batch_size=s.max_batch_size,
