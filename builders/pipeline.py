@@ -410,13 +410,12 @@ def build(settings: BuildSettings, log: Callable[[str], None] = print) -> BuildR
     log(f"[plan] {plan.layout} layout, {plan.runtime}, {precision} (float layers in {numerics.float_parts}) "
         f"on {hardware.summary()}")  # fmt: skip
     clock = _Clock(log)
-    spec = task.preprocess(settings.preprocess)
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="cvserve-build-") as scratch_dir:
         scratch = Path(scratch_dir)
         front = network_stages(settings, scratch, log, clock=clock)
-        model, labels, exported, cleaned, checked = (
-            front.model, front.labels, front.exported, front.cleaned, front.checked
+        model, spec, labels, exported, cleaned, checked = (
+            front.model, front.spec, front.labels, front.exported, front.cleaned, front.checked
         )  # fmt: skip
         images, network, quant_report = front.images, front.network, front.quantization
         with clock.stage("wrap"):
