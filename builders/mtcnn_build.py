@@ -86,14 +86,14 @@ def _real_inputs(name: str) -> np.ndarray:
     """The astronaut photo as each network sees it: whole (P-Net) or crops resized to 24/48 pixels."""
     from skimage import data
 
-    from cvserve.builders.mtcnn import _normalise, area_resize
+    from cvserve.builders.mtcnn import area_resize
 
-    img = data.astronaut().transpose(2, 0, 1).astype(np.float32)
+    img = data.astronaut()
     if name == "pnet":
-        return _normalise(area_resize(img, 96, 96))[None]
+        return area_resize(img, 96, 96)[None]
     size = INPUTS[name][1]
     boxes = [(60, 180, 172, 268), (0, 0, 256, 256), (200, 200, 400, 400), (100, 300, 300, 500)]
-    return _normalise(np.stack([area_resize(img[:, y1:y2, x1:x2], size, size) for y1, x1, y2, x2 in boxes]))
+    return np.stack([area_resize(img[y1:y2, x1:x2], size, size) for y1, x1, y2, x2 in boxes])
 
 
 def runner_cascade(folder: Path, runtime: str = "openvino", threads: int = 0):
