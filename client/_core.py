@@ -33,12 +33,15 @@ from cvserve.client._requests import (
     tensor_request,
 )
 from cvserve.client._retry import Deadline, RetryBudget, RetryPolicy, retrying
-from cvserve.client.errors import ClientError, DeadlineExceeded, ServerUnavailable, map_error
+from cvserve.client.errors import ClientError, DeadlineExceeded, ServerUnavailable, map_error, queue_timed_out
 from cvserve.client.metrics import track
 from cvserve.client.types import Classification, Detection, ModelInfo
 
 # The model a call uses when none is named and the client has no default: the one the server serves
 # that the call's contract accepts.
+# A queue-timeout rejection counts as the call's own deadline when no more than a request's time
+# outside the queue (its floor), plus this much for the rejection's way back, is left of it.
+EXPIRY_SLACK_S = 0.02
 _DISCOVERY = {"classify": (classifier_spec, "classifiers"), "detect": (detector_spec, "detectors")}
 
 
@@ -367,11 +370,16 @@ class ClientCore:
             )
 
             def part(rows: slice) -> Plan[list]:
-                inputs, outputs = request(blobs[rows])
-                kw = {"outputs": outputs, "model_version": model_version or ""}
                 flow = self._flow(info)
-                sent = self._call("infer", name, deadline, retry, name, inputs, flow=flow, **kw)
-                result = yield from self._paced(info, deadline, sent, flow)
+
+                def sent() -> Plan[Any]:  # the request is built once it holds a slot, not before
+                    inputs, outputs = request(blobs[rows])
+                    kw = {"outputs": outputs, "model_version": model_version or ""}
+                    return (
+                        yield from self._call("infer", name, deadline, retry, name, inputs, flow=flow, **kw)
+                    )
+
+                result = yield from self._paced(info, deadline, sent(), flow)
                 return parse(result, len(blobs[rows]))
 
             results = yield Gather(tuple(part(rows) for rows in parts))
@@ -440,8 +448,9 @@ class ClientCore:
 
         def rpc(remaining: float) -> Rpc:
             sent = {**kw, "headers": headers, "client_timeout": remaining}
-            if method == "infer":  # the server drops a request still queued when its caller gave up
-                sent["timeout"] = max(1, int(remaining * 1e6))  # microseconds (queue policy override)
+            if method == "infer":  # the server drops a queued request that could no longer answer in time
+                queued = flow.latency.queue_timeout(remaining) if flow is not None else remaining
+                sent["timeout"] = max(1, int(queued * 1e6))  # microseconds (queue policy override)
             return Rpc(method, args, sent)
 
         return (
@@ -452,8 +461,21 @@ class ClientCore:
                 budget=self._budget,
                 map_error=self._mapper(model, deadline),
                 on_retry=self._on_retry(model, flow),
+                expired=self._expired(deadline, flow) if method == "infer" else None,
             )
         )
+
+    @staticmethod
+    def _expired(deadline: Deadline, flow: Flow | None) -> Callable[[BaseException], bool]:
+        """Whether an infer attempt was dropped from the server's queue for this call's own deadline:
+        its queue timeout passed and no more time is left than a request needs outside the queue. (A
+        model's own queue timeout that passes first, with more of the deadline left, is overload.)"""
+        floor = flow.latency.floor if flow is not None else 0.0
+
+        def expired(exc: BaseException) -> bool:
+            return queue_timed_out(exc) and deadline.remaining() <= floor + EXPIRY_SLACK_S
+
+        return expired
 
     def _flow(self, info: ModelInfo) -> Flow | None:
         """The pacing state of ``info``'s model: ``None`` when requests to it are not bounded."""

@@ -16,6 +16,10 @@ from then on it is halved, at most once per request latency, on each such reject
 about one request per round of successes. Several clients bursting at one model so share its queue
 instead of each sending a queue's worth at once and spending their retry budgets on the rejections.
 
+The line is first come, first served until it stands (:func:`_next_in_line`): its oldest call has
+waited longer than it has left, so it would be sent too late for an answer. Then the newest goes
+first (adaptive LIFO), sent with its deadline nearly whole, and the oldest run out of time here.
+
 A request whose slot comes free too late to finish is not sent: when its remaining deadline is
 shorter than what this client's recent requests to the model took once sent (:class:`Latency`, a
 moving average), it fails at once with :class:`DeadlineExceeded`. Under a sustained overload the
@@ -36,7 +40,7 @@ import collections
 import math
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from cvserve.client._effects import Paced, Plan
@@ -45,6 +49,7 @@ from cvserve.client.errors import ClientError, DeadlineExceeded, InvalidInput, S
 from cvserve.client.metrics import ClientMetrics
 
 LATENCY_WEIGHT = 0.2  # of the newest observation in the moving average of sent requests' latency
+FLOOR_WINDOW = 32  # sent requests whose fastest is taken as the time one needs outside the queue
 DEVIATIONS = 2  # a request is sent with at least its average latency plus this many mean deviations left
 
 
@@ -52,17 +57,29 @@ DEVIATIONS = 2  # a request is sent with at least its average latency plus this 
 class Latency:
     """How long this client's requests to one model take once sent: a moving average and a moving mean
     deviation (as TCP estimates its round-trip time), and the time a request needs to have left
-    (:attr:`needed`: the average plus twice the deviation) to be sent."""
+    (:attr:`needed`: the average plus twice the deviation) to be sent; and the fastest of the last
+    ``FLOOR_WINDOW`` (:attr:`floor`): what a request takes that does not wait in the server's queue."""
 
     seconds: float | None = None
     deviation: float = 0.0
+    recent: collections.deque[float] = field(default_factory=lambda: collections.deque(maxlen=FLOOR_WINDOW))
 
     def observe(self, seconds: float) -> None:
+        self.recent.append(seconds)
         if self.seconds is None:
             self.seconds, self.deviation = seconds, seconds / 2
         else:
             self.deviation += LATENCY_WEIGHT * (abs(seconds - self.seconds) - self.deviation)
             self.seconds += LATENCY_WEIGHT * (seconds - self.seconds)
+
+    @property
+    def floor(self) -> float:
+        return min(self.recent, default=0.0)
+
+    def queue_timeout(self, remaining: float) -> float:
+        """How long the server may keep a request with ``remaining`` seconds left in its queue: past
+        that, running it would answer after the caller gave up (it still has to run and come back)."""
+        return remaining - self.floor
 
     @property
     def needed(self) -> float:
@@ -221,78 +238,116 @@ def _window(limit: Window | int) -> Window:
     return limit if isinstance(limit, Window) else Window(limit)
 
 
+class _Waiter:
+    """A call waiting in a client's line: when it asked, and when its wait runs out."""
+
+    __slots__ = ("asked", "expires", "granted")
+
+    def __init__(self, timeout: float) -> None:
+        self.asked = time.monotonic()
+        self.expires = self.asked + max(timeout, 0.0)
+        self.granted: Any = False  # True, or the asyncio future the slot is handed over by
+
+
+def _next_in_line(line: collections.deque[Any]) -> Any:
+    """Take the waiter a freed slot goes to: the first in line, unless the line is standing (adaptive
+    LIFO, as Facebook's servers order their queues under overload, "Fail at Scale", 2015). The line
+    stands when its oldest call has waited longer than it has left to wait: it would be sent with too
+    little of its deadline to be answered, and so would everyone behind it. Then the newest goes first,
+    sent with its deadline nearly whole; the oldest run out of time here, unsent and cheaply, instead
+    of being sent late and dropped by the server. A closed loop of callers with long deadlines never
+    stands, so it stays first come, first served."""
+    now, head = time.monotonic(), line[0]
+    return line.pop() if now - head.asked > head.expires - now else line.popleft()
+
+
 class ThreadSlots:
-    """Slots shared by threads, as many as the window allows, handed out first come, first served."""
+    """Slots shared by threads, as many as the window allows, handed by :func:`_next_in_line`."""
 
     def __init__(self, limit: Window | int) -> None:
         self.window = _window(limit)
         self.in_flight = 0
         self._cond = threading.Condition()
-        self._queue: collections.deque[object] = collections.deque()
+        self._queue: collections.deque[_Waiter] = collections.deque()
 
     def acquire(self, timeout: float) -> bool:
         """Take a slot, waiting up to ``timeout`` seconds; whether one was taken."""
-        me = object()
         with self._cond:
-            self._queue.append(me)
-            try:
-                got = self._cond.wait_for(
-                    lambda: self.in_flight < self.window.limit and self._queue[0] is me, max(timeout, 0.0)
-                )
-            finally:
-                self._queue.remove(me)
-                self._cond.notify_all()  # the next in line may be first now
-            if got:
+            if self.in_flight < self.window.limit and not self._queue:
                 self.in_flight += 1
-            return got
+                return True
+            me = _Waiter(timeout)
+            self._queue.append(me)
+            if not self._cond.wait_for(lambda: me.granted, max(timeout, 0.0)):
+                self._queue.remove(me)
+                return False
+            return True
 
     def release(self) -> None:
         with self._cond:
             self.in_flight -= 1
+            while self._queue and self.in_flight < self.window.limit:
+                _next_in_line(self._queue).granted = True  # counted in flight from here
+                self.in_flight += 1
             self._cond.notify_all()
 
 
 class AsyncSlots:
-    """Slots of one event loop, as many as the window allows, handed out first come, first served."""
+    """Slots of one event loop, as many as the window allows, handed by :func:`_next_in_line`.
+
+    A waiter is one future, set ``True`` when a slot is handed to it and ``False`` by its own timer
+    (cheaper than ``asyncio.wait`` per call: under overload most calls wait here and run out)."""
 
     def __init__(self, limit: Window | int) -> None:
         self.window = _window(limit)
         self.in_flight = 0
-        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+        self._waiters: collections.deque[_Waiter] = collections.deque()
 
     async def acquire(self, timeout: float) -> bool:
         """Take a slot, waiting up to ``timeout`` seconds; whether one was taken."""
         if self.in_flight < self.window.limit and not self._waiters:
             self.in_flight += 1
             return True
-        granted: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiters.append(granted)
+        loop = asyncio.get_running_loop()
+        me = _Waiter(timeout)
+        me.granted = granted = loop.create_future()
+        self._waiters.append(me)
+        timer = loop.call_at(loop.time() + max(timeout, 0.0), _run_out, granted)
         try:
-            await asyncio.wait((granted,), timeout=max(timeout, 0.0))
+            got = await granted
         except BaseException:  # cancelled while waiting: hand on a slot given meanwhile
-            if self._withdraw(granted):
+            if not self._withdraw(me):
                 self.release()
             raise
-        return self._withdraw(granted)
+        finally:
+            timer.cancel()
+        if not got:
+            self._withdraw(me)
+        return got
 
-    def _withdraw(self, granted: asyncio.Future[None]) -> bool:
-        """Stop waiting; whether the slot had been handed over (counted in ``in_flight`` already)."""
-        if granted.done() and not granted.cancelled():
-            return True
-        granted.cancel()
-        try:
-            self._waiters.remove(granted)
-        except ValueError:
-            pass
-        return False
+    def _withdraw(self, me: _Waiter) -> bool:
+        """Leave the line; whether ``me`` had not been handed a slot (or it would be counted in flight)."""
+        granted = me.granted
+        handed = granted.done() and not granted.cancelled() and granted.result()
+        if not handed:
+            try:
+                self._waiters.remove(me)
+            except ValueError:
+                pass
+        return not handed
 
     def release(self) -> None:
         self.in_flight -= 1
-        while self._waiters and self.in_flight < self.window.limit:  # the first waiters still waiting
-            waiter = self._waiters.popleft()
-            if not waiter.done():
+        while self._waiters and self.in_flight < self.window.limit:
+            waiter = _next_in_line(self._waiters).granted
+            if not waiter.done():  # still waiting (one that ran out or was cancelled is leaving)
                 self.in_flight += 1
-                waiter.set_result(None)
+                waiter.set_result(True)
+
+
+def _run_out(granted: asyncio.Future[bool]) -> None:
+    if not granted.done():
+        granted.set_result(False)
 
 
 __all__ = [

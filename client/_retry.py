@@ -33,6 +33,10 @@ ErrorMapper = Callable[..., ClientError]
 # An attempt needs some time to have a chance: don't sleep into the last few milliseconds.
 MIN_ATTEMPT_S = 0.005
 MAX_ATTEMPTS_LIMIT = 5  # gRPC A6 caps maxAttempts at 5
+DROPPED_NOTE = (
+    "the server dropped it from the model's queue when its answer could no longer come in time (the "
+    "queue timeout this client sends with each request, from the deadline), instead of running it"
+)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -142,8 +146,14 @@ def retrying(
     budget: RetryBudget,
     map_error: ErrorMapper,
     on_retry: Callable[[BaseException], None] | None = None,
+    expired: Callable[[BaseException], bool] | None = None,
 ) -> Plan[Any]:
     """Send ``attempt(seconds_left)`` until it succeeds, fails for good, or the deadline passes.
+
+    ``expired(exc)``: whether a failed attempt was dropped by the server because the call's own
+    deadline could no longer be met (the queue timeout the attempt was sent with, derived from the
+    deadline, passed). Such a call fails with ``DeadlineExceeded`` at once: not retried, and no retry
+    budget spent, since it says nothing about overload that the deadline did not.
 
     Raises:
         ClientError: the mapped error of the last attempt (``DeadlineExceeded`` when no time was left).
@@ -159,6 +169,8 @@ def retrying(
         except ClientError:
             raise
         except Exception as exc:
+            if expired is not None and expired(exc):
+                raise map_error(_DeadlinePassed(), sent + waited + 1, DROPPED_NOTE) from None
             kind = retry_kind(exc)
             if kind is RetryKind.WAIT:
                 waited += 1

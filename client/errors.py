@@ -146,6 +146,12 @@ def _message(exc: BaseException) -> str:
     return (msg() if callable(msg) else msg) or str(exc)
 
 
+def queue_timed_out(exc: BaseException) -> bool:
+    """Whether the server dropped a raw request from the model's queue when its queue timeout passed
+    (the model's policy, or the one the client sent from the call's deadline)."""
+    return status_name(exc) == "UNAVAILABLE" and _QUEUE_TIMEOUT in _message(exc)
+
+
 def queue_full(exc: BaseException) -> bool:
     """Whether the server turned a request away because the model's queue was full (a raw error, or
     the :class:`ServerUnavailable` it was mapped to): the signal that clients together send too much."""
@@ -263,6 +269,7 @@ __all__ = [
     "ServerError",
     "ServerUnavailable",
     "map_error",
+    "queue_timed_out",
     "retry_kind",
     "status_name",
 ]

@@ -122,13 +122,19 @@ def _busy_config(name: str, *, max_queue_size: int, queue_timeout_us: int = 0) -
 
 
 def write_overload_repository(repo: Path) -> Path:
-    """Two slow models (one instance, 0.3 s a batch of 1) with Triton's queue policy set to REJECT:
+    """Three slow models (one instance, 0.3 s a batch of 1) with Triton's queue policy set to REJECT:
     ``queue_full`` admits one queued request (``max_queue_size: 1``); ``queue_timeout`` queues any
-    number but rejects a request still queued after 50 ms (``default_timeout_microseconds``)."""
+    number but rejects a request still queued after 50 ms (``default_timeout_microseconds``);
+    ``deadline`` queues any number for up to a minute, and takes a shorter timeout from each request
+    (``allow_timeout_override``, as a build's models do; Triton only lets a request shorten the
+    model's own timeout, so a model without one ignores the requests')."""
     repo.mkdir(parents=True, exist_ok=True)
     _write_model(repo, "queue_full", "sleeper.py", _busy_config("queue_full", max_queue_size=1))
     timeout = _busy_config("queue_timeout", max_queue_size=0, queue_timeout_us=50_000)
     _write_model(repo, "queue_timeout", "sleeper.py", timeout)
+    deadline = _busy_config("deadline", max_queue_size=0, queue_timeout_us=60_000_000)
+    deadline.dynamic_batching.default_queue_policy.allow_timeout_override = True
+    _write_model(repo, "deadline", "sleeper.py", deadline)
     return repo
 
 

@@ -152,3 +152,33 @@ def test_by_default_the_client_sends_no_more_than_the_queue_admits(busy_server):
         )
         is None
     )
+
+
+def test_a_request_that_could_no_longer_answer_in_time_is_dropped_from_the_queue_unrun(busy_server):
+    """Each request carries a queue timeout: the call's deadline less what a request takes outside the
+    queue. 8 calls at once with a 2 s deadline at a model that runs one per 0.3 s: the ones that would
+    answer too late are dropped from Triton's queue instead of run, and fail as the deadline they are."""
+    import tritonclient.grpc as grpcclient
+
+    from cvserve.client import DeadlineExceeded
+
+    stats = grpcclient.InferenceServerClient(busy_server.grpc_url.removeprefix("grpc://"))
+
+    def runs() -> int:
+        model = stats.get_inference_statistics("deadline").model_stats[0]
+        return model.inference_stats.success.count
+
+    budget = RetryPolicy().max_tokens
+    with Client(busy_server.grpc_url, timeout=2.0, max_in_flight=UNPACED) as client:
+        for i in range(2):  # what a request takes when it does not wait: 0.3 s
+            client.infer("deadline", {"X": np.full((1, 1), i, np.float32)})
+        before = runs()
+        ok, errors = split(flood(client, "deadline", CALLERS))
+        tokens = client.retry_budget.tokens
+    assert ok and errors
+    assert all(isinstance(e, DeadlineExceeded) for e in errors), errors
+    dropped = [e for e in errors if "dropped it from the model's queue" in str(e)]
+    assert dropped, errors  # dropped by the server, not timed out waiting for an answer
+    assert runs() - before == len(ok)  # nothing ran whose answer came too late
+    assert tokens == budget  # no retry budget spent on the caller's own deadline
+    print(f"\ndeadline: {len(ok)} answered, {len(dropped)} dropped from the queue, {len(errors)} late")

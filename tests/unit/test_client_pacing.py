@@ -7,6 +7,7 @@ on what the slots report (who holds one, who is queued), never on time.
 from __future__ import annotations
 
 import asyncio
+import collections
 import threading
 
 import pytest
@@ -307,3 +308,87 @@ def test_only_a_full_queue_shrinks_the_window():
     assert flow.window.limit == 8
     flow.observe(full)
     assert flow.window.limit == 4
+
+
+def _line(*ages_and_lefts: tuple[float, float]):
+    """Waiters that asked ``age`` seconds ago and have ``left`` seconds of waiting left, oldest first."""
+    import time
+
+    from cvserve.client._pacing import _Waiter
+
+    now, line = time.monotonic(), collections.deque()
+    for age, left in ages_and_lefts:
+        w = _Waiter(0)
+        w.asked, w.expires = now - age, now + left
+        line.append(w)
+    return line
+
+
+def test_a_line_is_first_come_first_served_until_its_oldest_has_waited_longer_than_it_has_left():
+    from cvserve.client._pacing import _next_in_line
+
+    line = _line((0.3, 29.0), (0.2, 29.1), (0.0, 29.3))  # a closed loop with long deadlines: FIFO
+    oldest = line[0]
+    assert _next_in_line(line) is oldest and len(line) == 2
+    line = _line((0.8, 0.1), (0.5, 0.4), (0.01, 0.9))  # overload: the oldest would be sent too late
+    newest, second = line[-1], line[-2]
+    assert _next_in_line(line) is newest and len(line) == 2
+    assert _next_in_line(line) is second  # still standing: newest first again
+
+
+def test_a_standing_line_hands_the_freed_slot_to_the_newest_caller_in_both_clients():
+    async def main() -> None:
+        slots = AsyncSlots(1)
+        assert await slots.acquire(0)
+        old = asyncio.ensure_future(slots.acquire(30))
+        new = asyncio.ensure_future(slots.acquire(30))
+        while len(slots._waiters) < 2:
+            await asyncio.sleep(0)
+        slots._waiters[0].asked -= 60  # the oldest has waited longer than it has left: the line stands
+        slots.release()
+        assert await new and not old.done() and slots.in_flight == 1
+        slots.release()
+        assert await old and slots.in_flight == 1
+
+    asyncio.run(main())
+
+    slots, order = ThreadSlots(1), []
+    assert slots.acquire(0)
+
+    def waiter(name: str) -> None:
+        assert slots.acquire(WAIT_S)
+        order.append(name)
+
+    threads = []
+    for queued, name in enumerate(("old", "new"), start=1):
+        threads.append(threading.Thread(target=waiter, args=(name,)))
+        threads[-1].start()
+        wait_until(lambda q=queued: len(slots._queue) == q, f"the {name} waiter")
+    slots._queue[0].asked -= 3 * WAIT_S
+    slots.release()
+    wait_until(lambda: order == ["new"], "the newest to get the slot")
+    slots.release()
+    for t in threads:
+        t.join(WAIT_S)
+    assert order == ["new", "old"]
+
+
+def test_a_waiter_that_runs_out_leaves_the_line_and_takes_no_slot():
+    async def main() -> None:
+        slots = AsyncSlots(1)
+        assert await slots.acquire(0)
+        assert not await slots.acquire(0.001)  # its own timer ran out
+        assert not slots._waiters and slots.in_flight == 1
+        slots.release()
+        assert slots.in_flight == 0
+
+    asyncio.run(main())
+
+
+def test_the_queue_timeout_sent_leaves_a_request_its_time_outside_the_queue():
+    latency = Latency()
+    assert latency.floor == 0 and latency.queue_timeout(1.0) == 1.0  # nothing measured: the deadline
+    for seconds in (0.30, 0.012, 0.25):
+        latency.observe(seconds)
+    assert latency.floor == 0.012  # the fastest recent request: one that did not wait in the queue
+    assert latency.queue_timeout(1.0) == pytest.approx(0.988)

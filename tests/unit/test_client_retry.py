@@ -230,3 +230,31 @@ def test_the_same_plan_runs_under_asyncio():
     )
     assert asyncio.run(arun(plan, perform)) > 0
     assert len(server.calls) == 3
+
+
+def test_a_request_dropped_from_the_queue_for_its_own_deadline_is_deadline_exceeded_and_not_retried():
+    """The client sends each request a queue timeout taken from the call's deadline; when the server
+    drops it for that, the caller's deadline is what failed: no retry, and no budget spent."""
+    server, budget = Server(QUEUE_TIMEOUT, QUEUE_TIMEOUT), RetryBudget()
+    plan = retrying(
+        lambda remaining: Rpc("infer", (), {"client_timeout": remaining}),
+        deadline=Deadline(5.0),
+        policy=FAST,
+        budget=budget,
+        map_error=mapper,
+        expired=lambda exc: True,
+    )
+    with pytest.raises(DeadlineExceeded, match="dropped it from the model's queue") as info:
+        run(plan, server.perform)
+    assert len(server.calls) == 1 and info.value.attempts == 1 and budget.tokens == 10
+    # The model's own queue timeout (overload, with more of the deadline left) is retried as before.
+    server = Server(QUEUE_TIMEOUT)
+    plan = retrying(
+        lambda remaining: Rpc("infer", (), {"client_timeout": remaining}),
+        deadline=Deadline(5.0),
+        policy=FAST,
+        budget=RetryBudget(),
+        map_error=mapper,
+        expired=lambda exc: False,
+    )
+    assert run(plan, server.perform) > 0 and len(server.calls) == 2

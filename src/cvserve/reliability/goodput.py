@@ -1,6 +1,7 @@
 """R6 and R7 (issue 22): what callers get from an overloaded server through cvserve's client.
 
-* R6, goodput under overload: the unloaded throughput (the best closed-loop rate of 1-8 callers), then
+* R6, goodput under overload: the unloaded throughput (the closed-loop rate at the best of 1-8
+  callers, measured again right before each overload, since a shared machine's speed drifts), then
   ``factor`` times it offered open-loop for ``duration_s`` through one :class:`AsyncClient` with its
   defaults (pacing to the queue bound, retries with backoff and a retry budget), and the same offered
   through a caller that sends every rejected request again at once (no pacing, no backoff, no budget).
@@ -41,10 +42,22 @@ def _alive_within(server: ServeProcess, model: str, seconds: float = 10.0) -> bo
     return alive
 
 
-def _unloaded_rps(server: ServeProcess, model: str, seconds: float) -> float:
+def _unloaded_concurrency(server: ServeProcess, model: str, seconds: float) -> int:
+    """The closed-loop concurrency (1, 2, 4 or 8 callers) with the best throughput: the unloaded rate
+    is measured at it, right before each overload it is compared with."""
     call = _jpeg_call(_target(server, model))
     closed_loop(2, call, duration_s=min(3.0, seconds))  # warm-up
-    return max(summary(closed_loop(c, call, duration_s=seconds))["throughput_rps"] for c in (1, 2, 4, 8))
+    rates = {c: summary(closed_loop(c, call, duration_s=seconds))["throughput_rps"] for c in (1, 2, 4, 8)}
+    return max(rates, key=rates.__getitem__)
+
+
+def _unloaded_rps(server: ServeProcess, model: str, concurrency: int, seconds: float) -> float:
+    """Throughput at ``concurrency`` closed-loop callers: the unloaded rate (a shared machine's speed
+    drifts by tens of percent within minutes, so each overload is compared with one measured just
+    before it)."""
+    return summary(closed_loop(concurrency, _jpeg_call(_target(server, model)), duration_s=seconds))[
+        "throughput_rps"
+    ]
 
 
 async def _call_once(client, image: bytes, cls: int, deadline_s: float, resend: bool) -> tuple[str, float]:
@@ -105,30 +118,46 @@ def r6_goodput(
     rounds: int = 1,
 ) -> Result:
     """Goodput under ``factor`` x overload: cvserve's client against a resend-at-once caller, alternating
-    which goes first each round (medians over ``rounds``); calls have a deadline of 2 x the SLO."""
-    unloaded = _unloaded_rps(server, model, unloaded_s)
-    rate, deadline_s = factor * unloaded, 2 * slo_ms / 1000
+    which goes first each round; each overload is preceded by an unloaded measurement, offered
+    ``factor`` times it and compared with it (medians of the ratios over ``rounds``); calls have a
+    deadline of 2 x the SLO."""
+    concurrency = _unloaded_concurrency(server, model, unloaded_s)
+    deadline_s = 2 * slo_ms / 1000
     runs: dict[str, list[dict]] = {"cvserve_client": [], "resend_at_once": []}
     for r in range(rounds):
         order = ("cvserve_client", "resend_at_once") if r % 2 == 0 else ("resend_at_once", "cvserve_client")
         for name in order:
+            unloaded = _unloaded_rps(server, model, concurrency, unloaded_s)
             run = asyncio.run(
-                _offer(server.grpc_url, model, rate, duration_s, deadline_s, resend=name == "resend_at_once")
+                _offer(
+                    server.grpc_url,
+                    model,
+                    factor * unloaded,
+                    duration_s,
+                    deadline_s,
+                    name == "resend_at_once",
+                )
             )
+            run["unloaded_rps"] = round(unloaded, 1)
+            run["goodput_of_unloaded"] = round(run["goodput_rps"] / unloaded, 3) if unloaded else None
             runs[name].append(run)
     result = Result("R6", f"goodput at {factor:g}x the unloaded throughput for {duration_s:g} s, two callers")
     result.requests = sum(run["offered"] for rs in runs.values() for run in rs)
     result.unexpected = sum(run["outcomes"].get("wrong", 0) for rs in runs.values() for run in rs)
     result.alive_after = _alive_within(server, model)
     result.details = {
-        "unloaded_rps": round(unloaded, 1),
-        "offered_rps": round(rate, 1),
+        "unloaded_concurrency": concurrency,
+        "unloaded_rps": round(
+            statistics.median(run["unloaded_rps"] for rs in runs.values() for run in rs), 1
+        ),
+        "factor": factor,
         "deadline_s": deadline_s,
     }
     for name, rs in runs.items():
-        goodput = statistics.median(run["goodput_rps"] for run in rs)
-        result.details[f"{name}_goodput_rps"] = round(goodput, 1)
-        result.details[f"{name}_goodput_of_unloaded"] = round(goodput / unloaded, 3) if unloaded else None
+        result.details[f"{name}_goodput_rps"] = round(statistics.median(run["goodput_rps"] for run in rs), 1)
+        result.details[f"{name}_goodput_of_unloaded"] = statistics.median(
+            run["goodput_of_unloaded"] or 0 for run in rs
+        )
         result.details[f"{name}_runs"] = rs
     result.notes.append(
         f"target: cvserve_client_goodput_of_unloaded >= 0.9 "
@@ -178,7 +207,7 @@ def r7_bursts(
     from cvserve.client import RetryPolicy
 
     policy = RetryPolicy()
-    unloaded = _unloaded_rps(server, model, 3.0)
+    unloaded = _unloaded_rps(server, model, _unloaded_concurrency(server, model, 3.0), 3.0)
     ctx = multiprocessing.get_context("spawn")
     barrier, results = ctx.Barrier(processes), ctx.Queue()
     workers = [
