@@ -4,7 +4,8 @@
   callers, measured again right before each overload, since a shared machine's speed drifts), then
   ``factor`` times it offered open-loop for ``duration_s`` through one :class:`AsyncClient` with its
   defaults (pacing to the queue bound, retries with backoff and a retry budget), and the same offered
-  through a caller that sends every rejected request again at once (no pacing, no backoff, no budget).
+  through a naive caller: plain gRPC (tritonclient's protobuf on a grpc.aio channel) that sends every
+  rejected request again at once (no pacing, no backoff, no budget, no queue timeout).
   Goodput: correct answers delivered per second during the overload window. Target: cvserve's client
   keeps >= 90% of the unloaded throughput.
 * R7, bursts from several processes: ``processes`` client processes, released together, each send
@@ -29,7 +30,6 @@ from cvserve.reliability.load import closed_loop, percentile, summary
 from cvserve.reliability.scenarios import Result, _alive, _jpeg_call, _target
 from cvserve.server.serve_process import ServeProcess
 
-UNPACED = 10**9  # max_in_flight of the resend-at-once caller: no bound
 DEADLINE_SLACK_S = 0.05  # scheduling on a busy machine: an answer this late still counts as in time
 
 
@@ -60,41 +60,62 @@ def _unloaded_rps(server: ServeProcess, model: str, concurrency: int, seconds: f
     ]
 
 
-async def _call_once(client, image: bytes, cls: int, deadline_s: float, resend: bool) -> tuple[str, float]:
-    """One caller's call: the outcome (``ok``, ``wrong`` or the error's type) and when it ended."""
-    from cvserve.client import ClientError, ServerUnavailable
+async def _client_call(client, image: bytes, cls: int, deadline_s: float) -> tuple[str, float]:
+    """A call through cvserve's client: the outcome (``ok``, ``wrong`` or the error's type), and when."""
+    from cvserve.client import ClientError
 
+    try:
+        top = (await client.classify([image], top_k=1, timeout=deadline_s))[0][0]
+    except ClientError as exc:
+        return type(exc).__name__, time.monotonic()
+    return ("ok" if top.index == cls else "wrong"), time.monotonic()
+
+
+async def _naive_call(stub, model: str, image: bytes, cls: int, deadline_s: float) -> tuple[str, float]:
+    """The naive caller: plain gRPC with a deadline, every turned-away request sent again at once (no
+    pacing, no backoff, no budget, no queue timeout)."""
+    import grpc
+
+    request = pl.framed_request(model, image)
     end_by = time.monotonic() + deadline_s
-    while True:
+    while (remaining := end_by - time.monotonic()) > 0:
         try:
-            top = (await client.classify([image], top_k=1, timeout=max(end_by - time.monotonic(), 1e-3)))[0][
-                0
-            ]
-        except ServerUnavailable:
-            if resend and time.monotonic() < end_by:
-                continue  # the naive caller: send it again at once
-            return "ServerUnavailable", time.monotonic()
-        except ClientError as exc:
-            return type(exc).__name__, time.monotonic()
-        return ("ok" if top.index == cls else "wrong"), time.monotonic()
+            response = await stub.ModelInfer(request, timeout=remaining)
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.UNAVAILABLE:
+                continue  # send it again at once
+            late = exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            return ("DeadlineExceeded" if late else exc.code().name), time.monotonic()
+        return ("ok" if pl.top1(response) == cls else "wrong"), time.monotonic()
+    return "DeadlineExceeded", time.monotonic()
 
 
 async def _offer(
     url: str, model: str, rate: float, duration_s: float, deadline_s: float, resend: bool
 ) -> dict:
-    """``rate`` calls/s for ``duration_s``, whatever the answers; counts and goodput of the window."""
+    """``rate`` calls/s for ``duration_s``, whatever the answers; counts and goodput of the window.
+    ``resend``: the naive caller (:func:`_naive_call`); otherwise one :class:`AsyncClient` with its
+    defaults."""
+    import grpc
+    from tritonclient.grpc import service_pb2_grpc as pbg
+
     from cvserve.client import AsyncClient
 
     images = [(d, c) for d, c in pl.good_images()[::2]]
-    options = {"retry": False, "max_in_flight": UNPACED} if resend else {}
-    async with AsyncClient(url, model=model, **options) as client:
+    async with AsyncClient(url, model=model) as client, grpc.aio.insecure_channel(url) as channel:
         await client.model_info()
+        stub = pbg.GRPCInferenceServiceStub(channel)
+
+        def call(data: bytes, cls: int):
+            if resend:
+                return _naive_call(stub, model, data, cls, deadline_s)
+            return _client_call(client, data, cls, deadline_s)
+
         cpu, begin = time.process_time(), time.monotonic()
         tasks = []
         for i in range(int(rate * duration_s)):
             await asyncio.sleep(max(0.0, begin + i / rate - time.monotonic()))
-            data, cls = images[i % len(images)]
-            tasks.append(asyncio.ensure_future(_call_once(client, data, cls, deadline_s, resend)))
+            tasks.append(asyncio.ensure_future(call(*images[i % len(images)])))
         outcomes = await asyncio.gather(*tasks)
         cores = (time.process_time() - cpu) / (time.monotonic() - begin)
     in_window = [o for o, end in outcomes if o == "ok" and end <= begin + duration_s]
@@ -178,6 +199,7 @@ def _burst_process(url: str, model: str, calls: int, deadline_s: float, barrier,
         async with AsyncClient(url, model=model, metrics=ClientMetrics(registry=registry)) as client:
             await client.model_info()
             await asyncio.get_running_loop().run_in_executor(None, barrier.wait)
+            cpu, begin = time.process_time(), time.monotonic()
 
             async def one(i: int) -> tuple:
                 data, cls = images[i % len(images)]
@@ -192,10 +214,11 @@ def _burst_process(url: str, model: str, calls: int, deadline_s: float, barrier,
                 return outcome, attempts, time.monotonic() - start
 
             done = await asyncio.gather(*(one(i) for i in range(calls)))
+            cpu_s, wall_s = time.process_time() - cpu, time.monotonic() - begin
         retries = sum(
             s.value for m in registry.collect() for s in m.samples if s.name.endswith("retries_total")
         )
-        return [(*d, retries) for d in done]
+        return {"records": done, "retries": retries, "cpu_s": cpu_s, "wall_s": wall_s}
 
     results.put(asyncio.run(main()))
 
@@ -219,10 +242,10 @@ def r7_bursts(
     per_process = [results.get(timeout=120 + deadline_s) for _ in workers]
     for w in workers:
         w.join(30)
-    records = [r for p in per_process for r in p]
-    outcomes = Counter(o for o, _, _, _ in records)
-    late = [e for _, _, e, _ in records if e > deadline_s + DEADLINE_SLACK_S]
-    over = [a for o, a, _, _ in records if a is not None and a > policy.max_attempts]
+    records = [r for p in per_process for r in p["records"]]
+    outcomes = Counter(o for o, _, _ in records)
+    late = [e for _, _, e in records if e > deadline_s + DEADLINE_SLACK_S]
+    over = [a for o, a, _ in records if a is not None and a > policy.max_attempts]
     result = Result("R7", f"{processes} client processes bursting {calls} calls each at once")
     result.requests = len(records)
     result.clean_errors = sum(
@@ -231,8 +254,8 @@ def r7_bursts(
     result.unexpected = outcomes.get("wrong", 0) + sum(n for o, n in outcomes.items() if "untyped" in o)
     result.unexpected += len(late) + len(over)
     result.alive_after = _alive_within(server, model)
-    elapsed = [e for _, _, e, _ in records]
-    answered = [e for o, _, e, _ in records if o == "ok"]
+    elapsed = [e for _, _, e in records]
+    answered = [e for o, _, e in records if o == "ok"]
     goodput = len(answered) / max(answered) if answered else 0.0
     result.details = {
         "unloaded_rps": round(unloaded, 1),
@@ -243,15 +266,19 @@ def r7_bursts(
         "past_deadline": len(late),
         "max_elapsed_s": round(max(elapsed, default=float("nan")), 3),
         "elapsed_p95_s": round(percentile(elapsed, 95), 3),
-        "attempts_of_failed_calls": dict(Counter(a for _, a, _, _ in records if a is not None)),
+        "attempts_of_failed_calls": dict(Counter(a for _, a, _ in records if a is not None)),
         "over_max_attempts": len(over),
-        "retries_per_process": [p[0][3] if p else 0 for p in per_process],
+        "retries_per_process": [p["retries"] for p in per_process],
         # A success does not say how many attempts it took: no process may have retried more than
         # max_attempts - 1 times per call.
         "retries_within_policy": all(
-            (p[0][3] if p else 0) <= len(p) * (policy.max_attempts - 1) for p in per_process
+            p["retries"] <= len(p["records"]) * (policy.max_attempts - 1) for p in per_process
         ),
         "max_attempts": policy.max_attempts,
+        # the burst's client processes share the server's cores: their CPU over the burst, in cores
+        "generator_cores": round(
+            sum(p["cpu_s"] for p in per_process) / max(p["wall_s"] for p in per_process), 2
+        ),
     }
     met = (result.details["goodput_of_unloaded"] or 0) >= 0.9
     result.notes.append(f"target: goodput_of_unloaded >= 0.9 ({'met' if met else 'missed'})")

@@ -71,7 +71,7 @@ def open_loop(rate: float, duration_s: float, request) -> list[Record]:
     answers (gRPC futures: the arrivals never wait for the server), through ``stub_call`` futures."""
     import grpc
 
-    from cvserve.reliability.payloads import _top1
+    from cvserve.reliability.payloads import top1
 
     stub_call, make = request
     records: list[Record] = []
@@ -83,7 +83,7 @@ def open_loop(rate: float, duration_s: float, request) -> list[Record]:
     def on_done(future, start: float) -> None:
         end = time.monotonic()
         try:
-            outcome = Outcome("OK", top1=_top1(future.result()))
+            outcome = Outcome("OK", top1=top1(future.result()))
         except grpc.RpcError as exc:
             outcome = Outcome(exc.code().name, exc.details() or "")
         with lock:

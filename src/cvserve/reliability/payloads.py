@@ -150,26 +150,39 @@ def framed(*elements: bytes) -> bytes:
     return b"".join(struct.pack("<I", len(e)) + e for e in elements)
 
 
-def grpc_raw(
-    target: Target, raw: bytes, *, shape=(1, 1), datatype="BYTES", name=INPUT, model=None
-) -> Outcome:
+def _request(model: str, raw: bytes, *, shape=(1, 1), datatype="BYTES", name=INPUT):
     """A ModelInfer request built from Triton's protobuf, with ``raw`` as the input's raw contents."""
-    import grpc
     from tritonclient.grpc import service_pb2 as pb
 
-    request = pb.ModelInferRequest(model_name=model or target.model)
+    request = pb.ModelInferRequest(model_name=model)
     tensor = request.inputs.add()
     tensor.name, tensor.datatype = name, datatype
     tensor.shape.extend(shape)
     request.raw_input_contents.append(raw)
+    return request
+
+
+def framed_request(model: str, image: bytes):
+    """A well-framed ModelInfer request of one encoded image (for callers with their own channel)."""
+    return _request(model, framed(image))
+
+
+def grpc_raw(
+    target: Target, raw: bytes, *, shape=(1, 1), datatype="BYTES", name=INPUT, model=None
+) -> Outcome:
+    """A ModelInfer request with ``raw`` as the input's raw contents, sent; its outcome."""
+    import grpc
+
+    request = _request(model or target.model, raw, shape=shape, datatype=datatype, name=name)
     try:
         response = _stub(target).ModelInfer(request, timeout=target.timeout_s)
     except grpc.RpcError as exc:
         return Outcome(exc.code().name, exc.details() or "")
-    return Outcome("OK", top1=_top1(response))
+    return Outcome("OK", top1=top1(response))
 
 
-def _top1(response) -> int | None:
+def top1(response) -> int | None:
+    """The best class index in a classifier's ModelInfer response."""
     import numpy as np
 
     for i, out in enumerate(response.outputs):
