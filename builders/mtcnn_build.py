@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from cvserve.builders import tasks
 from cvserve.builders.detection import NmsSettings
 from cvserve.builders.preprocessing import PreprocessSpec
 from cvserve.builders.runtime import CASCADE_STAGES
@@ -153,7 +154,12 @@ def build(
     if layout not in LAYOUTS:
         raise UserInputError(f"--layout must be one of {', '.join(LAYOUTS)}, not {layout!r}")
     report: dict = {
-        "task": {"name": "detect", "head": "mtcnn", "max_detections": MAX_FACES},
+        "task": {
+            "name": "detect",
+            "head": "mtcnn",
+            "max_detections": MAX_FACES,
+            "returns": tasks.returns_detections(MAX_FACES, landmarks=5),
+        },
         "precision": precision, "networks": {},
     }  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="cvserve-mtcnn-") as tmp:

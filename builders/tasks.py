@@ -127,7 +127,7 @@ class Classify:
         return verify.served(given)
 
     def report(self, served: Served) -> dict:
-        return {"name": self.name, "top_k": served.rows}
+        return {"name": self.name, "top_k": served.rows, "returns": f"{served.rows} classes, best first"}
 
 
 class Detect:
@@ -253,7 +253,18 @@ class Detect:
         return served(given, self.nms)
 
     def report(self, served: Served) -> dict:
-        return {"name": self.name, **asdict(self.nms), "head_layout": self.head.describe}
+        return {
+            "name": self.name,
+            **asdict(self.nms),
+            "head_layout": self.head.describe,
+            "returns": returns_detections(self.nms.max_detections),
+        }
+
+
+def returns_detections(k: int, landmarks: int = 0) -> str:
+    """What a detector answers per image, as the build report and the model card say it."""
+    marks = f", {landmarks} landmarks each" if landmarks else ""
+    return f"up to {k} detections (box, score, class{marks}) and their count"
 
 
 def get(name: str, *, top_k: int = 5, nms: NmsSettings | None = None) -> Classify | Detect:

@@ -11,6 +11,7 @@ import pytest
 from tritonclient.grpc import model_config_pb2 as mc
 
 from cvserve.builders.detection_metrics import Box
+from cvserve.builders.tasks import returns_detections
 from cvserve.errors import UserInputError
 from cvserve.release.box_compare import BoxComparison, BoxedImages, BoxSlice, compare_boxes, image_f1
 from cvserve.release.boxes import ANNOTATIONS_FILE, load_box_golden_set, resolve_classes
@@ -296,7 +297,8 @@ def test_the_report_and_model_card_show_map_per_slice_and_the_regressed_images(t
         "changed_cases": [x.as_dict() for x in c.changed],
         "loadtest": {"baseline": load, "candidate": load,
                      "settings": {"users": 2, "duration_s": 2.0, "warmup_s": 0.5, "images_per_request": 1}},
-        "builds": {"baseline": build_facts(None), "candidate": build_facts({"task": {"name": "detect"}})},
+        "builds": {"baseline": build_facts(None), "candidate": build_facts(
+            {"task": {"name": "detect", "returns": returns_detections(32)}})},
         "intended_use": fmt.intended_use(_version(2, ["face", "cat"])), "user_limitations": None,
         "settings": {"slo_p95_ms": 500.0, "replicas": 1}, "promotion": {"requested": False},
     }  # fmt: skip
@@ -308,6 +310,7 @@ def test_the_report_and_model_card_show_map_per_slice_and_the_regressed_images(t
     assert "| map_drop[lighting=normal] | 0 | <= 0.01 |" in md
     text = card["model_card"]
     assert "## Golden-set results by slice" in text and "| task | detect |" in text
+    assert "| returned per image | up to 32 detections (box, score, class) and their count |" in text
     assert "| lighting=dark | 2 | 2 | 0.5" in text and "5 boxes of face, cat" in text
     assert "Object detection" in text and "Below its overall golden-set mAP@[.5:.95] on lighting=dark" in text
     lines = reports.summary_lines(report, tmp_path / "out")

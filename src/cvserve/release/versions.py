@@ -153,6 +153,8 @@ def build_facts(report: dict | None) -> dict[str, Any]:
         "size_bytes": _pick(r, "network.size_bytes", "size_bytes"),
         "num_classes": _pick(r, "network.num_classes", "num_classes"),
         "top_k": _pick(r, "network.top_k", "top_k"),
+        # what each image gets back, as the task states it; a classifier built before it: its top k
+        "returns": _pick(r, "task.returns", "network.top_k", "top_k"),
         "preprocess": r.get("preprocess") or None,
         "quantization_method": method,
         "quantization": quantization or None,
