@@ -57,13 +57,14 @@ class Server:
         return effect.kwargs["client_timeout"]
 
 
-def call(server: Server, *, timeout=5.0, policy=FAST, budget=None, deadline=None):
+def call(server: Server, *, timeout=5.0, policy=FAST, budget=None, deadline=None, expired=None):
     plan = retrying(
         lambda remaining: Rpc("infer", (), {"client_timeout": remaining}),
         deadline=deadline or Deadline(timeout),
         policy=policy,
         budget=budget or RetryBudget(),
         map_error=mapper,
+        expired=expired,
     )
     return run(plan, server.perform)
 
@@ -236,25 +237,9 @@ def test_a_request_dropped_from_the_queue_for_its_own_deadline_is_deadline_excee
     """The client sends each request a queue timeout taken from the call's deadline; when the server
     drops it for that, the caller's deadline is what failed: no retry, and no budget spent."""
     server, budget = Server(QUEUE_TIMEOUT, QUEUE_TIMEOUT), RetryBudget()
-    plan = retrying(
-        lambda remaining: Rpc("infer", (), {"client_timeout": remaining}),
-        deadline=Deadline(5.0),
-        policy=FAST,
-        budget=budget,
-        map_error=mapper,
-        expired=lambda exc: True,
-    )
     with pytest.raises(DeadlineExceeded, match="dropped it from the model's queue") as info:
-        run(plan, server.perform)
+        call(server, budget=budget, expired=lambda exc: True)
     assert len(server.calls) == 1 and info.value.attempts == 1 and budget.tokens == 10
     # The model's own queue timeout (overload, with more of the deadline left) is retried as before.
     server = Server(QUEUE_TIMEOUT)
-    plan = retrying(
-        lambda remaining: Rpc("infer", (), {"client_timeout": remaining}),
-        deadline=Deadline(5.0),
-        policy=FAST,
-        budget=RetryBudget(),
-        map_error=mapper,
-        expired=lambda exc: False,
-    )
-    assert run(plan, server.perform) > 0 and len(server.calls) == 2
+    assert call(server, expired=lambda exc: False) > 0 and len(server.calls) == 2
