@@ -37,11 +37,11 @@ from cvserve.client.errors import ClientError, DeadlineExceeded, ServerUnavailab
 from cvserve.client.metrics import track
 from cvserve.client.types import Classification, Detection, ModelInfo
 
-# The model a call uses when none is named and the client has no default: the one the server serves
-# that the call's contract accepts.
 # A queue-timeout rejection counts as the call's own deadline when no more than a request's time
 # outside the queue (its floor), plus this much for the rejection's way back, is left of it.
 EXPIRY_SLACK_S = 0.02
+# The model a call uses when none is named and the client has no default: the one the server serves
+# that the call's contract accepts.
 _DISCOVERY = {"classify": (classifier_spec, "classifiers"), "detect": (detector_spec, "detectors")}
 
 
@@ -470,9 +470,9 @@ class ClientCore:
         """Whether an infer attempt was dropped from the server's queue for this call's own deadline:
         its queue timeout passed and no more time is left than a request needs outside the queue. (A
         model's own queue timeout that passes first, with more of the deadline left, is overload.)"""
-        floor = flow.latency.floor if flow is not None else 0.0
 
         def expired(exc: BaseException) -> bool:
+            floor = flow.latency.floor if flow is not None else 0.0
             return queue_timed_out(exc) and deadline.remaining() <= floor + EXPIRY_SLACK_S
 
         return expired

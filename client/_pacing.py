@@ -278,18 +278,29 @@ class ThreadSlots:
                 return True
             me = _Waiter(timeout)
             self._queue.append(me)
-            if not self._cond.wait_for(lambda: me.granted, max(timeout, 0.0)):
+            try:
+                if self._cond.wait_for(lambda: me.granted, max(timeout, 0.0)):
+                    return True
                 self._queue.remove(me)
                 return False
-            return True
+            except BaseException:  # interrupted while waiting: hand on a slot given meanwhile
+                if me.granted:
+                    self.in_flight -= 1
+                    self._grant()
+                else:
+                    self._queue.remove(me)
+                raise
+
+    def _grant(self) -> None:
+        while self._queue and self.in_flight < self.window.limit:
+            _next_in_line(self._queue).granted = True  # counted in flight from here
+            self.in_flight += 1
+        self._cond.notify_all()
 
     def release(self) -> None:
         with self._cond:
             self.in_flight -= 1
-            while self._queue and self.in_flight < self.window.limit:
-                _next_in_line(self._queue).granted = True  # counted in flight from here
-                self.in_flight += 1
-            self._cond.notify_all()
+            self._grant()
 
 
 class AsyncSlots:
