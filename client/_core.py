@@ -21,7 +21,7 @@ from cvserve.client._effects import Exclusive, Gather, Plan, Rpc, Sleep
 from cvserve.client._images import ImageLike, as_image_list, encode_images
 from cvserve.client._metadata import check_top_k, classifier_spec, model_info, pick_model
 from cvserve.client._options import ClientOptions
-from cvserve.client._pacing import Flow, default_max_in_flight, paced
+from cvserve.client._pacing import NO_PACING, Flow, default_max_in_flight, paced
 from cvserve.client._requests import (
     collect_outputs,
     image_request,
@@ -82,6 +82,8 @@ class ClientCore:
                 more wait in the client, within their deadline, for one to finish. By default the
                 model's queue bound as the server reports it (at least one per instance; no bound for
                 an unbounded queue), so a burst is paced to what the server admits (docs/client.md).
+                ``0``: no pacing at all (every request goes out at once, as Triton's ``0`` means an
+                unbounded queue).
             options: all of the above as one :class:`~cvserve.client.ClientOptions`.
 
         Raises:
@@ -479,6 +481,8 @@ class ClientCore:
 
     def _flow(self, info: ModelInfo) -> Flow | None:
         """The pacing state of ``info``'s model: ``None`` when requests to it are not bounded."""
+        if self._opts.max_in_flight == NO_PACING:
+            return None
         limit = self._opts.max_in_flight or default_max_in_flight(info.max_queue_size, info.instances)
         if limit is None:
             return None

@@ -144,11 +144,16 @@ def default_max_in_flight(max_queue_size: int, instances: int) -> int | None:
     return max(max_queue_size, instances) if max_queue_size > 0 else None
 
 
+NO_PACING = 0  # max_in_flight: no bound and no window (as Triton's 0 is an unbounded queue)
+
+
 def check_max_in_flight(value: Any) -> int | None:
-    """``max_in_flight`` as given to a client: ``None`` (from the server) or a positive int."""
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+    """``max_in_flight`` as given to a client: ``None`` (from the server), ``0`` (no pacing) or a
+    positive int."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < NO_PACING):
         raise InvalidInput(
-            f"max_in_flight must be a positive number of requests, or None to follow the server, got {value!r}"
+            f"max_in_flight must be a positive number of requests, 0 for no pacing, or None to follow the "
+            f"server, got {value!r}"
         )
     return value
 
@@ -362,6 +367,7 @@ def _run_out(granted: asyncio.Future[bool]) -> None:
 
 
 __all__ = [
+    "NO_PACING",
     "AsyncSlots",
     "Flow",
     "Latency",

@@ -42,7 +42,7 @@ from cvserve.settings import add_arguments, from_args, integers, names, setting
 PRECISIONS = ("fp32", "int8")
 GENERATORS = ("perf_analyzer", "client", "client-unpaced")
 DEFAULT_GENERATORS = GENERATORS[:2]  # client-unpaced: the client without its pacing, for an A/B of it
-UNPACED = 4096  # requests in flight the unpaced client allows: more than any row sends
+UNPACED = 0  # the unpaced client's max_in_flight: no pacing at all (no bound, no window)
 TARGET_OVER_LOOP = 1.2
 TARGET_OVER_LIMIT = 0.75
 TARGET_C1_MS = 3.0
@@ -183,8 +183,8 @@ def served_rows(srv, builds: dict[str, dict], images, args, pa, workdir: Path, l
         client_load(srv.grpc_url, b["model"], images, 2, 1.0)
     rows, flip = [], False
     try:
-        for c in args.concurrency:
-            for gen in args.generators:
+        for row, c in enumerate(args.concurrency):
+            for gen in reversed(args.generators) if row % 2 else args.generators:  # A/B order alternates
                 if gen == "perf_analyzer" and pa is None:
                     continue
                 for precision in reversed(PRECISIONS) if flip else PRECISIONS:
@@ -288,7 +288,7 @@ class BenchSettings:
         DEFAULT_GENERATORS,
         parser=names,
         metavar="NAME,NAME",
-        help=f"load generators ({', '.join(GENERATORS)}: the client with max_in_flight {UNPACED}, no pacing)",
+        help=f"load generators ({', '.join(GENERATORS)}: the client with max_in_flight={UNPACED}, no pacing)",
     )
     # perf_analyzer 2.40 got "Request timeout expired" against the default 500 ms queue timeout even at
     # concurrency 1; a long timeout and a queue for 64 clients also keep c=64 a throughput measurement.

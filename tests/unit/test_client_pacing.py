@@ -48,10 +48,18 @@ def test_the_default_bound_is_the_queue_bound_at_least_one_per_instance():
     assert default_max_in_flight(0, 2) is None  # an unbounded queue rejects nothing: no bound
 
 
-@pytest.mark.parametrize("bad", [0, -1, 2.5, True, "8"])
+@pytest.mark.parametrize("bad", [-1, 2.5, True, "8"])
 def test_max_in_flight_is_checked(bad):
     with pytest.raises(InvalidInput, match="max_in_flight"):
         Client("localhost:1", max_in_flight=bad)
+
+
+def test_max_in_flight_0_turns_pacing_off():
+    meta = pb.ModelMetadataResponse(name="m", versions=["1"], platform="python")
+    info = model_info(meta, _config("m", queue=40, instances=2))
+    with Client("localhost:1", max_in_flight=0) as off, Client("localhost:1") as paced_client:
+        assert off._flow(info) is None  # no window, no local wait: every request goes out at once
+        assert paced_client._flow(info).window.ceiling == 40
 
 
 def _config(name: str, queue: int = 0, instances: int = 1, **kw) -> mc.ModelConfig:
