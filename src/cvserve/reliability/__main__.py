@@ -32,6 +32,7 @@ class ReliabilitySettings:
     goodput_rounds: int = setting(1, help="R6: rounds of the two callers, alternating", at_least=1)
     burst_processes: int = setting(8, help="R7: client processes bursting together", at_least=1)
     burst_calls: int = setting(64, help="R7: calls each process sends at once", at_least=1)
+    burst_rounds: int = setting(1, help="R7: bursts, each after its own unloaded measurement", at_least=1)
     output: Path = setting(Path("reports/reliability"), help="writes OUTPUT.md and OUTPUT.json")
 
 
@@ -102,7 +103,9 @@ def main(argv: list[str] | None = None) -> int:
         "R6": lambda: gp.r6_goodput(
             server, s.model, slo_ms=slo_ms, duration_s=s.goodput_s, rounds=s.goodput_rounds
         ),
-        "R7": lambda: gp.r7_bursts(server, s.model, processes=s.burst_processes, calls=s.burst_calls),
+        "R7": lambda: gp.r7_bursts(
+            server, s.model, processes=s.burst_processes, calls=s.burst_calls, rounds=s.burst_rounds
+        ),
     }
     try:
         # R3 after R1: a rollout still unloads the old version after R1's malformed framing (a model

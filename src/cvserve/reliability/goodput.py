@@ -12,7 +12,8 @@
   ``calls`` classify calls at once (past what the server admits). Every call must succeed with the right
   class or fail with a typed :class:`~cvserve.client.ClientError`, within its deadline, after no more
   attempts than the retry policy allows; goodput (answers per second from the burst's start to its last
-  answer) is compared with the unloaded throughput measured just before (target >= 90%).
+  answer) is compared with the unloaded throughput measured just before (target >= 90%); with
+  ``rounds``, each burst after its own unloaded measurement, and the median of the ratios.
 
 Both share the machine with the server: the load generator's CPU is reported.
 """
@@ -223,14 +224,8 @@ def _burst_process(url: str, model: str, calls: int, deadline_s: float, barrier,
     results.put(asyncio.run(main()))
 
 
-def r7_bursts(
-    server: ServeProcess, model: str, *, processes: int = 8, calls: int = 64, deadline_s: float = 5.0
-) -> Result:
-    """``processes`` client processes burst ``calls`` calls each at the same moment (see the module)."""
-    from cvserve.client import RetryPolicy
-
-    policy = RetryPolicy()
-    unloaded = _unloaded_rps(server, model, _unloaded_concurrency(server, model, 3.0), 3.0)
+def _burst(server: ServeProcess, model: str, processes: int, calls: int, deadline_s: float) -> list[dict]:
+    """One R7 burst: ``processes`` client processes released together; what each reports."""
     ctx = multiprocessing.get_context("spawn")
     barrier, results = ctx.Barrier(processes), ctx.Queue()
     workers = [
@@ -242,11 +237,49 @@ def r7_bursts(
     per_process = [results.get(timeout=120 + deadline_s) for _ in workers]
     for w in workers:
         w.join(30)
-    records = [r for p in per_process for r in p["records"]]
+    return per_process
+
+
+def r7_bursts(
+    server: ServeProcess,
+    model: str,
+    *,
+    processes: int = 8,
+    calls: int = 64,
+    deadline_s: float = 5.0,
+    rounds: int = 1,
+) -> Result:
+    """``processes`` client processes burst ``calls`` calls each at the same moment (see the module),
+    ``rounds`` times, each burst compared with an unloaded measurement just before it (median)."""
+    from cvserve.client import RetryPolicy
+
+    policy = RetryPolicy()
+    concurrency = _unloaded_concurrency(server, model, 3.0)
+    bursts = []
+    for _ in range(rounds):
+        unloaded = _unloaded_rps(server, model, concurrency, 3.0)
+        per_process = _burst(server, model, processes, calls, deadline_s)
+        answered = [e for p in per_process for o, _, e in p["records"] if o == "ok"]
+        goodput = len(answered) / max(answered) if answered else 0.0
+        bursts.append(
+            {
+                "per_process": per_process,
+                "unloaded_rps": round(unloaded, 1),
+                "answered": len(answered),
+                "goodput_rps": round(goodput, 1),
+                "goodput_of_unloaded": round(goodput / unloaded, 3) if unloaded else None,
+                # the burst's client processes share the server's cores: their CPU over it, in cores
+                "generator_cores": round(
+                    sum(p["cpu_s"] for p in per_process) / max(p["wall_s"] for p in per_process), 2
+                ),
+            }
+        )
+    records = [r for b in bursts for p in b["per_process"] for r in p["records"]]
     outcomes = Counter(o for o, _, _ in records)
     late = [e for _, _, e in records if e > deadline_s + DEADLINE_SLACK_S]
     over = [a for o, a, _ in records if a is not None and a > policy.max_attempts]
-    result = Result("R7", f"{processes} client processes bursting {calls} calls each at once")
+    title = f"{processes} client processes bursting {calls} calls each at once"
+    result = Result("R7", title + (f", {rounds} times" if rounds > 1 else ""))
     result.requests = len(records)
     result.clean_errors = sum(
         n for o, n in outcomes.items() if o not in ("ok", "wrong") and "untyped" not in o
@@ -255,12 +288,12 @@ def r7_bursts(
     result.unexpected += len(late) + len(over)
     result.alive_after = _alive_within(server, model)
     elapsed = [e for _, _, e in records]
-    answered = [e for o, _, e in records if o == "ok"]
-    goodput = len(answered) / max(answered) if answered else 0.0
+    processes_of = [p for b in bursts for p in b["per_process"]]
     result.details = {
-        "unloaded_rps": round(unloaded, 1),
-        "goodput_rps": round(goodput, 1),
-        "goodput_of_unloaded": round(goodput / unloaded, 3) if unloaded else None,
+        "unloaded_rps": statistics.median(b["unloaded_rps"] for b in bursts),
+        "goodput_rps": statistics.median(b["goodput_rps"] for b in bursts),
+        "goodput_of_unloaded": statistics.median(b["goodput_of_unloaded"] or 0 for b in bursts),
+        "bursts": [{k: v for k, v in b.items() if k != "per_process"} for b in bursts],
         "outcomes": dict(outcomes),
         "deadline_s": deadline_s,
         "past_deadline": len(late),
@@ -268,17 +301,14 @@ def r7_bursts(
         "elapsed_p95_s": round(percentile(elapsed, 95), 3),
         "attempts_of_failed_calls": dict(Counter(a for _, a, _ in records if a is not None)),
         "over_max_attempts": len(over),
-        "retries_per_process": [p["retries"] for p in per_process],
+        "retries_per_process": [p["retries"] for p in processes_of],
         # A success does not say how many attempts it took: no process may have retried more than
         # max_attempts - 1 times per call.
         "retries_within_policy": all(
-            p["retries"] <= len(p["records"]) * (policy.max_attempts - 1) for p in per_process
+            p["retries"] <= len(p["records"]) * (policy.max_attempts - 1) for p in processes_of
         ),
         "max_attempts": policy.max_attempts,
-        # the burst's client processes share the server's cores: their CPU over the burst, in cores
-        "generator_cores": round(
-            sum(p["cpu_s"] for p in per_process) / max(p["wall_s"] for p in per_process), 2
-        ),
+        "generator_cores": statistics.median(b["generator_cores"] for b in bursts),
     }
     met = (result.details["goodput_of_unloaded"] or 0) >= 0.9
     result.notes.append(f"target: goodput_of_unloaded >= 0.9 ({'met' if met else 'missed'})")
