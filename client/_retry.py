@@ -9,7 +9,9 @@ Which failures may be retried is decided in :func:`cvserve.client.errors.retry_k
 * a request whose connection broke in flight (its answer lost) is sent again, at most
   ``max_attempts`` times in all, after full-jitter exponential backoff;
 * a request the server turned away unrun (queue full, queued past its timeout) is retried the same
-  way, and only while the client's :class:`RetryBudget` allows it;
+  way, and only while the client's :class:`RetryBudget` allows it; except one dropped for the queue
+  timeout the client sent from the call's own deadline (``expired``): that is the deadline, not
+  overload, and fails at once with ``DeadlineExceeded``, spending no budget;
 * nothing else is retried.
 
 Every attempt gets the time left before the deadline as its gRPC deadline, and no attempt starts (or

@@ -41,7 +41,9 @@ return (observed against the embedded server):
 * :attr:`RetryKind.BACKOFF` - the server turned the request away before running it: ``UNAVAILABLE``
   "Exceeds maximum queue size" (the dynamic batcher's queue is full) and "Request timeout expired"
   (queued past the queue policy's timeout, REJECT), and any other ``UNAVAILABLE``. Retried at most
-  ``max_attempts`` times in all, with backoff, while the client's retry budget allows.
+  ``max_attempts`` times in all, with backoff, while the client's retry budget allows. (A request
+  dropped for the queue timeout the client derived from the call's deadline is the deadline instead:
+  ``cvserve.client._retry.retrying``'s ``expired``.)
 * :attr:`RetryKind.NEVER` - everything else: ``INVALID_ARGUMENT``, ``NOT_FOUND`` for an unknown model
   or version, ``DEADLINE_EXCEEDED`` and ``INTERNAL`` (the request may have been processed),
   ``RESOURCE_EXHAUSTED`` (a message larger than gRPC's limit, or a quota that a retry within the
