@@ -121,10 +121,6 @@ def area_resize(image: np.ndarray, h: int, w: int) -> np.ndarray:
     return _level(summed_area(image), h, w)
 
 
-def _normalise(x: np.ndarray) -> np.ndarray:
-    return ((x - 127.5) * 0.0078125).astype(np.float32)
-
-
 _MATRIX_NMS_MAX = 1024  # boxes; above, the (n, n) overlaps would not pay for themselves in memory
 
 
