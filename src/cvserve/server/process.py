@@ -94,6 +94,18 @@ def http_ready(http_url: str, timeout_s: float = 1.0) -> bool:
         return False
 
 
+def serving(http_url: str, metrics_url: str, timeout_s: float = 1.0) -> bool:
+    """Ready on every endpoint: Triton starts its metrics service after HTTP answers ready, so a
+    scrape straight after ``/v2/health/ready`` can be refused; ready means both answer."""
+    if not http_ready(http_url, timeout_s):
+        return False
+    try:
+        with urllib.request.urlopen(metrics_url, timeout=timeout_s) as r:
+            return r.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     """A TCP port that is free right now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
@@ -270,10 +282,10 @@ class TritonServer:
         return self
 
     def is_ready(self) -> bool:
-        return http_ready(self.http_url)
+        return serving(self.http_url, self.metrics_url)
 
     def wait_ready(self, timeout: float = 120.0) -> float:
-        """Poll ``/v2/health/ready`` until ready; return seconds from start. Raise with Triton's reason."""
+        """Poll until ready (:func:`serving`); return seconds from start. Raise with Triton's reason."""
         assert self._proc is not None and self.started_at is not None, "start() first"
         deadline = time.monotonic() + timeout
         delay = 0.05

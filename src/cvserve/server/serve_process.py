@@ -17,7 +17,7 @@ import urllib.request
 from pathlib import Path
 
 from cvserve.errors import TimeLimitError, TritonError
-from cvserve.server.process import SHM_DIR, free_port, group_members, http_ready
+from cvserve.server.process import SHM_DIR, free_port, group_members, serving
 
 
 class ServeProcess:
@@ -75,7 +75,7 @@ class ServeProcess:
         raise TimeLimitError(f"cvserve serve was not ready after {timeout_s:.0f} s ({self.log_dir})")
 
     def ready(self) -> bool:
-        return http_ready(self.http_url)
+        return serving(self.http_url, f"http://127.0.0.1:{self.metrics_port}/metrics")
 
     def wait_ready(self, timeout_s: float = 120.0) -> float:
         began = time.monotonic()
