@@ -1,19 +1,21 @@
 """``make bench``'s detection section: where a detector's time goes, in-process and served.
 
 ``python -m cvserve.bench_detect [--seconds 10] [--rounds 3] [--generators perf_analyzer,client]
-[--out reports/bench_detect.json]``
+[--network-instances 2,6] [--out reports/bench_detect.json]``
 
 For the YOLO-layout detector the tests train (:mod:`cvserve.builders.detection_data`, built FP32 with
-``--task detect``, the default single layout with OpenVINO) on its held-out scenes (PNG), and for MTCNN
+``--task detect``, the default single layout with OpenVINO, once per ``--network-instances`` count: 2 is
+the build's default, 6 what a request of a few ms needs to keep the cores busy under Triton's queue
+policy, docs/serving.md) on its held-out scenes (PNG), and for MTCNN
 (:mod:`cvserve.builders.mtcnn_build`) on the astronaut photo:
 
 a. stage costs per image on one thread: letterbox (decode + resize + pad), the network (batch 1, one
    intra-op thread), NMS (decode the head, threshold, class-aware NMS, map back, pad to K);
 b. served on the embedded Triton at concurrency 1, one image per request, with each load generator;
 c. ``--rounds`` rounds of: the in-process loop (letterbox, network on all cores, NMS, one image at a
-   time, the server idle), then served at concurrency 16 with each generator (their order alternating
-   round by round): img/s, p50, p95, the generator's own CPU, and the ratio to that round's loop
-   (issue 19's target: >= 1.2, judged, as ``cvserve.bench`` judges the classifier's, on the
+   time, the server idle), then served at concurrency 16 for each instance count with each generator
+   (their order reversed every other round): img/s, p50, p95, the generator's own CPU, and the ratio to
+   that round's loop (issue 19's target: >= 1.2, judged, as ``cvserve.bench`` judges the classifier's, on the
    ``perf_analyzer`` rows: Triton's C++ generator takes ~0.1 of the 2 cores where the Python client
    takes ~0.4); medians over the rounds;
 d. MTCNN served at concurrency 16 with each generator: p95 against the default SLO (500 ms).
@@ -154,7 +156,21 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="build the detector with --batch-requests (several requests per execution; docs/serving.md)",
     )
+    p.add_argument(
+        "--network-instances",
+        default="2,6",
+        help="build the detector once per instance count (the first also gives the stage costs, the loop "
+        "and the c=1 rows); 2 is the build's default, 6 covers Triton's batcher wake-up gap (docs/serving.md)",
+    )
     args = p.parse_args(argv)
+    try:
+        counts = [int(n) for n in args.network_instances.split(",") if n.strip()]
+    except ValueError:
+        p.error(
+            f"--network-instances takes counts separated by commas (e.g. 2,6), got {args.network_instances!r}"
+        )
+    if not counts or min(counts) < 1:
+        p.error("--network-instances needs at least one count, each at least 1 (e.g. 2,6)")
     generators = [g.strip() for g in args.generators.split(",") if g.strip()]
     print(f"machine: {hardware.summary()}")
     results: dict = {
@@ -174,21 +190,26 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="cvserve-bench-detect-") as tmp:
         root = Path(tmp)
         scenes = make_scenes(root / "scenes")
-        pipeline.build(
-            pipeline.BuildSettings(
-                checkpoint=scenes.checkpoint, name="scenes", task="detect", labels=scenes.labels,
-                repository=root / "models", preprocess=scenes.spec, progress=False,
-                export=pipeline.ExportSettings(verify_images=sorted(scenes.validation.glob("*.png"))[:8]),
-                serving=pipeline.ServingOptions(
-                    batching=tc.Batching(max_queue_size=256, batch_requests=args.batch_requests)
+        names = {n: f"scenes_{n}i" for n in counts}
+        for n, name in names.items():
+            pipeline.build(
+                pipeline.BuildSettings(
+                    checkpoint=scenes.checkpoint, name=name, task="detect", labels=scenes.labels,
+                    repository=root / "models", preprocess=scenes.spec, progress=False,
+                    export=pipeline.ExportSettings(verify_images=sorted(scenes.validation.glob("*.png"))[:8]),
+                    serving=pipeline.ServingOptions(
+                        batching=tc.Batching(
+                            max_queue_size=256, batch_requests=args.batch_requests, network_instances=n
+                        )
+                    ),
                 ),
-            ),
-            log=lambda _: None,
-        )  # fmt: skip
+                log=lambda _: None,
+            )  # fmt: skip
         mtcnn_build.build("faces", root / "models", mtcnn_build.sample_photos(), log=lambda _: None)
         images = [f.read_bytes() for f in sorted(scenes.validation.glob("*.png"))]
-        built = Repository(root / "models").newest("scenes")
-        detector: dict = {"stages": stage_costs(built, images, args.seconds)}
+        first = names[counts[0]]
+        built = Repository(root / "models").newest(first)
+        detector: dict = {"stages": stage_costs(built, images, args.seconds), "network_instances": counts}
         results["detector"] = detector
         s = detector["stages"]
         print(f"detector stage costs per image, one thread: letterbox {s['letterbox_ms']:.2f} ms, network "
@@ -196,12 +217,16 @@ def main(argv: list[str] | None = None) -> int:
         buf = io.BytesIO()
         Image.fromarray(mtcnn_build.sample_photos()["astronaut"]).save(buf, format="PNG")
         with TritonServer(ServerSettings.embedded(root / "models")) as server:
-            client_load(server.grpc_url, "scenes", images, 2, 1.0, task="detect")  # warm every instance
+            for name in names.values():
+                client_load(server.grpc_url, name, images, 2, 1.0, task="detect")  # warm every instance
             for gen in generators:
                 row = detector[f"served_c1_{gen}"] = _served(
-                    gen, server, "scenes", images, 1, args.seconds, pa, root
+                    gen, server, first, images, 1, args.seconds, pa, root
                 )
                 print(_show(f"detector served c=1, {gen}", row))
+            # Each round: the loop, then every (instances, generator) row, their order reversed
+            # every other round; each ratio against its own round's loop.
+            rows = [(n, gen) for n in counts for gen in generators]
             rounds = detector["rounds"] = []
             for r in range(args.rounds):
                 loop = detector_loop(built, images, args.seconds)
@@ -212,18 +237,22 @@ def main(argv: list[str] | None = None) -> int:
                     )
                 )
                 entry = {"loop": loop}
-                for gen in generators if r % 2 == 0 else list(reversed(generators)):
-                    row = entry[gen] = _served(gen, server, "scenes", images, 16, args.seconds, pa, root)
+                for n, gen in rows if r % 2 == 0 else list(reversed(rows)):
+                    row = entry[f"{n}i_{gen}"] = _served(
+                        gen, server, names[n], images, 16, args.seconds, pa, root
+                    )
                     if row.get("img_s") is not None:
                         row["over_loop"] = row["img_s"] / loop["img_s"]
-                    print(_show(f"round {r + 1}: detector served c=16, {gen}", row, loop))
+                    print(_show(f"round {r + 1}: detector served c=16, {n} instances, {gen}", row, loop))
                 rounds.append(entry)
-            for gen in generators:
-                ratios = [e[gen]["over_loop"] for e in rounds if e[gen].get("over_loop") is not None]
-                detector[f"served_c16_{gen}_over_loop_median"] = statistics.median(ratios) if ratios else None
+            for n, gen in rows:
+                key = f"{n}i_{gen}"
+                ratios = [e[key]["over_loop"] for e in rounds if e[key].get("over_loop") is not None]
+                detector[f"served_c16_{key}_over_loop_median"] = statistics.median(ratios) if ratios else None
                 if ratios:
-                    print(f"detector served c=16 / loop, {gen}: median {statistics.median(ratios):.2f} "
-                          f"(rounds {', '.join(f'{x:.2f}' for x in ratios)}; target >= 1.2)")  # fmt: skip
+                    print(f"detector served c=16 / loop, {n} instances, {gen}: median "
+                          f"{statistics.median(ratios):.2f} (rounds {', '.join(f'{x:.2f}' for x in ratios)}; "
+                          "target >= 1.2)")  # fmt: skip
             for gen in generators:
                 row = results[f"mtcnn_served_c16_{gen}"] = _served(
                     gen, server, "faces", [buf.getvalue()], 16, args.seconds, pa, root

@@ -106,3 +106,15 @@ def test_flags_come_from_the_settings_and_bad_ones_name_the_fix(capsys):
         with pytest.raises(SystemExit) as info:
             parse_args(argv)
         assert info.value.code == 2 and fragment in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("value", "fragment"),
+    [("2,x", "counts separated by commas"), ("0", "each at least 1"), ("", "at least one")],
+)
+def test_bench_detect_refuses_bad_instance_counts_before_building_anything(capsys, value, fragment):
+    from cvserve.bench_detect import main
+
+    with pytest.raises(SystemExit) as info:
+        main(["--network-instances", value])
+    assert info.value.code == 2 and fragment in capsys.readouterr().err
