@@ -23,7 +23,10 @@ last batch: such a request waits for that 500 ms re-check. A queue timeout at or
 it ("Request timeout expired" at concurrency 1, e.g. every perf_analyzer run), hence a floor. The
 wake-up is missed only when no instance is waiting for work, so the model that runs the network gets
 two instances by default (``network_instances``): one of them is nearly always waiting, and the
-thread budget gives each half the cores.
+thread budget gives each half the cores. Under saturating load both are busy, and an instance that
+finishes idles until the next request arrives (about a client round trip): a few percent of a 20 ms
+request, 9-16% of the CPU for a detector's 1.3 ms ones, where 6 instances recover it (measured:
+docs/serving.md, "Short requests need more instances under load").
 
 Malformed BYTES framing (a last element whose length prefix runs past its data) passes Triton core's
 check and makes the python backend fail the whole batch of requests it lands in (docs/security.md). So
@@ -126,7 +129,9 @@ class Batching:
         LatencyObjective, "slo_p95_ms", help="latency objective the queue bound and timeout derive from"
     )
     network_instances: int = setting(
-        2, help="instances of the model that runs the network (two: see builders/triton_config.py)"
+        2,
+        help="instances of the model that runs the network (two: see builders/triton_config.py; "
+        "requests of a few ms want 6, docs/serving.md)",
     )
     preprocess_instances: int = setting(2, help="ensemble layout: instances of the python decoder")
     network_threads: int = setting(

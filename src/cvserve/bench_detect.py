@@ -7,7 +7,9 @@ For the YOLO-layout detector the tests train (:mod:`cvserve.builders.detection_d
 ``--task detect``, the default single layout with OpenVINO, once per ``--network-instances`` count: 2 is
 the build's default, 6 what a request of a few ms needs to keep the cores busy under Triton's queue
 policy, docs/serving.md) on its held-out scenes (PNG), and for MTCNN
-(:mod:`cvserve.builders.mtcnn_build`) on the astronaut photo:
+(:mod:`cvserve.builders.mtcnn_build`) on the astronaut photo, sent as a JPEG (quality 95, as cameras
+send photos and ``cvserve.bench`` sends the classifier's; the same photo as a PNG costs the server
+~11 ms more to decode, a sixth of a request):
 
 a. stage costs per image on one thread: letterbox (decode + resize + pad), the network (batch 1, one
    intra-op thread), NMS (decode the head, threshold, class-aware NMS, map back, pad to K);
@@ -215,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"detector stage costs per image, one thread: letterbox {s['letterbox_ms']:.2f} ms, network "
               f"{s['network_ms_1_thread']:.2f} ms, nms {s['nms_ms']:.2f} ms")  # fmt: skip
         buf = io.BytesIO()
-        Image.fromarray(mtcnn_build.sample_photos()["astronaut"]).save(buf, format="PNG")
+        Image.fromarray(mtcnn_build.sample_photos()["astronaut"]).save(buf, format="JPEG", quality=95)
         with TritonServer(ServerSettings.embedded(root / "models")) as server:
             for name in names.values():
                 client_load(server.grpc_url, name, images, 2, 1.0, task="detect")  # warm every instance
