@@ -1,8 +1,10 @@
-"""A yolo head's decoding and class-aware NMS as an ONNX tail, for the networks a native backend serves.
+"""A detector head's postprocessing as an ONNX tail, for the networks a native backend serves.
 
 In the ensemble layout (NGC, GPUs) the network runs on a native Triton backend, so the rules of
-:func:`cvserve.builders.detection.postprocess` move into the served graph, after the raw head
-``RAW`` [N, 4 + C, A]:
+:func:`cvserve.builders.detection.postprocess` move into the served graph, after the raw head ``RAW``.
+An ``end2end`` head ([N, K0, 6], NMS done in the network) needs no NMS: its tail keeps the rows above
+the score threshold, best first, at most K (:func:`_end2end`, plain ONNX operators that every runtime
+runs, TensorRT included). A ``yolo`` head [N, 4 + C, A]:
 
 * decode: boxes cx, cy, w, h -> x1, y1, x2, y2 (input pixels) [N, A, 4]; each anchor keeps only its
   best class's score (the others become 0, below any threshold), as ``detection.postprocess`` does;
@@ -179,6 +181,59 @@ def _standard(s: NmsSettings):
     return nodes, init
 
 
+def _end2end(s: NmsSettings):
+    """An end2end head's rows [N, K0, 6] (x1, y1, x2, y2, score, class) -> the four NMS outputs: the rows
+    scoring above the threshold, best first, at most K, padded with zero rows (``detection.select``)."""
+    from onnx import TensorProto, helper
+
+    k = s.max_detections
+    n = helper.make_node
+    nodes = [
+        n("Split", [RAW, f"{_P}sizes"], [f"{_P}box", f"{_P}score3", f"{_P}class3"], axis=2),
+        n("Squeeze", [f"{_P}score3", f"{_P}i2"], [f"{_P}score"]),  # [N, K0]
+        n("Squeeze", [f"{_P}class3", f"{_P}i2"], [f"{_P}class_f"]),
+        n("Cast", [f"{_P}class_f"], [f"{_P}class"], to=TensorProto.INT32),  # truncates, as astype does
+        n("Greater", [f"{_P}score", f"{_P}threshold"], [f"{_P}above"]),
+        n("Where", [f"{_P}above", f"{_P}score", f"{_P}minus_one"], [f"{_P}kept_score"]),
+        # K rows of padding per image, so that TopK always has K to choose from: [N, K0 + K]
+        n("Shape", [RAW], [f"{_P}raw_shape"]),
+        n("Gather", [f"{_P}raw_shape", f"{_P}i0"], [f"{_P}n"]),  # [1]
+        n("Concat", [f"{_P}n", f"{_P}k"], [f"{_P}nk"], axis=0),
+        n("Concat", [f"{_P}n", f"{_P}k", f"{_P}four"], [f"{_P}nk4"], axis=0),
+        n("Expand", [f"{_P}minus_one", f"{_P}nk"], [f"{_P}pad_score"]),
+        n("Expand", [f"{_P}zero_f", f"{_P}nk4"], [f"{_P}pad_box"]),
+        n("Expand", [f"{_P}zero_i", f"{_P}nk"], [f"{_P}pad_class"]),
+        n("Concat", [f"{_P}kept_score", f"{_P}pad_score"], [f"{_P}all_score"], axis=1),
+        n("Concat", [f"{_P}box", f"{_P}pad_box"], [f"{_P}all_box"], axis=1),
+        n("Concat", [f"{_P}class", f"{_P}pad_class"], [f"{_P}all_class"], axis=1),
+        n("TopK", [f"{_P}all_score", f"{_P}k"], [f"{_P}top", f"{_P}top_index"], axis=1, largest=1, sorted=1),
+        n("Unsqueeze", [f"{_P}top_index", f"{_P}i2"], [f"{_P}top_index3"]),
+        n("Expand", [f"{_P}top_index3", f"{_P}nk4"], [f"{_P}top_index_box"]),  # [N, K, 4]
+        n("GatherElements", [f"{_P}all_box", f"{_P}top_index_box"], [f"{_P}top_box"], axis=1),
+        n("GatherElements", [f"{_P}all_class", f"{_P}top_index"], [f"{_P}top_class"], axis=1),
+        n("Greater", [f"{_P}top", f"{_P}minus_one"], [f"{_P}valid"]),  # [N, K]
+        n("Unsqueeze", [f"{_P}valid", f"{_P}i2"], [f"{_P}valid_box"]),
+        n("Where", [f"{_P}valid_box", f"{_P}top_box", f"{_P}zero_f"], [contract.DETECTION_BOXES]),
+        n("Where", [f"{_P}valid", f"{_P}top", f"{_P}zero_f"], [contract.DETECTION_SCORES]),
+        n("Where", [f"{_P}valid", f"{_P}top_class", f"{_P}zero_i"], [contract.DETECTION_CLASSES]),
+        n("Cast", [f"{_P}valid"], [f"{_P}valid32"], to=TensorProto.INT32),
+        n("ReduceSum", [f"{_P}valid32", f"{_P}axis1"], [contract.NUM_DETECTIONS], keepdims=1),
+    ]
+    init = [
+        _const(f"{_P}sizes", [4, 1, 1], np.int64),
+        _const(f"{_P}k", [k], np.int64),
+        _const(f"{_P}four", [4], np.int64),
+        _const(f"{_P}threshold", s.score_threshold, np.float32),
+        _const(f"{_P}i0", [0], np.int64),
+        _const(f"{_P}i2", [2], np.int64),
+        _const(f"{_P}axis1", [1], np.int64),
+        _const(f"{_P}zero_f", 0, np.float32),
+        _const(f"{_P}zero_i", 0, np.int32),
+        _const(f"{_P}minus_one", -1, np.float32),
+    ]
+    return nodes, init
+
+
 def _outputs(k: int) -> list:
     from onnx import TensorProto, helper
 
@@ -193,11 +248,8 @@ def _outputs(k: int) -> list:
 def _parts(classes: int, s: NmsSettings, kind: str, opset: int):
     if kind not in KINDS:
         raise UserInputError(f"NMS kind must be one of {', '.join(KINDS)}, not {kind!r}")
-    if s.head != "yolo":
-        raise UserInputError(
-            f"the ensemble layout decodes the yolo head in the graph; a {s.head!r} head is served in the "
-            "single layout (--layout single)"
-        )
+    if s.head == "end2end":  # NMS done in the network: the same tail for every runtime
+        return _end2end(s)
     nodes, init = _decode(classes, opset)
     more, more_init = (_efficient if kind == "efficient" else _standard)(s)
     return nodes + more, init + more_init
@@ -206,12 +258,18 @@ def _parts(classes: int, s: NmsSettings, kind: str, opset: int):
 def _check(model, kind: str) -> None:
     import onnx
 
-    if kind == "onnx":  # the plugin is no ONNX operator: TensorRT's parser alone knows it
+    # the plugin is no ONNX operator: TensorRT's parser alone knows it
+    if kind == "onnx" or all(node.op_type != EFFICIENT_NMS for node in model.graph.node):
         onnx.checker.check_model(model)
 
 
+def _raw_shape(classes: int, anchors: int, s: NmsSettings) -> list:
+    """The raw head the tail reads: yolo [N, 4 + C, A]; end2end [N, A, 6] (A: its rows)."""
+    return ["batch", anchors, 6] if s.head == "end2end" else ["batch", 4 + classes, anchors]
+
+
 def tail_model(classes: int, anchors: int, s: NmsSettings, kind: str, *, opset: int = 18):
-    """The tail alone: ``RAW`` [N, 4 + C, A] -> the four NMS outputs (the tests and bench_nms run it)."""
+    """The tail alone: ``RAW`` -> the four NMS outputs (the tests and bench_nms run it)."""
     require("onnx", purpose="to build models")
     from onnx import TensorProto, helper
 
@@ -219,7 +277,7 @@ def tail_model(classes: int, anchors: int, s: NmsSettings, kind: str, *, opset: 
     graph = helper.make_graph(
         nodes,
         "cvserve_nms",
-        [helper.make_tensor_value_info(RAW, TensorProto.FLOAT, ["batch", 4 + classes, anchors])],
+        [helper.make_tensor_value_info(RAW, TensorProto.FLOAT, _raw_shape(classes, anchors, s))],
         _outputs(s.max_detections),
         init,
     )

@@ -152,13 +152,8 @@ class Detect:
         return plan.with_postprocess()
 
     def check_plan(self, plan, precision: str) -> None:
-        """Every layout and precision (gated by mAP); the ensemble decodes the yolo head in its graph."""
-        if plan.layout != "single" and not self.head.needs_nms:
-            raise UserInputError(
-                f"--head {self.head.name} is served in the single layout (--layout single, --target cpu); "
-                "the ensemble layout decodes a yolo head and runs NMS in the network's graph "
-                "(docs/detection.md)"
-            )
+        """Every layout, head and precision (gated by mAP); the ensemble ends the graph in the head's
+        postprocessing (:mod:`cvserve.builders.detection_graph`)."""
 
     def python_models(self, layout) -> dict[str, str]:
         """Role -> the file of ``cvserve.model_repository`` served as that role's ``model.py``."""

@@ -17,7 +17,7 @@ from cvserve.builders.preprocessing import Placement, PreprocessSpec
 from cvserve.builders.runners import open_runner
 from cvserve.builders.runtime import decide
 from cvserve.client import contract
-from cvserve.errors import MissingDependencyError, UserInputError
+from cvserve.errors import MissingDependencyError
 
 CPU_RUNTIMES = ("onnxruntime", "openvino")
 # odd aspect ratios: a wide and a tall image letterboxed into 640x640 (Placement.of's rounding)
@@ -190,9 +190,84 @@ def test_the_ensembles_served_graph_ends_in_the_nms_of_the_single_layouts_model(
     assert onnx.load(str(efficient.path)).graph.node[-1].op_type == "EfficientNMS_TRT"
 
 
-def test_an_end2end_head_has_no_graph_tail():
-    with pytest.raises(UserInputError, match="single layout"):
-        dg.tail_model(3, 10, det.NmsSettings(head="end2end"), "onnx")
+def _end2end_head(images: int, rows: int, seed: int = 0) -> np.ndarray:
+    """[images, rows, 6]: boxes, distinct scores in 0..1 (some below any threshold), float classes."""
+    rng = np.random.default_rng(seed)
+    raw = np.zeros((images, rows, 6), np.float32)
+    xy = rng.uniform(0, 600, (images, rows, 2))
+    raw[..., :2], raw[..., 2:4] = xy, xy + rng.uniform(1, 40, (images, rows, 2))
+    raw[..., 4] = rng.permutation(images * rows).reshape(images, rows) / (images * rows)
+    raw[..., 5] = rng.integers(0, 5, (images, rows))
+    raw[-1, :, 4] = 0.01  # the last image has nothing above the threshold
+    return raw
+
+
+@pytest.mark.parametrize("runtime", CPU_RUNTIMES)
+@pytest.mark.parametrize("k", [3, 100])
+def test_end2end_tail_keeps_the_rows_the_single_layout_keeps(runtime, k, tmp_path):
+    """No NMS: the rows above the threshold, best first, at most K, padded; fewer rows than K too."""
+    raw = _end2end_head(2, 40)
+    s = det.NmsSettings(head="end2end", score_threshold=0.3, max_detections=k)
+    path = dg.save_tail(tmp_path / "tail.onnx", 0, raw.shape[1], s, "onnx")
+    out = open_runner(path, runtime, precision="f32").run(raw)
+    got = det.unpack_nms(*(out[n] for n in contract.NMS_OUTPUTS), PLACEMENTS, k)
+    want = det.postprocess(raw, PLACEMENTS, s)
+    assert want.count[:, 0].tolist() == [min(k, int((raw[0, :, 4] > 0.3).sum())), 0]
+    _assert_same(got, want)
+
+
+def test_end2end_tail_is_the_same_for_tensorrt_and_plain_onnx():
+    """TensorRT runs an end2end head's tail as it is: no plugin, a checked ONNX graph."""
+    s = det.NmsSettings(head="end2end", max_detections=7)
+    assert dg.tail_model(0, 20, s, "efficient") == dg.tail_model(0, 20, s, "onnx")
+    assert all(node.op_type != dg.EFFICIENT_NMS for node in dg.tail_model(0, 20, s, "efficient").graph.node)
+
+
+def _tiny_end2end_detector(path, rows: int = 64) -> None:
+    """A float network [N, 3, 32, 32] -> an end2end head [N, rows, 6]: a 1x1 convolution, reshaped."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    w = rng.normal(0, 0.5, (6, 3, 1, 1)).astype(np.float32)
+    b = np.float32([4, 4, 20, 20, 0, 1])
+    graph = helper.make_graph(
+        [
+            helper.make_node("Conv", ["images", "w", "b"], ["conv"], strides=[4, 4]),
+            helper.make_node("Reshape", ["conv", "shape"], ["rows_t"]),
+            helper.make_node("Transpose", ["rows_t"], ["rows"], perm=[0, 2, 1]),
+            helper.make_node("Abs", ["rows"], ["output"]),
+        ],
+        "tiny_end2end",
+        [helper.make_tensor_value_info("images", TensorProto.FLOAT, ["batch", 3, 32, 32])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", rows, 6])],
+        [
+            numpy_helper.from_array(w, "w"),
+            numpy_helper.from_array(b, "b"),
+            numpy_helper.from_array(np.int64([0, 6, rows]), "shape"),
+        ],
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+
+
+@pytest.mark.parametrize("runtime", CPU_RUNTIMES)
+def test_the_ensembles_served_graph_of_an_end2end_head_keeps_the_single_layouts_rows(runtime, tmp_path):
+    spec = tasks.get("detect").preprocess(PreprocessSpec(input_size=(32, 32), mean=(0, 0, 0), std=(1, 1, 1)))
+    _tiny_end2end_detector(tmp_path / "net.onnx")
+    s = det.NmsSettings(head="end2end", score_threshold=0.5, max_detections=10)
+    task = tasks.get("detect", nms=s)
+    plan = task.serving_plan(decide(layout="ensemble", runtime=runtime))
+    task.check_plan(plan, "fp32")
+    served = task.wrap(tmp_path / "net.onnx", tmp_path / "served.onnx", spec, plan=plan)
+    single = task.wrap(tmp_path / "net.onnx", tmp_path / "single.onnx", spec)
+    pixels = np.random.default_rng(1).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
+    places = [Placement.of((64, 20), spec), Placement.of((9, 31), spec)]
+    out = open_runner(served.path, runtime, precision="f32").run(pixels)
+    got = det.unpack_nms(*(out[n] for n in contract.NMS_OUTPUTS), places, s.max_detections)
+    raw = open_runner(single.path, "onnxruntime", precision="f32").run(pixels)["RAW"]
+    want = det.postprocess(raw, places, s)
+    assert want.count.sum() > 0
+    _assert_same(got, want)
 
 
 @pytest.mark.parametrize("size", [(1333, 411), (257, 1001), (1, 1)])

@@ -49,15 +49,15 @@ def test_detect_preprocessing_is_a_letterbox():
     assert spec.fit == "letterbox" and spec.resize_shorter == 0
 
 
-def test_detect_serves_every_layout_but_an_end2end_head_only_in_the_single_one():
+def test_detect_serves_every_layout_with_every_head():
+    for head in ("yolo", "end2end"):
+        detect = tasks.get("detect", nms=NmsSettings(head=head))
+        for plan in (decide(layout="ensemble"), decide(target="gpu"), decide()):
+            detect.check_plan(plan, "int8")  # gated by mAP
     detect = tasks.get("detect")
-    for plan in (decide(layout="ensemble"), decide(target="gpu"), decide()):
-        detect.check_plan(plan, "int8")  # gated by mAP
     assert detect.serving_plan(decide(target="gpu")).roles.postprocess == "postprocess"
     assert detect.serving_plan(decide()).roles.postprocess is None  # single: one python model
     assert tasks.get("classify").serving_plan(decide(target="gpu")).roles.postprocess is None
-    with pytest.raises(UserInputError, match="single layout"):
-        tasks.get("detect", nms=NmsSettings(head="end2end")).check_plan(decide(layout="ensemble"), "fp32")
 
 
 def test_head_shape_checks_name_the_flag():
@@ -83,8 +83,8 @@ def test_build_flags_include_the_task_and_nms(tmp_path):
     assert s.task == "detect" and s.detection == NmsSettings(max_detections=9, iou_threshold=0.3)
     ensemble = [*argv, "--layout", "ensemble", "--runtime", "onnxruntime"]
     assert from_args(BuildSettings, parser.parse_args(ensemble)).serving.plan().layout == "ensemble"
-    with pytest.raises(UserInputError, match="single layout"):
-        from_args(BuildSettings, parser.parse_args([*ensemble, "--head", "end2end"]))
+    end2end = from_args(BuildSettings, parser.parse_args([*ensemble, "--head", "end2end"]))
+    assert end2end.detection.head == "end2end" and end2end.serving.plan().layout == "ensemble"
 
 
 # -- the client's side ---------------------------------------------------------------------------------
