@@ -113,6 +113,24 @@ def _efficient(s: NmsSettings):
     return nodes, []
 
 
+def _rows():
+    """The best K rows (``top`` scores [N, K], -1 where none, ``top_box``, ``top_class``) -> the four NMS
+    outputs, rows past the count zero."""
+    from onnx import TensorProto, helper
+
+    n = helper.make_node
+    return [
+        n("Greater", [f"{_P}top", f"{_P}minus_one"], [f"{_P}valid"]),  # [N, K]
+        n("Unsqueeze", [f"{_P}valid", f"{_P}i2"], [f"{_P}valid_box"]),
+        n("Where", [f"{_P}valid_box", f"{_P}top_box", f"{_P}zero_f"], [contract.DETECTION_BOXES]),
+        n("Where", [f"{_P}valid", f"{_P}top", f"{_P}zero_f"], [contract.DETECTION_SCORES]),
+        # the outputs end in real operations: OpenVINO folds a trailing Cast and its name with it
+        n("Where", [f"{_P}valid", f"{_P}top_class", f"{_P}zero_i"], [contract.DETECTION_CLASSES]),
+        n("Cast", [f"{_P}valid"], [f"{_P}valid32"], to=TensorProto.INT32),
+        n("ReduceSum", [f"{_P}valid32", f"{_P}axis1"], [contract.NUM_DETECTIONS], keepdims=1),
+    ]
+
+
 def _standard(s: NmsSettings):
     """ONNX NonMaxSuppression per class, then each image's best K by score, padded with zero rows."""
     from onnx import TensorProto, helper
@@ -150,16 +168,9 @@ def _standard(s: NmsSettings):
         n("Expand", [f"{_P}minus_one", f"{_P}nk"], [f"{_P}pad_rows"]),  # [N, K]
         n("Concat", [f"{_P}own_score", f"{_P}pad_rows"], [f"{_P}dense"], axis=1),
         n("TopK", [f"{_P}dense", f"{_P}k"], [f"{_P}top", f"{_P}top_index"], axis=1, largest=1, sorted=1),
-        n("Greater", [f"{_P}top", f"{_P}minus_one"], [f"{_P}valid"]),  # [N, K]
-        n("Unsqueeze", [f"{_P}valid", f"{_P}i2"], [f"{_P}valid_box"]),
         n("Gather", [f"{_P}all_box", f"{_P}top_index"], [f"{_P}top_box"], axis=0),  # [N, K, 4]
         n("Gather", [f"{_P}all_class", f"{_P}top_index"], [f"{_P}top_class"], axis=0),  # [N, K]
-        n("Where", [f"{_P}valid_box", f"{_P}top_box", f"{_P}zero_f"], [contract.DETECTION_BOXES]),
-        n("Where", [f"{_P}valid", f"{_P}top", f"{_P}zero_f"], [contract.DETECTION_SCORES]),
-        # the outputs end in real operations: OpenVINO folds a trailing Cast and its name with it
-        n("Where", [f"{_P}valid", f"{_P}top_class", f"{_P}zero_i"], [contract.DETECTION_CLASSES]),
-        n("Cast", [f"{_P}valid"], [f"{_P}valid32"], to=TensorProto.INT32),
-        n("ReduceSum", [f"{_P}valid32", f"{_P}axis1"], [contract.NUM_DETECTIONS], keepdims=1),
+        *_rows(),
     ]
     init = [
         _const(f"{_P}k", [k], np.int64),
@@ -211,13 +222,7 @@ def _end2end(s: NmsSettings):
         n("Expand", [f"{_P}top_index3", f"{_P}nk4"], [f"{_P}top_index_box"]),  # [N, K, 4]
         n("GatherElements", [f"{_P}all_box", f"{_P}top_index_box"], [f"{_P}top_box"], axis=1),
         n("GatherElements", [f"{_P}all_class", f"{_P}top_index"], [f"{_P}top_class"], axis=1),
-        n("Greater", [f"{_P}top", f"{_P}minus_one"], [f"{_P}valid"]),  # [N, K]
-        n("Unsqueeze", [f"{_P}valid", f"{_P}i2"], [f"{_P}valid_box"]),
-        n("Where", [f"{_P}valid_box", f"{_P}top_box", f"{_P}zero_f"], [contract.DETECTION_BOXES]),
-        n("Where", [f"{_P}valid", f"{_P}top", f"{_P}zero_f"], [contract.DETECTION_SCORES]),
-        n("Where", [f"{_P}valid", f"{_P}top_class", f"{_P}zero_i"], [contract.DETECTION_CLASSES]),
-        n("Cast", [f"{_P}valid"], [f"{_P}valid32"], to=TensorProto.INT32),
-        n("ReduceSum", [f"{_P}valid32", f"{_P}axis1"], [contract.NUM_DETECTIONS], keepdims=1),
+        *_rows(),
     ]
     init = [
         _const(f"{_P}sizes", [4, 1, 1], np.int64),

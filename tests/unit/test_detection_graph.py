@@ -163,15 +163,13 @@ def _tiny_detector(path, classes: int = 2) -> None:
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
 
 
-@pytest.mark.parametrize("runtime", CPU_RUNTIMES)
-def test_the_ensembles_served_graph_ends_in_the_nms_of_the_single_layouts_model(runtime, tmp_path):
-    """Detect.wrap for an ensemble plan: PIXELS -> network -> NMS tail; its rows are those the single
-    layout's python model computes from the raw head of the same pixels."""
+def _ensemble_against_single(runtime: str, s: det.NmsSettings, tmp_path):
+    """Detect.wrap of tmp_path/net.onnx for an ensemble plan (PIXELS -> network -> tail) gives the rows
+    the single layout's python model computes from the raw head of the same pixels: (task, spec)."""
     spec = tasks.get("detect").preprocess(PreprocessSpec(input_size=(32, 32), mean=(0, 0, 0), std=(1, 1, 1)))
-    _tiny_detector(tmp_path / "net.onnx")
-    s = det.NmsSettings(score_threshold=0.5, iou_threshold=0.5, max_detections=10)
     task = tasks.get("detect", nms=s)
     plan = task.serving_plan(decide(layout="ensemble", runtime=runtime))
+    task.check_plan(plan, "fp32")
     served = task.wrap(tmp_path / "net.onnx", tmp_path / "served.onnx", spec, plan=plan)
     single = task.wrap(tmp_path / "net.onnx", tmp_path / "single.onnx", spec)
     pixels = np.random.default_rng(1).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
@@ -182,6 +180,17 @@ def test_the_ensembles_served_graph_ends_in_the_nms_of_the_single_layouts_model(
     want = det.postprocess(raw, places, s)
     assert want.count.sum() > 0
     _assert_same(got, want)
+    return task, spec
+
+
+@pytest.mark.parametrize("runtime", CPU_RUNTIMES)
+def test_the_ensembles_served_graph_ends_in_the_nms_of_the_single_layouts_model(runtime, tmp_path):
+    """Detect.wrap for an ensemble plan: PIXELS -> network -> NMS tail; its rows are those the single
+    layout's python model computes from the raw head of the same pixels."""
+    _tiny_detector(tmp_path / "net.onnx")
+    task, spec = _ensemble_against_single(
+        runtime, det.NmsSettings(score_threshold=0.5, iou_threshold=0.5, max_detections=10), tmp_path
+    )
     efficient = task.wrap(
         tmp_path / "net.onnx", tmp_path / "trt.onnx", spec, plan=task.serving_plan(decide(target="gpu"))
     )
@@ -252,22 +261,10 @@ def _tiny_end2end_detector(path, rows: int = 64) -> None:
 
 @pytest.mark.parametrize("runtime", CPU_RUNTIMES)
 def test_the_ensembles_served_graph_of_an_end2end_head_keeps_the_single_layouts_rows(runtime, tmp_path):
-    spec = tasks.get("detect").preprocess(PreprocessSpec(input_size=(32, 32), mean=(0, 0, 0), std=(1, 1, 1)))
     _tiny_end2end_detector(tmp_path / "net.onnx")
-    s = det.NmsSettings(head="end2end", score_threshold=0.5, max_detections=10)
-    task = tasks.get("detect", nms=s)
-    plan = task.serving_plan(decide(layout="ensemble", runtime=runtime))
-    task.check_plan(plan, "fp32")
-    served = task.wrap(tmp_path / "net.onnx", tmp_path / "served.onnx", spec, plan=plan)
-    single = task.wrap(tmp_path / "net.onnx", tmp_path / "single.onnx", spec)
-    pixels = np.random.default_rng(1).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
-    places = [Placement.of((64, 20), spec), Placement.of((9, 31), spec)]
-    out = open_runner(served.path, runtime, precision="f32").run(pixels)
-    got = det.unpack_nms(*(out[n] for n in contract.NMS_OUTPUTS), places, s.max_detections)
-    raw = open_runner(single.path, "onnxruntime", precision="f32").run(pixels)["RAW"]
-    want = det.postprocess(raw, places, s)
-    assert want.count.sum() > 0
-    _assert_same(got, want)
+    _ensemble_against_single(
+        runtime, det.NmsSettings(head="end2end", score_threshold=0.5, max_detections=10), tmp_path
+    )
 
 
 @pytest.mark.parametrize("size", [(1333, 411), (257, 1001), (1, 1)])
