@@ -31,6 +31,7 @@ nothing here is asserted.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import statistics
 import tempfile
@@ -141,10 +142,13 @@ def main(argv: list[str] | None = None) -> int:
     from cvserve.bench_measure import client_load
     from cvserve.builders import mtcnn_build, pipeline
     from cvserve.builders import triton_config as tc
+    from cvserve.builders.admission import SHORT_REQUEST_INSTANCES
     from cvserve.builders.detection_data import make_scenes
     from cvserve.builders.repository import Repository
     from cvserve.server import ServerSettings, TritonServer
     from cvserve.slo import DEFAULT_SLO_P95_MS
+
+    default_instances = {f.name: f.default for f in dataclasses.fields(tc.Batching)}["network_instances"]
 
     p = argparse.ArgumentParser(prog="python -m cvserve.bench_detect", description=__doc__.split("\n")[0])
     p.add_argument("--seconds", type=float, default=10.0, help="per measurement")
@@ -160,9 +164,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument(
         "--network-instances",
-        default="2,6",
+        default=f"{default_instances},{SHORT_REQUEST_INSTANCES}",
         help="build the detector once per instance count (the first also gives the stage costs, the loop "
-        "and the c=1 rows); 2 is the build's default, 6 covers Triton's batcher wake-up gap (docs/serving.md)",
+        f"and the c=1 rows); {default_instances} is the build's default, {SHORT_REQUEST_INSTANCES} what short "
+        "requests want (docs/serving.md)",
     )
     args = p.parse_args(argv)
     try:

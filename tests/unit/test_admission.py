@@ -54,3 +54,62 @@ def test_a_gpu_build_is_not_timed_here_and_says_so(tmp_path):
     assert entry["throughput"] is None and "not timed" in entry["source"]
     explicit, entry = ad.admission(tc.Batching(max_queue_size=7), plan, tmp_path, [], None, print)
     assert explicit.max_queue_size == 7 and entry["source"] == "--max-queue-size"
+
+
+def _measured(img_s_per_instance: float, instances: int = 2) -> dict:
+    return {"img_s_per_instance": img_s_per_instance, "instances": instances}
+
+
+def test_a_short_request_gets_the_advice_to_run_more_instances():
+    hint = ad.instances_hint(_measured(800.0), one_request=True)  # 1.25 ms a request
+    assert (
+        hint is not None and "1.2 ms" in hint and f"--network-instances {ad.SHORT_REQUEST_INSTANCES}" in hint
+    )
+    assert ad.instances_hint(_measured(100.0), one_request=True) is None  # 10 ms: the gap is a few percent
+    assert ad.instances_hint(_measured(800.0, instances=6), one_request=True) is None  # already enough
+    assert ad.instances_hint(_measured(800.0), one_request=False) is None  # batched requests: not measured so
+    assert ad.instances_hint(None, one_request=True) is None  # a GPU build: not timed
+
+
+def test_the_build_measures_a_cpu_network_and_reports_the_advice_with_the_figure(tmp_path):
+    """A real (tiny) served graph timed in OpenVINO: the entry holds the measurement, and the hint is
+    there exactly when the measured request is short (the figure is this machine's)."""
+    import io
+
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper
+    from PIL import Image
+
+    from cvserve.builders.preprocessing import PreprocessSpec
+
+    graph = helper.make_graph(
+        [
+            helper.make_node("Cast", ["PIXELS"], ["f"], to=TensorProto.FLOAT),
+            helper.make_node("ReduceMean", ["f"], ["MEAN"], keepdims=0),
+        ],
+        "tiny",
+        [helper.make_tensor_value_info("PIXELS", TensorProto.UINT8, ["batch", 8, 8, 3])],
+        [helper.make_tensor_value_info("MEAN", TensorProto.FLOAT, [])],
+    )
+    network = tmp_path / "net.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(network))
+    photo = tmp_path / "a.png"
+    buf = io.BytesIO()
+    Image.fromarray(np.full((8, 8, 3), 7, np.uint8)).save(buf, format="PNG")
+    photo.write_bytes(buf.getvalue())
+    plan = rt.decide(target="cpu", runtime="openvino", layout="single")
+    lines: list[str] = []
+    resolved, entry = ad.admission(
+        tc.Batching(max_batch_size=16),
+        plan,
+        network,
+        [photo],
+        PreprocessSpec(input_size=(8, 8)),
+        lines.append,
+    )
+    measured = entry["throughput"]
+    assert measured["batch"] == 1 and measured["instances"] == 2 and resolved.max_queue_size >= 16
+    short = 1000.0 / measured["img_s_per_instance"] < ad.SHORT_REQUEST_MS
+    assert (entry["hint"] is not None) == short
+    assert any("--network-instances" in line for line in lines) == short
