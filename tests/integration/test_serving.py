@@ -208,6 +208,9 @@ def test_the_python_models_return_large_request_buffers_to_the_system(demo_repos
         repository=demo_repository, grpc_port=0, http_port=0, metrics_port=0, exit_timeout_s=5
     )
     with TritonServer(settings) as server:
+        # ready means every endpoint: Triton starts its metrics service after HTTP answers ready
+        with urllib.request.urlopen(server.metrics_url, timeout=5) as r:
+            assert r.status == 200 and b"nv_inference_count" in r.read()
         target = pl.Target(MODEL, server.grpc_url, "127.0.0.1", server.http_port)
         photo = pl.good_images()[0][0]
         largest = photo + b"\0" * (20 * pl.MiB - len(photo))  # still a valid JPEG: data after its end
