@@ -260,11 +260,11 @@ def _parts(classes: int, s: NmsSettings, kind: str, opset: int):
     return nodes + more, init + more_init
 
 
-def _check(model, kind: str) -> None:
+def _check(model) -> None:
     import onnx
 
     # the plugin is no ONNX operator: TensorRT's parser alone knows it
-    if kind == "onnx" or all(node.op_type != EFFICIENT_NMS for node in model.graph.node):
+    if all(node.op_type != EFFICIENT_NMS for node in model.graph.node):
         onnx.checker.check_model(model)
 
 
@@ -287,7 +287,7 @@ def tail_model(classes: int, anchors: int, s: NmsSettings, kind: str, *, opset: 
         init,
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", max(opset, MIN_OPSET))])
-    _check(model, kind)
+    _check(model)
     return model
 
 
@@ -314,7 +314,7 @@ def append(served: Path, out: Path, classes: int, s: NmsSettings, kind: str) -> 
     del model.graph.output[:]
     model.graph.output.extend(_outputs(s.max_detections))
     try:
-        _check(model, kind)
+        _check(model)
     except Exception as exc:
         raise BuildError(f"the NMS tail does not fit {served.name}: {type(exc).__name__}: {exc}") from None
     onnx.save(model, str(out))

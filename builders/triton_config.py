@@ -67,6 +67,7 @@ LABELS_PARAMETER = contract.LABELS_PARAMETER
 # python model takes f32 or bf16; Triton's openvino backend only takes HINT_BF16 (it cannot pin f32).
 PRECISION_PARAMETER = contract.PRECISION_PARAMETER
 OPENVINO_BF16_PARAMETER = "HINT_BF16"
+NETWORK_INSTANCES = 2  # the default instances of the model that runs the network (the module's docstring)
 # Triton's dynamic batcher re-checks a queue it was not woken for every 500 ms (hard-coded in 2.51 and
 # still on core main): a derived queue timeout stays a full re-check above it (module docstring).
 BATCHER_RECHECK_MS = 500.0
@@ -129,7 +130,7 @@ class Batching:
         LatencyObjective, "slo_p95_ms", help="latency objective the queue bound and timeout derive from"
     )
     network_instances: int = setting(
-        2,
+        NETWORK_INSTANCES,
         help="instances of the model that runs the network (two: see builders/triton_config.py; "
         "requests of a few ms want 6, docs/serving.md)",
     )

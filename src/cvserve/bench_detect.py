@@ -31,7 +31,6 @@ nothing here is asserted.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import statistics
 import tempfile
@@ -148,8 +147,6 @@ def main(argv: list[str] | None = None) -> int:
     from cvserve.server import ServerSettings, TritonServer
     from cvserve.slo import DEFAULT_SLO_P95_MS
 
-    default_instances = {f.name: f.default for f in dataclasses.fields(tc.Batching)}["network_instances"]
-
     p = argparse.ArgumentParser(prog="python -m cvserve.bench_detect", description=__doc__.split("\n")[0])
     p.add_argument("--seconds", type=float, default=10.0, help="per measurement")
     p.add_argument("--rounds", type=int, default=3, help="rounds of loop then served at concurrency 16")
@@ -164,9 +161,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument(
         "--network-instances",
-        default=f"{default_instances},{SHORT_REQUEST_INSTANCES}",
+        default=f"{tc.NETWORK_INSTANCES},{SHORT_REQUEST_INSTANCES}",
         help="build the detector once per instance count (the first also gives the stage costs, the loop "
-        f"and the c=1 rows); {default_instances} is the build's default, {SHORT_REQUEST_INSTANCES} what short "
+        f"and the c=1 rows); {tc.NETWORK_INSTANCES} is the build's default, {SHORT_REQUEST_INSTANCES} what short "
         "requests want (docs/serving.md)",
     )
     args = p.parse_args(argv)

@@ -85,25 +85,24 @@ class ServerSettings:
         return cls(repository=Path(repository), grpc_port=0, http_port=0, metrics_port=0, **settings)
 
 
-def http_ready(http_url: str, timeout_s: float = 1.0) -> bool:
-    """Whether the server at ``http_url`` answers ``/v2/health/ready`` with 200 (unreachable: not ready)."""
+def _answers(url: str, timeout_s: float) -> bool:
+    """Whether ``url`` answers 200 (unreachable: no)."""
     try:
-        with urllib.request.urlopen(f"{http_url}/v2/health/ready", timeout=timeout_s) as r:
+        with urllib.request.urlopen(url, timeout=timeout_s) as r:
             return r.status == 200
     except (urllib.error.URLError, OSError):
         return False
+
+
+def http_ready(http_url: str, timeout_s: float = 1.0) -> bool:
+    """Whether the server at ``http_url`` answers ``/v2/health/ready`` with 200 (unreachable: not ready)."""
+    return _answers(f"{http_url}/v2/health/ready", timeout_s)
 
 
 def serving(http_url: str, metrics_url: str, timeout_s: float = 1.0) -> bool:
     """Ready on every endpoint: Triton starts its metrics service after HTTP answers ready, so a
     scrape straight after ``/v2/health/ready`` can be refused; ready means both answer."""
-    if not http_ready(http_url, timeout_s):
-        return False
-    try:
-        with urllib.request.urlopen(metrics_url, timeout=timeout_s) as r:
-            return r.status == 200
-    except (urllib.error.URLError, OSError):
-        return False
+    return http_ready(http_url, timeout_s) and _answers(metrics_url, timeout_s)
 
 
 def free_port(host: str = "127.0.0.1") -> int:
