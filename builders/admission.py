@@ -33,13 +33,15 @@ import numpy as np
 
 from cvserve.builders.runtime import Layout
 from cvserve.builders.scheduling import Scheduling
-from cvserve.builders.triton_config import Batching
+from cvserve.builders.triton_config import NETWORK_INSTANCES, Batching
 
 QUEUEING_SHARE = 0.5  # of the SLO: what an admitted request may spend queued
 MEASURE_S = 1.0  # how long the build times the served network (one short run, no alternation)
 # Under a queue policy an instance that finishes idles until the next request arrives (docs/serving.md,
 # "Short requests need more instances under load"): measured on the trained detector (~1.3 ms per
-# request), 6 instances served 1.21x what 2 did at concurrency 16. Below this the build says so.
+# request), 6 instances served 1.21x what 2 did at concurrency 16; on the demo's INT8 classifier (~8 ms)
+# 0.93x. A model whose one-request execution the build times below SHORT_REQUEST_MS gets
+# SHORT_REQUEST_INSTANCES unless --network-instances says otherwise (then the build advises it).
 SHORT_REQUEST_MS = 5.0
 SHORT_REQUEST_INSTANCES = 6
 
@@ -52,10 +54,34 @@ def queue_bound(requests_per_s: float | None, *, slo_p95_ms: float, max_batch_si
     return max(max_batch_size, math.floor(requests_per_s * QUEUEING_SHARE * slo_p95_ms / 1000))
 
 
-def resolve(b: Batching, layout: Layout, requests_per_s: float | None) -> Scheduling:
-    """``b`` as absolute settings on ``layout``, its queue bound the one given, else :func:`queue_bound`'s."""
+def network_instances(b: Batching, request_ms: float | None) -> tuple[int, str]:
+    """The network's instance count and why: the one given, else :data:`SHORT_REQUEST_INSTANCES` for a
+    one-request execution timed under :data:`SHORT_REQUEST_MS` (``request_ms``; ``None``: not timed so),
+    else :data:`NETWORK_INSTANCES`."""
+    if b.network_instances is not None:
+        return b.network_instances, "--network-instances"
+    if request_ms is not None and request_ms < SHORT_REQUEST_MS:
+        return SHORT_REQUEST_INSTANCES, (
+            f"a request takes {request_ms:.1f} ms here, under {SHORT_REQUEST_MS:g} ms: more instances keep "
+            "the cores busy between requests"
+        )
+    return NETWORK_INSTANCES, "the default" + (
+        f" (a request takes {request_ms:.1f} ms here)" if request_ms is not None else ""
+    )
+
+
+def resolve(
+    b: Batching, layout: Layout, requests_per_s: float | None, instances: int | None = None
+) -> Scheduling:
+    """``b`` as absolute settings on ``layout``, its queue bound the one given, else :func:`queue_bound`'s;
+    its network instances the ones given, else ``instances``, else the default."""
     bound = queue_bound(requests_per_s, slo_p95_ms=b.slo_p95_ms, max_batch_size=b.max_batch_size)
-    return b.scheduling(layout, bound)
+    return b.scheduling(layout, bound, instances)
+
+
+def _lanes(instances: int, cores: int, threads: int) -> int:
+    """How many of ``instances`` run at once on ``cores`` with ``threads`` intra-op threads each."""
+    return min(instances, max(1, cores // threads))
 
 
 def measure(
@@ -70,7 +96,8 @@ def measure(
     seconds: float = MEASURE_S,
 ) -> dict:
     """Images/s one instance serves: decode ``batch`` images, run ``network`` on them (in its
-    runtime and float ``precision``, on one instance's threads), repeat; and that times ``instances``.
+    runtime and float ``precision``, on one instance's threads), repeat; and that times the instances
+    that run at once (``instances``, at most the cores over one instance's threads).
 
     Decoding is timed with the network because the python model does both on the same threads; a model
     that executes one request at a time is measured at batch 1, as it runs.
@@ -82,6 +109,7 @@ def measure(
     from cvserve.builders.runners import open_runner, thread_budget
 
     budget = thread_budget(instances)
+    lanes = _lanes(instances, budget.cores, budget.intra_op)
     runner = open_runner(network, runtime, threads=budget.intra_op, precision=precision)
     chunks = [list(images[i : i + batch]) or list(images[:1]) for i in range(0, len(images), batch)]
     chunks = [(c * batch)[:batch] for c in chunks]  # every chunk a full batch of the real photos
@@ -105,7 +133,7 @@ def measure(
         "cores": budget.cores,
         "seconds": round(elapsed, 2),
         "img_s_per_instance": round(per_instance, 1),
-        "img_s": round(per_instance * instances, 1),
+        "img_s": round(per_instance * lanes, 1),
         "cpu": hardware.summary(),
     }
 
@@ -129,34 +157,57 @@ def admission(
     b: Batching, plan, network: Path, images: Sequence[Path], spec, log, *, precision: str = "f32"
 ) -> tuple[Scheduling, dict]:
     """The build's stage: resolve ``b`` into absolute settings, measuring ``network`` when the queue
-    bound's rule needs it.
+    bound's rule or the instance count's needs it.
 
-    Returns the settings and the build report's ``admission`` entry (the bound, where it came from, the
-    rule's inputs).
+    Returns the settings and the build report's ``admission`` entry (the bound and the instances, where
+    they came from, the rules' inputs).
     """
-    from cvserve.builders.runners import RUNTIMES
+    from cvserve.builders.runners import RUNTIMES, thread_budget
 
     entry: dict = {"slo_p95_ms": b.slo_p95_ms, "queue_timeout_ms": b.queue_timeout_us / 1000}
+    one_request = plan.layout == "single" and not b.batch_requests
+    timed = plan.target == "cpu" and plan.runtime in RUNTIMES
+    wanted = b.max_queue_size is None or (b.network_instances is None and one_request)
+    throughput = None
+    if timed and wanted:
+        photos = [Path(p).read_bytes() for p in images]
+
+        def timing(instances: int) -> dict:
+            return measure(
+                network,
+                plan.runtime,
+                photos,
+                spec,
+                batch=1 if one_request else b.profile.opt_batch,
+                instances=instances,
+                precision=precision,
+            )
+
+        throughput = timing(b.network_instances or NETWORK_INSTANCES)
+    request_ms = 1000.0 / throughput["img_s_per_instance"] if throughput and one_request else None
+    instances, why = network_instances(b, request_ms)
+    if throughput and instances != throughput["instances"]:
+        if thread_budget(instances).intra_op != throughput["threads_per_instance"]:
+            throughput = timing(instances)  # another thread share: time it as it will run
+        else:  # each instance runs as timed; only how many run at once may change
+            lanes = _lanes(instances, throughput["cores"], throughput["threads_per_instance"])
+            img_s = round(throughput["img_s_per_instance"] * lanes, 1)
+            throughput = {**throughput, "instances": instances, "img_s": img_s}
+    log(f"[admission] {instances} network instances ({why})")
+    entry |= {"network_instances": instances, "instances_source": why}
     if b.max_queue_size is not None:
-        return b.scheduling(plan.roles), {
+        return b.scheduling(plan.roles, None, instances), {
             **entry,
             "max_queue_size": b.max_queue_size,
             "source": "--max-queue-size",
+            "throughput": throughput,
         }
-    throughput, source = None, "one max batch: a GPU network is not timed on the build machine"
-    one_request = plan.layout == "single" and not b.batch_requests
-    if plan.target == "cpu" and plan.runtime in RUNTIMES:
-        throughput = measure(
-            network,
-            plan.runtime,
-            [Path(p).read_bytes() for p in images],
-            spec,
-            batch=1 if one_request else b.profile.opt_batch,
-            instances=b.network_instances,
-            precision=precision,
-        )
-        source = "derived from the SLO and the measured throughput"
-    resolved = resolve(b, plan.roles, throughput["img_s"] if throughput else None)
+    source = (
+        "derived from the SLO and the measured throughput"
+        if throughput
+        else "one max batch: a GPU network is not timed on the build machine"
+    )
+    resolved = resolve(b, plan.roles, throughput["img_s"] if throughput else None, instances)
     log(
         f"[admission] max_queue_size {resolved.max_queue_size} ({source}"
         + (f": {throughput['img_s']:g} img/s at batch {throughput['batch']}" if throughput else "")

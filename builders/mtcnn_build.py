@@ -240,7 +240,7 @@ def _admission(networks: Path, photos: dict[str, np.ndarray], log) -> tuple[Sche
     from cvserve.builders.runtime import LAYOUT
 
     batching = tc.Batching()
-    budget = thread_budget(batching.network_instances)
+    budget = thread_budget(tc.NETWORK_INSTANCES)
     cascade = runner_cascade(networks, threads=budget.intra_op)
     encoded = []
     for image in photos.values():
@@ -256,10 +256,16 @@ def _admission(networks: Path, photos: dict[str, np.ndarray], log) -> tuple[Sche
     while (elapsed := time.perf_counter() - start) < admission.MEASURE_S or done < 3:
         one(encoded[done % len(encoded)])
         done += 1
-    img_s = done / elapsed * batching.network_instances
-    scheduling = admission.resolve(batching, LAYOUT["single"], img_s)
+    instances, why = admission.network_instances(batching, 1000.0 * elapsed / done)
+    if instances != tc.NETWORK_INSTANCES:  # a cascade is tens of ms: never short enough here
+        raise RuntimeError(
+            f"the cascade was timed at {tc.NETWORK_INSTANCES} instances, the rule gives {instances}"
+        )
+    img_s = done / elapsed * instances
+    scheduling = admission.resolve(batching, LAYOUT["single"], img_s, instances)
     log(
-        f"[admission] max_queue_size {scheduling.max_queue_size} (cascade {img_s:.1f} img/s, {budget.describe()})"
+        f"[admission] max_queue_size {scheduling.max_queue_size} (cascade {img_s:.1f} img/s, {budget.describe()}); "
+        f"{instances} instances ({why})"
     )
     return scheduling, {
         "slo_p95_ms": batching.slo_p95_ms,
@@ -272,7 +278,7 @@ def _admission(networks: Path, photos: dict[str, np.ndarray], log) -> tuple[Sche
             "what": "the cascade on the build's photos, PNG decode included, in-process",
             "img_s_per_instance": round(done / elapsed, 1),
             "img_s": round(img_s, 1),
-            "instances": batching.network_instances,
+            "instances": instances,
             "threads_per_instance": budget.intra_op,
             "cpu": hardware.summary(),
         },

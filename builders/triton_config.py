@@ -26,7 +26,8 @@ two instances by default (``network_instances``): one of them is nearly always w
 thread budget gives each half the cores. Under saturating load both are busy, and an instance that
 finishes idles until the next request arrives (about a client round trip): a few percent of a 20 ms
 request, 9-16% of the CPU for a detector's 1.3 ms ones, where 6 instances recover it (measured:
-docs/serving.md, "Short requests need more instances under load").
+docs/serving.md, "Short requests need more instances under load"). So the build gives 6 to a model whose
+one-request execution it times under 5 ms (:mod:`cvserve.builders.admission`).
 
 Malformed BYTES framing (a last element whose length prefix runs past its data) passes Triton core's
 check and makes the python backend fail the whole batch of requests it lands in (docs/security.md). So
@@ -129,10 +130,13 @@ class Batching:
     slo_p95_ms: float = like(
         LatencyObjective, "slo_p95_ms", help="latency objective the queue bound and timeout derive from"
     )
-    network_instances: int = setting(
-        NETWORK_INSTANCES,
-        help="instances of the model that runs the network (two: see builders/triton_config.py; "
-        "requests of a few ms want 6, docs/serving.md)",
+    # None: decided by the build (cvserve.builders.admission, the one place of that rule): more instances
+    # where a request is short enough for the idle gap between requests to matter, else NETWORK_INSTANCES.
+    network_instances: int | None = setting(
+        None,
+        help="instances of the model that runs the network (docs/serving.md, 'Short requests need more "
+        "instances under load')",
+        default_help="6 where the build times a one-request execution under 5 ms on this machine, else 2",
     )
     preprocess_instances: int = setting(2, help="ensemble layout: instances of the python decoder")
     network_threads: int = setting(
@@ -160,7 +164,7 @@ class Batching:
         if self.slo_p95_ms <= 0:
             raise UserInputError(f"--slo-p95-ms must be positive, got {self.slo_p95_ms}")
         for label, n in (("network", self.network_instances), ("preprocess", self.preprocess_instances)):
-            if n < 1:
+            if n is not None and n < 1:
                 raise UserInputError(f"--{label}-instances must be at least 1, got {n}")
 
     @property
@@ -173,9 +177,12 @@ class Batching:
             return round(1000 * max(2 * self.slo_p95_ms, MIN_DERIVED_QUEUE_TIMEOUT_MS))
         return round(1000 * self.queue_timeout_ms)
 
-    def scheduling(self, layout: Layout, max_queue_size: int | None = None) -> Scheduling:
-        """These flags as absolute settings for ``layout``; ``max_queue_size`` resolves a derived bound
-        (the build's admission stage, :mod:`cvserve.builders.admission`)."""
+    def scheduling(
+        self, layout: Layout, max_queue_size: int | None = None, network_instances: int | None = None
+    ) -> Scheduling:
+        """These flags as absolute settings for ``layout``; ``max_queue_size`` resolves a derived bound,
+        ``network_instances`` a derived count (the build's admission stage, :mod:`cvserve.builders.admission`;
+        not derived: :data:`NETWORK_INSTANCES`)."""
         queue = self.max_queue_size if self.max_queue_size is not None else max_queue_size
         if queue is None:
             raise ValueError(
@@ -189,7 +196,7 @@ class Batching:
             if one_request
             else tuple(self.preferred_batch_sizes),
             max_queue_delay_us=self.max_queue_delay_us,
-            network_instances=self.network_instances,
+            network_instances=self.network_instances or network_instances or NETWORK_INSTANCES,
             network_threads=self.network_threads,
             decode_threads=self.decode_threads,
             preprocess_instances=None if layout.one_model else self.preprocess_instances,

@@ -1,12 +1,13 @@
 """``make bench``'s detection section: where a detector's time goes, in-process and served.
 
 ``python -m cvserve.bench_detect [--seconds 10] [--rounds 3] [--generators perf_analyzer,client]
-[--network-instances 2,6] [--out reports/bench_detect.json]``
+[--network-instances default,2] [--out reports/bench_detect.json]``
 
 For the YOLO-layout detector the tests train (:mod:`cvserve.builders.detection_data`, built FP32 with
-``--task detect``, the default single layout with OpenVINO, once per ``--network-instances`` count: 2 is
-the build's default, 6 what a request of a few ms needs to keep the cores busy under Triton's queue
-policy, docs/serving.md) on its held-out scenes (PNG), and for MTCNN
+``--task detect``, the default single layout with OpenVINO, once per ``--network-instances`` count:
+``default`` is the build's own choice, 6 for a request the build times under 5 ms as this detector's,
+since more instances keep the cores busy under Triton's queue policy, docs/serving.md; 2 the count for
+longer requests) on its held-out scenes (PNG), and for MTCNN
 (:mod:`cvserve.builders.mtcnn_build`) on the astronaut photo, sent as a JPEG (quality 95, as cameras
 send photos and ``cvserve.bench`` sends the classifier's; the same photo as a PNG costs the server
 ~11 ms more to decode, a sixth of a request):
@@ -37,6 +38,8 @@ import tempfile
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+DEFAULT_COUNT = "default"  # --network-instances: build as cvserve build does, without the flag
 
 if TYPE_CHECKING:
     from cvserve.builders.repository import BuiltVersion
@@ -141,7 +144,6 @@ def main(argv: list[str] | None = None) -> int:
     from cvserve.bench_measure import client_load
     from cvserve.builders import mtcnn_build, pipeline
     from cvserve.builders import triton_config as tc
-    from cvserve.builders.admission import SHORT_REQUEST_INSTANCES
     from cvserve.builders.detection_data import make_scenes
     from cvserve.builders.repository import Repository
     from cvserve.server import ServerSettings, TritonServer
@@ -161,20 +163,21 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument(
         "--network-instances",
-        default=f"{tc.NETWORK_INSTANCES},{SHORT_REQUEST_INSTANCES}",
-        help="build the detector once per instance count (the first also gives the stage costs, the loop "
-        f"and the c=1 rows); {tc.NETWORK_INSTANCES} is the build's default, {SHORT_REQUEST_INSTANCES} what short "
-        "requests want (docs/serving.md)",
+        default=f"{DEFAULT_COUNT},{tc.NETWORK_INSTANCES}",
+        help=f"build the detector once per instance count, {DEFAULT_COUNT!r} the build's own choice (the "
+        "first also gives the stage costs, the loop and the c=1 rows; docs/serving.md)",
     )
     args = p.parse_args(argv)
+    tokens = [n.strip() for n in args.network_instances.split(",") if n.strip()]
     try:
-        counts = [int(n) for n in args.network_instances.split(",") if n.strip()]
+        counts = [None if n == DEFAULT_COUNT else int(n) for n in tokens]
     except ValueError:
         p.error(
-            f"--network-instances takes counts separated by commas (e.g. 2,6), got {args.network_instances!r}"
+            f"--network-instances takes counts separated by commas, or {DEFAULT_COUNT!r} (e.g. default,2), "
+            f"got {args.network_instances!r}"
         )
-    if not counts or min(counts) < 1:
-        p.error("--network-instances needs at least one count, each at least 1 (e.g. 2,6)")
+    if not counts or min((n for n in counts if n is not None), default=1) < 1:
+        p.error("--network-instances needs at least one count, each at least 1 (e.g. default,2)")
     generators = [g.strip() for g in args.generators.split(",") if g.strip()]
     print(f"machine: {hardware.summary()}")
     results: dict = {
@@ -194,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="cvserve-bench-detect-") as tmp:
         root = Path(tmp)
         scenes = make_scenes(root / "scenes")
-        names = {n: f"scenes_{n}i" for n in counts}
+        names = {n: f"scenes_{n or DEFAULT_COUNT}" for n in counts}
         for n, name in names.items():
             pipeline.build(
                 pipeline.BuildSettings(
@@ -212,8 +215,19 @@ def main(argv: list[str] | None = None) -> int:
         mtcnn_build.build("faces", root / "models", mtcnn_build.sample_photos(), log=lambda _: None)
         images = [f.read_bytes() for f in sorted(scenes.validation.glob("*.png"))]
         first = names[counts[0]]
-        built = Repository(root / "models").newest(first)
-        detector: dict = {"stages": stage_costs(built, images, args.seconds), "network_instances": counts}
+        repository = Repository(root / "models")
+        built = repository.newest(first)
+        resolved = {  # what each build chose, as its report says
+            n: repository.newest(name).build_report["admission"]["network_instances"]
+            for n, name in names.items()
+        }
+        what = {
+            n: f"{resolved[n]} instances" + (" (the build's choice)" if n is None else "") for n in counts
+        }
+        detector: dict = {
+            "stages": stage_costs(built, images, args.seconds),
+            "network_instances": {names[n]: resolved[n] for n in counts},
+        }
         results["detector"] = detector
         s = detector["stages"]
         print(f"detector stage costs per image, one thread: letterbox {s['letterbox_ms']:.2f} ms, network "
@@ -242,19 +256,19 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 entry = {"loop": loop}
                 for n, gen in rows if r % 2 == 0 else list(reversed(rows)):
-                    row = entry[f"{n}i_{gen}"] = _served(
+                    row = entry[f"{names[n]}_{gen}"] = _served(
                         gen, server, names[n], images, 16, args.seconds, pa, root
                     )
                     if row.get("img_s") is not None:
                         row["over_loop"] = row["img_s"] / loop["img_s"]
-                    print(_show(f"round {r + 1}: detector served c=16, {n} instances, {gen}", row, loop))
+                    print(_show(f"round {r + 1}: detector served c=16, {what[n]}, {gen}", row, loop))
                 rounds.append(entry)
             for n, gen in rows:
-                key = f"{n}i_{gen}"
+                key = f"{names[n]}_{gen}"
                 ratios = [e[key]["over_loop"] for e in rounds if e[key].get("over_loop") is not None]
                 detector[f"served_c16_{key}_over_loop_median"] = statistics.median(ratios) if ratios else None
                 if ratios:
-                    print(f"detector served c=16 / loop, {n} instances, {gen}: median "
+                    print(f"detector served c=16 / loop, {what[n]}, {gen}: median "
                           f"{statistics.median(ratios):.2f} (rounds {', '.join(f'{x:.2f}' for x in ratios)}; "
                           "target >= 1.2)")  # fmt: skip
             for gen in generators:

@@ -71,17 +71,32 @@ def test_a_short_request_gets_the_advice_to_run_more_instances():
     assert ad.instances_hint(None, one_request=True) is None  # a GPU build: not timed
 
 
-def test_the_build_measures_a_cpu_network_and_reports_the_advice_with_the_figure(tmp_path):
-    """A real (tiny) served graph timed in OpenVINO: the entry holds the measurement, and the hint is
-    there exactly when the measured request is short (the figure is this machine's)."""
+def test_a_short_request_gets_more_instances_unless_the_flag_says_otherwise():
+    auto = tc.Batching()
+    assert ad.network_instances(auto, 1.3)[0] == ad.SHORT_REQUEST_INSTANCES  # the trained detector's
+    count, why = ad.network_instances(auto, 8.0)  # the demo's INT8 classifier's
+    assert count == tc.NETWORK_INSTANCES and "8.0 ms" in why
+    assert ad.network_instances(auto, None)[0] == tc.NETWORK_INSTANCES  # not timed (a GPU build, batching)
+    assert ad.network_instances(tc.Batching(network_instances=3), 1.3) == (3, "--network-instances")
+    single = rt.LAYOUT["single"]
+    assert ad.resolve(auto, single, 260.0, 6).network_instances == 6
+    assert ad.resolve(auto, single, 260.0).network_instances == tc.NETWORK_INSTANCES
+    assert ad.resolve(tc.Batching(network_instances=1), single, 260.0, 6).network_instances == 1
+
+
+def test_instances_that_share_cores_do_not_multiply_the_throughput():
+    assert ad._lanes(2, cores=2, threads=1) == 2
+    assert ad._lanes(6, cores=2, threads=1) == 2  # six instances, two cores: two run at once
+    assert ad._lanes(6, cores=16, threads=2) == 6
+
+
+def _tiny_network(tmp_path):
     import io
 
     import numpy as np
     import onnx
     from onnx import TensorProto, helper
     from PIL import Image
-
-    from cvserve.builders.preprocessing import PreprocessSpec
 
     graph = helper.make_graph(
         [
@@ -98,18 +113,43 @@ def test_the_build_measures_a_cpu_network_and_reports_the_advice_with_the_figure
     buf = io.BytesIO()
     Image.fromarray(np.full((8, 8, 3), 7, np.uint8)).save(buf, format="PNG")
     photo.write_bytes(buf.getvalue())
+    return network, photo
+
+
+@pytest.mark.parametrize("max_queue_size", [None, 64])
+def test_the_build_times_a_cpu_network_and_picks_the_instances_from_the_figure(tmp_path, max_queue_size):
+    """A real (tiny) served graph timed in OpenVINO: the entry holds the measurement, and the network
+    gets more instances exactly when the measured request is short (the figure is this machine's),
+    whether or not the queue bound is given."""
+    from cvserve.builders.preprocessing import PreprocessSpec
+
+    network, photo = _tiny_network(tmp_path)
     plan = rt.decide(target="cpu", runtime="openvino", layout="single")
     lines: list[str] = []
+    batching = tc.Batching(max_batch_size=16, max_queue_size=max_queue_size)
     resolved, entry = ad.admission(
-        tc.Batching(max_batch_size=16),
-        plan,
-        network,
-        [photo],
-        PreprocessSpec(input_size=(8, 8)),
-        lines.append,
+        batching, plan, network, [photo], PreprocessSpec(input_size=(8, 8)), lines.append
     )
     measured = entry["throughput"]
-    assert measured["batch"] == 1 and measured["instances"] == 2 and resolved.max_queue_size >= 16
     short = 1000.0 / measured["img_s_per_instance"] < ad.SHORT_REQUEST_MS
+    want = ad.SHORT_REQUEST_INSTANCES if short else tc.NETWORK_INSTANCES
+    assert measured["batch"] == 1 and measured["instances"] == want == entry["network_instances"]
+    assert resolved.network_instances == want and resolved.max_queue_size >= 16
+    assert any(f"{want} network instances" in line for line in lines)
+    assert not entry.get("hint")  # the build chose: nothing to advise
+
+
+def test_a_short_request_on_fewer_instances_given_by_flag_gets_the_advice(tmp_path):
+    from cvserve.builders.preprocessing import PreprocessSpec
+
+    network, photo = _tiny_network(tmp_path)
+    plan = rt.decide(target="cpu", runtime="openvino", layout="single")
+    lines: list[str] = []
+    batching = tc.Batching(max_batch_size=16, network_instances=2)
+    resolved, entry = ad.admission(
+        batching, plan, network, [photo], PreprocessSpec(input_size=(8, 8)), lines.append
+    )
+    assert resolved.network_instances == 2 and entry["instances_source"] == "--network-instances"
+    short = 1000.0 / entry["throughput"]["img_s_per_instance"] < ad.SHORT_REQUEST_MS
     assert (entry["hint"] is not None) == short
     assert any("--network-instances" in line for line in lines) == short
