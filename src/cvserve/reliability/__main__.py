@@ -32,7 +32,9 @@ class ReliabilitySettings:
     goodput_rounds: int = setting(1, help="R6: rounds of the two callers, alternating", at_least=1)
     burst_processes: int = setting(8, help="R7: client processes bursting together", at_least=1)
     burst_calls: int = setting(64, help="R7: calls each process sends at once", at_least=1)
-    burst_rounds: int = setting(1, help="R7: bursts, each after its own unloaded measurement", at_least=1)
+    burst_rounds: int = setting(
+        1, help="R7: bursts, each compared with the unloaded rate around it", at_least=1
+    )
     output: Path = setting(Path("reports/reliability"), help="writes OUTPUT.md and OUTPUT.json")
 
 

@@ -1,8 +1,9 @@
 """R6 and R7 (issue 22): what callers get from an overloaded server through cvserve's client.
 
 * R6, goodput under overload: the unloaded throughput (the closed-loop rate at the best of 1-8
-  callers, measured again right before each overload, since a shared machine's speed drifts), then
-  ``factor`` times it offered open-loop for ``duration_s`` through one :class:`AsyncClient` with its
+  callers, measured again right before and right after each overload, since a shared machine's speed
+  drifts: the overload is compared with their mean), then ``factor`` times the rate before it offered
+  open-loop for ``duration_s`` through one :class:`AsyncClient` with its
   defaults (pacing to the queue bound, retries with backoff and a retry budget), and the same offered
   through a naive caller: plain gRPC (tritonclient's protobuf on a grpc.aio channel) that sends every
   rejected request again at once (no pacing, no backoff, no budget, no queue timeout).
@@ -12,8 +13,8 @@
   ``calls`` classify calls at once (past what the server admits). Every call must succeed with the right
   class or fail with a typed :class:`~cvserve.client.ClientError`, within its deadline, after no more
   attempts than the retry policy allows; goodput (answers per second from the burst's start to its last
-  answer) is compared with the unloaded throughput measured just before (target >= 90%); with
-  ``rounds``, each burst after its own unloaded measurement, and the median of the ratios.
+  answer) is compared with the unloaded throughput, the mean of the rates measured just before and just
+  after it (target >= 90%); with ``rounds``, the median of the ratios.
 
 Both share the machine with the server: the load generator's CPU is reported.
 """
@@ -54,11 +55,19 @@ def _unloaded_concurrency(server: ServeProcess, model: str, seconds: float) -> i
 
 def _unloaded_rps(server: ServeProcess, model: str, concurrency: int, seconds: float) -> float:
     """Throughput at ``concurrency`` closed-loop callers: the unloaded rate (a shared machine's speed
-    drifts by tens of percent within minutes, so each overload is compared with one measured just
-    before it)."""
+    drifts by tens of percent within minutes, so each overload is compared with the mean of the rates
+    measured just before and just after it)."""
     return summary(closed_loop(concurrency, _jpeg_call(_target(server, model)), duration_s=seconds))[
         "throughput_rps"
     ]
+
+
+def _unloaded_after(server: ServeProcess, model: str, concurrency: int, seconds: float) -> tuple[bool, float]:
+    """Whether the server answered correctly after an overload (:func:`_alive_within`), and then the
+    unloaded rate: measured once it has worked off what the overload left queued, so the drain is not
+    counted against it."""
+    alive = _alive_within(server, model)
+    return alive, _unloaded_rps(server, model, concurrency, seconds)
 
 
 async def _client_call(client, image: bytes, cls: int, deadline_s: float) -> tuple[str, float]:
@@ -140,33 +149,38 @@ def r6_goodput(
     rounds: int = 1,
 ) -> Result:
     """Goodput under ``factor`` x overload: cvserve's client against a resend-at-once caller, alternating
-    which goes first each round; each overload is preceded by an unloaded measurement, offered
-    ``factor`` times it and compared with it (medians of the ratios over ``rounds``); calls have a
-    deadline of 2 x the SLO."""
+    which goes first each round; each overload is offered ``factor`` times the unloaded rate measured
+    just before it and compared with the mean of that and the one measured just after it (medians of the
+    ratios over ``rounds``); calls have a deadline of 2 x the SLO."""
     concurrency = _unloaded_concurrency(server, model, unloaded_s)
     deadline_s = 2 * slo_ms / 1000
     runs: dict[str, list[dict]] = {"cvserve_client": [], "resend_at_once": []}
+    before, alive = _unloaded_rps(server, model, concurrency, unloaded_s), []
     for r in range(rounds):
         order = ("cvserve_client", "resend_at_once") if r % 2 == 0 else ("resend_at_once", "cvserve_client")
         for name in order:
-            unloaded = _unloaded_rps(server, model, concurrency, unloaded_s)
             run = asyncio.run(
                 _offer(
                     server.grpc_url,
                     model,
-                    factor * unloaded,
+                    factor * before,
                     duration_s,
                     deadline_s,
                     name == "resend_at_once",
                 )
             )
+            recovered, after = _unloaded_after(server, model, concurrency, unloaded_s)
+            alive.append(recovered)
+            unloaded = (before + after) / 2
             run["unloaded_rps"] = round(unloaded, 1)
+            run["unloaded_before_after_rps"] = [round(before, 1), round(after, 1)]
             run["goodput_of_unloaded"] = round(run["goodput_rps"] / unloaded, 3) if unloaded else None
             runs[name].append(run)
+            before = after
     result = Result("R6", f"goodput at {factor:g}x the unloaded throughput for {duration_s:g} s, two callers")
     result.requests = sum(run["offered"] for rs in runs.values() for run in rs)
     result.unexpected = sum(run["outcomes"].get("wrong", 0) for rs in runs.values() for run in rs)
-    result.alive_after = _alive_within(server, model)
+    result.alive_after = all(alive)  # after every overload
     result.details = {
         "unloaded_concurrency": concurrency,
         "unloaded_rps": round(
@@ -250,21 +264,27 @@ def r7_bursts(
     rounds: int = 1,
 ) -> Result:
     """``processes`` client processes burst ``calls`` calls each at the same moment (see the module),
-    ``rounds`` times, each burst compared with an unloaded measurement just before it (median)."""
+    ``rounds`` times, each burst compared with the mean of the unloaded rates just before and after it
+    (median)."""
     from cvserve.client import RetryPolicy
 
     policy = RetryPolicy()
     concurrency = _unloaded_concurrency(server, model, 3.0)
-    bursts = []
+    bursts, alive = [], []
+    before = _unloaded_rps(server, model, concurrency, 3.0)
     for _ in range(rounds):
-        unloaded = _unloaded_rps(server, model, concurrency, 3.0)
         per_process = _burst(server, model, processes, calls, deadline_s)
+        recovered, after = _unloaded_after(server, model, concurrency, 3.0)
+        alive.append(recovered)
+        unloaded, before_after = (before + after) / 2, [round(before, 1), round(after, 1)]
+        before = after
         answered = [e for p in per_process for o, _, e in p["records"] if o == "ok"]
         goodput = len(answered) / max(answered) if answered else 0.0
         bursts.append(
             {
                 "per_process": per_process,
                 "unloaded_rps": round(unloaded, 1),
+                "unloaded_before_after_rps": before_after,
                 "answered": len(answered),
                 "goodput_rps": round(goodput, 1),
                 "goodput_of_unloaded": round(goodput / unloaded, 3) if unloaded else None,
@@ -286,7 +306,7 @@ def r7_bursts(
     )
     result.unexpected = outcomes.get("wrong", 0) + sum(n for o, n in outcomes.items() if "untyped" in o)
     result.unexpected += len(late) + len(over)
-    result.alive_after = _alive_within(server, model)
+    result.alive_after = all(alive)  # after every burst
     elapsed = [e for _, _, e in records]
     processes_of = [p for b in bursts for p in b["per_process"]]
     result.details = {
