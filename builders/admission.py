@@ -65,9 +65,9 @@ def network_instances(b: Batching, request_ms: float | None) -> tuple[int, str]:
             f"a request takes {request_ms:.1f} ms here, under {SHORT_REQUEST_MS:g} ms: more instances keep "
             "the cores busy between requests"
         )
-    return NETWORK_INSTANCES, "the default" + (
-        f" (a request takes {request_ms:.1f} ms here)" if request_ms is not None else ""
-    )
+    if request_ms is None:
+        return NETWORK_INSTANCES, "the default: no single request was timed"
+    return NETWORK_INSTANCES, f"the default: a request takes {request_ms:.1f} ms here"
 
 
 def resolve(
