@@ -1,4 +1,5 @@
-"""The default queue bound of a built model: sized from the latency objective, not from the batch.
+"""The default queue bound and instance count of a built model: sized from the latency objective and
+the measured request, not from the batch.
 
 The rule, kept here only (Little's law, ``L = lambda x W``): a model may hold as many requests waiting as
 it finishes within the SLO's queueing share,
@@ -21,6 +22,12 @@ request at a time (the single layout without ``--batch-requests``) is timed at b
 batching layouts at the engine profile's opt batch. The result is resolved at build time into an absolute number, written into
 the config and the build report (``admission``), so nobody re-derives it; ``--max-queue-size N``
 overrides it, and ``cvserve tune`` searches it from there.
+
+The network's instance count is decided here too, from the same timing: a model that executes one
+request at a time gets :data:`SHORT_REQUEST_INSTANCES` when its request is timed under
+:data:`SHORT_REQUEST_MS`, else :data:`~cvserve.builders.triton_config.NETWORK_INSTANCES` (why: the
+constants' comment). The timing is this machine's, so the count is logged and written into the report
+(``admission.network_instances`` and ``instances_source``); ``--network-instances N`` overrides it.
 """
 
 from __future__ import annotations

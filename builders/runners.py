@@ -41,9 +41,18 @@ available_cpus = hardware.available_cpus
 
 
 # -- the thread budget --------------------------------------------------------------------------------
+def fits(instances: int, intra_op: int, cores: int) -> bool:
+    """Whether ``instances`` with ``intra_op`` runtime threads each keep to ``cores``: their threads
+    are at most the cores, or each instance runs on one thread. Thread pools of several instances
+    that share cores wait on each other, which can cut throughput several-fold; instances of one thread
+    have no pool, and more of them than cores take turns, which keeps the cores busy between short
+    requests (docs/serving.md, "Short requests need more instances under load")."""
+    return intra_op <= 1 or instances * intra_op <= cores
+
+
 @dataclass(frozen=True, kw_only=True)
 class ThreadBudget:
-    """Threads of one model: ``instances x intra_op`` is at most ``cores`` unless overridden."""
+    """Threads of one model: within :func:`fits` unless overridden."""
 
     cores: int
     instances: int
@@ -53,7 +62,7 @@ class ThreadBudget:
 
     @property
     def oversubscribed(self) -> bool:
-        return self.instances * self.intra_op > self.cores
+        return not fits(self.instances, self.intra_op, self.cores)
 
     def describe(self) -> str:
         text = (
@@ -61,7 +70,7 @@ class ThreadBudget:
             f"{self.decode} decode thread(s) per instance"
         )
         if self.oversubscribed:
-            text += " - OVERSUBSCRIBED: more runtime threads than cores"
+            text += " - OVERSUBSCRIBED: more runtime threads than cores, in pools that wait on each other"
         return text + (" (overridden)" if self.overridden else "")
 
 

@@ -99,7 +99,12 @@ def test_thread_budget_of_each_model_from_its_config(tmp_path):
     (found,) = model_threads(repo, cpus=8)
     assert found.model == "toy_single" and not found.oversubscribed
     assert found.text.startswith("2 instance(s) x 4 intra-op thread(s) on 8 core(s)")
-    (tight,) = model_threads(repo, cpus=1)
+    (turns,) = model_threads(repo, cpus=1)  # two single-threaded instances take turns on one core
+    assert not turns.oversubscribed and turns.text.startswith(
+        "2 instance(s) x 1 intra-op thread(s) on 1 core(s)"
+    )
+    config.write_text(config.read_text().replace('string_value: "0"', 'string_value: "3"'))
+    (tight,) = model_threads(repo, cpus=4)  # 2 x 3 threads in pools on 4 cores
     assert tight.oversubscribed and "OVERSUBSCRIBED" in tight.text
 
 

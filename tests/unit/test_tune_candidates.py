@@ -174,7 +174,11 @@ def test_thread_budget_bounds_instances_times_threads():
     assert (up.network_instances, up.network_threads) == (2, 1)
     two = up
     assert space.neighbours(two, "network_threads")[1] is None  # 2 x 2 > 2 cores
-    assert not space.valid(two.with_value("network_instances", 3))  # 3 instances x 1 thread > 2 cores
+    # More instances than cores, one thread each, take turns (no pools wait on each other): allowed.
+    assert space.valid(two.with_value("network_instances", 3))
+    assert not space.valid(two.with_value("network_instances", 3).with_value("network_threads", 2))
+    _, three = space.neighbours(start.with_value("network_instances", 2), "network_instances")
+    assert (three.network_instances, three.network_threads) == (3, 1)  # the step lowers the threads
     assert space.valid(two.with_value("network_threads", 0))  # 0: the cores shared among instances
     # A native backend's 0 is every core per instance: two instances need explicit threads.
     native = build_space(

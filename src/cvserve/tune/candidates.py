@@ -18,9 +18,9 @@ The bounds every candidate keeps (:meth:`SearchSpace.valid`):
 * one request per execution: a single-layout model that executes one request at a time
   (:data:`cvserve.builders.triton_config.ONE_REQUEST_PER_EXECUTION`, so that malformed framing fails
   alone) keeps doing so: its preferred batch sizes and queue delay are not searched;
-* the thread budget: instances x intra-op threads of the network never exceed the cores
-  (:func:`cvserve.builders.runners.thread_budget`). A step in the instance count that would break it
-  lowers the threads per instance to fit (:meth:`SearchSpace.fit`).
+* the thread budget: instances x intra-op threads of the network never exceed the cores, unless each
+  instance runs on one thread (:func:`cvserve.builders.runners.fits`). A step in the instance count
+  that would break it lowers the threads per instance to fit (:meth:`SearchSpace.fit`).
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from dataclasses import dataclass, field, replace
 from tritonclient.grpc import model_config_pb2 as mc
 
 from cvserve.builders.profile import EngineProfile
+from cvserve.builders.runners import fits
 from cvserve.builders.scheduling import ONE_REQUEST_PER_EXECUTION, Scheduling
 from cvserve.errors import UserInputError
 
@@ -78,11 +79,11 @@ class SearchSpace:
         return max(1, self.cores // c.network_instances) if self.threads_share_cores else self.cores
 
     def within_budget(self, c: Candidate) -> bool:
-        return self.cores is None or c.network_instances * self.threads(c) <= self.cores
+        return self.cores is None or fits(c.network_instances, self.threads(c), self.cores)
 
     def fit(self, c: Candidate) -> Candidate:
         """``c`` with its threads per instance lowered to fit the budget, if that is what breaks it."""
-        if self.within_budget(c) or c.network_instances > (self.cores or 0):
+        if self.within_budget(c):
             return c
         return replace(c, network_threads=max(1, (self.cores or 1) // c.network_instances))
 
