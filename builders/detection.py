@@ -20,6 +20,7 @@ image, best first, boxes mapped back to the original image's pixels through its 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -93,6 +94,8 @@ class Head:
     num_classes: Callable[[tuple[int, ...]], int]  # from the output shape without the batch
     candidates: Callable[[np.ndarray, NmsSettings], Candidates]  # one image's raw output
     needs_nms: bool
+    # two runtimes' raw outputs [N, ...] within a tolerance -> (largest difference, images that agree)
+    difference: Callable[[np.ndarray, np.ndarray, float, NmsSettings], tuple[float, int]]
 
 
 def xywh_to_xyxy(boxes: np.ndarray) -> np.ndarray:
@@ -129,6 +132,43 @@ def _end2end_candidates(raw: np.ndarray, s: NmsSettings) -> Candidates:
     return Candidates(rows[:, :4], rows[:, 4], rows[:, 5].astype(np.int64))
 
 
+def _nearest(rows: np.ndarray, candidates: np.ndarray) -> float:
+    """The largest, over ``rows`` (n, 6), of the distance (max |difference| of box and score) to the
+    nearest of ``candidates`` (m, 6) of the same class; inf where one has none."""
+    if not len(rows):
+        return 0.0
+    if not len(candidates):
+        return math.inf
+    dist = np.abs(rows[:, None, :5].astype(np.float64) - candidates[None, :, :5]).max(axis=2)
+    dist[rows[:, None, 5] != candidates[None, :, 5]] = math.inf
+    return float(dist.min(axis=1).max())
+
+
+def anchor_difference(
+    got: np.ndarray, reference: np.ndarray, tolerance: float, s: NmsSettings
+) -> tuple[float, int]:
+    """Two runtimes' heads whose rows are anchors at fixed places, compared element by element."""
+    diff = np.abs(got.astype(np.float64) - reference).reshape(len(got), -1).max(axis=1)
+    return float(diff.max(initial=0.0)), int(np.sum(diff <= tolerance))
+
+
+def end2end_difference(
+    got: np.ndarray, reference: np.ndarray, tolerance: float, s: NmsSettings
+) -> tuple[float, int]:
+    """Two runtimes' end2end heads ``[N, K, 6]`` compared as the detections they hold, not row by row: a
+    head is a ranking, and rows of near-equal scores (the many below the threshold) come in either
+    order. Every row scored above the score threshold + ``tolerance`` in one must have a row of its
+    class within ``tolerance`` (box and score) among the other's rows above the threshold -
+    ``tolerance``. Returns the largest such distance and the images where it is within ``tolerance``."""
+    score_threshold, worst, agree = s.score_threshold, 0.0, 0
+    for g, r in zip(got, reference, strict=True):
+        sure_g, sure_r = g[g[:, 4] > score_threshold + tolerance], r[r[:, 4] > score_threshold + tolerance]
+        near_g, near_r = g[g[:, 4] > score_threshold - tolerance], r[r[:, 4] > score_threshold - tolerance]
+        d = max(_nearest(sure_r, near_g), _nearest(sure_g, near_r))
+        worst, agree = max(worst, d), agree + (d <= tolerance)
+    return worst, agree
+
+
 # Each head's name stated once: the table is keyed by it.
 HEADS: dict[str, Head] = {
     head.name: head
@@ -136,12 +176,12 @@ HEADS: dict[str, Head] = {
         Head(
             "yolo",
             "[N, 4 + C, A]: cx, cy, w, h (input pixels), C class scores; NMS in the served path",
-            _yolo_classes, _yolo_candidates, needs_nms=True,
+            _yolo_classes, _yolo_candidates, needs_nms=True, difference=anchor_difference,
         ),
         Head(
             "end2end",
             "[N, K, 6]: x1, y1, x2, y2 (input pixels), score, class; NMS done in the network",
-            _end2end_classes, _end2end_candidates, needs_nms=False,
+            _end2end_classes, _end2end_candidates, needs_nms=False, difference=end2end_difference,
         ),
     )
 }  # fmt: skip

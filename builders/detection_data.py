@@ -229,10 +229,39 @@ def make_scenes(
     )  # fmt: skip
 
 
+def end2end_checkpoint(checkpoint: Path, out: Path, rows: int = 100) -> Path:
+    """The trained detector with an end-to-end head: ``[N, rows, 6]`` (x1, y1, x2, y2 in input pixels,
+    score, class), the ``rows`` anchors of highest class score, best first, without NMS (the layout of
+    NMS-free exports such as YOLOv10's; this detector was not trained one-to-one, so neighbouring
+    anchors can repeat an object). Saved as TorchScript, like ``checkpoint``."""
+    torch = require("torch")
+
+    class End2End(torch.nn.Module):
+        def __init__(self, net):
+            super().__init__()
+            self.net = net
+
+        def forward(self, x):
+            head = self.net(x).transpose(1, 2)  # [N, A, 4 + C]
+            scores, classes = head[..., 4:].max(dim=-1)
+            top, index = scores.topk(rows, dim=1)
+            cx, cy, w, h = (head[..., i].gather(1, index) for i in range(4))
+            boxes = torch.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], dim=-1)
+            found = classes.gather(1, index).to(boxes.dtype)
+            return torch.cat([boxes, top[..., None], found[..., None]], dim=-1)
+
+    model = End2End(torch.jit.load(str(checkpoint)).eval()).eval()
+    h, w = DETECT_SPEC.input_size
+    with torch.no_grad():
+        torch.jit.trace(model, torch.zeros(2, 3, h, w)).save(str(out))
+    return out
+
+
 def torch_detections(
     checkpoint: Path, images: dict[str, bytes], spec: PreprocessSpec, nms
 ) -> dict[str, list]:
-    """In-process reference: the TorchScript detector on the served letterbox and postprocessing.
+    """In-process reference: the TorchScript detector on the served letterbox and postprocessing
+    (``nms.head`` says how to read its output).
 
     Returns file name -> detections (:class:`cvserve.builders.detection_metrics.Box`, original pixels).
     """

@@ -339,7 +339,7 @@ def network_stages(
             preprocess_files(images, spec),
             atol=settings.export.atol,
             rtol=settings.export.rtol,
-            agreement=task.agreement,
+            compare=task.compare,
         )
         log(
             f"[verify] ONNX Runtime vs PyTorch on {checked.images} real images: max |diff| "

@@ -71,9 +71,11 @@ class Classify:
         return output_shape[0]
 
     @staticmethod
-    def agreement(got: np.ndarray, reference: np.ndarray, tolerance: float) -> int:
-        """Images whose top-1 class is PyTorch's."""
-        return int(np.sum(got.argmax(1) == reference.argmax(1)))
+    def compare(got: np.ndarray, reference: np.ndarray, tolerance: float) -> tuple[float, int]:
+        """The largest elementwise difference; the images whose top-1 class is PyTorch's."""
+        from cvserve.builders.verify import top1_compare
+
+        return top1_compare(got, reference, tolerance)
 
     def wrap(self, network: Path, out: Path, spec: PreprocessSpec, *, features: int = 0, plan=None) -> Served:
         from cvserve.builders import served_graph
@@ -170,11 +172,11 @@ class Detect:
         except ValueError as exc:
             raise UserInputError(f"{exc} (check --head)") from None
 
-    @staticmethod
-    def agreement(got: np.ndarray, reference: np.ndarray, tolerance: float) -> int:
-        """Images whose whole raw head is within the tolerance of PyTorch's."""
-        diff = np.abs(got.astype(np.float64) - reference).reshape(len(got), -1).max(axis=1)
-        return int(np.sum(diff <= tolerance))
+    def compare(self, got: np.ndarray, reference: np.ndarray, tolerance: float) -> tuple[float, int]:
+        """The largest difference, and the images whose raw head is within the tolerance of PyTorch's:
+        as the head says (:class:`cvserve.builders.detection.Head`): element by element where rows are
+        anchors (yolo), as detections where they are a ranking (end2end)."""
+        return self.head.difference(got, reference, tolerance, self.nms)
 
     def wrap(self, network: Path, out: Path, spec: PreprocessSpec, *, features: int = 0, plan=None) -> Served:
         """The raw head, decoded by the single layout's python model; where the ``plan``'s network has

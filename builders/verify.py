@@ -44,6 +44,15 @@ def torch_outputs(model: LoadedModel, batch: np.ndarray) -> np.ndarray:
         return module(torch.from_numpy(batch)).detach().cpu().numpy()
 
 
+def elementwise_difference(got: np.ndarray, reference: np.ndarray) -> float:
+    return float(np.max(np.abs(got.astype(np.float64) - reference)))
+
+
+def top1_compare(got: np.ndarray, reference: np.ndarray, tolerance: float) -> tuple[float, int]:
+    """The largest elementwise difference, and the images whose top-1 class is PyTorch's."""
+    return elementwise_difference(got, reference), int(np.sum(got.argmax(1) == reference.argmax(1)))
+
+
 def verify(
     model: LoadedModel,
     onnx_path: Path,
@@ -51,12 +60,13 @@ def verify(
     *,
     atol: float = 1e-3,
     rtol: float = 1e-3,
-    agreement=None,
+    compare=None,
 ) -> VerifyResult:
     """Run the same preprocessed batch through PyTorch and ONNX Runtime and compare.
 
-    The tolerance is ``atol + rtol * max|reference|`` on the outputs; the answers must agree on every
-    image (``agreement(got, reference, tolerance)`` counts the images that do; default: top-1).
+    The tolerance is ``atol + rtol * max|reference|`` on the outputs; ``compare(got, reference,
+    tolerance)`` returns the largest difference and the images whose answers agree (the task's: default
+    :func:`top1_compare`). The difference must be within the tolerance and every image must agree.
     Raises :class:`BuildError` on a mismatch.
     """
     reference = torch_outputs(model, batch)
@@ -64,9 +74,8 @@ def verify(
     got = session.run(None, {session.get_inputs()[0].name: batch})[0]
     if got.shape != reference.shape:
         raise BuildError(f"ONNX output shape {got.shape} differs from PyTorch's {reference.shape}")
-    diff = float(np.max(np.abs(got.astype(np.float64) - reference)))
     tol = atol + rtol * float(np.max(np.abs(reference)))
-    same = agreement(got, reference, tol) if agreement else int(np.sum(got.argmax(1) == reference.argmax(1)))
+    diff, same = (compare or top1_compare)(got, reference, tol)
     result = VerifyResult(images=len(batch), max_abs_diff=diff, tolerance=tol, top1_equal=same)
     if not result.ok:
         raise BuildError(

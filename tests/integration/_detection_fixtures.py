@@ -32,14 +32,16 @@ def held_out(scenes) -> dict[str, bytes]:
     return {im["file_name"]: (scenes.validation / im["file_name"]).read_bytes() for im in truth["images"]}
 
 
-def build_detector(scenes, repository: Path, **quantization) -> dict:
+def build_detector(
+    scenes, repository: Path, *, checkpoint: Path | None = None, detection: NmsSettings = NMS, **quantization
+) -> dict:
     from cvserve.builders import pipeline
     from cvserve.builders import triton_config as tc
     from cvserve.builders.quantize import QuantizeSettings
 
     verify = sorted(scenes.validation.glob("*.png"))[:8]
     settings = pipeline.BuildSettings(
-        checkpoint=scenes.checkpoint,
+        checkpoint=checkpoint or scenes.checkpoint,
         name=NAME,
         task="detect",
         labels=scenes.labels,
@@ -47,7 +49,7 @@ def build_detector(scenes, repository: Path, **quantization) -> dict:
         preprocess=scenes.spec,
         export=pipeline.ExportSettings(verify_images=verify),
         quantization=QuantizeSettings(**quantization),
-        detection=NMS,
+        detection=detection,
         serving=pipeline.ServingOptions(batching=tc.Batching(max_queue_size=256, queue_timeout_ms=60_000)),
         progress=False,
     )

@@ -177,3 +177,28 @@ def test_nms_placement_benchmark_runs_as_a_smoke_and_both_places_agree():
 
     result = measure(batch=2, anchors=400, classes=3, rounds=1, s=det.NmsSettings(max_detections=50))
     assert result["images_agree"] == 2
+
+
+def test_end2end_heads_compare_as_detections_not_row_by_row():
+    """A ranking's low rows of near-equal scores come in either order from two runtimes (an exported
+    top-K): the heads agree when their confident rows do."""
+    s = det.NmsSettings(head="end2end", score_threshold=0.25)
+    rng = np.random.default_rng(0)
+    confident = np.float32([[10, 10, 30, 30, 0.9, 1], [40, 5, 60, 25, 0.6, 0]])
+    low = np.column_stack([rng.uniform(0, 90, (30, 4)), np.full(30, 1e-4), rng.integers(0, 2, 30)])
+    reference = np.concatenate([confident, low]).astype(np.float32)[None]
+    shuffled = reference.copy()
+    shuffled[0, 2:] = shuffled[0, 2:][rng.permutation(30)]  # the tied rows in another order
+    assert det.HEADS["yolo"].difference(shuffled, reference, 0.1, s)[1] == 0  # as anchors: all differ
+    diff, agree = det.HEADS["end2end"].difference(shuffled, reference, 0.1, s)
+    assert agree == 1 and diff == 0.0
+    moved = shuffled.copy()
+    moved[0, 0, :4] += 0.05  # within the tolerance
+    assert det.end2end_difference(moved, reference, 0.1, s) == (pytest.approx(0.05, abs=1e-5), 1)
+    other_class = shuffled.copy()
+    other_class[0, 1, 5] = 1  # a confident row changed class
+    assert det.end2end_difference(other_class, reference, 0.1, s)[1] == 0
+    lost = shuffled.copy()
+    lost[0, 0, 4] = 1e-4  # a confident row lost
+    diff, agree = det.end2end_difference(lost, reference, 0.1, s)
+    assert agree == 0 and diff == float("inf")
