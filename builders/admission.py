@@ -86,7 +86,7 @@ def resolve(
     return b.scheduling(layout, bound, instances)
 
 
-def _lanes(instances: int, cores: int, threads: int) -> int:
+def lanes(instances: int, cores: int, threads: int) -> int:
     """How many of ``instances`` run at once on ``cores`` with ``threads`` intra-op threads each."""
     return min(instances, max(1, cores // threads))
 
@@ -116,7 +116,7 @@ def measure(
     from cvserve.builders.runners import open_runner, thread_budget
 
     budget = thread_budget(instances)
-    lanes = _lanes(instances, budget.cores, budget.intra_op)
+    running = lanes(instances, budget.cores, budget.intra_op)
     runner = open_runner(network, runtime, threads=budget.intra_op, precision=precision)
     chunks = [list(images[i : i + batch]) or list(images[:1]) for i in range(0, len(images), batch)]
     chunks = [(c * batch)[:batch] for c in chunks]  # every chunk a full batch of the real photos
@@ -140,7 +140,7 @@ def measure(
         "cores": budget.cores,
         "seconds": round(elapsed, 2),
         "img_s_per_instance": round(per_instance, 1),
-        "img_s": round(per_instance * lanes, 1),
+        "img_s": round(per_instance * running, 1),
         "cpu": hardware.summary(),
     }
 
@@ -197,8 +197,8 @@ def admission(
         if thread_budget(instances).intra_op != throughput["threads_per_instance"]:
             throughput = timing(instances)  # another thread share: time it as it will run
         else:  # each instance runs as timed; only how many run at once may change
-            lanes = _lanes(instances, throughput["cores"], throughput["threads_per_instance"])
-            img_s = round(throughput["img_s_per_instance"] * lanes, 1)
+            running = lanes(instances, throughput["cores"], throughput["threads_per_instance"])
+            img_s = round(throughput["img_s_per_instance"] * running, 1)
             throughput = {**throughput, "instances": instances, "img_s": img_s}
     log(f"[admission] {instances} network instances ({why})")
     entry |= {"network_instances": instances, "instances_source": why}

@@ -257,11 +257,7 @@ def _admission(networks: Path, photos: dict[str, np.ndarray], log) -> tuple[Sche
         one(encoded[done % len(encoded)])
         done += 1
     instances, why = admission.network_instances(batching, 1000.0 * elapsed / done)
-    if instances != tc.NETWORK_INSTANCES:  # a cascade is tens of ms: never short enough here
-        raise RuntimeError(
-            f"the cascade was timed at {tc.NETWORK_INSTANCES} instances, the rule gives {instances}"
-        )
-    img_s = done / elapsed * instances
+    img_s = done / elapsed * admission.lanes(instances, budget.cores, budget.intra_op)
     scheduling = admission.resolve(batching, LAYOUT["single"], img_s, instances)
     log(
         f"[admission] max_queue_size {scheduling.max_queue_size} (cascade {img_s:.1f} img/s, {budget.describe()}); "
@@ -274,6 +270,8 @@ def _admission(networks: Path, photos: dict[str, np.ndarray], log) -> tuple[Sche
         "source": "derived from the SLO and the measured throughput of the cascade",
         "queueing_share": admission.QUEUEING_SHARE,
         "max_batch_size": batching.max_batch_size,
+        "network_instances": instances,
+        "instances_source": why,
         "throughput": {
             "what": "the cascade on the build's photos, PNG decode included, in-process",
             "img_s_per_instance": round(done / elapsed, 1),

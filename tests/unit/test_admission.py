@@ -85,9 +85,9 @@ def test_a_short_request_gets_more_instances_unless_the_flag_says_otherwise():
 
 
 def test_instances_that_share_cores_do_not_multiply_the_throughput():
-    assert ad._lanes(2, cores=2, threads=1) == 2
-    assert ad._lanes(6, cores=2, threads=1) == 2  # six instances, two cores: two run at once
-    assert ad._lanes(6, cores=16, threads=2) == 6
+    assert ad.lanes(2, cores=2, threads=1) == 2
+    assert ad.lanes(6, cores=2, threads=1) == 2  # six instances, two cores: two run at once
+    assert ad.lanes(6, cores=16, threads=2) == 6
 
 
 def _tiny_network(tmp_path):
