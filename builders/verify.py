@@ -44,13 +44,10 @@ def torch_outputs(model: LoadedModel, batch: np.ndarray) -> np.ndarray:
         return module(torch.from_numpy(batch)).detach().cpu().numpy()
 
 
-def elementwise_difference(got: np.ndarray, reference: np.ndarray) -> float:
-    return float(np.max(np.abs(got.astype(np.float64) - reference)))
-
-
 def top1_compare(got: np.ndarray, reference: np.ndarray, tolerance: float) -> tuple[float, int]:
     """The largest elementwise difference, and the images whose top-1 class is PyTorch's."""
-    return elementwise_difference(got, reference), int(np.sum(got.argmax(1) == reference.argmax(1)))
+    diff = float(np.max(np.abs(got.astype(np.float64) - reference)))
+    return diff, int(np.sum(got.argmax(1) == reference.argmax(1)))
 
 
 def verify(
