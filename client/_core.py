@@ -79,9 +79,11 @@ class ClientCore:
             keepalive: gRPC keepalive settings; pings every 60 s during calls by default.
             metrics: ``True`` for Prometheus metrics on the default registry, or a :class:`ClientMetrics`.
             max_in_flight: the most requests this client has out to one model (and version) at once;
-                more wait in the client, within their deadline, for one to finish. By default the
-                model's queue bound as the server reports it (at least one per instance; no bound for
-                an unbounded queue), so a burst is paced to what the server admits (docs/client.md).
+                more wait in the client, within their deadline, for one to finish. By default two per
+                instance of the model as the server reports it (two executions' worth where its batcher
+                joins requests), at most its queue bound and no bound for an unbounded queue, so a
+                burst is paced to what the server admits and leaves its queue to other clients
+                (docs/client.md).
                 ``0``: no pacing at all (every request goes out at once, as Triton's ``0`` means an
                 unbounded queue).
             options: all of the above as one :class:`~cvserve.client.ClientOptions`.
@@ -483,7 +485,9 @@ class ClientCore:
         """The pacing state of ``info``'s model: ``None`` when requests to it are not bounded."""
         if self._opts.max_in_flight == NO_PACING:
             return None
-        limit = self._opts.max_in_flight or default_max_in_flight(info.max_queue_size, info.instances)
+        limit = self._opts.max_in_flight or default_max_in_flight(
+            info.max_queue_size, info.instances, info.requests_per_execution
+        )
         if limit is None:
             return None
         key = (info.name, info.version)

@@ -67,18 +67,40 @@ def _parameter(config: object | None, key: str) -> str | None:
 
 
 def _admission(config: object | None, steps: Sequence[object]) -> dict[str, int]:
-    """The queue bound and instances the server admits requests with: the model's own or, for an
-    ensemble, those of the step that admits the fewest (the bound of an unbounded queue is 0)."""
+    """The queue bound, instances and requests per execution the server admits requests with: the
+    model's own or, for an ensemble, those of the step that admits the fewest (the bound of an
+    unbounded queue is 0)."""
 
-    def of(cfg: object | None) -> tuple[int, int]:
-        policy = getattr(getattr(cfg, "dynamic_batching", None), "default_queue_policy", None)
+    def of(cfg: object | None) -> tuple[int, int, int]:
+        batching = getattr(cfg, "dynamic_batching", None)
+        policy = getattr(batching, "default_queue_policy", None)
         groups = getattr(cfg, "instance_group", ())
-        return int(getattr(policy, "max_queue_size", 0) or 0), sum(g.count or 1 for g in groups) or 1
+        return (
+            int(getattr(policy, "max_queue_size", 0) or 0),
+            sum(g.count or 1 for g in groups) or 1,
+            _requests_per_execution(cfg, batching),
+        )
 
     found = [of(c) for c in (steps or (config,))]
-    bounded = [qi for qi in found if qi[0] > 0]
-    queue, instances = min(bounded, key=lambda qi: default_max_in_flight(*qi) or 0) if bounded else found[0]
-    return {"max_queue_size": queue, "instances": instances}
+    bounded = [a for a in found if a[0] > 0]
+    queue, instances, per_execution = (
+        min(bounded, key=lambda a: default_max_in_flight(*a) or 0) if bounded else found[0]
+    )
+    return {"max_queue_size": queue, "instances": instances, "requests_per_execution": per_execution}
+
+
+def _requests_per_execution(config: object | None, batching: object | None) -> int:
+    """At most how many requests one execution takes: 1 without a dynamic batcher, without batching,
+    or with a batcher that runs one request at a time (preferred size 1, no queue delay: a cvserve
+    build, docs/serving.md); else the max batch size (the batcher joins requests of one image)."""
+    max_batch = int(getattr(config, "max_batch_size", 0) or 0)
+    has_field = getattr(config, "HasField", None)  # a protobuf message has every field, set or not
+    if max_batch <= 1 or batching is None or (has_field is not None and not has_field("dynamic_batching")):
+        return 1
+    preferred = list(getattr(batching, "preferred_batch_size", ()) or ())
+    if preferred == [1] and not getattr(batching, "max_queue_delay_microseconds", 0):
+        return 1
+    return max_batch
 
 
 def _labels(model: str, config: object | None) -> tuple[str, ...]:

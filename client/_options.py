@@ -67,7 +67,8 @@ class ClientOptions:
     compression: str | None = setting(None, cli=False)
     keepalive: KeepAliveOptions | None = setting(None, cli=False)
     metrics: ClientMetrics | bool | None = setting(None, cli=False)
-    max_in_flight: int | None = setting(None, cli=False)  # None: from the model's queue bound (_pacing)
+    # None: from the model's instances and queue bound (_pacing.default_max_in_flight)
+    max_in_flight: int | None = setting(None, cli=False)
 
     def __post_init__(self) -> None:
         ssl = self.ssl

@@ -4,10 +4,20 @@ A server admits what its instances run and its queue holds (``max_queue_size``);
 more than that at once gets the rest rejected, and its retry budget, which protects an overloaded
 server from retry storms, then turns ordinary concurrency into errors. So each client keeps at most
 ``limit`` requests of one model (and version) in flight; a request beyond that waits in the caller's
-process, within the call's deadline, for one to finish. The default limit is the model's queue bound
-(:func:`default_max_in_flight`): with no more requests out than the queue holds, one client alone never
-overfills it, whatever its instances are doing. The parts of a split call are paced one by one, like
-separate requests.
+process, within the call's deadline, for one to finish. The parts of a split call are paced one by one,
+like separate requests.
+
+The default limit (:func:`default_max_in_flight`) is what keeps the model's instances busy: two
+executions' worth per instance, the one it runs and the next, already queued (one request each for a
+cvserve build, which runs one request per execution), and never more than the queue bound. More
+would gain the client nothing, since its extra requests would only wait in the server's queue instead
+of its own line, and it would cost everyone else: a queue that one client fills turns the others'
+requests away, and on Triton with a queue policy a full queue also stalls the model. Triton's batcher
+hands queued work to an instance that has finished only when something wakes it, a new request or
+another instance taking work (docs/serving.md), and a request turned away from a full queue wakes
+nothing. So several clients that stay below the queue bound together keep the model busy and are all
+answered, where clients that fill it lose throughput and spend retries (docs/benchmarks.md, "A
+client's default: two requests per instance").
 
 The bound adapts (:class:`Window`, as TCP's congestion window): it starts small (one request per
 instance, at least two) and grows by one per success, doubling per round trip, up to the ceiling, until
@@ -92,7 +102,7 @@ class Latency:
 
 class Window:
     """How many requests a client keeps in flight to one model, at most ``ceiling`` (``max_in_flight``,
-    or the model's queue bound): from ``start``, one more per success until the first queue-full
+    or :func:`default_max_in_flight`): from ``start``, one more per success until the first queue-full
     rejection (slow start), then halved on each and grown back by one per round of successes."""
 
     def __init__(self, ceiling: int, start: int | None = None) -> None:
@@ -138,10 +148,21 @@ class Flow:
 MIN_HOLD_S = 0.05  # the window is halved at most this often before any latency is known
 
 
-def default_max_in_flight(max_queue_size: int, instances: int) -> int | None:
-    """The default bound on a client's requests in flight to a model: its queue bound, and at least one
-    request per instance; ``None`` (no bound) when the model's queue is unbounded (``0``)."""
-    return max(max_queue_size, instances) if max_queue_size > 0 else None
+PIPELINE_DEPTH = 2  # requests out per instance by default: the one it runs and the next, already there
+
+
+def default_max_in_flight(max_queue_size: int, instances: int, requests_per_execution: int = 1) -> int | None:
+    """The default bound on a client's requests in flight to a model: enough to keep each instance
+    busy with its next request already waiting (``PIPELINE_DEPTH`` executions of
+    ``requests_per_execution`` per instance), never more than its queue bound, and at least one
+    request per instance; ``None`` (no bound) when the model's queue is unbounded (``0``).
+
+    More would gain this client nothing: the extra requests would wait in the server's queue instead
+    of its own line, for the same latency, while the queue that every client shares fills up (module
+    docstring)."""
+    if max_queue_size <= 0:
+        return None
+    return min(max(max_queue_size, instances), PIPELINE_DEPTH * instances * max(1, requests_per_execution))
 
 
 NO_PACING = 0  # max_in_flight: no bound and no window (as Triton's 0 is an unbounded queue)
@@ -244,14 +265,15 @@ def _window(limit: Window | int) -> Window:
 
 
 class _Waiter:
-    """A call waiting in a client's line: when it asked, and when its wait runs out."""
+    """A call waiting in a client's line: when it asked, when its wait runs out, and how it is woken."""
 
-    __slots__ = ("asked", "expires", "granted")
+    __slots__ = ("asked", "expires", "granted", "wake")
 
-    def __init__(self, timeout: float) -> None:
+    def __init__(self, timeout: float, wake: threading.Condition | None = None) -> None:
         self.asked = time.monotonic()
         self.expires = self.asked + max(timeout, 0.0)
         self.granted: Any = False  # True, or the asyncio future the slot is handed over by
+        self.wake = wake  # a thread's own condition (on the slots' lock), notified when it is handed one
 
 
 def _next_in_line(line: collections.deque[Any]) -> Any:
@@ -267,24 +289,29 @@ def _next_in_line(line: collections.deque[Any]) -> Any:
 
 
 class ThreadSlots:
-    """Slots shared by threads, as many as the window allows, handed by :func:`_next_in_line`."""
+    """Slots shared by threads, as many as the window allows, handed by :func:`_next_in_line`.
+
+    Each waiting thread has its own condition on the slots' lock, and a freed slot wakes only the
+    thread it is handed to: with one condition for all, each answer woke every waiting thread (64 of a
+    web service's worker pool) to find the slot was not theirs, and the herd cost the client CPU and
+    delayed the one that was."""
 
     def __init__(self, limit: Window | int) -> None:
         self.window = _window(limit)
         self.in_flight = 0
-        self._cond = threading.Condition()
+        self._lock = threading.Lock()
         self._queue: collections.deque[_Waiter] = collections.deque()
 
     def acquire(self, timeout: float) -> bool:
         """Take a slot, waiting up to ``timeout`` seconds; whether one was taken."""
-        with self._cond:
+        with self._lock:
             if self.in_flight < self.window.limit and not self._queue:
                 self.in_flight += 1
                 return True
-            me = _Waiter(timeout)
+            me = _Waiter(timeout, threading.Condition(self._lock))
             self._queue.append(me)
             try:
-                if self._cond.wait_for(lambda: me.granted, max(timeout, 0.0)):
+                if me.wake.wait_for(lambda: me.granted, max(timeout, 0.0)):  # type: ignore[union-attr]
                     return True
                 self._queue.remove(me)
                 return False
@@ -298,12 +325,13 @@ class ThreadSlots:
 
     def _grant(self) -> None:
         while self._queue and self.in_flight < self.window.limit:
-            _next_in_line(self._queue).granted = True  # counted in flight from here
+            waiter = _next_in_line(self._queue)
+            waiter.granted = True  # counted in flight from here
             self.in_flight += 1
-        self._cond.notify_all()
+            waiter.wake.notify()  # type: ignore[union-attr]
 
     def release(self) -> None:
-        with self._cond:
+        with self._lock:
             self.in_flight -= 1
             self._grant()
 
@@ -368,6 +396,7 @@ def _run_out(granted: asyncio.Future[bool]) -> None:
 
 __all__ = [
     "NO_PACING",
+    "PIPELINE_DEPTH",
     "AsyncSlots",
     "Flow",
     "Latency",

@@ -75,6 +75,9 @@ class ModelInfo:
             ``dynamic_batching.default_queue_policy.max_queue_size``); 0 when unbounded. For an
             ensemble, that of the step that admits the fewest requests.
         instances: the model's instances (summed over its instance groups), or those of that step.
+        requests_per_execution: how many requests one execution of that model takes at most: 1 where
+            its batcher runs one request at a time (``preferred_batch_size: [1]`` and no queue delay, a
+            cvserve build's default) or it does not batch; else its max batch size.
         task: what the model answers, from its config parameter ``task``: ``"classify"`` (also for
             models built before tasks existed) or ``"detect"`` (docs/detection.md).
     """
@@ -88,6 +91,7 @@ class ModelInfo:
     labels: tuple[str, ...] = ()
     max_queue_size: int = 0
     instances: int = 1
+    requests_per_execution: int = 1
     task: str = "classify"
 
     def input(self, name: str) -> TensorSpec:

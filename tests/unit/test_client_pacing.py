@@ -42,8 +42,11 @@ def wait_until(condition, what: str) -> None:
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def test_the_default_bound_is_the_queue_bound_at_least_one_per_instance():
-    assert default_max_in_flight(65, 2) == 65  # a client alone never overfills the queue
+def test_the_default_bound_keeps_each_instance_busy_within_the_queue_bound():
+    assert default_max_in_flight(65, 2) == 4  # each instance runs one and has the next waiting
+    assert default_max_in_flight(65, 6) == 12
+    assert default_max_in_flight(65, 2, requests_per_execution=32) == 65  # a batcher that joins requests
+    assert default_max_in_flight(3, 2) == 3  # never more than the queue holds
     assert default_max_in_flight(1, 2) == 2  # every instance may still have a request
     assert default_max_in_flight(0, 2) is None  # an unbounded queue rejects nothing: no bound
 
@@ -59,7 +62,8 @@ def test_max_in_flight_0_turns_pacing_off():
     info = model_info(meta, _config("m", queue=40, instances=2))
     with Client("localhost:1", max_in_flight=0) as off, Client("localhost:1") as paced_client:
         assert off._flow(info) is None  # no window, no local wait: every request goes out at once
-        assert paced_client._flow(info).window.ceiling == 40
+        # the batcher joins up to 8 requests: two executions of 8 per instance, within the queue's 40
+        assert paced_client._flow(info).window.ceiling == 32
 
 
 def _config(name: str, queue: int = 0, instances: int = 1, **kw) -> mc.ModelConfig:
@@ -76,9 +80,31 @@ def test_the_server_config_gives_the_queue_bound_and_instances_also_through_an_e
     assert (info.max_queue_size, info.instances) == (40, 2)
     assert model_info(meta, _config("m")).max_queue_size == 0  # no queue policy: unbounded
     # An ensemble admits what its steps' queues do: the step that admits the fewest decides.
-    steps = [_config("pre", instances=2), _config("net", queue=24, instances=2), _config("post", queue=64)]
+    steps = [
+        _config("pre", instances=2),
+        _config("net", queue=24, instances=2),
+        _config("post", queue=64, instances=4),
+    ]
     ensemble = model_info(pb.ModelMetadataResponse(name="e", platform="ensemble"), _config("e"), "", steps)
     assert (ensemble.max_queue_size, ensemble.instances) == (24, 2)
+
+
+def test_the_server_config_says_how_many_requests_one_execution_takes():
+    meta = pb.ModelMetadataResponse(name="m", versions=["1"], platform="python")
+    one = _config("m", queue=40, instances=2)
+    one.max_batch_size = 16
+    one.dynamic_batching.preferred_batch_size.append(1)  # a cvserve build: one request per execution
+    assert model_info(meta, one).requests_per_execution == 1
+    joined = _config("m", queue=40, instances=2)
+    joined.max_batch_size = 16  # the batcher joins up to 16 requests of one image
+    assert model_info(meta, joined).requests_per_execution == 16
+    delayed = _config("m", queue=40, instances=2)
+    delayed.max_batch_size = 16
+    delayed.dynamic_batching.preferred_batch_size.append(1)
+    delayed.dynamic_batching.max_queue_delay_microseconds = 100  # waits to join requests
+    assert model_info(meta, delayed).requests_per_execution == 16
+    unbatched = mc.ModelConfig(name="m", max_batch_size=16)  # no dynamic batcher: one request each
+    assert model_info(meta, unbatched).requests_per_execution == 1
 
 
 def test_thread_slots_bound_the_holders_and_serve_waiters_in_order():
