@@ -232,7 +232,7 @@ def client_load(
     }
 
 
-def _proc_cpu_s(root_pid: int) -> float | None:
+def process_tree_cpu_s(root_pid: int) -> float | None:
     """User + system CPU seconds of ``root_pid`` and its descendants (Linux /proc), None elsewhere."""
     try:
         tick = os.sysconf("SC_CLK_TCK")
@@ -292,11 +292,11 @@ class ServerWatch:
 
     def measure(self, model: str, run: Callable[[], dict]) -> tuple[dict, dict]:
         """``run()``'s result, and what the server did meanwhile (per-request means in ms)."""
-        before, cpu0 = self._stats(model), _proc_cpu_s(self._pid) if self._pid else None
+        before, cpu0 = self._stats(model), process_tree_cpu_s(self._pid) if self._pid else None
         started = time.perf_counter()
         result = run()
         wall = time.perf_counter() - started
-        after, cpu1 = self._stats(model), _proc_cpu_s(self._pid) if self._pid else None
+        after, cpu1 = self._stats(model), process_tree_cpu_s(self._pid) if self._pid else None
         d = {k: after[k] - before[k] for k in after}
         n = max(1, d["requests"])
         server = {

@@ -4,7 +4,7 @@
   callers, measured again right before and right after each overload, since a shared machine's speed
   drifts: the overload is compared with their mean), then ``factor`` times the rate before it offered
   open-loop for ``duration_s`` through one :class:`AsyncClient` with its
-  defaults (pacing to the queue bound, retries with backoff and a retry budget), and the same offered
+  defaults (pacing, retries with backoff and a retry budget), and the same offered
   through a naive caller: plain gRPC (tritonclient's protobuf on a grpc.aio channel) that sends every
   rejected request again at once (no pacing, no backoff, no budget, no queue timeout).
   Goodput: correct answers delivered per second during the overload window. Target: cvserve's client
@@ -16,17 +16,24 @@
   answer) is compared with the unloaded throughput, the mean of the rates measured just before and just
   after it (target >= 90%); with ``rounds``, the median of the ratios.
 
-Both share the machine with the server: the load generator's CPU is reported.
+Both share the machine with the server, so each unloaded run, overload and burst also reports where
+the machine's cores went (:class:`Cores`): the server's processes (tritonserver and its python stubs),
+the load generator, and the cores left idle. A goodput short of the unloaded rate while the server
+computes just as much per answer, and the generator holds the difference, is the generator's CPU on
+the server's cores, not work the server wasted.
 """
 
 from __future__ import annotations
 
 import asyncio
 import multiprocessing
+import os
 import statistics
 import time
 from collections import Counter
+from dataclasses import dataclass
 
+from cvserve.bench_measure import process_tree_cpu_s
 from cvserve.reliability import payloads as pl
 from cvserve.reliability.load import closed_loop, percentile, summary
 from cvserve.reliability.scenarios import Result, _alive, _jpeg_call, _target
@@ -44,6 +51,46 @@ def _alive_within(server: ServeProcess, model: str, seconds: float = 10.0) -> bo
     return alive
 
 
+@dataclass
+class Cores:
+    """Where the machine's cores went over a stretch of time (:meth:`since` a :meth:`now` snapshot):
+    the server's processes, and the cores idle (``/proc/stat``; ``None`` off Linux)."""
+
+    wall: float
+    server_s: float | None
+    idle_s: float | None
+
+    @classmethod
+    def now(cls, server_pid: int | None) -> Cores:
+        """A snapshot: the CPU time of ``server_pid`` and its descendants, the machine's idle time."""
+        return cls(time.monotonic(), process_tree_cpu_s(server_pid) if server_pid else None, _idle_cpu_s())
+
+    def since(self, start: Cores) -> dict[str, float | None]:
+        wall = self.wall - start.wall
+
+        def per_s(a: float | None, b: float | None) -> float | None:
+            return round((a - b) / wall, 2) if a is not None and b is not None and wall > 0 else None
+
+        return {
+            "server_cores": per_s(self.server_s, start.server_s),
+            "idle_cores": per_s(self.idle_s, start.idle_s),
+        }
+
+
+def _pid(server: ServeProcess) -> int | None:
+    return server.proc.pid if server.proc is not None else None
+
+
+def _idle_cpu_s() -> float | None:
+    """Seconds the machine's cores have been idle (idle + iowait in ``/proc/stat``), None elsewhere."""
+    try:
+        with open("/proc/stat") as stat:
+            fields = stat.readline().split()[1:]
+        return (int(fields[3]) + int(fields[4])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def _unloaded_concurrency(server: ServeProcess, model: str, seconds: float) -> int:
     """The closed-loop concurrency (1, 2, 4 or 8 callers) with the best throughput: the unloaded rate
     is measured at it, right before each overload it is compared with."""
@@ -53,21 +100,26 @@ def _unloaded_concurrency(server: ServeProcess, model: str, seconds: float) -> i
     return max(rates, key=rates.__getitem__)
 
 
-def _unloaded_rps(server: ServeProcess, model: str, concurrency: int, seconds: float) -> float:
+def _unloaded_rps(server: ServeProcess, model: str, concurrency: int, seconds: float) -> tuple[float, dict]:
     """Throughput at ``concurrency`` closed-loop callers: the unloaded rate (a shared machine's speed
     drifts by tens of percent within minutes, so each overload is compared with the mean of the rates
-    measured just before and just after it)."""
-    return summary(closed_loop(concurrency, _jpeg_call(_target(server, model)), duration_s=seconds))[
-        "throughput_rps"
-    ]
+    measured just before and just after it), and where the cores went meanwhile (:class:`Cores`; the
+    callers are this process's threads)."""
+    start, cpu = Cores.now(_pid(server)), time.process_time()
+    records = closed_loop(concurrency, _jpeg_call(_target(server, model)), duration_s=seconds)
+    cores = Cores.now(_pid(server)).since(start)
+    cores["generator_cores"] = round((time.process_time() - cpu) / seconds, 2)
+    return summary(records)["throughput_rps"], cores
 
 
-def _unloaded_after(server: ServeProcess, model: str, concurrency: int, seconds: float) -> tuple[bool, float]:
+def _unloaded_after(
+    server: ServeProcess, model: str, concurrency: int, seconds: float
+) -> tuple[bool, float, dict]:
     """Whether the server answered correctly after an overload (:func:`_alive_within`), and then the
-    unloaded rate: measured once it has worked off what the overload left queued, so the drain is not
-    counted against it."""
+    unloaded rate and its cores: measured once it has worked off what the overload left queued, so the
+    drain is not counted against it."""
     alive = _alive_within(server, model)
-    return alive, _unloaded_rps(server, model, concurrency, seconds)
+    return (alive, *_unloaded_rps(server, model, concurrency, seconds))
 
 
 async def _client_call(client, image: bytes, cls: int, deadline_s: float) -> tuple[str, float]:
@@ -155,10 +207,11 @@ def r6_goodput(
     concurrency = _unloaded_concurrency(server, model, unloaded_s)
     deadline_s = 2 * slo_ms / 1000
     runs: dict[str, list[dict]] = {"cvserve_client": [], "resend_at_once": []}
-    before, alive = _unloaded_rps(server, model, concurrency, unloaded_s), []
+    (before, before_cores), alive = _unloaded_rps(server, model, concurrency, unloaded_s), []
     for r in range(rounds):
         order = ("cvserve_client", "resend_at_once") if r % 2 == 0 else ("resend_at_once", "cvserve_client")
         for name in order:
+            start = Cores.now(_pid(server))
             run = asyncio.run(
                 _offer(
                     server.grpc_url,
@@ -169,14 +222,16 @@ def r6_goodput(
                     name == "resend_at_once",
                 )
             )
-            recovered, after = _unloaded_after(server, model, concurrency, unloaded_s)
+            run.update(Cores.now(_pid(server)).since(start))
+            recovered, after, after_cores = _unloaded_after(server, model, concurrency, unloaded_s)
             alive.append(recovered)
             unloaded = (before + after) / 2
             run["unloaded_rps"] = round(unloaded, 1)
             run["unloaded_before_after_rps"] = [round(before, 1), round(after, 1)]
+            run["unloaded_cores_before_after"] = [before_cores, after_cores]
             run["goodput_of_unloaded"] = round(run["goodput_rps"] / unloaded, 3) if unloaded else None
             runs[name].append(run)
-            before = after
+            before, before_cores = after, after_cores
     result = Result("R6", f"goodput at {factor:g}x the unloaded throughput for {duration_s:g} s, two callers")
     result.requests = sum(run["offered"] for rs in runs.values() for run in rs)
     result.unexpected = sum(run["outcomes"].get("wrong", 0) for rs in runs.values() for run in rs)
@@ -238,20 +293,26 @@ def _burst_process(url: str, model: str, calls: int, deadline_s: float, barrier,
     results.put(asyncio.run(main()))
 
 
-def _burst(server: ServeProcess, model: str, processes: int, calls: int, deadline_s: float) -> list[dict]:
-    """One R7 burst: ``processes`` client processes released together; what each reports."""
+def _burst(
+    server: ServeProcess, model: str, processes: int, calls: int, deadline_s: float
+) -> tuple[list[dict], dict]:
+    """One R7 burst: ``processes`` client processes released together; what each reports, and where the
+    cores went from their release to the last one's report (:class:`Cores`)."""
     ctx = multiprocessing.get_context("spawn")
-    barrier, results = ctx.Barrier(processes), ctx.Queue()
+    barrier, results = ctx.Barrier(processes + 1), ctx.Queue()  # this process releases them too
     workers = [
         ctx.Process(target=_burst_process, args=(server.grpc_url, model, calls, deadline_s, barrier, results))
         for _ in range(processes)
     ]
     for w in workers:
         w.start()
+    barrier.wait(timeout=120)  # every process has started, connected and read the model
+    start = Cores.now(_pid(server))
     per_process = [results.get(timeout=120 + deadline_s) for _ in workers]
+    cores = Cores.now(_pid(server)).since(start)
     for w in workers:
         w.join(30)
-    return per_process
+    return per_process, cores
 
 
 def r7_bursts(
@@ -271,13 +332,14 @@ def r7_bursts(
     policy = RetryPolicy()
     concurrency = _unloaded_concurrency(server, model, 3.0)
     bursts, alive = [], []
-    before = _unloaded_rps(server, model, concurrency, 3.0)
+    before, before_cores = _unloaded_rps(server, model, concurrency, 3.0)
     for _ in range(rounds):
-        per_process = _burst(server, model, processes, calls, deadline_s)
-        recovered, after = _unloaded_after(server, model, concurrency, 3.0)
+        per_process, burst_cores = _burst(server, model, processes, calls, deadline_s)
+        recovered, after, after_cores = _unloaded_after(server, model, concurrency, 3.0)
         alive.append(recovered)
         unloaded, before_after = (before + after) / 2, [round(before, 1), round(after, 1)]
-        before = after
+        cores_before_after = [before_cores, after_cores]
+        before, before_cores = after, after_cores
         answered = [e for p in per_process for o, _, e in p["records"] if o == "ok"]
         goodput = len(answered) / max(answered) if answered else 0.0
         bursts.append(
@@ -292,6 +354,8 @@ def r7_bursts(
                 "generator_cores": round(
                     sum(p["cpu_s"] for p in per_process) / max(p["wall_s"] for p in per_process), 2
                 ),
+                **burst_cores,
+                "unloaded_cores_before_after": cores_before_after,
             }
         )
     records = [r for b in bursts for p in b["per_process"] for r in p["records"]]
