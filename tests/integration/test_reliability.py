@@ -10,6 +10,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -24,7 +25,7 @@ import pytest
 from cvserve.client import Client, ClientError
 from cvserve.reliability import payloads as pl
 from cvserve.server import ServerSettings, TritonServer
-from cvserve.server.process import group_members
+from cvserve.server.process import PORT_IN_USE, group_members
 from cvserve.server.serve_process import ServeProcess, load_model, ready_versions
 from tests.integration import _reliability_fixtures as fx
 from tests.integration._stats import pending_requests, wait_for
@@ -236,6 +237,23 @@ def test_a_rollout_and_a_rollback_under_load_lose_nothing(toy_repo):
 
 
 # -- R4: kill -9 of Triton under load ------------------------------------------------------------------
+def test_a_port_taken_after_it_was_picked_is_picked_again(toy_repo):
+    """The ports are picked free when the ServeProcess is made; another process may bind one before
+    cvserve serve starts (the ephemeral range is shared): the start picks new ones instead of failing."""
+    server = ServeProcess(toy_repo, exit_timeout_s=5)
+    taken = server.grpc_port
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as squatter:
+        squatter.bind(("127.0.0.1", taken))
+        squatter.listen()
+        try:
+            server.start(timeout_s=180)
+            assert server.grpc_port != taken
+            assert PORT_IN_USE in server.stderr()  # the first try was refused, and said why
+            assert server.ready()
+        finally:
+            server.kill()
+
+
 def test_a_killed_server_is_restarted_and_clients_with_retries_lose_nothing(serve):
     server = serve("--canary-interval", "0")
     old = server.triton_pid()

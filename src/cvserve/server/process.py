@@ -105,6 +105,9 @@ def serving(http_url: str, metrics_url: str, timeout_s: float = 1.0) -> bool:
     return http_ready(http_url, timeout_s) and _answers(metrics_url, timeout_s)
 
 
+PORT_IN_USE = "is already in use"  # what start() says of a port it cannot bind (ServeProcess picks again)
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     """A TCP port that is free right now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
@@ -262,7 +265,7 @@ class TritonServer:
         ):
             if _port_in_use(s.host, port):
                 raise UserInputError(
-                    f"port {port} ({name}) is already in use: pass --{name}-port with a free port"
+                    f"port {port} ({name}) {PORT_IN_USE}: pass --{name}-port with a free port"
                 )
         cmd = self.command()
         self._log = open(self.log_path, "ab")

@@ -17,7 +17,13 @@ import urllib.request
 from pathlib import Path
 
 from cvserve.errors import TimeLimitError, TritonError
-from cvserve.server.process import SHM_DIR, free_port, group_members, serving
+from cvserve.server.process import PORT_IN_USE, SHM_DIR, free_port, group_members, serving
+
+PORT_TRIES = 3
+
+
+class _PortTaken(Exception):
+    """cvserve serve refused a port that was free when it was picked."""
 
 
 class ServeProcess:
@@ -25,18 +31,25 @@ class ServeProcess:
 
     def __init__(self, repository: Path, *, args: list[str] = (), exit_timeout_s: int = 30) -> None:
         self.repository = Path(repository)
+        self.extra_args = [*("--exit-timeout", str(exit_timeout_s)), *args]
+        self._pick_ports()
+        self.log_dir = Path(tempfile.mkdtemp(prefix="cvserve-reliability-"))
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def _pick_ports(self) -> None:
         self.grpc_port, self.http_port, self.metrics_port, self.supervisor_port = (
             free_port() for _ in range(4)
         )
-        self.args = [
+
+    @property
+    def args(self) -> list[str]:
+        """The arguments of ``cvserve serve``: the repository, the ports, then the caller's."""
+        return [
             *("--repository", str(self.repository)),
             *("--grpc-port", str(self.grpc_port), "--http-port", str(self.http_port)),
             *("--metrics-port", str(self.metrics_port), "--supervisor-port", str(self.supervisor_port)),
-            *("--exit-timeout", str(exit_timeout_s)),
-            *args,
+            *self.extra_args,
         ]
-        self.log_dir = Path(tempfile.mkdtemp(prefix="cvserve-reliability-"))
-        self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def grpc_url(self) -> str:
@@ -47,9 +60,27 @@ class ServeProcess:
         return f"http://127.0.0.1:{self.http_port}"
 
     def start(self, timeout_s: float = 300.0) -> float:
-        """Start and wait for readiness; seconds it took."""
-        out, err = open(self.log_dir / "serve.out", "ab"), open(self.log_dir / "serve.err", "ab")
+        """Start and wait for readiness; seconds it took. A port that another process took since it was
+        found free (the ports are picked from the ephemeral range, which outgoing connections on the
+        machine also draw from) is picked again, up to ``PORT_TRIES`` times."""
         began = time.monotonic()
+        for _ in range(PORT_TRIES - 1):
+            try:
+                self._start(began + timeout_s)
+                return time.monotonic() - began
+            except _PortTaken:
+                self._pick_ports()
+        try:
+            self._start(began + timeout_s)
+        except _PortTaken:
+            raise TritonError(
+                f"cvserve serve found its ports taken {PORT_TRIES} times: {self.stderr()[-500:]}"
+            ) from None
+        return time.monotonic() - began
+
+    def _start(self, deadline: float) -> None:
+        out, err = open(self.log_dir / "serve.out", "ab"), open(self.log_dir / "serve.err", "ab")
+        err_from = (self.log_dir / "serve.err").stat().st_size
         self.proc = subprocess.Popen(
             [
                 sys.executable,
@@ -63,16 +94,19 @@ class ServeProcess:
             stdout=out,
             stderr=err,
         )
-        while time.monotonic() - began < timeout_s:
+        while time.monotonic() < deadline:
             if self.proc.poll() is not None:
+                said = (self.log_dir / "serve.err").read_bytes()[err_from:].decode(errors="replace")
+                if PORT_IN_USE in said:
+                    raise _PortTaken
                 raise TritonError(
                     f"cvserve serve exited with status {self.proc.returncode}: {self.stderr()[-500:]}"
                 )
             if self.ready():
-                return time.monotonic() - began
+                return
             time.sleep(0.2)
         self.kill()
-        raise TimeLimitError(f"cvserve serve was not ready after {timeout_s:.0f} s ({self.log_dir})")
+        raise TimeLimitError(f"cvserve serve was not ready in time ({self.log_dir})")
 
     def ready(self) -> bool:
         return serving(self.http_url, f"http://127.0.0.1:{self.metrics_port}/metrics")
