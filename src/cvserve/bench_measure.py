@@ -185,7 +185,7 @@ def client_load(
     max_in_flight: int | None = None,
 ) -> dict:
     """``concurrency`` threads sending one image per request back to back through one Client
-    (``max_in_flight``: the client's pacing bound; None: its default, from the server's queue bound).
+    (``max_in_flight``: the client's pacing bound; None: its default, from the model's instances and queue bound).
 
     Also returns the client's own CPU time over the run (this process does nothing else meanwhile).
     """
