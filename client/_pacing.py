@@ -308,10 +308,11 @@ class ThreadSlots:
             if self.in_flight < self.window.limit and not self._queue:
                 self.in_flight += 1
                 return True
-            me = _Waiter(timeout, threading.Condition(self._lock))
+            wake = threading.Condition(self._lock)
+            me = _Waiter(timeout, wake)
             self._queue.append(me)
             try:
-                if me.wake.wait_for(lambda: me.granted, max(timeout, 0.0)):  # type: ignore[union-attr]
+                if wake.wait_for(lambda: me.granted, max(timeout, 0.0)):
                     return True
                 self._queue.remove(me)
                 return False

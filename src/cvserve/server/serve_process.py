@@ -64,36 +64,34 @@ class ServeProcess:
         found free (the ports are picked from the ephemeral range, which outgoing connections on the
         machine also draw from) is picked again, up to ``PORT_TRIES`` times."""
         began = time.monotonic()
-        for _ in range(PORT_TRIES - 1):
+        for attempt in range(1, PORT_TRIES + 1):
             try:
                 self._start(began + timeout_s)
                 return time.monotonic() - began
             except _PortTaken:
+                if attempt == PORT_TRIES:
+                    raise TritonError(
+                        f"cvserve serve found its ports taken {PORT_TRIES} times: {self.stderr()[-500:]}"
+                    ) from None
                 self._pick_ports()
-        try:
-            self._start(began + timeout_s)
-        except _PortTaken:
-            raise TritonError(
-                f"cvserve serve found its ports taken {PORT_TRIES} times: {self.stderr()[-500:]}"
-            ) from None
-        return time.monotonic() - began
+        raise AssertionError("unreachable")
 
     def _start(self, deadline: float) -> None:
-        out, err = open(self.log_dir / "serve.out", "ab"), open(self.log_dir / "serve.err", "ab")
-        err_from = (self.log_dir / "serve.err").stat().st_size
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "cvserve",
-                "serve",
-                *self.args,
-                "--log-file",
-                str(self.log_dir / "triton.log"),
-            ],
-            stdout=out,
-            stderr=err,
-        )
+        with open(self.log_dir / "serve.out", "ab") as out, open(self.log_dir / "serve.err", "ab") as err:
+            err_from = err.tell()  # what this start writes comes after it
+            self.proc = subprocess.Popen(  # the child keeps its own copies of the two files
+                [
+                    sys.executable,
+                    "-m",
+                    "cvserve",
+                    "serve",
+                    *self.args,
+                    "--log-file",
+                    str(self.log_dir / "triton.log"),
+                ],
+                stdout=out,
+                stderr=err,
+            )
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 said = (self.log_dir / "serve.err").read_bytes()[err_from:].decode(errors="replace")
