@@ -36,3 +36,16 @@ def test_cores_without_a_server_say_so():
         "server_cores": None,
         "idle_cores": 0.5,
     }
+
+
+def test_the_spread_of_goodput_rounds_says_how_many_reached_the_target():
+    from cvserve.reliability.goodput import _verdict, spread
+
+    ratios = [0.88, 0.95, 0.91, 0.83, 0.97]
+    s = spread(ratios)
+    assert (s["rounds"], s["min"], s["median"], s["max"], s["rounds_at_target"]) == (5, 0.83, 0.91, 0.97, 3)
+    assert s["min"] <= s["p25"] <= s["median"] <= s["p75"] <= s["max"]
+    assert _verdict("goodput_of_unloaded", ratios).startswith(
+        "target: goodput_of_unloaded >= 0.9 (met: median 0.91"
+    )
+    assert "(missed: median 0.88" in _verdict("goodput_of_unloaded", [0.88, 0.85, 0.93])
