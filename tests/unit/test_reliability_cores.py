@@ -35,6 +35,7 @@ def test_cores_without_a_server_say_so():
     assert Cores(wall=2.0, server_s=None, idle_s=2.0).since(start) == {
         "server_cores": None,
         "idle_cores": 0.5,
+        "seconds": 2.0,
     }
 
 
@@ -49,3 +50,17 @@ def test_the_spread_of_goodput_rounds_says_how_many_reached_the_target():
         "target: goodput_of_unloaded >= 0.9 (met: median 0.91"
     )
     assert "(missed: median 0.88" in _verdict("goodput_of_unloaded", [0.88, 0.85, 0.93])
+
+
+def test_the_server_cpu_per_answer_compares_a_loaded_stretch_with_the_unloaded_runs_around_it():
+    from cvserve.reliability.goodput import _efficiency, server_ms_per_answer
+
+    loaded = {"server_cores": 1.6, "idle_cores": 0.1, "seconds": 20.0}  # 32 s of CPU
+    assert server_ms_per_answer(loaded, 3200) == 10.0
+    assert server_ms_per_answer(loaded, 0) is None
+    assert server_ms_per_answer({"server_cores": None, "seconds": 20.0}, 3200) is None
+    unloaded = [{"server_cores": 1.8, "seconds": 5.0}, {"server_cores": 2.0, "seconds": 5.0}]
+    # 1.8 and 2.0 cores for 200 answers/s: 9 and 10 ms an answer unloaded, 9.5 on average; 10 loaded
+    assert _efficiency(10.0, unloaded, [200.0, 200.0]) == 0.95
+    assert _efficiency(None, unloaded, [200.0, 200.0]) is None
+    assert _efficiency(10.0, [{"server_cores": None}, unloaded[1]], [200.0, 200.0]) is None

@@ -18,9 +18,11 @@
 
 Both share the machine with the server, so each unloaded run, overload and burst also reports where
 the machine's cores went (:class:`Cores`): the server's processes (tritonserver and its python stubs),
-the load generator, and the cores left idle. A goodput short of the unloaded rate while the server
-computes just as much per answer, and the generator holds the difference, is the generator's CPU on
-the server's cores, not work the server wasted.
+the load generator, and the cores left idle; and what each correct answer cost the server's CPU, against
+the unloaded runs around it (``server_efficiency_of_unloaded``: 1.0 when the overload made the server
+waste nothing, lower when it spent CPU on rejected resends or on answers no caller waited for). A
+goodput short of the unloaded rate while the server computes just as much per answer, and the generator
+holds the difference, is the generator's CPU on the server's cores, not work the server wasted.
 """
 
 from __future__ import annotations
@@ -56,6 +58,11 @@ def spread(ratios: list[float], target: float = TARGET) -> dict:
         "max": round(max(ratios), 3),
         "rounds_at_target": sum(r >= target for r in ratios),
     }
+
+
+def _median(values) -> float | None:
+    known = [v for v in values if v is not None]
+    return statistics.median(known) if known else None
 
 
 def _verdict(what: str, ratios: list[float]) -> str:
@@ -100,7 +107,29 @@ class Cores:
         return {
             "server_cores": per_s(self.server_s, start.server_s),
             "idle_cores": per_s(self.idle_s, start.idle_s),
+            "seconds": round(wall, 3),
         }
+
+
+def server_ms_per_answer(cores: dict, answers: int) -> float | None:
+    """The server's CPU per correct answer (ms) over a stretch :meth:`Cores.since` measured: how much
+    work an answer cost the server, whatever the load generator beside it took."""
+    if cores.get("server_cores") is None or not answers:
+        return None
+    return round(cores["server_cores"] * cores["seconds"] * 1000 / answers, 2)
+
+
+def _efficiency(loaded_ms: float | None, unloaded: list[dict], unloaded_rps: list[float]) -> float | None:
+    """The unloaded runs' server CPU per answer over the loaded one's: 1.0 when overload made the
+    server waste nothing (no rejected resends, no answers that came too late), lower when it did."""
+    per_answer = [
+        c["server_cores"] * 1000 / rps
+        for c, rps in zip(unloaded, unloaded_rps, strict=True)
+        if c.get("server_cores")
+    ]
+    if loaded_ms is None or len(per_answer) != len(unloaded):
+        return None
+    return round(statistics.mean(per_answer) / loaded_ms, 3)
 
 
 def _pid(server: ServeProcess) -> int | None:
@@ -256,6 +285,10 @@ def r6_goodput(
             run["unloaded_before_after_rps"] = [round(before, 1), round(after, 1)]
             run["unloaded_cores_before_after"] = [before_cores, after_cores]
             run["goodput_of_unloaded"] = round(run["goodput_rps"] / unloaded, 3) if unloaded else None
+            run["server_ms_per_answer"] = server_ms_per_answer(run, run["outcomes"].get("ok", 0))
+            run["server_efficiency_of_unloaded"] = _efficiency(
+                run["server_ms_per_answer"], [before_cores, after_cores], run["unloaded_before_after_rps"]
+            )
             runs[name].append(run)
             before, before_cores = after, after_cores
     result = Result("R6", f"goodput at {factor:g}x the unloaded throughput for {duration_s:g} s, two callers")
@@ -275,6 +308,9 @@ def r6_goodput(
         result.details[f"{name}_goodput_rps"] = round(statistics.median(run["goodput_rps"] for run in rs), 1)
         result.details[f"{name}_goodput_of_unloaded"] = statistics.median(ratios)
         result.details[f"{name}_spread"] = spread(ratios)
+        result.details[f"{name}_server_efficiency_of_unloaded"] = _median(
+            run["server_efficiency_of_unloaded"] for run in rs
+        )
         result.details[f"{name}_runs"] = rs
     result.notes.append(
         _verdict(
@@ -384,6 +420,8 @@ def r7_bursts(
                 ),
                 **burst_cores,
                 "unloaded_cores_before_after": cores_before_after,
+                "server_ms_per_answer": (ms := server_ms_per_answer(burst_cores, len(answered))),
+                "server_efficiency_of_unloaded": _efficiency(ms, cores_before_after, before_after),
             }
         )
     records = [r for b in bursts for p in b["per_process"] for r in p["records"]]
@@ -407,6 +445,7 @@ def r7_bursts(
         "goodput_rps": statistics.median(b["goodput_rps"] for b in bursts),
         "goodput_of_unloaded": statistics.median(ratios),
         "spread": spread(ratios),
+        "server_efficiency_of_unloaded": _median(b["server_efficiency_of_unloaded"] for b in bursts),
         "bursts": [{k: v for k, v in b.items() if k != "per_process"} for b in bursts],
         "outcomes": dict(outcomes),
         "deadline_s": deadline_s,
