@@ -467,4 +467,4 @@ def r7_bursts(
     return result
 
 
-__all__ = ["TARGET", "r6_goodput", "r7_bursts", "spread"]
+__all__ = ["TARGET", "r6_goodput", "r7_bursts", "server_ms_per_answer", "spread"]
