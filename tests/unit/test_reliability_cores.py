@@ -46,10 +46,10 @@ def test_the_spread_of_goodput_rounds_says_how_many_reached_the_target():
     s = spread(ratios)
     assert (s["rounds"], s["min"], s["median"], s["max"], s["rounds_at_target"]) == (5, 0.83, 0.91, 0.97, 3)
     assert s["min"] <= s["p25"] <= s["median"] <= s["p75"] <= s["max"]
-    assert _verdict("goodput_of_unloaded", ratios).startswith(
+    assert _verdict("goodput_of_unloaded", s).startswith(
         "target: goodput_of_unloaded >= 0.9 (met: median 0.91"
     )
-    assert "(missed: median 0.88" in _verdict("goodput_of_unloaded", [0.88, 0.85, 0.93])
+    assert "(missed: median 0.88" in _verdict("goodput_of_unloaded", spread([0.88, 0.85, 0.93]))
 
 
 def test_the_server_cpu_per_answer_compares_a_loaded_stretch_with_the_unloaded_runs_around_it():

@@ -65,9 +65,9 @@ def _median(values) -> float | None:
     return statistics.median(known) if known else None
 
 
-def _verdict(what: str, ratios: list[float]) -> str:
-    """The target's note: met or missed by the median, with the spread of the rounds behind it."""
-    s = spread(ratios)
+def _verdict(what: str, s: dict) -> str:
+    """The target's note: met or missed by the median, with the spread of the rounds behind it
+    (:func:`spread`)."""
     met = "met" if s["median"] >= TARGET else "missed"
     return (
         f"target: {what} >= {TARGET} ({met}: median {s['median']} of {s['rounds']} round(s), quartiles "
@@ -125,7 +125,7 @@ def _efficiency(loaded_ms: float | None, unloaded: list[dict], unloaded_rps: lis
     per_answer = [
         c["server_cores"] * 1000 / rps
         for c, rps in zip(unloaded, unloaded_rps, strict=True)
-        if c.get("server_cores")
+        if c.get("server_cores") and rps
     ]
     if loaded_ms is None or len(per_answer) != len(unloaded):
         return None
@@ -313,10 +313,7 @@ def r6_goodput(
         )
         result.details[f"{name}_runs"] = rs
     result.notes.append(
-        _verdict(
-            "cvserve_client_goodput_of_unloaded",
-            [run["goodput_of_unloaded"] or 0 for run in runs["cvserve_client"]],
-        )
+        _verdict("cvserve_client_goodput_of_unloaded", result.details["cvserve_client_spread"])
     )
     return result
 
@@ -463,7 +460,7 @@ def r7_bursts(
         "max_attempts": policy.max_attempts,
         "generator_cores": statistics.median(b["generator_cores"] for b in bursts),
     }
-    result.notes.append(_verdict("goodput_of_unloaded", ratios))
+    result.notes.append(_verdict("goodput_of_unloaded", result.details["spread"]))
     return result
 
 
