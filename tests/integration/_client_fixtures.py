@@ -101,9 +101,15 @@ def write_repository(repo: Path, *, only: Collection[str] | None = None) -> Path
 
 
 BUSY_DELAY_S = 0.3
+# Longer than the 0.5 s Triton's batcher may wait before it looks at its queue again when no request
+# arrives (docs/serving.md): a request the client's queue timeout (its deadline less this) expired is
+# then dropped before the client's own deadline passes, not after it.
+DEADLINE_DELAY_S = 0.6
 
 
-def _busy_config(name: str, *, max_queue_size: int, queue_timeout_us: int = 0) -> mc.ModelConfig:
+def _busy_config(
+    name: str, *, max_queue_size: int, queue_timeout_us: int = 0, delay_s: float = BUSY_DELAY_S
+) -> mc.ModelConfig:
     """A slow model whose dynamic batcher rejects what its queue policy does not admit."""
     config = mc.ModelConfig(
         name=name,
@@ -117,13 +123,13 @@ def _busy_config(name: str, *, max_queue_size: int, queue_timeout_us: int = 0) -
     policy.max_queue_size = max_queue_size
     policy.timeout_action = mc.ModelQueuePolicy.REJECT
     policy.default_timeout_microseconds = queue_timeout_us
-    config.parameters["delay_s"].string_value = str(BUSY_DELAY_S)
+    config.parameters["delay_s"].string_value = str(delay_s)
     return config
 
 
 def write_overload_repository(repo: Path) -> Path:
-    """Three slow models (one instance, 0.3 s a batch of 1) with Triton's queue policy set to REJECT:
-    ``queue_full`` admits one queued request (``max_queue_size: 1``); ``queue_timeout`` queues any
+    """Three slow models (one instance, 0.3 s a batch of 1; ``deadline`` 0.6 s) with Triton's queue
+    policy set to REJECT: ``queue_full`` admits one queued request (``max_queue_size: 1``); ``queue_timeout`` queues any
     number but rejects a request still queued after 50 ms (``default_timeout_microseconds``);
     ``deadline`` queues any number for up to a minute, and takes a shorter timeout from each request
     (``allow_timeout_override``, as a build's models do; Triton only lets a request shorten the
@@ -132,7 +138,9 @@ def write_overload_repository(repo: Path) -> Path:
     _write_model(repo, "queue_full", "sleeper.py", _busy_config("queue_full", max_queue_size=1))
     timeout = _busy_config("queue_timeout", max_queue_size=0, queue_timeout_us=50_000)
     _write_model(repo, "queue_timeout", "sleeper.py", timeout)
-    deadline = _busy_config("deadline", max_queue_size=0, queue_timeout_us=60_000_000)
+    deadline = _busy_config(
+        "deadline", max_queue_size=0, queue_timeout_us=60_000_000, delay_s=DEADLINE_DELAY_S
+    )
     deadline.dynamic_batching.default_queue_policy.allow_timeout_override = True
     _write_model(repo, "deadline", "sleeper.py", deadline)
     return repo

@@ -156,7 +156,7 @@ def test_by_default_the_client_sends_no_more_than_the_queue_admits(busy_server):
 
 def test_a_request_that_could_no_longer_answer_in_time_is_dropped_from_the_queue_unrun(busy_server):
     """Each request carries a queue timeout: the call's deadline less what a request takes outside the
-    queue. 8 calls at once with a 2 s deadline at a model that runs one per 0.3 s: the ones that would
+    queue. 8 calls at once with a 2 s deadline at a model that runs one per 0.6 s: the ones that would
     answer too late are dropped from Triton's queue instead of run, and fail as the deadline they are."""
     import tritonclient.grpc as grpcclient
 
@@ -170,7 +170,7 @@ def test_a_request_that_could_no_longer_answer_in_time_is_dropped_from_the_queue
 
     budget = RetryPolicy().max_tokens
     with Client(busy_server.grpc_url, timeout=2.0, max_in_flight=UNPACED) as client:
-        for i in range(2):  # what a request takes when it does not wait: 0.3 s
+        for i in range(2):  # what a request takes when it does not wait: 0.6 s
             client.infer("deadline", {"X": np.full((1, 1), i, np.float32)})
         before = runs()
         ok, errors = split(flood(client, "deadline", CALLERS))
